@@ -1,0 +1,3 @@
+from subprof.cli import main
+
+main()

@@ -1,0 +1,319 @@
+"""Model and GPU catalogues: LLaMA configs (HF `config.json`) and `profiles/gpus.toml`. Pure Python, no torch.
+
+A model is any LLaMA-architecture `config.json`: the presets in `profiles/models/` (GaLore-paper sizes, LLaMA-2 13b,
+`tiny`) or a user's path. Parameter counts follow transformers' `LlamaForCausalLM` exactly (tested on the meta
+device): embeddings V·h, per layer q/o h·(H·d), k/v h·(KV·d), gate/up/down 3·h·I, two RMSNorm weights h,
+a final norm h, and `lm_head` V·h unless the embeddings are tied.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from subprof.errors import SubprofError
+from subprof.units import parse_size
+
+
+def profiles_dir() -> Path:
+    """The shipped `profiles/` folder (installed as the `subprof.profiles` package; the source tree as fallback)."""
+    try:
+        path = Path(str(resources.files("subprof.profiles")))
+        if (path / "gpus.toml").exists():
+            return path
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+# ---------------------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinearShape:
+    """One projected weight: `name` in the module tree, torch's (out, in) = (m, n), and how often it occurs."""
+
+    name: str
+    m: int
+    n: int
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """The fields of a LLaMA `config.json` that decide sizes."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int
+    tied: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    max_positions: int = 2048
+    source: str = ""
+    raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab", "head_dim"):
+            if getattr(self, key) <= 0:
+                raise SubprofError(f"model {self.name}: {key} must be positive, got {getattr(self, key)}")
+        if self.heads % self.kv_heads:
+            raise SubprofError(f"model {self.name}: num_attention_heads {self.heads} is not a multiple of "
+                               f"num_key_value_heads {self.kv_heads}")
+
+    # --- shapes -------------------------------------------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_shapes(self) -> list[LinearShape]:
+        """The attention and MLP weights that subspace methods project, as torch stores them (out × in)."""
+        h, i, L = self.hidden, self.intermediate, self.layers
+        return [
+            LinearShape(name="self_attn.q_proj", m=self.q_dim, n=h, count=L),
+            LinearShape(name="self_attn.k_proj", m=self.kv_dim, n=h, count=L),
+            LinearShape(name="self_attn.v_proj", m=self.kv_dim, n=h, count=L),
+            LinearShape(name="self_attn.o_proj", m=h, n=self.q_dim, count=L),
+            LinearShape(name="mlp.gate_proj", m=i, n=h, count=L),
+            LinearShape(name="mlp.up_proj", m=i, n=h, count=L),
+            LinearShape(name="mlp.down_proj", m=h, n=i, count=L),
+        ]
+
+    def distinct_shapes(self) -> list[tuple[int, int]]:
+        """Distinct (m, n) of the projected weights, in order of first appearance."""
+        seen: list[tuple[int, int]] = []
+        for s in self.linear_shapes():
+            if (s.m, s.n) not in seen:
+                seen.append((s.m, s.n))
+        return seen
+
+    def min_weight_dim(self) -> int:
+        """The smallest side of any projected weight: the largest rank that makes sense."""
+        return min(min(s.m, s.n) for s in self.linear_shapes())
+
+    # --- parameter counts ---------------------------------------------------------------------------------------
+    @property
+    def projected_params(self) -> int:
+        return sum(s.m * s.n * s.count for s in self.linear_shapes())
+
+    @property
+    def bias_params(self) -> int:
+        L = self.layers
+        attn = (self.q_dim + 2 * self.kv_dim + self.hidden) * L if self.attention_bias else 0
+        mlp = (2 * self.intermediate + self.hidden) * L if self.mlp_bias else 0
+        return attn + mlp
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def lm_head_params(self) -> int:
+        return 0 if self.tied else self.vocab * self.hidden
+
+    @property
+    def norm_params(self) -> int:
+        return (2 * self.layers + 1) * self.hidden
+
+    @property
+    def params(self) -> int:
+        """Total parameters, as `sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())`."""
+        return (self.projected_params + self.bias_params + self.embedding_params + self.lm_head_params
+                + self.norm_params)
+
+    @property
+    def unprojected_params(self) -> int:
+        """Parameters that stay in plain AdamW under a subspace method (embeddings, norms, lm_head, biases)."""
+        return self.params - self.projected_params
+
+    def unprojected_tensors(self) -> list[int]:
+        """Element counts of the tensors kept in plain AdamW (for per-tensor rules such as 8-bit thresholds)."""
+        sizes = [self.embedding_params] + [self.hidden] * (2 * self.layers + 1)
+        if not self.tied:
+            sizes.append(self.lm_head_params)
+        if self.attention_bias:
+            sizes += [self.q_dim, self.kv_dim, self.kv_dim, self.hidden] * self.layers
+        if self.mlp_bias:
+            sizes += [self.intermediate, self.intermediate, self.hidden] * self.layers
+        return sizes
+
+    def forward_flops_per_token(self, seq: int) -> int:
+        """Matmul FLOPs of one forward pass per token: 2·(weights used) plus attention scores 2·2·L·S·H·d (causal
+        halves it; we count the full square as the kernels largely do — nanoGPT's estimate_mfu / PaLM appendix B)."""
+        weights = self.projected_params + self.vocab * self.hidden
+        attention = 2 * self.layers * seq * self.q_dim
+        return 2 * weights + 2 * attention
+
+
+def model_names() -> list[str]:
+    names = [p.stem for p in (profiles_dir() / "models").glob("*.json")]
+    return sorted(names, key=lambda n: load_model(n).params)
+
+
+def _from_hf(name: str, cfg: dict, source: str) -> ModelConfig:
+    model_type = str(cfg.get("model_type", "")).lower()
+    archs = [str(a).lower() for a in cfg.get("architectures") or []]
+    if model_type != "llama" and not any("llama" in a for a in archs):
+        raise SubprofError(f"{source} is not a LLaMA config (model_type={cfg.get('model_type')!r}); "
+                           "subprof models LLaMA-architecture decoders")
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "vocab_size") if k not in cfg]
+    if missing:
+        raise SubprofError(f"{source} lacks {', '.join(missing)}: not a complete LLaMA config.json")
+    try:
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        head_dim = cfg.get("head_dim") or hidden // heads
+        return ModelConfig(
+            name=name,
+            hidden=hidden,
+            intermediate=int(cfg["intermediate_size"]),
+            layers=int(cfg["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            vocab=int(cfg["vocab_size"]),
+            head_dim=int(head_dim),
+            tied=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            max_positions=int(cfg.get("max_position_embeddings") or 2048),
+            source=source,
+            raw=cfg,
+        )
+    except (TypeError, ValueError) as exc:
+        raise SubprofError(f"{source}: malformed LLaMA config ({exc})") from None
+
+
+@cache
+def load_model(name_or_path: str) -> ModelConfig:
+    """A catalogue preset by name (`7b`, `llama-7b`, `60M`) or a path to a LLaMA `config.json` (or its folder)."""
+    key = name_or_path.strip()
+    preset = profiles_dir() / "models" / f"{key.lower().removeprefix('llama-').removeprefix('llama_')}.json"
+    path = Path(key).expanduser()
+    if preset.exists():
+        path, name = preset, preset.stem
+    elif path.is_dir():
+        path, name = path / "config.json", path.name
+    elif path.suffix == ".json" or "/" in key or path.exists():
+        name = path.stem if path.name != "config.json" else path.parent.name or "config"
+    else:
+        names = [p.stem for p in (profiles_dir() / "models").glob("*.json")]
+        close = difflib.get_close_matches(key.lower(), names, n=3, cutoff=0.3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(names))}"
+        raise SubprofError(f"unknown model {key!r}{hint} (or pass a path to a LLaMA config.json)")
+    if not path.exists():
+        raise SubprofError(f"model config {str(path)!r} does not exist")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SubprofError(f"cannot read {str(path)!r} as JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise SubprofError(f"{str(path)!r} is not a config.json object")
+    return _from_hf(name, cfg, str(path))
+
+
+# ------------------------------------------------------------------------------------------------------------ GPUs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuSpec:
+    """One catalogue GPU. `memory_bytes` is the total the driver reports (nvidia-smi / torch total_memory)."""
+
+    key: str
+    name: str
+    memory_bytes: int
+    memory_label: str
+    bandwidth_gbs: float
+    bf16_tflops: float
+    price_per_hour: float
+    vendor: str = "nvidia"
+    aliases: tuple[str, ...] = ()
+    sources: dict = field(default_factory=dict, compare=False, hash=False)
+    notes: str = ""
+
+
+@cache
+def gpu_catalog() -> dict[str, GpuSpec]:
+    path = profiles_dir() / "gpus.toml"
+    data = tomllib.loads(path.read_text())
+    gpus = {}
+    for key, row in data["gpu"].items():
+        gpus[key] = GpuSpec(
+            key=key,
+            name=row["name"],
+            memory_bytes=int(row.get("memory_bytes") or parse_size(row["memory"]).bytes),
+            memory_label=row["memory"],
+            bandwidth_gbs=float(row["bandwidth_gbs"]),
+            bf16_tflops=float(row["bf16_tflops"]),
+            price_per_hour=float(row["price_usd_per_hour"]),
+            vendor=row.get("vendor", "nvidia"),
+            aliases=tuple(row.get("aliases", ())),
+            sources=dict(row.get("sources", {})),
+            notes=row.get("notes", ""),
+        )
+    return gpus
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def find_gpu(name: str) -> GpuSpec | None:
+    """A catalogue GPU by key, alias or name, ignoring case, spaces and dashes (`4090`, `h100-sxm`, `H100 SXM`)."""
+    want = _norm(name)
+    for gpu in gpu_catalog().values():
+        if want in {_norm(gpu.key), _norm(gpu.name), *(_norm(a) for a in gpu.aliases)}:
+            return gpu
+    return None
+
+
+def gpu_by_name(name: str) -> GpuSpec:
+    gpu = find_gpu(name)
+    if gpu is None:
+        keys = list(gpu_catalog())
+        close = difflib.get_close_matches(name.lower(), keys, n=3, cutoff=0.3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(keys)}"
+        raise SubprofError(f"unknown GPU {name!r}; {hint}")
+    return gpu
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A memory budget: bytes, plus how it was read (for the output to say which unit it used)."""
+
+    bytes: int
+    described: str
+    gpu: GpuSpec | None = None
+
+
+def parse_budget(text: str) -> Budget:
+    """`--gpu-mem`: a catalogue GPU (`4090`, `h100-sxm`) or a size (`24GB` = 24·10^9 B, `24GiB` = 24·2^30 B, `80G`,
+    `24000MiB`). A catalogue name wins over a bare number, so `4090` is the card, not 4090 bytes."""
+    gpu = find_gpu(text)
+    if gpu is not None:
+        return Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / 2**30:.2f} GiB as the driver reports "
+                                        f"({gpu.memory_label} on the label)", gpu)
+    if not text.strip()[:1].isdigit() and text.strip()[:1] not in "+-.":
+        keys = list(gpu_catalog())
+        close = difflib.get_close_matches(text.lower(), keys, n=3, cutoff=0.4)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SubprofError(f"--gpu-mem {text!r} is neither a size (24GB, 24GiB, 24000MiB) nor a GPU from "
+                           f"`subprof gpus`{hint}")
+    size = parse_size(text)
+    base = "2^n" if "i" in size.unit else "10^n"
+    return Budget(size.bytes, f"{size.text} = {size.bytes:,} B ({size.unit}, {base} bytes) = "
+                              f"{size.bytes / 2**30:.2f} GiB")
