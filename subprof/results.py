@@ -1,0 +1,107 @@
+"""Append-only JSONL result files: every finished case is written (and flushed, fsynced) the moment it exists, so a
+crash, an OOM or Ctrl-C in one case never loses the others. `--resume` reads what is there, tolerating a
+half-written last line, and skips the cases already done."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from subprof.errors import SubprofError
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """All complete rows of a JSONL file; a truncated or corrupt line (e.g. the last one after a kill) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise SubprofError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_many(paths: Iterable[str | Path]) -> list[dict]:
+    rows: list[dict] = []
+    for p in paths:
+        if not Path(p).exists():
+            raise SubprofError(f"result file {str(p)!r} does not exist")
+        rows.extend(read_rows(p))
+    return rows
+
+
+class ResultLog:
+    """An append-only JSONL file. `append` writes one row and makes it durable before returning."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SubprofError(f"cannot create folder for {str(self.path)!r}: {exc.strerror}") from None
+        self.existing = read_rows(self.path) if resume else []
+        if resume:
+            self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """A killed writer can leave a last line without its newline: end it so the next row starts clean."""
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def done_keys(self, key_fields: Iterable[str], statuses: Iterable[str] | None = None) -> set[tuple]:
+        """Keys of the rows already present (optionally only those with a final status)."""
+        fields = tuple(key_fields)
+        allowed = set(statuses) if statuses is not None else None
+        return {tuple(_freeze(row.get(f)) for f in fields) for row in self.existing
+                if allowed is None or row.get("status") in allowed}
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, default=_jsonable, sort_keys=False)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def case_key(row: dict, fields: Iterable[str]) -> tuple:
+    return tuple(_freeze(row.get(f)) for f in fields)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,96 @@
+"""Shared pieces of the command line: option aliases, console, JSON output, progress bar, list parsing.
+
+Commands live in `subprof/cli.py` (and `cli_*.py` modules it registers); they parse, call one library function and
+render. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator
+
+import typer
+from rich.console import Console
+
+from subprof.errors import SubprofError
+
+console = Console(stderr=False, highlight=False, soft_wrap=False)
+err_console = Console(stderr=True, highlight=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name (see `subprof models`) or a path to a "
+                                                              "LLaMA config.json.")]
+SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length in tokens.", min=1)]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", help="Micro-batch size (sequences per step).", min=1)]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Training dtype: bf16 (pure bf16 weights and states, as the "
+                                                       "GaLore scripts) or mixed (fp32 master + bf16 autocast).")]
+
+
+def print_json(obj: Any) -> None:
+    """JSON on stdout, nothing else (tables and progress go to the terminal, never into JSON output)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """"128,512" → [128, 512]; a bad item is a one-line error naming it."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise SubprofError(f"{what}: {part!r} is not an integer") from None
+    if not out:
+        raise SubprofError(f"{what} is empty")
+    return out
+
+
+def parse_str_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+@contextmanager
+def progress_bar(total: int, description: str, *, quiet: bool = False) -> Iterator[Any]:
+    """A rich progress bar on stderr (so `--json` stdout stays clean); yields an object with `advance(label)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[label]}"), console=err_console,
+                        transient=False, disable=quiet)
+
+    class _Handle:
+        def __init__(self) -> None:
+            self.task = progress.add_task(description, total=total, label="")
+
+        def label(self, text: str) -> None:
+            progress.update(self.task, label=text)
+
+        def advance(self, text: str = "") -> None:
+            progress.update(self.task, advance=1, label=text)
+
+    with progress:
+        yield _Handle()
+
+
+def guarded(fn: Any) -> Any:
+    """Wrap a command so a `SubprofError` becomes one line on stderr and exit code 2 (also under CliRunner).
+    `SUBPROF_DEBUG=1` re-raises for the traceback."""
+    import functools
+    import os
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SubprofError as exc:
+            if os.environ.get("SUBPROF_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
