@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from subprof.ui import JsonOpt, console, guarded, print_json
+from subprof import render
+from subprof.errors import SubprofError
+from subprof.ui import BatchOpt, DtypeOpt, JsonOpt, ModelOpt, SeqOpt, console, guarded, print_json
 
 
 def models(json_out: JsonOpt = False) -> None:
@@ -37,5 +39,108 @@ def models(json_out: JsonOpt = False) -> None:
     console.print(table)
 
 
+def gpus(json_out: JsonOpt = False) -> None:
+    """List the GPU catalogue: memory as the driver reports it, bandwidth, dense BF16 TFLOP/s, indicative price."""
+    from subprof.catalog import gpu_catalog
+
+    cat = gpu_catalog()
+    if json_out:
+        print_json([{"key": g.key, "name": g.name, "memory_label": g.memory_label, "memory_bytes": g.memory_bytes,
+                     "bandwidth_gbs": g.bandwidth_gbs, "bf16_tflops": g.bf16_tflops,
+                     "price_usd_per_hour": g.price_per_hour, "vendor": g.vendor, "aliases": list(g.aliases),
+                     "sources": g.sources, "notes": g.notes} for g in cat.values()])
+        return
+    table = Table(title="GPU catalogue (profiles/gpus.toml; prices are indicative on-demand USD/h, late 2025)")
+    for col in ("key", "name", "memory", "GiB usable", "GB/s", "BF16 TFLOP/s", "$/h"):
+        table.add_column(col, justify="left" if col in ("key", "name", "memory") else "right")
+    for g in cat.values():
+        table.add_row(g.key, g.name, g.memory_label, f"{g.memory_bytes / 2**30:.1f}", f"{g.bandwidth_gbs:,.0f}",
+                      f"{g.bf16_tflops:,.0f}", f"{g.price_per_hour:.2f}")
+    console.print(table)
+    console.print("GiB usable = total memory as nvidia-smi / torch report it; sources per figure: --json")
+
+
+RankOpt = Annotated[Optional[int], typer.Option("--rank", "-r", help="Projection rank (low-rank methods).")]
+GapOpt = Annotated[Optional[int], typer.Option("--update-gap", "-T", help="Steps between projection refreshes "
+                                                                           "(default: the method's).")]
+BitsOpt = Annotated[Optional[int], typer.Option("--state-bits", help="Optimizer state precision: 32, 16 or 8 "
+                                                                      "(default: 16 for bf16, 32 for mixed).")]
+LayerwiseOpt = Annotated[bool, typer.Option("--layerwise", help="Per-layer updates in backward hooks.")]
+CkptOpt = Annotated[bool, typer.Option("--checkpointing", help="Activation (gradient) checkpointing.")]
+
+
+def estimate(
+    model: ModelOpt,
+    method: Annotated[str, typer.Option("--method", help="adamw, galore, osd, ori, grasswalk, grassjump, subtrack, "
+                                                         "sumo (or adamw8bit).")] = "adamw",
+    rank: RankOpt = None,
+    update_gap: GapOpt = None,
+    batch: BatchOpt = 8,
+    seq: SeqOpt = 256,
+    dtype: DtypeOpt = "bf16",
+    state_bits: BitsOpt = None,
+    layerwise: LayerwiseOpt = False,
+    checkpointing: CkptOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
+    from subprof.catalog import load_model
+    from subprof.memory import TrainConfig
+    from subprof.memory import estimate as run_estimate
+    from subprof.methods import ALIASES
+
+    forced = ALIASES.get(method.strip().lower(), (None, None))[1]
+    if forced is not None and state_bits not in (None, forced):
+        raise SubprofError(f"--method {method} implies --state-bits {forced}")
+    cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
+                      state_bits=forced or state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
+                      checkpointing=checkpointing)
+    est = run_estimate(cfg)
+    if json_out:
+        print_json(est.to_dict())
+        return
+    render.estimate_table(est)
+
+
+def plan(
+    model: ModelOpt,
+    gpu_mem: Annotated[str, typer.Option("--gpu-mem", help="Memory budget: a size (24GB = 24·10^9 B, 24GiB, "
+                                                           "24000MiB) or a catalogue GPU (4090, h100-sxm).")],
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
+    seq: SeqOpt = 256,
+    batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
+                                                                       "largest that fits).")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", help="Tokens per optimizer step; "
+                                                           "micro-batches accumulate to it.")] = None,
+    dtype: DtypeOpt = "bf16",
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of the "
+                                                           "budget.")] = 0.05,
+    top: Annotated[int, typer.Option("--top", help="How many candidates to show.")] = 5,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose TFLOP/s and bandwidth predict "
+                                                             "tokens/s (default: --gpu-mem's card, else the "
+                                                             "closest in memory).")] = None,
+    utilization: Annotated[float, typer.Option("--utilization", help="Assumed fraction of dense BF16 TFLOP/s "
+                                                                     "reached by the model's matmuls.")] = 0.4,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
+    from subprof.catalog import gpu_by_name, load_model, parse_budget
+    from subprof.methods import parse_methods
+    from subprof.planner import PlanRequest
+    from subprof.planner import plan as run_plan
+
+    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
+                      seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
+                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization)
+    result = run_plan(req)
+    if json_out:
+        print_json(render.plan_json(result))
+        return
+    render.plan_tables(result)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(guarded(models))
+    app.command()(guarded(gpus))
+    app.command()(guarded(estimate))
+    app.command()(guarded(plan))

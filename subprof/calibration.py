@@ -1,0 +1,36 @@
+"""Constants of the memory model that tensors alone do not give, each with where it comes from.
+
+Model-side constants (what torch allocates) were checked against traced steps; GPU-side constants (CUDA context,
+allocator reserve, CUDA runtime allocations) come from the real H100 rows in
+`profiles/measured/h100_reference.jsonl` (torch 2.11.0+cu130, transformers 5.17.0, NVIDIA H100 80GB HBM3).
+`tests/test_calibration.py` refits the GPU-side constants from that file, so they cannot drift from it silently.
+They are stated per GPU and torch version; on another GPU/driver the context size differs (300 MB–1.3 GB), so
+`bench --backend cuda` rows are how a user checks their own device.
+"""
+
+from __future__ import annotations
+
+# Cross-entropy over V logits per token at its backward peak: fp32 log_softmax output + its incoming gradient +
+# the fp32 input gradient = 3 · 4 B · V (see memory.logits_bytes).
+LOGITS_BYTES_PER_VOCAB_TOKEN = 12
+
+# A per-tensor (non-foreach) Adam step holds two temporaries of the tensor's size at once: sqrt(v) and
+# the bias-corrected denominator (torch `_single_tensor_adamw`), or denom and exp_avg/denom (galore-torch).
+PER_TENSOR_ADAM_TEMPS = 2
+
+# Allocations the CUDA runtime makes through torch's caching allocator that a CPU trace cannot see
+# (cuBLAS workspace). Not separable in the four H100 rows within their rounding (0.01 GiB): 0.
+CUDA_RUNTIME_ALLOCATED_BYTES = 0
+
+# nvidia-smi "used" minus torch's peak reserved, H100 rows: 1.22, 1.31, 1.22, 1.31 GiB → mean 1.265 GiB.
+CUDA_CONTEXT_BYTES = int(1.265 * 2**30)
+
+# Reserved − allocated grows with the big transient logits blocks that the caching allocator keeps:
+# least-squares slope through the origin of (reserved − peak) on logits_bytes over the H100 rows = 0.48
+# (per row 0.48, 0.50, 0.59, 0.37: ± 0.2 GiB at these sizes). Used for device_used only, never for the peak.
+RESERVE_PER_LOGITS_BYTE = 0.48
+
+
+def reserved_bytes(peak_allocated: int, logits: int) -> int:
+    """reserved ≈ peak allocated + 0.48 · logits_loss bytes (H100 fit above)."""
+    return int(peak_allocated + RESERVE_PER_LOGITS_BYTE * logits)

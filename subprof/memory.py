@@ -1,0 +1,296 @@
+"""The analytic memory model: bytes per component and per phase of one LLaMA training step. Pure Python, no torch.
+
+What it predicts, for one configuration (model × method × rank × update gap × state bits × per-layer × dtype ×
+micro-batch × sequence × checkpointing):
+- `peak_allocated_bytes`: what `torch.cuda.max_memory_allocated()` reports over a few training steps;
+- `device_used_bytes`: what nvidia-smi shows: the allocator's reserved memory plus the CUDA context.
+
+The peak is the maximum over phases (built model, forward/backward, optimizer step, projection refresh), never the
+sum of every component. Per-weight optimizer states come from each method's own declaration
+(`subprof.methods.*.SPEC`), the same declaration the optimizer allocates from. Activation bytes follow the
+tensors transformers' `LlamaForCausalLM` (sdpa attention) saves for backward; the constants were checked against
+traced steps (FakeTensorMode + MemTracker, `subprof bench --backend trace`) and the GPU-side terms calibrated on
+real H100 rows (see `calibration.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from subprof import calibration as cal
+from subprof.catalog import ModelConfig
+from subprof.errors import SubprofError
+from subprof.methods import get_method
+from subprof.methods.base import Dtype, MethodSpec, tensor_bytes
+
+DTYPES = ("bf16", "mixed")
+COMPONENTS = (
+    "weights", "gradients", "optimizer_states", "projection_matrices", "projection_workspace", "activations",
+    "logits_loss", "optimizer_temporaries", "autocast_cache", "cuda_runtime",
+)
+PHASES = ("model_built", "forward_backward", "optimizer_step", "projection_refresh")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """One training configuration to estimate (or measure)."""
+
+    model: ModelConfig
+    method: str = "adamw"
+    rank: int | None = None
+    update_gap: int | None = None
+    state_bits: int | None = None
+    layerwise: bool = False
+    dtype: str = "bf16"
+    batch: int = 8
+    seq: int = 256
+    checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        self.method = spec.name
+        if self.dtype not in DTYPES:
+            raise SubprofError(f"--dtype {self.dtype!r} unknown: use bf16 or mixed")
+        if self.batch <= 0:
+            raise SubprofError(f"batch must be at least 1, got {self.batch}")
+        if self.seq <= 0:
+            raise SubprofError(f"sequence length must be at least 1, got {self.seq}")
+        if self.state_bits is None:
+            self.state_bits = 16 if self.dtype == "bf16" else 32
+        if self.state_bits not in spec.state_bits_supported:
+            raise SubprofError(f"--state-bits {self.state_bits} unsupported: use one of "
+                               f"{', '.join(map(str, spec.state_bits_supported))}")
+        if spec.project:
+            limit = self.model.min_weight_dim()
+            if self.rank is None:
+                self.rank = min(128, limit)
+            if self.rank <= 0:
+                raise SubprofError(f"rank must be positive, got {self.rank}")
+            if self.rank > limit:
+                raise SubprofError(f"rank {self.rank} exceeds the smallest weight dimension of {self.model.name} "
+                                   f"({limit}); use a rank ≤ {limit}")
+            if self.update_gap is None:
+                self.update_gap = 1 if spec.refresh_every_step else spec.default_update_gap
+            if self.update_gap <= 0:
+                raise SubprofError(f"update gap must be positive, got {self.update_gap}")
+        else:
+            self.rank = None
+            self.update_gap = None
+
+    @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes per weight/gradient element: bf16 (2) in pure-bf16 training, fp32 master (4) with mixed."""
+        return 2 if self.dtype == "bf16" else 4
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    def label(self) -> str:
+        parts = [self.method]
+        if self.rank:
+            parts.append(f"r{self.rank}")
+        if self.update_gap and self.update_gap > 1:
+            parts.append(f"T{self.update_gap}")
+        if self.state_bits == 8:
+            parts.append("8bit")
+        if self.layerwise:
+            parts.append("layerwise")
+        if self.checkpointing:
+            parts.append("ckpt")
+        return " ".join(parts)
+
+
+@dataclass(kw_only=True, slots=True)
+class Estimate:
+    config: TrainConfig
+    components: dict[str, int]
+    phases: dict[str, dict[str, int]]
+    peak_phase: str
+    peak_allocated_bytes: int
+    reserved_bytes: int
+    device_used_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        c = self.config
+        return {
+            "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
+            "state_bits": c.state_bits, "layerwise": c.layerwise, "dtype": c.dtype, "batch": c.batch, "seq": c.seq,
+            "checkpointing": c.checkpointing,
+            "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
+            "device_used_bytes": self.device_used_bytes, "peak_phase": self.peak_phase,
+            "components": dict(self.components), "phases": {k: dict(v) for k, v in self.phases.items()},
+            "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------------------------------- model-side terms
+
+
+def weight_bytes(c: TrainConfig) -> int:
+    """weights = P · b_param (bf16: 2 B; mixed: fp32 master, 4 B)."""
+    return c.model.params * c.param_bytes
+
+
+def gradient_bytes(c: TrainConfig) -> int:
+    """gradients = P · b_param; per-layer updates free each gradient in its hook, so only the largest tensor's
+    gradient (the embedding or lm_head, V·h) is alive at once."""
+    if c.layerwise:
+        return max(c.model.embedding_params, c.model.lm_head_params) * c.param_bytes
+    return c.model.params * c.param_bytes
+
+
+def _adamw_tensor_bytes(numel: int, c: TrainConfig) -> int:
+    """Two AdamW moments of one tensor at `state_bits`."""
+    return 2 * tensor_bytes(numel, Dtype.STATE, state_bits=c.state_bits, param_bytes=c.param_bytes)
+
+
+def state_bytes(c: TrainConfig) -> dict[str, int]:
+    """optimizer_states and projection_matrices: Σ over projected weights of the method's declared tensors
+    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW."""
+    spec, m = c.spec, c.model
+    out = {"optimizer_states": 0, "projection_matrices": 0}
+    if not spec.project:
+        for s in m.linear_shapes():
+            out["optimizer_states"] += s.count * _adamw_tensor_bytes(s.m * s.n, c)
+    else:
+        for s in m.linear_shapes():
+            r = min(c.rank, s.m, s.n)
+            for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits,
+                                                  param_bytes=c.param_bytes).items():
+                out[role] = out.get(role, 0) + s.count * n_bytes
+    out["optimizer_states"] += sum(_adamw_tensor_bytes(n, c) for n in m.unprojected_tensors())
+    return out
+
+
+def refresh_workspace_bytes(c: TrainConfig) -> int:
+    """projection_workspace = max over weights of the method's declared refresh workspace (weights refresh one at
+    a time), e.g. GaLore: fp32 copy of G (4mn) + U (4mk) + S (4k) + Vh (4kn), k = min(m, n)."""
+    spec = c.spec
+    if not spec.project:
+        return 0
+    return max(spec.workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+                                    param_bytes=c.param_bytes) for s in c.model.linear_shapes())
+
+
+def step_temporary_bytes(c: TrainConfig) -> int:
+    """optimizer_temporaries during the step.
+    AdamW on CUDA (foreach, torch ≥ 2.0): `_foreach_sqrt(exp_avg_sqs)` makes one state-sized copy of every moment
+    of the group at once → P · b_state (8-bit AdamW updates blockwise in place: no such copy).
+    Subspace methods step weight by weight: max over weights of (declared step workspace + per-weight Adam
+    temporaries), and the plain-AdamW tensors (embeddings, norms, lm_head) one at a time."""
+    spec, m = c.spec, c.model
+    b_state = {32: 4, 16: 2, 8: 4}[c.state_bits]
+    if not spec.project:
+        if c.state_bits == 8 or c.layerwise:
+            largest = max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors())
+            return cal.PER_TENSOR_ADAM_TEMPS * largest * b_state
+        return m.params * b_state
+    per_weight = max(
+        spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+                                  param_bytes=c.param_bytes) for s in m.linear_shapes())
+    plain = cal.PER_TENSOR_ADAM_TEMPS * max(m.unprojected_tensors()) * b_state
+    return max(per_weight, plain)
+
+
+def activation_bytes_per_token_layer(c: TrainConfig) -> int:
+    """Bytes one decoder layer saves for backward per token (transformers LlamaDecoderLayer, sdpa/flash).
+
+    bf16: two RMSNorms save their fp32 input (4h) and bf16 output (2h) plus 1/rms (4 B + the rsqrt output 4 B);
+    attention saves the rotated q (2·H·d), rotated k and v (2·2·KV·d), the kernel's output (2·H·d) and fp32
+    logsumexp (4·H), and o_proj's contiguous input copy (2·H·d); the SwiGLU MLP saves gate, up, silu(gate) and
+    their product (4 · 2·I).
+    mixed (fp32 residual, bf16 autocast): norms save fp32 input and output (8h); each autocast linear saves its own
+    bf16 cast of the input (q, k, v: 3·2h; gate, up: 2·2h), attention and MLP as above.
+    """
+    m = c.model
+    h, i, q, kv, heads = m.hidden, m.intermediate, m.q_dim, m.kv_dim, m.heads
+    attention = 2 * q + 4 * kv + 2 * q + 4 * heads + 2 * q
+    mlp = 8 * i
+    if c.dtype == "bf16":
+        norms = 2 * (6 * h + 8)
+        casts = 0
+    else:
+        norms = 2 * (8 * h + 8)
+        casts = 3 * 2 * h + 2 * 2 * h
+    return norms + attention + mlp + casts
+
+
+def activation_bytes(c: TrainConfig) -> int:
+    """activations = T · (L · a_layer + final norm) without checkpointing; with checkpointing each layer keeps
+    only its input (T · L · b_act · h) and one layer is recomputed at a time during backward (+ T · a_layer)."""
+    m, T = c.model, c.tokens
+    per_layer = activation_bytes_per_token_layer(c)
+    final_norm = (6 if c.dtype == "bf16" else 8) * m.hidden + 8
+    if c.checkpointing:
+        residual = 2 if c.dtype == "bf16" else 4
+        return T * (m.layers * residual * m.hidden + per_layer + final_norm)
+    return T * (m.layers * per_layer + final_norm)
+
+
+def logits_bytes(c: TrainConfig) -> int:
+    """logits_loss at its peak, in backward through cross-entropy: transformers upcasts the logits to fp32
+    (`logits.float()`), log_softmax saves its fp32 output (4V per token); backward holds that output, the incoming
+    fp32 gradient and the fp32 input gradient at once: 12·V bytes per token (the bf16 logits themselves are freed
+    once `loss = model(...).loss` drops the output). The forward peak (bf16 + fp32 logits + log_softmax output,
+    10·V) is lower."""
+    return cal.LOGITS_BYTES_PER_VOCAB_TOKEN * c.model.vocab * c.tokens
+
+
+def autocast_cache_bytes(c: TrainConfig) -> int:
+    """mixed precision only: bf16 copies of the matmul weights that autocast makes and backward keeps (2 B · the
+    weights of every linear layer, lm_head included)."""
+    if c.dtype != "mixed":
+        return 0
+    return 2 * (c.model.projected_params + c.model.vocab * c.model.hidden)
+
+
+# ------------------------------------------------------------------------------------------------- estimate
+
+
+def estimate(c: TrainConfig) -> Estimate:
+    """The breakdown by component and phase, and the predicted peaks. Every term is one formula above."""
+    w = weight_bytes(c)
+    g = gradient_bytes(c)
+    states = state_bytes(c)
+    s, p = states["optimizer_states"], states["projection_matrices"]
+    ws = refresh_workspace_bytes(c)
+    tmp = step_temporary_bytes(c)
+    act = activation_bytes(c)
+    logit = logits_bytes(c)
+    cast = autocast_cache_bytes(c)
+    runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
+
+    kept = {"weights": w, "optimizer_states": s, "projection_matrices": p, "cuda_runtime": runtime}
+    phases = {
+        "model_built": {"weights": w},
+        "forward_backward": {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast},
+        "optimizer_step": {**kept, "gradients": g, "optimizer_temporaries": tmp},
+        "projection_refresh": {**kept, "gradients": g, "projection_workspace": ws} if c.spec.project else {},
+    }
+    if c.layerwise:
+        # the step (and the refresh) of the last layers runs inside backward, while activations are alive
+        inside = max(tmp, ws)
+        phases["forward_backward"].update(gradients=g, optimizer_temporaries=inside)
+        phases["optimizer_step"] = {**kept, "gradients": g, "optimizer_temporaries": tmp}
+    totals = {name: sum(parts.values()) for name, parts in phases.items()}
+    peak_phase = max(totals, key=totals.get)
+    peak = totals[peak_phase]
+    components = {
+        "weights": w, "gradients": g, "optimizer_states": s, "projection_matrices": p, "projection_workspace": ws,
+        "activations": act, "logits_loss": logit, "optimizer_temporaries": tmp, "autocast_cache": cast,
+        "cuda_runtime": runtime,
+    }
+    reserved = cal.reserved_bytes(peak, logit)
+    used = reserved + cal.CUDA_CONTEXT_BYTES
+    notes = []
+    if c.spec.project and c.spec.workspace:
+        notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
+                     "that traces cannot see")
+    return Estimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
+                    peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes)

@@ -1,0 +1,81 @@
+"""Predicted training throughput: FLOPs over the GPU's dense BF16 TFLOP/s at a stated utilisation, the optimizer
+step as a memory-bound pass over weights, gradients and states, and projection refreshes amortised over their gap.
+
+Projection-update rates come from one real H100 measurement (METHODS.md, fp32, median, 1b 2048×5461 rank 128):
+a full `torch.linalg.svd` took 236 ms and the two-GEMM floor G(GᵀP) 0.17 ms. Expressed as fractions of the
+H100 SXM's 989 dense BF16 TFLOP/s they carry over to other GPUs in proportion to their TFLOP/s — a rough scaling,
+stated in every output; `subprof proj` measures the real numbers on the user's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from subprof.catalog import GpuSpec
+from subprof.memory import TrainConfig, state_bytes
+from subprof.methods.base import svd_flops, two_gemm_flops
+
+H100_TFLOPS = 989.0
+# 1b shape 2048×5461, rank 128, on an H100 (METHODS.md): SVD 236 ms, two-GEMM floor 0.17 ms
+SVD_FRACTION = svd_flops(2048, 5461, 128) / 0.236 / (H100_TFLOPS * 1e12)
+GEMM_FP32_FRACTION = two_gemm_flops(2048, 5461, 128) / 0.17e-3 / (H100_TFLOPS * 1e12)
+# the optimizer step streams weights, gradients and states; assume 70% of datasheet bandwidth
+BANDWIDTH_EFFICIENCY = 0.7
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Throughput:
+    tokens_per_s: float
+    step_s: float
+    compute_s: float
+    optimizer_s: float
+    projection_s: float
+    utilization: float
+    gpu: str
+
+    @property
+    def projection_share(self) -> float:
+        return self.projection_s / self.step_s if self.step_s else 0.0
+
+
+def train_flops_per_token(c: TrainConfig) -> float:
+    """3 × forward FLOPs (forward + backward), 4 × with activation checkpointing (one forward recomputed)."""
+    return (4 if c.checkpointing else 3) * c.model.forward_flops_per_token(c.seq)
+
+
+def projection_seconds(c: TrainConfig, gpu: GpuSpec) -> float:
+    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap) + projecting G and the update
+    back (2 · 2·m·n·r FLOPs per weight) at the fp32 GEMM rate."""
+    spec = c.spec
+    if not spec.project:
+        return 0.0
+    peak = gpu.bf16_tflops * 1e12
+    total = 0.0
+    for s in c.model.linear_shapes():
+        r = min(c.rank, s.m, s.n)
+        refresh_rate = (GEMM_FP32_FRACTION if spec.refresh_every_step else SVD_FRACTION) * peak
+        if spec.name in ("grasswalk", "grassjump", "subtrack"):
+            refresh_rate = GEMM_FP32_FRACTION * peak
+        refresh = spec.refresh_flops(s.m, s.n, r) / refresh_rate / c.update_gap
+        project = 4.0 * s.m * s.n * r / (GEMM_FP32_FRACTION * peak)
+        total += s.count * (refresh + project)
+    return total
+
+
+def optimizer_seconds(c: TrainConfig, gpu: GpuSpec) -> float:
+    """Read gradient, read+write weight and states once: (P·b + 2·P·b + 2·states) / bandwidth."""
+    states = sum(state_bytes(c).values())
+    moved = 3 * c.model.params * c.param_bytes + 2 * states
+    return moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
+
+
+def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int = 1,
+                       utilization: float = 0.4) -> Throughput:
+    """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
+    tokens = c.tokens * accumulation
+    compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
+    opt = optimizer_seconds(c, gpu)
+    proj = projection_seconds(c, gpu)
+    step = compute + opt + proj
+    return Throughput(tokens_per_s=tokens / step, step_s=step, compute_s=compute, optimizer_s=opt,
+                      projection_s=proj, utilization=utilization, gpu=gpu.name)

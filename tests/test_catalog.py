@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from subprof.catalog import load_model, model_names
+from subprof.errors import SubprofError
+
+PAPER_PARAMS = {"60m": 58.1e6, "130m": 134.1e6, "350m": 368.0e6, "1b": 1339e6, "3b": 2686e6, "7b": 6738e6}
+
+
+@pytest.mark.parametrize("name, expected", PAPER_PARAMS.items())
+def test_param_counts_match_the_paper_table(name, expected):
+    assert abs(load_model(name).params - expected) / expected < 0.0005
+
+
+def _transformers_count(raw: dict) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**raw))
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["tiny", "20m", "60m", "350m", "1b", "7b", "13b"])
+def test_param_counts_equal_transformers_on_meta(name):
+    cfg = load_model(name)
+    assert cfg.params == _transformers_count(cfg.raw)
+
+
+@pytest.mark.parametrize("extra", [
+    {"num_key_value_heads": 2},                      # grouped-query attention
+    {"tie_word_embeddings": True},                   # tied embeddings
+    {"vocab_size": 50304},                           # other vocab
+    {"attention_bias": True, "mlp_bias": True},      # biases
+    {"head_dim": 64, "num_attention_heads": 8, "num_key_value_heads": 4},  # explicit head_dim ≠ hidden/heads
+])
+def test_user_config_counts_equal_transformers(tmp_path, extra):
+    raw = dict(load_model("20m").raw, **extra)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    cfg = load_model(str(path))
+    assert cfg.params == _transformers_count(raw)
+
+
+def test_model_names_lists_catalogue():
+    names = model_names()
+    for required in ("tiny", "20m", "60m", "130m", "350m", "1b", "3b", "7b", "13b"):
+        assert required in names
+
+
+def test_distinct_shapes_of_1b():
+    assert load_model("1b").distinct_shapes() == [(2048, 2048), (5461, 2048), (2048, 5461)]
+
+
+def test_unknown_model_suggests_nearest():
+    with pytest.raises(SubprofError, match="did you mean.*7b"):
+        load_model("7bb")
+
+
+def test_missing_config_path(tmp_path):
+    with pytest.raises(SubprofError, match="does not exist"):
+        load_model(str(tmp_path / "nope" / "config.json"))
+
+
+def test_non_llama_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
+    with pytest.raises(SubprofError, match="not a LLaMA config"):
+        load_model(str(path))
+
+
+def test_incomplete_llama_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(SubprofError, match="lacks"):
+        load_model(str(path))
+
+
+def test_config_folder_is_accepted(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(load_model("tiny").raw))
+    assert load_model(str(tmp_path)).params == load_model("tiny").params
