@@ -135,3 +135,93 @@ def test_sumo_orthogonalised_moment_is_orthogonal_on_the_small_side(shape):
 
 def test_sumo_orthogonalise_of_zero_is_zero():
     assert torch.count_nonzero(orthogonalise(torch.zeros(4, 30))) == 0
+
+
+# --- moment transfer (needs the optimizer core's read_moment / write_moment) ---------------------------------------
+
+needs_moment_io = pytest.mark.skipif(not hasattr(GrassWalkRule, "read_moment"),
+                                     reason="rule.read_moment/write_moment not landed yet")
+
+
+def signed_permutation(r, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.eye(r)[torch.randperm(r, generator=gen)]
+    return perm * torch.where(torch.rand(r, generator=gen) < 0.5, -1.0, 1.0)
+
+
+@needs_moment_io
+@pytest.mark.parametrize("shape", SHAPES)
+def test_moment_transfer_is_exact_when_the_subspace_is_unchanged(shape):
+    """A new basis of the same subspace (P_new = P_old·S, S a signed permutation): the moments in the full space,
+    and v up to the same permutation, are unchanged."""
+    rule = GrassWalkRule(rank=5, update_gap=1)
+    d, big = min(shape), max(shape)
+    p_old = orthonormal_columns(torch.randn(d, 5))
+    s = signed_permutation(5)
+    p_new = p_old @ s
+    right = shape[0] >= shape[1]
+    m = torch.randn(big, 5) if right else torch.randn(5, big)
+    v = m.square() + torch.rand_like(m)
+    state = {"projector": p_old.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    rotate_moments(rule, state, p_old, p_new, shape, second=True)
+    m_new, v_new = rule.read_moment(state, "exp_avg"), rule.read_moment(state, "exp_avg_sq")
+    if right:  # full-space moment: m Pᵀ
+        torch.testing.assert_close(m_new @ p_new.T, m @ p_old.T, atol=1e-5, rtol=0)
+        torch.testing.assert_close(v_new, v @ s.abs(), atol=1e-5, rtol=1e-5)
+    else:  # P m
+        torch.testing.assert_close(p_new @ m_new, p_old @ m, atol=1e-5, rtol=0)
+        torch.testing.assert_close(v_new, s.abs().T @ v, atol=1e-5, rtol=1e-5)
+
+
+@needs_moment_io
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sumo_refresh_keeps_the_moment_when_the_subspace_is_unchanged(shape):
+    rule = SumoRule(rank=4, update_gap=2)
+    g = torch.randn(*shape)
+    state = {}
+    rule.update_projection(state, g, 0)
+    rule.low_rank_update(state, rule.project(state, g), {}, 0)
+    before = rule.read_moment(state, "exp_avg").clone()
+    rule.update_projection(state, g, 2)  # same gradient → same top-r basis → C = I
+    torch.testing.assert_close(rule.read_moment(state, "exp_avg"), before, atol=1e-5, rtol=0)
+
+
+@needs_moment_io
+def test_sumo_step_accumulates_momentum_and_returns_orthogonal_update():
+    rule = SumoRule(rank=4, update_gap=10, momentum=0.5)
+    g1, g2 = torch.randn(20, 30), torch.randn(20, 30)
+    state = {}
+    rule.update_projection(state, g1, 0)
+    r1 = rule.project(state, g1)
+    rule.low_rank_update(state, r1, {}, 0)
+    rule.update_projection(state, g2, 1)
+    r2 = rule.project(state, g2)
+    o = rule.low_rank_update(state, r2, {}, 1)
+    torch.testing.assert_close(rule.read_moment(state, "exp_avg"), 0.5 * r1 + r2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(o, orthogonalise(0.5 * r1 + r2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_recovery_term_lies_outside_the_subspace_and_its_growth_is_limited(shape):
+    rule = GrassJumpRule(rank=4, update_gap=1)
+    state = {}
+    g = torch.randn(*shape)
+    rule.update_projection(state, g, 0)
+    p, r = state["projector"], rule.project(state, g)
+    first = rule.recovery_term(state, g, r, 2 * r)
+    inside = first @ p if shape[0] >= shape[1] else p.T @ first
+    assert float(inside.abs().max()) < 1e-5
+    # N = 2R scales every row/column of the residual by 2
+    residual = g - rule.project_back(state, r, shape)
+    torch.testing.assert_close(first, 2 * residual, atol=1e-5, rtol=1e-5)
+    second = rule.recovery_term(state, 10 * g, 10 * r, 20 * r)
+    assert math.isclose(float(second.norm()), 1.01 * float(first.norm()), rel_tol=1e-5)
+
+
+def test_recovery_is_off_when_asked():
+    rule = GrassWalkRule(rank=4, update_gap=1, recovery=False)
+    state = {}
+    g = torch.randn(30, 20)
+    rule.update_projection(state, g, 0)
+    assert rule.recovery_term(state, g, rule.project(state, g), rule.project(state, g)) is None
+    assert SumoRule(rank=4, update_gap=1).recovery_term(state, g, None, None) is None
