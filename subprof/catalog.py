@@ -80,18 +80,9 @@ class ModelConfig:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
-    def linear_shapes(self) -> list[LinearShape]:
+    def linear_shapes(self) -> tuple[LinearShape, ...]:
         """The attention and MLP weights that subspace methods project, as torch stores them (out × in)."""
-        h, i, L = self.hidden, self.intermediate, self.layers
-        return [
-            LinearShape(name="self_attn.q_proj", m=self.q_dim, n=h, count=L),
-            LinearShape(name="self_attn.k_proj", m=self.kv_dim, n=h, count=L),
-            LinearShape(name="self_attn.v_proj", m=self.kv_dim, n=h, count=L),
-            LinearShape(name="self_attn.o_proj", m=h, n=self.q_dim, count=L),
-            LinearShape(name="mlp.gate_proj", m=i, n=h, count=L),
-            LinearShape(name="mlp.up_proj", m=i, n=h, count=L),
-            LinearShape(name="mlp.down_proj", m=h, n=i, count=L),
-        ]
+        return _linear_shapes(self)
 
     def distinct_shapes(self) -> list[tuple[int, int]]:
         """Distinct (m, n) of the projected weights, in order of first appearance."""
@@ -157,6 +148,20 @@ class ModelConfig:
         weights = self.projected_params + self.vocab * self.hidden
         attention = 2 * self.layers * seq * self.q_dim
         return 2 * weights + 2 * attention
+
+
+@cache
+def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
+    h, i, L = m.hidden, m.intermediate, m.layers
+    return (
+        LinearShape(name="self_attn.q_proj", m=m.q_dim, n=h, count=L),
+        LinearShape(name="self_attn.k_proj", m=m.kv_dim, n=h, count=L),
+        LinearShape(name="self_attn.v_proj", m=m.kv_dim, n=h, count=L),
+        LinearShape(name="self_attn.o_proj", m=h, n=m.q_dim, count=L),
+        LinearShape(name="mlp.gate_proj", m=i, n=h, count=L),
+        LinearShape(name="mlp.up_proj", m=i, n=h, count=L),
+        LinearShape(name="mlp.down_proj", m=h, n=i, count=L),
+    )
 
 
 def model_names() -> list[str]:

@@ -16,6 +16,7 @@ real H100 rows (see `calibration.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from subprof import calibration as cal
 from subprof.catalog import ModelConfig
@@ -164,7 +165,8 @@ def state_bytes(c: TrainConfig) -> dict[str, int]:
             for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits,
                                                   param_bytes=c.param_bytes).items():
                 out[role] = out.get(role, 0) + s.count * n_bytes
-    out["optimizer_states"] += sum(_adamw_tensor_bytes(n, c) for n in m.unprojected_tensors())
+    sizes = m.unprojected_tensors()
+    out["optimizer_states"] += sum(sizes.count(n) * _adamw_tensor_bytes(n, c) for n in set(sizes))
     return out
 
 
@@ -252,14 +254,19 @@ def autocast_cache_bytes(c: TrainConfig) -> int:
 # ------------------------------------------------------------------------------------------------- estimate
 
 
+@lru_cache(maxsize=4096)
+def _token_independent(model: ModelConfig, method: str, rank: int | None, state_bits: int, layerwise: bool,
+                       dtype: str) -> tuple[int, int, int, int, int, int]:
+    """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
+    c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype)
+    states = state_bytes(c)
+    return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
+            refresh_workspace_bytes(c), step_temporary_bytes(c))
+
+
 def estimate(c: TrainConfig) -> Estimate:
     """The breakdown by component and phase, and the predicted peaks. Every term is one formula above."""
-    w = weight_bytes(c)
-    g = gradient_bytes(c)
-    states = state_bytes(c)
-    s, p = states["optimizer_states"], states["projection_matrices"]
-    ws = refresh_workspace_bytes(c)
-    tmp = step_temporary_bytes(c)
+    w, g, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype)
     act = activation_bytes(c)
     logit = logits_bytes(c)
     cast = autocast_cache_bytes(c)

@@ -185,25 +185,35 @@ def plan(req: PlanRequest) -> Plan:
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
                            layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate]) -> Candidate | None:
-    """Memory grows with the micro-batch, so try the largest first and stop at the first that fits."""
-    last = None
-    for batch, accumulation in batches:
+    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
+
+    def evaluate(i: int) -> Candidate:
+        batch, accumulation = batches[i]
         cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                           layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt)
         est = estimate(cfg)
-        fits = est.device_used_bytes <= req.usable_bytes
-        if fits or batch == batches[-1][0]:
-            last = Candidate(config=cfg, estimate=est, accumulation=accumulation, fits=fits,
-                             throughput=predict_throughput(cfg, gpu, accumulation=accumulation,
-                                                           utilization=req.utilization),
-                             quality=quality_prior(cfg, spec))
-            if fits:
-                return last
-    if last is not None:
+        return Candidate(config=cfg, estimate=est, accumulation=accumulation,
+                         fits=est.device_used_bytes <= req.usable_bytes,
+                         throughput=predict_throughput(
+                             cfg, gpu, accumulation=accumulation, utilization=req.utilization,
+                             states=est.components["optimizer_states"] + est.components["projection_matrices"]),
+                         quality=quality_prior(cfg, spec))
+
+    leanest = evaluate(len(batches) - 1)
+    if not leanest.fits:
         prev = smallest.get(spec.name)
-        if prev is None or last.estimate.device_used_bytes < prev.estimate.device_used_bytes:
-            smallest[spec.name] = last
-    return None
+        if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
+            smallest[spec.name] = leanest
+        return None
+    lo, hi, best = 0, len(batches) - 2, leanest  # find the smallest index (largest batch) that fits
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = evaluate(mid)
+        if cand.fits:
+            best, hi = cand, mid - 1
+        else:
+            lo = mid + 1
+    return best
 
 
 def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:

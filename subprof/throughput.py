@@ -43,9 +43,10 @@ def train_flops_per_token(c: TrainConfig) -> float:
     return (4 if c.checkpointing else 3) * c.model.forward_flops_per_token(c.seq)
 
 
-def projection_seconds(c: TrainConfig, gpu: GpuSpec) -> float:
-    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap) + projecting G and the update
-    back (2 · 2·m·n·r FLOPs per weight) at the fp32 GEMM rate."""
+def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4) -> float:
+    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap), SVD at the measured SVD rate,
+    streaming and geodesic updates at the measured fp32 GEMM rate, + projecting G and the update back
+    (2 · 2·m·n·r FLOPs per weight, in the training dtype) at the model's matmul rate."""
     spec = c.spec
     if not spec.project:
         return 0.0
@@ -57,25 +58,25 @@ def projection_seconds(c: TrainConfig, gpu: GpuSpec) -> float:
         if spec.name in ("grasswalk", "grassjump", "subtrack"):
             refresh_rate = GEMM_FP32_FRACTION * peak
         refresh = spec.refresh_flops(s.m, s.n, r) / refresh_rate / c.update_gap
-        project = 4.0 * s.m * s.n * r / (GEMM_FP32_FRACTION * peak)
+        project = 4.0 * s.m * s.n * r / (utilization * peak)
         total += s.count * (refresh + project)
     return total
 
 
-def optimizer_seconds(c: TrainConfig, gpu: GpuSpec) -> float:
+def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -> float:
     """Read gradient, read+write weight and states once: (P·b + 2·P·b + 2·states) / bandwidth."""
-    states = sum(state_bytes(c).values())
+    states = sum(state_bytes(c).values()) if states is None else states
     moved = 3 * c.model.params * c.param_bytes + 2 * states
     return moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
 
 
-def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int = 1,
-                       utilization: float = 0.4) -> Throughput:
+def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int = 1, utilization: float = 0.4,
+                       states: int | None = None) -> Throughput:
     """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
     tokens = c.tokens * accumulation
     compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
-    opt = optimizer_seconds(c, gpu)
-    proj = projection_seconds(c, gpu)
+    opt = optimizer_seconds(c, gpu, states)
+    proj = projection_seconds(c, gpu, utilization)
     step = compute + opt + proj
     return Throughput(tokens_per_s=tokens / step, step_s=step, compute_s=compute, optimizer_s=opt,
                       projection_s=proj, utilization=utilization, gpu=gpu.name)

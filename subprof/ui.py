@@ -17,6 +17,8 @@ from rich.console import Console
 from subprof.errors import SubprofError
 
 console = Console(stderr=False, highlight=False, soft_wrap=False)
+if not console.is_terminal:  # piped or captured output: don't squeeze tables into 80 columns
+    console = Console(stderr=False, highlight=False, soft_wrap=False, width=140)
 err_console = Console(stderr=True, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]

@@ -1,0 +1,89 @@
+"""The planner: its choice fits the budget, the search space is the one promised, and nothing-fits says what would."""
+
+import pytest
+
+from subprof.catalog import load_model, parse_budget
+from subprof.errors import SubprofError
+from subprof.memory import estimate
+from subprof.methods import parse_methods
+from subprof.planner import PlanRequest, plan, ranks_for
+
+
+def request(model="7b", budget="24GB", methods="all", **kw) -> PlanRequest:
+    return PlanRequest(model=load_model(model), budget=parse_budget(budget), methods=parse_methods(methods), **kw)
+
+
+@pytest.mark.parametrize("model, budget", [("7b", "24GB"), ("1b", "16GB"), ("350m", "4090"), ("7b", "h100-sxm"),
+                                           ("60m", "8GiB"), ("13b", "a100-80gb")])
+def test_recommendation_fits_the_budget(model, budget):
+    req = request(model, budget)
+    rec = plan(req).recommendation
+    assert rec is not None
+    assert rec.estimate.device_used_bytes <= req.usable_bytes
+    # re-estimating the recommended configuration from scratch gives the same numbers
+    assert estimate(rec.config).device_used_bytes == rec.estimate.device_used_bytes
+
+
+def test_every_listed_candidate_fits():
+    req = request("7b", "24GB")
+    result = plan(req)
+    assert result.candidates
+    assert all(c.fits and c.estimate.device_used_bytes <= req.usable_bytes for c in result.candidates)
+
+
+def test_adamw_7b_rejected_on_24gb_with_reason():
+    result = plan(request("7b", "24GB"))
+    assert "adamw" not in result.best_per_method
+    assert result.rejected["adamw"].startswith("adamw: ")
+    assert "GiB >" in result.rejected["adamw"]
+
+
+def test_7b_on_24gb_needs_a_low_rank_method():
+    rec = plan(request("7b", "24GB")).recommendation
+    assert rec.config.spec.project
+
+
+def test_full_rank_adamw_wins_when_it_fits():
+    rec = plan(request("60m", "h100-sxm")).recommendation
+    assert rec.config.method == "adamw"
+
+
+def test_ranks_are_powers_of_two_up_to_smallest_dimension():
+    ranks = ranks_for(load_model("60m"))
+    assert ranks == [16, 32, 64, 128, 256, 512]
+
+
+def test_fixed_batch_is_respected():
+    result = plan(request("1b", "24GB", batch=4))
+    assert {c.config.batch for c in result.candidates} == {4}
+
+
+def test_tokens_per_step_uses_accumulation():
+    result = plan(request("1b", "24GB", tokens_per_step=256 * 64))
+    for c in result.candidates:
+        assert c.config.batch * c.accumulation == 64
+
+
+def test_nothing_fits_suggests_what_would():
+    result = plan(request("13b", "8GB", methods="adamw"))
+    assert result.recommendation is None
+    assert result.suggestions
+    assert any("GPU" in s or "--seq" in s for s in result.suggestions)
+
+
+def test_more_memory_never_lowers_quality():
+    small = plan(request("7b", "24GB")).recommendation
+    large = plan(request("7b", "48GB")).recommendation
+    assert (large.quality, large.throughput.tokens_per_s) >= (small.quality, small.throughput.tokens_per_s) or \
+        large.quality > small.quality
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(margin=1.5), "margin"),
+    (dict(batch=0), "batch"),
+    (dict(batch=4, tokens_per_step=4096), "not both"),
+    (dict(seq=0), "seq"),
+])
+def test_bad_plan_requests(kw, message):
+    with pytest.raises(SubprofError, match=message):
+        request("7b", "24GB", **kw)
