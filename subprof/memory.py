@@ -46,9 +46,12 @@ class TrainConfig:
     batch: int = 8
     seq: int = 256
     checkpointing: bool = False
+    accumulation: int = 1
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
+        if self.accumulation <= 0:
+            raise SubprofError(f"gradient accumulation steps must be at least 1, got {self.accumulation}")
         self.method = spec.name
         if self.dtype not in DTYPES:
             raise SubprofError(f"--dtype {self.dtype!r} unknown: use bf16 or mixed")
@@ -122,7 +125,7 @@ class Estimate:
         return {
             "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
             "state_bits": c.state_bits, "layerwise": c.layerwise, "dtype": c.dtype, "batch": c.batch, "seq": c.seq,
-            "checkpointing": c.checkpointing,
+            "checkpointing": c.checkpointing, "accumulation": c.accumulation,
             "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
             "device_used_bytes": self.device_used_bytes, "peak_phase": self.peak_phase,
             "components": dict(self.components), "phases": {k: dict(v) for k, v in self.phases.items()},
@@ -139,9 +142,10 @@ def weight_bytes(c: TrainConfig) -> int:
 
 
 def gradient_bytes(c: TrainConfig) -> int:
-    """gradients = P · b_param; per-layer updates free each gradient in its hook, so only the largest tensor's
-    gradient (the embedding or lm_head, V·h) is alive at once."""
-    if c.layerwise:
+    """gradients = P · b_param; per-layer updates without gradient accumulation free each gradient in its hook, so
+    only the largest tensor's gradient (the embedding or lm_head, V·h) is alive at once. With accumulation the
+    gradients must survive between micro-batches, per-layer or not."""
+    if c.layerwise and c.accumulation == 1:
         return max(c.model.embedding_params, c.model.lm_head_params) * c.param_bytes
     return c.model.params * c.param_bytes
 
@@ -266,7 +270,8 @@ def _token_independent(model: ModelConfig, method: str, rank: int | None, state_
 
 def estimate(c: TrainConfig) -> Estimate:
     """The breakdown by component and phase, and the predicted peaks. Every term is one formula above."""
-    w, g, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype)
+    w, _, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype)
+    g = gradient_bytes(c)
     act = activation_bytes(c)
     logit = logits_bytes(c)
     cast = autocast_cache_bytes(c)

@@ -21,6 +21,7 @@ from subprof.methods.base import MethodSpec
 from subprof.throughput import Throughput, predict_throughput
 
 MIN_RANK = 16
+DEFAULT_GLOBAL_BATCH = 512  # sequences per optimizer step in the GaLore / OSD runs
 
 
 @dataclass(kw_only=True, slots=True)
@@ -54,6 +55,16 @@ class PlanRequest:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
 
     @property
+    def global_tokens(self) -> int:
+        """Tokens per optimizer step: --tokens-per-step, else --batch sequences, else 512 sequences (the global
+        batch of the GaLore and OSD pretraining runs), reached by gradient accumulation."""
+        if self.tokens_per_step is not None:
+            return self.tokens_per_step
+        if self.batch is not None:
+            return self.batch * self.seq
+        return DEFAULT_GLOBAL_BATCH * self.seq
+
+    @property
     def usable_bytes(self) -> int:
         return int(self.budget.bytes * (1 - self.margin))
 
@@ -73,7 +84,6 @@ class Candidate:
     config: TrainConfig
     estimate: Estimate
     throughput: Throughput
-    accumulation: int
     quality: float
     fits: bool
 
@@ -81,7 +91,7 @@ class Candidate:
         c = self.config
         return {
             "method": c.method, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
-            "layerwise": c.layerwise, "batch": c.batch, "accumulation": self.accumulation,
+            "layerwise": c.layerwise, "batch": c.batch, "accumulation": c.accumulation,
             "checkpointing": c.checkpointing, "seq": c.seq, "dtype": c.dtype,
             "estimated_peak_allocated_bytes": self.estimate.peak_allocated_bytes,
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
@@ -131,15 +141,17 @@ def quality_prior(c: TrainConfig, spec: MethodSpec) -> float:
     return score
 
 
-def _batches(req: PlanRequest) -> list[tuple[int, int]]:
-    """(micro-batch, accumulation steps) pairs to try, largest micro-batch first."""
+def _batches(req: PlanRequest, layerwise: bool) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation steps) pairs to try, largest micro-batch first. Without an explicit step size,
+    per-layer candidates step every micro-batch: accumulating would keep every gradient alive and undo their
+    saving."""
     if req.batch is not None:
         return [(req.batch, 1)]
-    if req.tokens_per_step is not None:
-        seqs = max(1, req.tokens_per_step // req.seq)
-        return [(b, seqs // b) for b in sorted({2**k for k in range(0, 12) if 2**k <= seqs}, reverse=True)
-                if seqs % b == 0]
-    return [(2**k, 1) for k in range(9, -1, -1)]
+    seqs = max(1, req.global_tokens // req.seq)
+    micro = sorted({2**k for k in range(0, 12) if 2**k <= seqs}, reverse=True)
+    if layerwise and req.tokens_per_step is None:
+        return [(b, 1) for b in micro]
+    return [(b, seqs // b) for b in micro if seqs % b == 0]
 
 
 def _bits_for(req: PlanRequest, forced: int | None) -> list[int]:
@@ -153,7 +165,6 @@ def plan(req: PlanRequest) -> Plan:
     gpu = req.throughput_gpu
     fitting: list[Candidate] = []
     smallest: dict[str, Candidate] = {}
-    batches = _batches(req)
     for spec, forced_bits in req.methods:
         ranks = ranks_for(req.model) if spec.project else [None]
         for rank in ranks:
@@ -161,8 +172,8 @@ def plan(req: PlanRequest) -> Plan:
                 for bits in _bits_for(req, forced_bits):
                     for layerwise in (False, True):
                         for ckpt in (False, True):
-                            found = _largest_fitting_batch(req, spec, rank, gap, bits, layerwise, ckpt, batches,
-                                                           gpu, smallest)
+                            found = _largest_fitting_batch(req, spec, rank, gap, bits, layerwise, ckpt,
+                                                           _batches(req, layerwise), gpu, smallest)
                             if found is not None:
                                 fitting.append(found)
     fitting.sort(key=lambda c: (c.quality, c.throughput.tokens_per_s), reverse=True)
@@ -190,12 +201,13 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     def evaluate(i: int) -> Candidate:
         batch, accumulation = batches[i]
         cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
-                          layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt)
+                          layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt,
+                          accumulation=accumulation)
         est = estimate(cfg)
-        return Candidate(config=cfg, estimate=est, accumulation=accumulation,
+        return Candidate(config=cfg, estimate=est,
                          fits=est.device_used_bytes <= req.usable_bytes,
                          throughput=predict_throughput(
-                             cfg, gpu, accumulation=accumulation, utilization=req.utilization,
+                             cfg, gpu, utilization=req.utilization,
                              states=est.components["optimizer_states"] + est.components["projection_matrices"]),
                          quality=quality_prior(cfg, spec))
 

@@ -44,7 +44,7 @@ def estimate_table(est: Estimate) -> None:
 def _cand_row(c: Candidate) -> list[str]:
     cfg = c.config
     return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
-            "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{c.accumulation}" if c.accumulation > 1 else ""),
+            "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
             f"{gib(c.estimate.device_used_bytes):.2f}", f"{c.throughput.tokens_per_s:,.0f}",
             f"{100 * c.throughput.projection_share:.1f}%"]
@@ -66,7 +66,11 @@ def _cand_table(title: str, cands: list[Candidate]) -> Table:
 def plan_tables(result: Plan) -> None:
     req = result.request
     gpu = req.throughput_gpu
-    console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}; "
+    console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}, "
+                  f"{req.global_tokens:,} tokens per optimizer step"
+                  + (" (per-layer candidates step every micro-batch); " if req.tokens_per_step is None
+                     and req.batch is None else "; ")
+                  + f"
                   f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
                   f"context)")
@@ -81,7 +85,8 @@ def plan_tables(result: Plan) -> None:
         return
     cfg = rec.config
     console.print(f"[bold green]recommended:[/] {cfg.label()}, micro-batch {cfg.batch}"
-                  + (f" × {rec.accumulation} accumulation" if rec.accumulation > 1 else "")
+                  + (f" × {cfg.accumulation} accumulation" if cfg.accumulation > 1 else
+                     " (optimizer step every micro-batch)")
                   + f" — peak allocated {gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device "
                   f"{gib(rec.estimate.device_used_bytes):.2f} GiB of {gib(req.usable_bytes):.2f} GiB usable "
                   f"(headroom {gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
@@ -113,6 +118,7 @@ def plan_json(result: Plan) -> dict:
         "margin": req.margin,
         "seq": req.seq,
         "dtype": req.dtype,
+        "tokens_per_step": req.global_tokens,
         "throughput_gpu": req.throughput_gpu.key,
         "utilization": req.utilization,
         "recommendation": rec.to_dict() if rec else None,

@@ -2,8 +2,8 @@
 step as a memory-bound pass over weights, gradients and states, and projection refreshes amortised over their gap.
 
 Projection-update rates come from one real H100 measurement (METHODS.md, fp32, median, 1b 2048×5461 rank 128):
-a full `torch.linalg.svd` took 236 ms and the two-GEMM floor G(GᵀP) 0.17 ms. Expressed as fractions of the
-H100 SXM's 989 dense BF16 TFLOP/s they carry over to other GPUs in proportion to their TFLOP/s — a rough scaling,
+a full `torch.linalg.svd` took 236 ms and the two-GEMM floor G(GᵀP) 0.17 ms. Neither runs on BF16 tensor cores,
+so they are carried to other GPUs in proportion to memory bandwidth (H100 SXM: 3,350 GB/s) — a rough scaling,
 stated in every output; `subprof proj` measures the real numbers on the user's device.
 """
 
@@ -15,10 +15,10 @@ from subprof.catalog import GpuSpec
 from subprof.memory import TrainConfig, state_bytes
 from subprof.methods.base import svd_flops, two_gemm_flops
 
-H100_TFLOPS = 989.0
-# 1b shape 2048×5461, rank 128, on an H100 (METHODS.md): SVD 236 ms, two-GEMM floor 0.17 ms
-SVD_FRACTION = svd_flops(2048, 5461, 128) / 0.236 / (H100_TFLOPS * 1e12)
-GEMM_FP32_FRACTION = two_gemm_flops(2048, 5461, 128) / 0.17e-3 / (H100_TFLOPS * 1e12)
+H100_BANDWIDTH_GBS = 3350.0
+# 1b shape 2048×5461, rank 128, on an H100 (METHODS.md): SVD 236 ms, two-GEMM floor 0.17 ms → FLOP/s
+H100_SVD_FLOPS = svd_flops(2048, 5461, 128) / 0.236
+H100_GEMM_FP32_FLOPS = two_gemm_flops(2048, 5461, 128) / 0.17e-3
 # the optimizer step streams weights, gradients and states; assume 70% of datasheet bandwidth
 BANDWIDTH_EFFICIENCY = 0.7
 
@@ -44,21 +44,22 @@ def train_flops_per_token(c: TrainConfig) -> float:
 
 
 def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4) -> float:
-    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap), SVD at the measured SVD rate,
-    streaming and geodesic updates at the measured fp32 GEMM rate, + projecting G and the update back
-    (2 · 2·m·n·r FLOPs per weight, in the training dtype) at the model's matmul rate."""
+    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap) — SVD refreshes (galore, sumo)
+    at the measured SVD rate, streaming and geodesic updates at the measured fp32 GEMM rate, both scaled by
+    bandwidth — plus projecting G and the update back (2 · 2·m·n·r FLOPs per weight, in the training dtype) at
+    the model's matmul rate. SUMO's per-step SVD of the small moment is not counted (r×r work)."""
     spec = c.spec
     if not spec.project:
         return 0.0
-    peak = gpu.bf16_tflops * 1e12
+    scale = gpu.bandwidth_gbs / H100_BANDWIDTH_GBS
+    svd_rate, gemm_rate = H100_SVD_FLOPS * scale, H100_GEMM_FP32_FLOPS * scale
+    matmul_rate = utilization * gpu.bf16_tflops * 1e12
+    uses_svd = spec.name in ("galore", "sumo")
     total = 0.0
     for s in c.model.linear_shapes():
         r = min(c.rank, s.m, s.n)
-        refresh_rate = (GEMM_FP32_FRACTION if spec.refresh_every_step else SVD_FRACTION) * peak
-        if spec.name in ("grasswalk", "grassjump", "subtrack"):
-            refresh_rate = GEMM_FP32_FRACTION * peak
-        refresh = spec.refresh_flops(s.m, s.n, r) / refresh_rate / c.update_gap
-        project = 4.0 * s.m * s.n * r / (utilization * peak)
+        refresh = spec.refresh_flops(s.m, s.n, r) / (svd_rate if uses_svd else gemm_rate) / c.update_gap
+        project = 4.0 * s.m * s.n * r / matmul_rate
         total += s.count * (refresh + project)
     return total
 
@@ -70,10 +71,10 @@ def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -
     return moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
 
 
-def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int = 1, utilization: float = 0.4,
-                       states: int | None = None) -> Throughput:
+def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int | None = None,
+                       utilization: float = 0.4, states: int | None = None) -> Throughput:
     """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
-    tokens = c.tokens * accumulation
+    tokens = c.tokens * (c.accumulation if accumulation is None else accumulation)
     compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
     opt = optimizer_seconds(c, gpu, states)
     proj = projection_seconds(c, gpu, utilization)

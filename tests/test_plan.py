@@ -61,7 +61,7 @@ def test_fixed_batch_is_respected():
 def test_tokens_per_step_uses_accumulation():
     result = plan(request("1b", "24GB", tokens_per_step=256 * 64))
     for c in result.candidates:
-        assert c.config.batch * c.accumulation == 64
+        assert c.config.batch * c.config.accumulation == 64
 
 
 def test_nothing_fits_suggests_what_would():
