@@ -70,8 +70,7 @@ def plan_tables(result: Plan) -> None:
                   f"{req.global_tokens:,} tokens per optimizer step"
                   + (" (per-layer candidates step every micro-batch); " if req.tokens_per_step is None
                      and req.batch is None else "; ")
-                  + f"
-                  f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
+                  + f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
                   f"context)")
     rec = result.recommendation
