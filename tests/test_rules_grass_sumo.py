@@ -225,3 +225,42 @@ def test_recovery_is_off_when_asked():
     rule.update_projection(state, g, 0)
     assert rule.recovery_term(state, g, rule.project(state, g), rule.project(state, g)) is None
     assert SumoRule(rank=4, update_gap=1).recovery_term(state, g, None, None) is None
+
+
+# --- through the optimizer core ----------------------------------------------------------------------------------
+
+class TinyBlock(torch.nn.Module):
+    """Two projected linears (names contain attn / mlp), one tall and one wide, and an unprojected head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = torch.nn.Linear(24, 40, bias=False)  # weight 40×24 (tall)
+        self.mlp = torch.nn.Linear(40, 24, bias=False)  # weight 24×40 (wide)
+        self.head = torch.nn.Linear(24, 1)
+
+    def forward(self, x):
+        return self.head(self.mlp(torch.tanh(self.attn(x))))
+
+
+@pytest.mark.parametrize("method,lr", [("grasswalk", 3e-3), ("grassjump", 3e-3), ("sumo", 2e-2)])
+def test_a_few_steps_through_build_optimizer_lower_the_loss(method, lr):
+    optim = pytest.importorskip("subprof.optim")
+    torch.manual_seed(0)
+    model = TinyBlock()
+    x = torch.randn(256, 24)
+    y = torch.sin(x[:, :3].sum(dim=1, keepdim=True))
+    opt = optim.build_optimizer(model, method, rank=4, update_gap=5, lr=lr, seed=1)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        losses.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0]
+    projected = [opt.state[p] for p in (model.attn.weight, model.mlp.weight)]
+    for state in projected:
+        p = state["projector"].float()
+        torch.testing.assert_close(p.T @ p, torch.eye(4), atol=1e-5, rtol=0)
+        assert ("exp_avg_sq" in state) == (method != "sumo")
