@@ -298,7 +298,7 @@ def proj_table(rows: list[dict]) -> pd.DataFrame:
 
 
 _LOSS_KEYS = {"train": ("train_loss", "train_losses", "losses", "loss"),
-              "validation": ("val_loss", "val_losses", "validation_loss", "eval_loss")}
+              "validation": ("val_curve", "val_loss", "val_losses", "validation_loss", "eval_loss")}
 _CURVE_KEYS = ("curve", "history", "log", "evals", "points")
 
 
@@ -330,20 +330,36 @@ def _points(value: object, every: float) -> list[tuple[float, float]]:
     return pts
 
 
-def burst_table(rows: list[dict]) -> pd.DataFrame:
-    """Long table (config, kind, step, loss) from burst rows, whatever curve layout they use; rows without a
-    curve contribute their final losses at their last step; non-finite losses are dropped (a diverged run)."""
+def burst_labels(rows: list[dict]) -> list[str]:
+    """One distinct label per burst row: its configuration, plus the learning rate (then a counter) on clashes."""
+    labels = [_burst_label(r) for r in rows]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} lr{r['lr']:g}" if isinstance(r.get("lr"), (int, float)) else lab
+                  for lab, r in zip(labels, rows)]
+    seen: dict[str, int] = {}
     out = []
-    for r in rows:
-        label, status = _burst_label(r), r.get("status", "ok")
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+def burst_table(rows: list[dict]) -> pd.DataFrame:
+    """Long table (config, kind, step, loss) from burst rows, whatever curve layout they use (`train_loss` per
+    step and `val_curve` [[step, loss], …] as `subprof burst` writes them, or lists of dicts, or one row per
+    step); non-finite losses are dropped (a diverged run stops there)."""
+    out = []
+    for r, label in zip(rows, burst_labels(rows)):
+        status = r.get("status", "ok")
         found = False
         for kind, keys in _LOSS_KEYS.items():
             for key in keys:
-                value = r.get(key)
                 every = _num(r, "eval_every" if kind == "validation" else "log_every") or 1.0
-                for step, loss in _points(value, every):
+                for step, loss in _points(r.get(key), every):
                     out.append({"config": label, "kind": kind, "step": step, "loss": loss, "status": status})
                     found = True
+                if found and kind == "validation":
+                    break
         for key in _CURVE_KEYS:
             items = r.get(key)
             for item in items if isinstance(items, list) else []:
@@ -363,7 +379,26 @@ def burst_table(rows: list[dict]) -> pd.DataFrame:
                     out.append({"config": label, "kind": kind, "step": step, "loss": loss, "status": status})
     df = pd.DataFrame(out, columns=["config", "kind", "step", "loss", "status"])
     df = df.loc[df["loss"].astype(float).map(math.isfinite).astype(bool).to_numpy()]
-    return df.drop_duplicates().sort_values(["config", "kind", "step"]).reset_index(drop=True)
+    return df.drop_duplicates().sort_values(["config", "kind", "step"], kind="stable").reset_index(drop=True)
+
+
+def burst_summary(rows: list[dict]) -> pd.DataFrame:
+    """One line per burst configuration, ranked by final validation loss, with speed and memory beside it."""
+    out = []
+    for r, label in zip(rows, burst_labels(rows)):
+        train = r.get("train_loss")
+        out.append({"config": label, "model": r.get("model"), "method": r.get("method"), "rank": r.get("rank"),
+                    "update_gap": r.get("update_gap"), "status": r.get("status", "ok"),
+                    "steps": r.get("steps_done", r.get("steps")),
+                    "final_train_loss": _num(r, "final_train_loss") if not isinstance(train, (int, float))
+                    else float(train), "val_loss": _num(r, "val_loss"), "tokens_per_s": _num(r, "tokens_per_s"),
+                    "projection_share": _num(r, "projection_share"),
+                    "peak_bytes": _num(r, "peak_allocated_bytes", "peak_tracked_bytes"),
+                    "device": r.get("device"), "corpus": r.get("corpus") or r.get("corpus_name")})
+    df = pd.DataFrame(out, columns=["config", "model", "method", "rank", "update_gap", "status", "steps",
+                                    "final_train_loss", "val_loss", "tokens_per_s", "projection_share",
+                                    "peak_bytes", "device", "corpus"])
+    return df.sort_values("val_loss", na_position="last", kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------- in words
@@ -496,6 +531,7 @@ def build_report(req: ReportRequest, on_cell: Callable[[str], None] | None = Non
         "bench": bench_table(req.bench_rows),
         "projection": proj_table(req.proj_rows),
         "burst": burst_table(req.burst_rows),
+        "burst_summary": burst_summary(req.burst_rows),
     }
     return Report(request=req, cells=cells, tables=tables, summary=summary_lines(req, tables),
                   assumptions=assumptions(req))
@@ -560,28 +596,32 @@ def fig_fit_matrix(fit: pd.DataFrame):
 
 
 def fig_breakdown(df: pd.DataFrame, model: str):
-    """Stacked bars: the components alive at each method's peak, up to device used, against usable memory."""
+    """Horizontal stacked bars: the components alive at each method's peak, adding up to device used, against
+    the GPU's usable memory (dashed line)."""
     import plotly.graph_objects as go
 
     d = df[df["model"] == model]
-    labels = {m: f"{c}{'' if fits else ' (does not fit)'}<br>batch {b}"
-              for m, c, fits, b in d[["method", "config", "fits", "batch"]].drop_duplicates("method").itertuples(
-                  index=False)}
+    heads = d.drop_duplicates("method")
+    labels = {r.method: f"{r.config} · b{r.batch}" + ("" if r.fits else " ✗") for r in heads.itertuples()}
     fig = go.Figure()
     for comp in dict.fromkeys(d["component"]):
         part = d[d["component"] == comp]
-        fig.add_bar(x=[labels[m] for m in part["method"]], y=part["gib"], name=comp.replace("_", " "),
-                    marker_color=COMPONENT_COLORS.get(comp), hovertemplate="%{x}<br>" + comp + ": %{y:.2f} GiB"
-                    "<extra></extra>")
-    totals = d.groupby("method", sort=False)["device_used_bytes"].first() / GIB
-    fig.add_scatter(x=[labels[m] for m in totals.index], y=totals.values, mode="text", showlegend=False,
-                    text=[f"{v:.1f} GiB" for v in totals.values], textposition="top center", hoverinfo="skip")
-    usable = d["usable_bytes"].iloc[0] / GIB
-    fig.add_hline(y=usable, line_dash="dash", line_color="#c0392b",
-                  annotation_text=f"usable {usable:.1f} GiB on {d['gpu_name'].iloc[0]}",
-                  annotation_position="top left")
-    _layout(fig, f"{model}: device memory at the peak phase per method, on {d['gpu_name'].iloc[0]} (GiB)", 520)
-    fig.update_layout(barmode="stack", yaxis_title="GiB (2^30 B)", legend={"y": -0.35})
+        fig.add_bar(y=[labels[m] for m in part["method"]], x=part["gib"], orientation="h",
+                    name=comp.replace("_", " "), marker_color=COMPONENT_COLORS.get(comp),
+                    hovertemplate="%{y}<br>" + comp.replace("_", " ") + ": %{x:.2f} GiB<extra></extra>")
+    totals = heads["device_used_bytes"].to_numpy() / GIB
+    fig.add_scatter(y=[labels[m] for m in heads["method"]], x=totals, mode="text", showlegend=False,
+                    text=[f"  {v:.1f} GiB" for v in totals], textposition="middle right", hoverinfo="skip",
+                    cliponaxis=False)
+    usable, gpu = d["usable_bytes"].iloc[0] / GIB, d["gpu_name"].iloc[0]
+    fig.add_vline(x=usable, line_dash="dash", line_color="#c0392b", line_width=2)
+    fig.add_scatter(x=[None], y=[None], mode="lines", line={"dash": "dash", "color": "#c0392b"},
+                    name=f"usable {usable:.1f} GiB")
+    _layout(fig, f"{model} on {gpu}: device memory at the peak phase, per method at its recommended "
+                 f"configuration (✗ = does not fit; leanest configuration shown)", 150 + 34 * len(heads))
+    fig.update_layout(barmode="stack", xaxis_title="GiB (2^30 B)", legend={"y": -0.25, "traceorder": "normal"},
+                      margin={"l": 300, "r": 80, "b": 90})
+    fig.update_yaxes(autorange="reversed")
     return fig
 
 
@@ -592,15 +632,15 @@ def fig_cost(cost: pd.DataFrame, model: str):
     d = cost[cost["model"] == model].copy()
     d["sort"] = d["cost_usd"].astype(float).fillna(float("inf"))
     d = d.sort_values("sort")
-    text = [f"${c:,.0f} · {h:,.0f} h · ${p:.2f}/h" if pd.notna(c) else "does not fit"
-            for c, h, p in zip(d["cost_usd"], d["hours"], d["usd_per_hour"])]
+    text = [f"${c:,.0f} · {h:,.0f} h · ${p:.2f}/h · {cfg}" if pd.notna(c) else "does not fit"
+            for c, h, p, cfg in zip(d["cost_usd"], d["hours"], d["usd_per_hour"], d["config"])]
     fig = go.Figure(go.Bar(y=d["gpu_name"], x=d["cost_usd"].astype(float).fillna(0), orientation="h", text=text,
                            textposition="outside", marker_color="#2e86c1", cliponaxis=False,
                            customdata=d["config"], hovertemplate="%{y}: %{text}<br>%{customdata}<extra></extra>"))
     _layout(fig, f"{model}: cost of {fmt_count(d['tokens'].iloc[0])} tokens on one GPU (USD, indicative)",
             110 + 30 * len(d))
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(xaxis_title="USD", margin={"r": 190, "l": 110})
+    fig.update_layout(xaxis_title="USD", margin={"r": 420, "l": 110})
     return fig
 
 
@@ -660,9 +700,6 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
                    "estimated_peak_allocated_gib": ("peak alloc. GiB", _G), "device_used_gib": ("device used GiB", _G),
                    "usable_gib": ("usable GiB", _G), "max_lowrank_rank": ("max low-rank rank", "{:.0f}".format),
                    "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format)},
-    "memory_breakdown": {"model": ("model", None), "gpu_name": ("GPU", None), "config": ("configuration", None),
-                         "batch": ("micro-batch", None), "fits": ("fits", None), "peak_phase": ("peak phase", None),
-                         "component": ("component", None), "gib": ("GiB", _G)},
     "cost": {"model": ("model", None), "gpu_name": ("GPU", None), "config": ("configuration", None),
              "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format), "hours": ("GPU-hours", "{:,.1f}".format),
              "usd_per_hour": ("USD/h", "{:.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
@@ -679,13 +716,37 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
                    "rank": ("rank", None), "median_ms": ("median ms", "{:.4g}".format),
                    "spread_ms": ("spread ms", "{:.3g}".format), "ratio_to_svd": ("SVD ÷ method", "{:,.1f}".format),
                    "device": ("device", None), "dtype": ("dtype", None)},
+    "burst_summary": {"config": ("configuration", None), "status": ("status", None), "steps": ("steps", None),
+                      "final_train_loss": ("final train loss", "{:.4f}".format),
+                      "val_loss": ("validation loss", "{:.4f}".format), "tokens_per_s": ("tokens/s", "{:,.0f}".format),
+                      "projection_share": ("projection share", "{:.1%}".format),
+                      "peak_bytes": ("peak MiB", lambda v: f"{v / 2**20:,.0f}"), "device": ("device", None),
+                      "corpus": ("corpus", None)},
     "burst": {"config": ("configuration", None), "kind": ("loss", None), "step": ("step", "{:.0f}".format),
               "loss": ("value", "{:.4f}".format), "status": ("status", None)},
 }
 
 
+def breakdown_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """The long breakdown as one row per model × configuration, one GiB column per component, plus the total."""
+    if not len(df):
+        return df
+    keys = ["model", "gpu_name", "config", "batch", "fits", "peak_phase"]
+    wide = df.pivot_table(index=keys, columns="component", values="gib", aggfunc="sum", sort=False).reset_index()
+    comps = [c for c in dict.fromkeys(df["component"])]
+    wide = wide[keys + comps]
+    wide["device used"] = wide[comps].sum(axis=1)
+    wide["usable"] = df.groupby(keys, sort=False)["usable_bytes"].first().to_numpy() / GIB
+    names = {c: c.replace("_", " ") for c in comps} | {"gpu_name": "GPU", "config": "configuration",
+                                                       "peak_phase": "peak phase", "batch": "micro-batch"}
+    return wide.rename(columns=names)
+
+
 def html_table(df: pd.DataFrame, view: str) -> str:
-    cols = {k: v for k, v in TABLE_VIEWS[view].items() if k in df.columns}
+    """A table as HTML with the view's headers and number formats; a view of None shows every column (floats
+    as GiB with two decimals)."""
+    spec = TABLE_VIEWS.get(view) or {c: (c, _G if df[c].dtype.kind == "f" else None) for c in df.columns}
+    cols = {k: v for k, v in spec.items() if k in df.columns}
     shown = df[list(cols)].astype(object).where(df[list(cols)].notna(), None)
     for key, (_, fmt) in cols.items():
         shown[key] = [("–" if v is None else (fmt(v) if fmt and isinstance(v, (int, float)) else str(v)))
@@ -705,7 +766,11 @@ def _missing(flag: str, command: str) -> str:
 
 
 def _details(title: str, table: str) -> str:
-    return f'<details open><summary>{html.escape(title)}</summary><div class="scroll">{table}</div></details>'
+    """A data table under its figure; long ones start folded on screen and are unfolded for printing."""
+    rows = table.count("<tr>") - 1
+    state = " open" if rows <= 16 else ""
+    return (f'<details{state}><summary>{html.escape(title)} ({rows} rows)</summary><div class="scroll">{table}'
+            "</div></details>")
 
 
 def render_html(report: Report, *, title: str = "GPU procurement report: low-rank optimizer pretraining") -> str:
@@ -728,8 +793,8 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
     sections.append(_section("breakdown", "Where the memory goes", "Per model, on the smallest selected GPU where "
                              "anything fits: each method at its recommended configuration (methods that do not fit "
                              "are shown at their leanest configuration). Bars add up to estimated device used.",
-                             body + _details("Memory breakdown data", html_table(t["memory_breakdown"],
-                                                                                 "memory_breakdown"))))
+                             body + _details("Memory breakdown data (GiB)",
+                                                   html_table(breakdown_wide(t["memory_breakdown"]), "wide"))))
     body = "".join(fig_html(fig_cost(t["cost"], m.name)) for m in req.models)
     sections.append(_section("cost", f"Time and cost for {fmt_count(req.tokens)} tokens", "One GPU running the "
                              "recommended configuration of each cell; predicted throughput; indicative prices.",
@@ -747,7 +812,9 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
     sections.append(_section("projection", "Projection-update timings", "Time of one projection update per method "
                              "on the model's weight shapes, measured by subprof proj; ratio to a full SVD.", body))
     burst = t["burst"]
-    body = (fig_html(fig_burst(burst)) + _details("Burst losses", html_table(burst, "burst"))) if len(burst) \
+    body = (fig_html(fig_burst(burst)) + _details("Configurations ranked by validation loss",
+                                                  html_table(t["burst_summary"], "burst_summary"))
+            + _details("Loss curve data", html_table(burst, "burst"))) if len(burst) \
         else _missing("--burst FILE", "subprof burst")
     sections.append(_section("burst", "Short training runs (bursts)", "Training and validation loss by step for "
                              "each configuration, measured by subprof burst.", body))
@@ -820,6 +887,9 @@ window.addEventListener("error", function (e) {{
   var box = document.getElementById("js-error");
   if (box) {{ box.style.display = "block"; box.textContent = "A figure failed to draw (" + e.message +
     "); the tables below each figure hold the same data."; }}
+}});
+window.addEventListener("beforeprint", function () {{
+  document.querySelectorAll("details").forEach(function (d) {{ d.open = true; }});
 }});
 window.addEventListener("load", function () {{
   var drawn = document.querySelectorAll(".plotly-graph-div .main-svg").length ? Array.prototype.filter.call(
