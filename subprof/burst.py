@@ -1,0 +1,441 @@
+"""Training bursts: short real training runs that compare methods, ranks and update gaps on equal terms.
+
+Every configuration of a sweep starts from the same weights (`torch.manual_seed(seed)` before the model is built)
+and sees the same batches in the same order (window offsets drawn once from `numpy.random.default_rng(data_seed)`),
+so the first training loss is bit-identical across configurations and differences come from the optimizer alone.
+
+Per case: next-token cross-entropy every step; validation loss every `eval_every` steps and at the end, on a fixed
+set of windows spread evenly over the held-out split; tokens/s over the timed steps; the time spent inside the
+projection updates (every `ProjectionRule.update_projection` call is timed) as a share of step time; memory —
+`torch.cuda.max_memory_allocated` on a GPU, and on the CPU the peak of a separate, identical first step (the step
+that creates the optimizer state and the first projection) traced by torch's `MemTracker`, plus the bytes held in
+`optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite gradient) ends the case with
+`status: "diverged"`; the sweep goes on. Rows are appended to a JSONL `ResultLog` as each case finishes.
+
+Learning rate: `lr` if given, else the method's recipe — AdamW 1e-3, low-rank methods 1e-2 with scale 0.25 (the
+GaLore paper's LLaMA 60m–1b scripts; OSD and Ori report results at the same setting) — with a linear warm-up over
+the first 10% of steps and a cosine decay to 10% of the peak (GaLore's `get_scheculer`, cosine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from subprof.catalog import ModelConfig, load_model, model_names
+from subprof.corpus import Corpus
+from subprof.errors import SubprofError
+from subprof.methods import get_method
+from subprof.results import ResultLog, case_key, now_iso
+
+KEY_FIELDS = ("model", "method", "rank", "update_gap", "lr", "steps", "batch", "seq", "seed", "data_seed", "dtype",
+              "corpus_key")
+FINAL = ("ok", "diverged")
+LOWRANK_LR, ADAMW_LR = 1e-2, 1e-3
+CPU_PARAM_LIMIT = 25_000_000  # bursts on a CPU: models up to the 20m preset finish 200 steps in minutes
+
+
+@dataclass(kw_only=True, slots=True)
+class BurstCase:
+    """One configuration: model × method × rank × update gap (rank/gap None for full-rank AdamW)."""
+
+    model: str = "tiny"
+    method: str = "adamw"
+    rank: int | None = None
+    update_gap: int | None = None
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        self.method = spec.name
+        if not spec.project:
+            self.rank = self.update_gap = None
+            return
+        if self.rank is None or self.rank <= 0:
+            raise SubprofError(f"{spec.name} needs a positive rank, got {self.rank}")
+        if self.update_gap is None:
+            self.update_gap = 1 if spec.refresh_every_step else spec.default_update_gap
+        if self.update_gap <= 0:
+            raise SubprofError(f"update gap must be positive, got {self.update_gap}")
+
+    @property
+    def label(self) -> str:
+        parts = [self.method] + ([f"r{self.rank}"] if self.rank else []) + (
+            [f"T{self.update_gap}"] if self.update_gap else [])
+        return " ".join(parts)
+
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else (LOWRANK_LR if get_method(self.method).project else ADAMW_LR)
+
+
+@dataclass(kw_only=True, slots=True)
+class BurstSettings:
+    """What every case of a sweep shares."""
+
+    steps: int = 200
+    batch: int = 8
+    seq: int = 256
+    eval_every: int = 50
+    val_windows: int = 64
+    seed: int = 0
+    data_seed: int = 0
+    device: str = "auto"
+    dtype: str = "fp32"
+    scale: float = 0.25
+    warmup_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "seq", "eval_every", "val_windows"):
+            if getattr(self, name) <= 0:
+                raise SubprofError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise SubprofError(f"--dtype {self.dtype!r} unknown for bursts: use fp32 or bf16")
+        self.device = resolve_device(self.device)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SubprofError(f"--device {device}: no CUDA device is visible; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise SubprofError(f"--device {device!r} unknown: use auto, cpu or cuda[:N]")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------ case lists
+
+
+def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: list[int],
+                 lr: float | None = None) -> tuple[list[BurstCase], list[str]]:
+    """The sweep's cases and notes on the combinations left out: full-rank methods ignore rank and gap; every-step
+    streaming methods (`MethodSpec.refresh_every_step`) run at gap 1 only — other gaps would repeat it; ranks beyond
+    a model's smallest weight dimension are skipped."""
+    cases, notes = [], []
+    for name in models:
+        cfg = load_model(name)
+        for method in methods:
+            spec = get_method(method)
+            if not spec.project:
+                cases.append(BurstCase(model=name, method=spec.name, lr=lr))
+                continue
+            use_gaps = [1] if spec.refresh_every_step else sorted(set(gaps))
+            if spec.refresh_every_step and set(gaps) != {1}:
+                notes.append(f"{spec.name} refreshes its projection every step: gap 1 only (skipped "
+                             f"{', '.join(str(g) for g in sorted(set(gaps)) if g != 1)})")
+            for rank in ranks:
+                if rank > cfg.min_weight_dim():
+                    notes.append(f"{name}: rank {rank} > smallest weight dimension {cfg.min_weight_dim()}, skipped")
+                    continue
+                cases.extend(BurstCase(model=name, method=spec.name, rank=rank, update_gap=g, lr=lr)
+                             for g in use_gaps)
+    return cases, list(dict.fromkeys(notes))
+
+
+def fits_locally(cfg: ModelConfig, case: BurstCase, settings: BurstSettings) -> bool:
+    """Whether a burst of `cfg` is practical here: on a GPU its estimated peak (subprof.memory, bf16) within 90% of
+    the device memory; on a CPU at most CPU_PARAM_LIMIT parameters (a time limit, not a memory one)."""
+    if settings.device == "cpu":
+        return cfg.params <= CPU_PARAM_LIMIT
+    from subprof.memory import TrainConfig, estimate
+
+    est = estimate(TrainConfig(model=cfg, method=case.method, rank=case.rank, update_gap=case.update_gap,
+                               batch=settings.batch, seq=settings.seq, dtype="bf16"))
+    return est.peak_allocated_bytes <= 0.9 * torch.cuda.get_device_properties(settings.device).total_memory
+
+
+def proxy_case(case: BurstCase, settings: BurstSettings,
+               fits: Callable[[ModelConfig, BurstCase, BurstSettings], bool] = fits_locally
+               ) -> tuple[BurstCase, str | None]:
+    """The case itself if it fits the local device, else the largest smaller catalogue model that does, with the
+    same method and update gap and the same rank-to-width ratio: rank' = max(1, round(rank · h' / h)), h the
+    hidden size, capped at the proxy's smallest weight dimension. Returns (case, note saying what was done)."""
+    target = load_model(case.model)
+    if fits(target, case, settings):
+        return case, None
+    smaller = sorted((load_model(n) for n in model_names()), key=lambda c: c.params, reverse=True)
+    for cfg in smaller:
+        if cfg.params >= target.params:
+            continue
+        rank = None if case.rank is None else min(cfg.min_weight_dim(),
+                                                  max(1, round(case.rank * cfg.hidden / target.hidden)))
+        proxy = BurstCase(model=cfg.name, method=case.method, rank=rank, update_gap=case.update_gap, lr=case.lr)
+        if fits(cfg, proxy, settings):
+            ratio = f", rank {case.rank} → {rank} (rank/hidden {case.rank}/{target.hidden})" if rank else ""
+            return proxy, f"{target.name} does not fit {settings.device}; proxy {cfg.name}{ratio}"
+    raise SubprofError(f"no catalogue model smaller than {target.name} fits {settings.device} for a burst")
+
+
+# ------------------------------------------------------------------------------------------------ data order
+
+
+def train_offsets(n_tokens: int, settings: BurstSettings) -> np.ndarray:
+    """(steps, batch) window starts, a function of the corpus length and the data seed only."""
+    rng = np.random.default_rng(settings.data_seed)
+    return rng.integers(0, n_tokens - settings.seq, size=(settings.steps, settings.batch), dtype=np.int64)
+
+
+def val_offsets(n_tokens: int, settings: BurstSettings) -> np.ndarray:
+    """Fixed validation windows spread evenly over the held-out split."""
+    count = min(settings.val_windows, max(1, n_tokens - settings.seq))
+    return np.linspace(0, n_tokens - settings.seq - 1, count).astype(np.int64)
+
+
+def windows(tokens: np.ndarray, offsets: np.ndarray, seq: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    block = np.stack([tokens[o: o + seq + 1] for o in offsets]).astype(np.int64)
+    t = torch.from_numpy(block).to(device)
+    return t[:, :-1], t[:, 1:]
+
+
+def data_order_hash(offsets: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(offsets).tobytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ model, optimizer
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, settings: BurstSettings) -> torch.nn.Module:
+    """transformers' LlamaForCausalLM from the catalogue config with the corpus's vocabulary, seeded so every case
+    starts from the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if settings.seq > cfg.max_positions:
+        raise SubprofError(f"--seq {settings.seq} exceeds {cfg.name}'s max_position_embeddings {cfg.max_positions}")
+    raw = dict(cfg.raw, vocab_size=vocab_size, use_cache=False)
+    torch.manual_seed(settings.seed)
+    model = LlamaForCausalLM(LlamaConfig(**raw))
+    dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
+    return model.to(device=settings.device, dtype=dtype)
+
+
+def build_case_optimizer(model: torch.nn.Module, case: BurstCase, settings: BurstSettings) -> torch.optim.Optimizer:
+    from subprof.optim import build_optimizer
+
+    return build_optimizer(model, case.method, rank=case.rank, update_gap=case.update_gap, scale=settings.scale,
+                           lr=case.effective_lr(), weight_decay=0.0,
+                           state_bits=16 if settings.dtype == "bf16" else 32)
+
+
+def lr_factor(step: int, steps: int, warmup_fraction: float) -> float:
+    """Linear warm-up to 1 over ⌈warmup·steps⌉ steps, then cosine from 1 to 0.1 (GaLore's cosine schedule)."""
+    warm = max(1, math.ceil(warmup_fraction * steps))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@contextmanager
+def projection_timer(device: str) -> Iterator[list[float]]:
+    """Times every `update_projection` call of every ProjectionRule subclass (the rules are stateless classes the
+    optimizer calls once per projected weight and step); yields the list of call durations in seconds."""
+    from subprof.methods.rule import ProjectionRule
+
+    calls: list[float] = []
+    patched: list[tuple[type, Any]] = []
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def wrap(fn: Any) -> Any:
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                sync()
+                calls.append(time.perf_counter() - t0)
+        return timed
+
+    todo, seen = [ProjectionRule], set()
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls not in seen and "update_projection" in cls.__dict__:
+            seen.add(cls)
+            patched.append((cls, cls.__dict__["update_projection"]))
+            cls.update_projection = wrap(cls.__dict__["update_projection"])
+    try:
+        yield calls
+    finally:
+        for cls, fn in patched:
+            cls.update_projection = fn
+
+
+def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=x).logits
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def val_loss(model: torch.nn.Module, corpus: Corpus, offsets: np.ndarray, settings: BurstSettings) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(offsets), settings.batch):
+        x, y = windows(corpus.val, offsets[i: i + settings.batch], settings.seq, settings.device)
+        total += loss_of(model, x, y).item() * len(x)
+    model.train()
+    return total / len(offsets)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in `optimizer.state` (moments, projections), each storage counted once."""
+    seen: dict[int, int] = {}
+    for st in optimizer.state.values():
+        for name, v in (st.items() if isinstance(st, dict) else ()):
+            if isinstance(v, torch.Tensor) and name != "rng_state":  # a generator's state is not training memory
+                seen[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def traced_first_step_peak(cfg: ModelConfig, case: BurstCase, settings: BurstSettings, corpus: Corpus,
+                           offsets: np.ndarray) -> int | None:
+    """Peak bytes of one first step (forward, backward, optimizer step with state creation and the first
+    projection) on a separate model copy, traced by torch's MemTracker; None where the tracker is unavailable."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:
+        return None
+    model = build_model(cfg, corpus.vocab_size, settings)
+    opt = build_case_optimizer(model, case, settings)
+    x, y = windows(corpus.train, offsets[0], settings.seq, settings.device)
+    tracker = MemTracker()
+    tracker.track_external(model, opt)
+    with tracker:
+        loss_of(model, x, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = tracker.get_tracker_snapshot("peak")
+    return int(sum(v.get("Total", 0) for v in peak.values()))
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _case_row(case: BurstCase, settings: BurstSettings, corpus: Corpus, cfg: ModelConfig) -> dict:
+    return {"kind": "burst", "model": case.model, "method": case.method, "rank": case.rank,
+            "update_gap": case.update_gap, "lr": case.effective_lr(), "scale": settings.scale,
+            "steps": settings.steps, "batch": settings.batch, "seq": settings.seq, "seed": settings.seed,
+            "data_seed": settings.data_seed, "dtype": settings.dtype, "device": settings.device,
+            "eval_every": settings.eval_every, "val_windows": settings.val_windows, **corpus.summary(),
+            "params": cfg.params, "torch": torch.__version__, "machine": platform.machine(),
+            "threads": torch.get_num_threads(), "date": now_iso()}
+
+
+def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
+              on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train one case for `settings.steps` steps; returns its result row (status ok or diverged)."""
+    corpus.require(settings.seq)
+    cfg = load_model(case.model)
+    row = _case_row(case, settings, corpus, cfg)
+    offsets = train_offsets(corpus.train.size, settings)
+    voffsets = val_offsets(corpus.val.size, settings)
+    row["data_order"] = data_order_hash(offsets)
+    cuda = settings.device.startswith("cuda")
+    if not cuda:
+        row["peak_tracked_bytes"] = traced_first_step_peak(cfg, case, settings, corpus, offsets)
+    model = build_model(cfg, corpus.vocab_size, settings)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    opt = build_case_optimizer(model, case, settings)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, settings.steps, settings.warmup_fraction))
+    if cuda:
+        torch.cuda.synchronize(settings.device)
+        torch.cuda.reset_peak_memory_stats(settings.device)
+    losses, curve, step_times = [], [], []
+    status, detail = "ok", None
+    wall0 = time.perf_counter()
+    with projection_timer(settings.device) as proj_calls:
+        for step in range(settings.steps):
+            x, y = windows(corpus.train, offsets[step], settings.seq, settings.device)
+            t0 = time.perf_counter()
+            loss = loss_of(model, x, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                status, detail = "diverged", f"training loss {value} at step {step}"
+                break
+            loss.backward()
+            try:
+                opt.step()
+            except (RuntimeError, FloatingPointError, ValueError, SubprofError) as exc:
+                if "nan" not in str(exc).lower() and "inf" not in str(exc).lower():
+                    raise
+                status, detail = "diverged", f"optimizer at step {step}: {exc}"
+                break
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            if cuda:
+                torch.cuda.synchronize(settings.device)
+            step_times.append(time.perf_counter() - t0)
+            losses.append(value)
+            if on_step:
+                on_step(step, value)
+            if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+                v = val_loss(model, corpus, voffsets, settings)
+                curve.append([step + 1, v])
+                if not math.isfinite(v):
+                    status, detail = "diverged", f"validation loss {v} after step {step + 1}"
+                    break
+    train_s = sum(step_times)
+    row.update({
+        "status": status, "diverged": detail, "steps_done": len(step_times),
+        "initial_loss": losses[0] if losses else None, "final_train_loss": losses[-1] if losses else None,
+        "train_loss": [round(v, 5) for v in losses], "val_curve": curve,
+        "val_loss": curve[-1][1] if curve and status == "ok" else None,
+        "tokens_per_s": settings.batch * settings.seq * len(step_times) / train_s if train_s else None,
+        "step_time_median_s": statistics.median(step_times) if step_times else None,
+        "first_step_s": step_times[0] if step_times else None, "train_s": train_s,
+        "wall_s": time.perf_counter() - wall0, "projection_s": sum(proj_calls),
+        "projection_share": sum(proj_calls) / train_s if train_s else None,
+        "optimizer_state_bytes": state_bytes(opt),
+    })
+    if cuda:
+        row["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(settings.device)
+        row["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(settings.device)
+    return row
+
+
+def run_bursts(cases: list[BurstCase | dict], *, steps: int = 200, data: Any = None, device: str = "auto",
+               out: str | None = None, resume: bool = False, corpus: Corpus | None = None, vocab_size: int = 8192,
+               progress: Any = None, **settings: Any) -> list[dict]:
+    """Run every case (a BurstCase or a dict with model/method/rank/update_gap[/lr]) with shared settings; rows
+    are appended to `out` as they finish; with `resume`, cases already in `out` with a final status are returned
+    from there, not rerun. Returns one row per case, in order: `val_loss`, `tokens_per_s`, `peak_tracked_bytes`
+    (CPU) or `peak_allocated_bytes` (CUDA), `status`, the loss curves and the rest of the row.
+    `progress`, if given, gets `advance(label)` once per training step."""
+    from subprof.corpus import load_corpus
+
+    cfg = BurstSettings(steps=steps, device=device, **settings)
+    cases = [c if isinstance(c, BurstCase) else BurstCase(**{k: c.get(k) for k in
+                                                             ("model", "method", "rank", "update_gap", "lr")
+                                                             if c.get(k) is not None}) for c in cases]
+    corpus = corpus or load_corpus(data, vocab_size=vocab_size)
+    corpus.require(cfg.seq)
+    log = ResultLog(out, resume=resume) if out else None
+    done = {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
+    rows = []
+    for case in cases:
+        key = case_key(_case_row(case, cfg, corpus, load_model(case.model)), KEY_FIELDS)
+        if key in done:
+            rows.append(dict(done[key], resumed=True))
+            if progress:
+                for _ in range(cfg.steps):
+                    progress.advance(f"{case.label}: done earlier")
+            continue
+        hook = (lambda s, v, c=case: progress.advance(f"{c.label} step {s + 1} loss {v:.3f}")) if progress else None
+        row = run_burst(case, cfg, corpus, on_step=hook)
+        if progress and row["steps_done"] < cfg.steps:
+            for _ in range(cfg.steps - row["steps_done"]):
+                progress.advance(f"{case.label}: {row['status']}")
+        if log:
+            log.append(row)
+        rows.append(row)
+    return rows
