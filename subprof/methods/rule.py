@@ -7,10 +7,29 @@ generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory).
 
 Convention (GaLore "std"): for W of shape (m, n), if m ≥ n then P is n×r and R = G·P (m×r), else P is m×r and
 R = Pᵀ·G (r×n). P is stored in the gradient's dtype; the rules compute in fp32 where precision matters.
+
+What the optimizer (`subprof.optim.SubspaceAdamW`) does with a rule, per projected weight W and step t (0-based):
+
+    rule.update_projection(state, G, t)             # every step; the rule decides whether P moves
+    R = rule.project(state, G)                      # G's dtype
+    U = rule.low_rank_update(state, R, group, t)    # default: Adam on R (below); SUMO overrides
+    E = rule.recovery_term(state, G, R, U)          # default None; Fira-style out-of-subspace term
+    W ← W − lr·E            (if E is not None; E is not multiplied by α)
+    W ← W − lr·α·project_back(U)                    # α = group["scale"]
+    W ← W·(1 − lr·λ)                                # decoupled weight decay after the update, as GaLoreAdamW
+
+Moments are stored in the format `state_bits` asks for, and rules must go through `read_moment` / `write_moment`
+(never touch `state["exp_avg"]` directly) so that every rule works at 32, 16 and 8 bits:
+- 32: an fp32 tensor.  16: a bf16 tensor.  8: bitsandbytes' blockwise dynamic 8-bit format — `state[name]` holds
+  uint8 codes of the moment's shape and `state[name + "_absmax"]` one fp32 absmax per block of 256 values
+  (`subprof.quant8`); tensors under 4096 values stay fp32 (bitsandbytes' `min_8bit_size`). Names ending in
+  "_sq" (second moments, never negative) use the unsigned dynamic map, the others the signed one, as
+  bitsandbytes' Adam does for state2 / state1. This is exactly the layout `base.tensor_bytes` declares.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from subprof.lazy import torch
@@ -29,13 +48,16 @@ class ProjectionRule:
 
     spec: MethodSpec
 
-    def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
+    def __init__(self, *, rank: int, update_gap: int, state_bits: int = 32, **options: Any) -> None:
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
         if update_gap <= 0:
             raise ValueError(f"update_gap must be positive, got {update_gap}")
+        if state_bits not in (32, 16, 8):
+            raise ValueError(f"state_bits must be 32, 16 or 8, got {state_bits}")
         self.rank = rank
         self.update_gap = update_gap
+        self.state_bits = state_bits
         self.options = options
 
     # --- geometry -------------------------------------------------------------------------------------------
@@ -62,6 +84,41 @@ class ProjectionRule:
         Called by the optimizer every step before `project`; the rule decides whether anything is due."""
         raise NotImplementedError
 
+    # --- moments in any state precision ---------------------------------------------------------------------
+    def read_moment(self, state: dict, name: str) -> Tensor:
+        """The moment `name` as an fp32 tensor. At 32 bits this IS the stored tensor (in-place changes persist);
+        otherwise a fresh fp32 copy (dequantised at 8 bits). Either way, store changes with `write_moment`."""
+        return read_state_moment(state, name)
+
+    def write_moment(self, state: dict, name: str, value: Tensor) -> None:
+        """Store `value` (any float dtype, the moment's shape) as moment `name` in this rule's `state_bits` format,
+        in place when a tensor of that format already exists (no reallocation), creating it otherwise. When it
+        creates the entry and `value` already has the stored dtype, the state takes `value` itself (no copy):
+        don't modify it afterwards."""
+        write_state_moment(state, name, value, self.state_bits)
+
+    def init_moment(self, state: dict, name: str, like: Tensor) -> None:
+        """Create moment `name` as zeros of `like`'s shape and device, in this rule's format."""
+        init_state_moment(state, name, like, self.state_bits)
+
+    # --- the low-rank step --------------------------------------------------------------------------------------
+    def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
+        """The update direction U in the subspace (shape of R, R's dtype); the optimizer applies −lr·α·back(U).
+
+        Default: Adam on R with GaLoreAdamW's bias correction, moments `exp_avg`, `exp_avg_sq` (created here):
+            m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  U = m / (√v + ε) · √(1−β₂ᵗ) / (1−β₁ᵗ),  t = step + 1.
+        At 8 bits (tensors ≥ 4096 values) the update is bitsandbytes' blockwise 8-bit Adam kernel (fused on CUDA,
+        dequantise–update–requantise on CPU), whose ε sits on the bias-corrected √v̂: U = m̂ / (√v̂ + ε)."""
+        if "exp_avg" not in state:
+            self.init_moment(state, "exp_avg", r_grad)
+            self.init_moment(state, "exp_avg_sq", r_grad)
+        return adam_direction(state, r_grad, betas=group["betas"], eps=group["eps"], t=step + 1)
+
+    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
+        """A full-size term added to the step outside the subspace (Fira-style recovery), or None (default).
+        The optimizer applies W ← W − lr·E (not multiplied by α) before the low-rank update."""
+        return None
+
 
 def orthonormal_columns(a: Tensor) -> Tensor:
     """Q of a thin QR, with signs fixed so that diag(R) ≥ 0 (deterministic across LAPACK builds)."""
@@ -77,3 +134,78 @@ def top_singular_basis(grad: Tensor, rank: int) -> Tensor:
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
     basis = vh[:rank, :].T if right_side(grad.shape) else u[:, :rank]
     return basis.to(grad.dtype).contiguous()
+
+
+# --- state moments (shared with the optimizer's plain-AdamW path) ----------------------------------------------------
+
+
+def uses_8bit(numel: int, state_bits: int) -> bool:
+    """Whether a moment of `numel` values is stored in 8 bits (bitsandbytes keeps small tensors in fp32)."""
+    from subprof.methods.base import QUANT_MIN_NUMEL
+
+    return state_bits == 8 and numel >= QUANT_MIN_NUMEL
+
+
+def read_state_moment(state: dict, name: str) -> Tensor:
+    """See `ProjectionRule.read_moment`."""
+    stored = state[name]
+    if stored.dtype == torch.uint8:
+        from subprof import quant8
+
+        return quant8.dequantize(stored, state[name + "_absmax"], signed=quant8.is_signed(name))
+    return stored if stored.dtype == torch.float32 else stored.float()
+
+
+def write_state_moment(state: dict, name: str, value: Tensor, state_bits: int) -> None:
+    """See `ProjectionRule.write_moment`."""
+    stored = state.get(name)
+    if uses_8bit(value.numel(), state_bits):
+        from subprof import quant8
+
+        codes, absmax = quant8.quantize(value, signed=quant8.is_signed(name))
+        if stored is not None and stored.dtype == torch.uint8 and stored.shape == value.shape:
+            stored.copy_(codes)
+            state[name + "_absmax"].copy_(absmax)
+        else:
+            state[name], state[name + "_absmax"] = codes, absmax
+        return
+    dtype = torch.bfloat16 if state_bits == 16 else torch.float32
+    state.pop(name + "_absmax", None)
+    if stored is not None and stored.dtype == dtype and stored.shape == value.shape:
+        if stored is not value:
+            stored.copy_(value)
+    else:
+        state[name] = value.to(dtype).contiguous()
+
+
+def init_state_moment(state: dict, name: str, like: Tensor, state_bits: int) -> None:
+    """See `ProjectionRule.init_moment`: zeros (8 bits: zero codes and zero absmax, which dequantise to 0)."""
+    if uses_8bit(like.numel(), state_bits):
+        from subprof import quant8
+
+        state[name] = torch.zeros(like.shape, dtype=torch.uint8, device=like.device)
+        state[name + "_absmax"] = torch.zeros(quant8.blocks(like.numel()), dtype=torch.float32, device=like.device)
+    else:
+        dtype = torch.bfloat16 if state_bits == 16 else torch.float32
+        state[name] = torch.zeros(like.shape, dtype=dtype, device=like.device)
+
+
+def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps: float, t: int) -> Tensor:
+    """Update `exp_avg`/`exp_avg_sq` in place with `grad` and return Adam's bias-corrected direction U (a new
+    tensor of grad's shape and dtype, the only allocation of the step besides what the 8-bit kernel needs):
+    U = m / (√v + ε) · √(1−β₂ᵗ)/(1−β₁ᵗ), computed as GaLoreAdamW does (moments in their own dtype, in place)."""
+    beta1, beta2 = betas
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    if m.dtype == torch.uint8:
+        from subprof import quant8
+
+        out = torch.zeros_like(grad)
+        quant8.adam_step(grad, out, state, betas=betas, eps=eps, t=t, lr=1.0)
+        return out.neg_()
+    m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    out = torch.empty_like(grad)
+    torch.sqrt(v, out=out)
+    out.add_(eps)
+    torch.div(m, out, out=out)
+    return out.mul_(math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
