@@ -263,7 +263,7 @@ def bench_table(rows: list[dict]) -> pd.DataFrame:
         out.append({"model": r.get("model"), "method": r.get("method"), "rank": r.get("rank"),
                     "update_gap": r.get("update_gap"), "batch": r.get("batch"), "seq": r.get("seq"),
                     "state_bits": r.get("state_bits"), "layerwise": r.get("layerwise"),
-                    "backend": r.get("backend", "unknown"), "device": r.get("device_name") or r.get("device"),
+                    "backend": r.get("backend", "not stated"), "device": r.get("device_name") or r.get("device"),
                     "status": r.get("status", "ok"), "estimated_peak_allocated_bytes": est,
                     "peak_allocated_bytes": measured, "estimate_source": source if est is not None else None,
                     "estimated_gib": est / GIB if est is not None else None,
@@ -454,15 +454,16 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
         err = bench["error_pct"].dropna().astype(float)
         if len(err):
             lines.append(f"Estimate vs measured peak allocated: median |error| {err.abs().median():.1f}%, worst "
-                         f"{err.abs().max():.1f}% over {len(err)} measured rows "
-                         f"({', '.join(sorted(set(bench['backend'].astype(str))))}).")
+                         f"{err.abs().max():.1f}% over {len(err)} measured rows (backend: "
+                         f"{', '.join(sorted(set(bench['backend'].astype(str))))}).")
         failed = bench[bench["status"] != "ok"]
         if len(failed):
             lines.append(f"{len(failed)} bench rows did not finish: "
                          + ", ".join(f"{k} {v}" for k, v in failed["status"].value_counts().items()) + ".")
     proj = tables.get("projection")
     if proj is not None and proj["ratio_to_svd"].notna().any():
-        fast = proj[proj["method"] != "svd"].dropna(subset=["ratio_to_svd"])
+        is_method = ~proj["method"].str.contains("svd|floor|gemm", case=False)
+        fast = proj[is_method].dropna(subset=["ratio_to_svd"])
         if len(fast):
             top = fast.loc[fast["ratio_to_svd"].astype(float).idxmax()]
             lines.append(f"Projection updates: {top['method']} at {top['shape']} rank {top['rank']} took "
@@ -491,7 +492,8 @@ def assumptions(req: ReportRequest) -> list[str]:
     from subprof.throughput import BANDWIDTH_EFFICIENCY
 
     catalogue = [price_date(g.sources.get("price", "")) for g in req.gpus if g.key not in req.prices]
-    dates = ", ".join(f"{d} ({catalogue.count(d)} GPUs)" for d in dict.fromkeys(catalogue))
+    dates = ", ".join(f"{d} ({catalogue.count(d)} GPU{'s' if catalogue.count(d) > 1 else ''})"
+                      for d in dict.fromkeys(catalogue))
     over = ", ".join(f"{k} ${v:.2f}/h" for k, v in req.prices.items())
     return [
         "Units: GiB = 2^30 bytes, GB = 10^9 bytes. GPU memory is the total the driver reports (nvidia-smi), in "
@@ -694,6 +696,7 @@ def fig_burst(burst: pd.DataFrame):
 
 # HTML tables: which columns, under which header, formatted how
 _G = "{:.2f}".format
+_I = "{:.0f}".format
 TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
     "fit_matrix": {"model": ("model", None), "gpu_name": ("GPU", None), "gpu_memory_label": ("label", None),
                    "fit": ("fit", None), "config": ("best configuration", None), "batch": ("micro-batch", "{:.0f}".format),
@@ -708,12 +711,12 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
              "bf16_tflops": ("dense BF16 TFLOP/s", "{:,.0f}".format), "bandwidth_gbs": ("GB/s", "{:,.0f}".format),
              "usd_per_hour": ("USD/h", "{:.2f}".format), "price_date": ("price date", None),
              "price_source": ("price source", None)},
-    "bench": {"model": ("model", None), "method": ("method", None), "rank": ("rank", None), "batch": ("batch", None),
-              "seq": ("seq", None), "backend": ("backend", None), "device": ("device", None),
+    "bench": {"model": ("model", None), "method": ("method", None), "rank": ("rank", _I), "batch": ("batch", _I),
+              "seq": ("seq", _I), "backend": ("backend", None), "device": ("device", None),
               "status": ("status", None), "estimated_gib": ("estimated GiB", _G), "measured_gib": ("measured GiB", _G),
               "error_pct": ("error %", "{:+.1f}".format), "estimate_source": ("estimate", None)},
     "projection": {"model": ("model", None), "method": ("method", None), "shape": ("shape m×n", None),
-                   "rank": ("rank", None), "median_ms": ("median ms", "{:.4g}".format),
+                   "rank": ("rank", _I), "median_ms": ("median ms", "{:.4g}".format),
                    "spread_ms": ("spread ms", "{:.3g}".format), "ratio_to_svd": ("SVD ÷ method", "{:,.1f}".format),
                    "device": ("device", None), "dtype": ("dtype", None)},
     "burst_summary": {"config": ("configuration", None), "status": ("status", None), "steps": ("steps", None),
@@ -767,7 +770,7 @@ def _missing(flag: str, command: str) -> str:
 
 def _details(title: str, table: str) -> str:
     """A data table under its figure; long ones start folded on screen and are unfolded for printing."""
-    rows = table.count("<tr>") - 1
+    rows = table.count("<tr") - 1
     state = " open" if rows <= 16 else ""
     return (f'<details{state}><summary>{html.escape(title)} ({rows} rows)</summary><div class="scroll">{table}'
             "</div></details>")

@@ -1,0 +1,272 @@
+"""`subprof report`: the tables, the summary in words, the offline HTML page, --json/--csv, bad input, and a real
+headless Chromium loading the page without JavaScript errors.
+
+The bench/proj/burst rows below are small synthetic fixtures in the formats those commands write; they test the
+report's arithmetic and layout, not any measurement."""
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from subprof.catalog import gpu_by_name, load_model
+from subprof.cli import app
+from subprof.errors import SubprofError
+from subprof.methods import parse_methods
+from subprof.report import (FIT_CLASSES, ReportRequest, bench_table, build_report, burst_table, proj_table,
+                            render_html)
+
+CHROMIUM = Path("/usr/bin/chromium")
+SECTIONS = ("summary", "fit", "breakdown", "cost", "measured", "projection", "burst", "assumptions")
+
+BENCH = [
+    {"model": "60m", "method": "adamw", "rank": None, "batch": 32, "seq": 256, "backend": "cuda", "status": "ok",
+     "estimated_peak_allocated_bytes": 5 * 2**30, "peak_allocated_bytes": 4 * 2**30},
+    {"model": "60m", "method": "galore", "rank": 128, "batch": 32, "seq": 256, "backend": "trace", "status": "ok",
+     "peak_allocated_bytes": 4 * 2**30},
+    {"model": "1b", "method": "adamw", "batch": 64, "seq": 256, "backend": "cuda", "status": "oom",
+     "estimated_peak_allocated_bytes": 90 * 2**30},
+]
+PROJ = [
+    {"model": "1b", "method": "svd", "shape": [2048, 5461], "rank": 128, "median_ms": 800.0, "spread_ms": 9.0,
+     "device": "cpu", "dtype": "fp32"},
+    {"model": "1b", "method": "ori", "shape": [2048, 5461], "rank": 128, "median_ms": 4.0, "spread_ms": 0.1,
+     "device": "cpu", "dtype": "fp32"},
+    {"model": "1b", "method": "osd", "shape": [2048, 5461], "rank": 256, "median_ms": 8.0, "spread_ms": 0.1,
+     "device": "cpu", "dtype": "fp32"},
+]
+BURST = [  # the layout subprof.burst writes: per-step train_loss, val_curve [[step, loss], ...]
+    {"model": "tiny", "method": "galore", "rank": 16, "update_gap": 50, "status": "ok", "eval_every": 2,
+     "train_loss": [10.0, 9.0, 8.5, 8.0], "val_curve": [[2, 9.2], [4, 8.3]], "val_loss": 8.3},
+    {"model": "tiny", "method": "ori", "rank": 16, "update_gap": 1, "status": "ok",
+     "train_loss": [10.0, 8.8, 8.1, 7.7], "val_curve": [[2, 9.0], [4, 7.9]], "val_loss": 7.9},
+    {"model": "tiny", "method": "osd", "rank": 16, "status": "diverged", "train_loss": [10.0, float("nan")],
+     "val_curve": []},
+]
+
+
+def request(**kw) -> ReportRequest:
+    base = dict(models=[load_model("1b"), load_model("7b")], gpus=[gpu_by_name("4090"), gpu_by_name("h100-sxm")],
+                methods=parse_methods("all"), tokens=10**10, bench_rows=BENCH, proj_rows=PROJ, burst_rows=BURST)
+    return ReportRequest(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def report():
+    return build_report(request())
+
+
+@pytest.fixture(scope="module")
+def page(report) -> str:
+    return render_html(report)
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+
+
+def test_fit_matrix_has_one_row_per_model_and_gpu_with_fits_within_usable(report):
+    fit = report.tables["fit_matrix"]
+    assert len(fit) == 4
+    fitting = fit.dropna(subset=["device_used_bytes"])
+    assert (fitting["device_used_bytes"] <= fitting["usable_bytes"]).all()
+    row = fit[(fit["model"] == "7b") & (fit["gpu"] == "rtx-4090")].iloc[0]
+    assert row["fit"] == FIT_CLASSES[1] and row["method"] != "adamw"
+
+
+def test_breakdown_parts_add_up_to_device_used(report):
+    bd = report.tables["memory_breakdown"]
+    totals = bd.groupby(["model", "method"])["bytes"].sum()
+    used = bd.groupby(["model", "method"])["device_used_bytes"].first()
+    assert (totals == used).all()
+    assert set(bd["method"]) == set(parse_methods("all")[i][0].name for i in range(len(parse_methods("all"))))
+
+
+def test_cost_is_tokens_over_throughput_times_price(report):
+    cost = report.tables["cost"]
+    for r in cost.dropna(subset=["cost_usd"]).itertuples():
+        assert math.isclose(r.hours, 1e10 / r.tokens_per_s / 3600, rel_tol=1e-3)
+        assert math.isclose(r.cost_usd, r.hours * r.usd_per_hour, rel_tol=1e-9)
+
+
+def test_price_override_changes_cost_and_is_named_as_source():
+    rep = build_report(request(models=[load_model("1b")], prices={"rtx-4090": 0.01}, bench_rows=[], proj_rows=[],
+                               burst_rows=[]))
+    row = rep.tables["cost"].set_index("gpu").loc["rtx-4090"]
+    assert row["usd_per_hour"] == 0.01 and row["price_source"] == "--price"
+    assert any("cheapest per token: RTX 4090" in line for line in rep.summary)
+    assert any("--price: rtx-4090 $0.01/h" in line for line in rep.assumptions)
+
+
+def test_summary_states_low_rank_only_and_its_rank_bound_from_the_table(report):
+    fit = report.tables["fit_matrix"].set_index(["model", "gpu"])
+    bound = int(fit.loc[("7b", "rtx-4090"), "max_lowrank_rank"])
+    assert any(line.startswith("7b fits a 24 GB card (RTX 4090) only with a low-rank method at rank ≤ "
+                               f"{bound};") for line in report.summary)
+    assert any("cheapest per token" in line and line.startswith("1b") for line in report.summary)
+
+
+def test_bench_error_is_relative_to_measured_and_recomputes_missing_estimates():
+    df = bench_table(BENCH)
+    assert df.loc[0, "error_pct"] == pytest.approx(25.0)
+    assert df.loc[1, "estimate_source"] == "recomputed" and df.loc[1, "estimated_peak_allocated_bytes"] > 0
+    assert df.loc[2, "status"] == "oom" and (df.loc[2, "error_pct"] is None or math.isnan(df.loc[2, "error_pct"]))
+
+
+def test_proj_ratio_is_svd_time_over_method_time_on_the_same_shape():
+    df = proj_table(PROJ).set_index("method")
+    assert df.loc["ori", "ratio_to_svd"] == pytest.approx(200.0)
+    assert df.loc["osd", "ratio_to_svd"] == pytest.approx(100.0)  # SVD timed at another rank: same shape used
+    assert df.loc["svd", "shape"] == "2048×5461"
+
+
+def test_burst_reads_subprof_burst_rows_and_drops_non_finite_losses():
+    df = burst_table(BURST)
+    galore = df[df["config"] == "tiny galore r16 T50"]
+    assert list(galore[galore["kind"] == "train"]["step"]) == [1, 2, 3, 4]
+    assert list(galore[galore["kind"] == "validation"]["loss"]) == [9.2, 8.3]
+    osd = df[df["config"] == "tiny osd r16"]
+    assert list(osd["loss"]) == [10.0]
+
+
+def test_burst_accepts_other_curve_layouts():
+    rows = [{"method": "galore", "rank": 8, "history": [{"step": 10, "train_loss": 5.0, "val_loss": 5.5}]},
+            {"method": "adamw", "step": 20, "loss": 4.0}]
+    df = burst_table(rows)
+    assert set(zip(df["config"], df["kind"], df["step"], df["loss"])) == {
+        ("galore r8", "train", 10.0, 5.0), ("galore r8", "validation", 10.0, 5.5), ("adamw", "train", 20.0, 4.0)}
+
+
+def test_bad_price_is_a_subprof_error():
+    with pytest.raises(SubprofError):
+        request(prices={"rtx-4090": -1.0})
+
+
+# -------------------------------------------------------------------------------------------------------- page
+
+
+def test_page_holds_every_section_summary_and_assumptions(page, report):
+    for anchor in SECTIONS:
+        assert f'id="{anchor}"' in page
+    for line in report.summary:
+        assert line.replace("&", "&amp;") in page or line in page.replace("&#x27;", "'")
+    assert "GiB = 2^30 bytes" in page and "indicative" in page and "40%" in page and "late 2025" in page
+
+
+def test_page_holds_figure_data_and_tables(page, report):
+    n = int(re.search(r'data-figures="(\d+)"', page).group(1))
+    assert n == 1 + 2 + 2 + 1 + 1 + 1  # fit, breakdown ×2, cost ×2, bench, proj, burst
+    assert page.count("Plotly.newPlot(") == n
+    fit = report.tables["fit_matrix"]
+    cfg = fit[(fit["model"] == "7b") & (fit["gpu"] == "rtx-4090")].iloc[0]["config"]
+    assert f'"{cfg} · batch' in page  # the cell text in the heatmap's data
+    # fit, breakdown, cost, gpus, bench, proj, burst summary, burst curves
+    assert page.count('<table class="dataframe data">') == 8
+    assert "800" in page and "tiny ori r16" in page
+
+
+def test_plotly_is_inlined_once_and_no_script_loads_from_a_url(page):
+    assert page.count("window.PlotlyConfig") == 1
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
+    assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", page, re.I)
+    assert not re.search(r"@import", page)
+
+
+def test_print_stylesheet_is_present(page):
+    assert "@media print" in page and "beforeprint" in page
+
+
+def test_sections_without_result_files_say_how_to_get_them():
+    page = render_html(build_report(request(models=[load_model("60m")], gpus=[gpu_by_name("4090")], bench_rows=[],
+                                            proj_rows=[], burst_rows=[])))
+    for flag in ("--bench FILE", "--proj FILE", "--burst FILE"):
+        assert flag in page
+    assert page.count("window.PlotlyConfig") == 1
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_json_and_csv_hold_the_same_tables(tmp_path):
+    out, folder = tmp_path / "r.html", tmp_path / "csv"
+    bench = write_jsonl(tmp_path / "bench.jsonl", BENCH)
+    res = runner.invoke(app, ["report", "--models", "60m,7b", "--gpus", "4090,a100-80gb", "--tokens", "1B",
+                              "--bench", str(bench), "--price", "a100-80gb=1.5", "--out", str(out), "--csv",
+                              str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert set(data) == {"summary", "assumptions", "tables"}
+    assert len(data["tables"]["fit_matrix"]) == 4
+    assert data["tables"]["cost"][0]["tokens"] == 10**9
+    assert {r["usd_per_hour"] for r in data["tables"]["cost"] if r["gpu"] == "a100-80gb"} == {1.5}
+    for name, records in data["tables"].items():
+        with open(folder / f"{name}.csv") as f:
+            assert len(list(csv.DictReader(f))) == len(records), name
+    assert out.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "7x"], "unknown model"),
+    (["--models", "1b", "--gpus", "4091"], "unknown GPU"),
+    (["--models", "1b", "--price", "4090"], "NAME=USD"),
+    (["--models", "1b", "--price", "4090=cheap"], "not a number"),
+    (["--models", "1b", "--price", "4090=-2"], "positive"),
+    (["--models", "1b", "--price", "nosuchgpu=2"], "unknown GPU"),
+    (["--models", "1b", "--bench", "/nonexistent/bench.jsonl"], "no such file"),
+    (["--models", "1b", "--tokens", "lots"], "cannot read count"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    res = runner.invoke(app, ["report", *args, "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_unwritable_out_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker / "r.html", tmp_path):
+        res = runner.invoke(app, ["report", "--models", "60m", "--gpus", "4090", "--out", str(out)])
+        assert res.exit_code == 2 and "--out" in res.output
+
+
+# ---------------------------------------------------------------------------------------------------- Chromium
+
+
+def chromium(*flags: str, user_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={user_dir}", "--enable-logging=stderr", "--v=0",
+                           "--virtual-time-budget=5000", *flags], capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium): "
+                                                  "apt-get install -y chromium")
+def test_headless_chromium_draws_every_figure_without_js_errors(tmp_path, page):
+    html_file = tmp_path / "report.html"
+    html_file.write_text(page, encoding="utf-8")
+    dom = chromium("--dump-dom", html_file.as_uri(), user_dir=tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr, [l for l in dom.stderr.splitlines() if "Uncaught" in l]
+    root = re.search(r"<html[^>]*>", dom.stdout).group(0)
+    assert "data-js-errors" not in root
+    expected = re.search(r'data-figures="(\d+)"', page).group(1)
+    assert f'data-figures-drawn="{expected}"' in root
+    shot = tmp_path / "report.png"
+    res = chromium(f"--screenshot={shot}", "--window-size=1400,3000", html_file.as_uri(),
+                   user_dir=tmp_path / "profile-shot")
+    assert res.returncode == 0 and "Uncaught" not in res.stderr
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    shutil.rmtree(tmp_path / "profile-dom", ignore_errors=True)
+    shutil.rmtree(tmp_path / "profile-shot", ignore_errors=True)
