@@ -23,8 +23,7 @@ import pandas as pd
 
 from subprof.catalog import Budget, GpuSpec, ModelConfig, load_model
 from subprof.errors import SubprofError
-from subprof.memory import COMPONENTS, Estimate, TrainConfig, estimate
-from subprof.methods import REGISTRY
+from subprof.memory import Estimate, TrainConfig, estimate
 from subprof.methods.base import MethodSpec
 from subprof.planner import Candidate, Plan, PlanRequest, plan, ranks_for
 from subprof.units import fmt_count
@@ -264,8 +263,9 @@ def bench_table(rows: list[dict]) -> pd.DataFrame:
                     "update_gap": r.get("update_gap"), "batch": r.get("batch"), "seq": r.get("seq"),
                     "state_bits": r.get("state_bits"), "layerwise": r.get("layerwise"),
                     "backend": r.get("backend", "not stated"), "device": r.get("device_name") or r.get("device"),
-                    "status": r.get("status", "ok"), "estimated_peak_allocated_bytes": est,
-                    "peak_allocated_bytes": measured, "estimate_source": source if est is not None else None,
+                    "status": r.get("status", "ok"),
+                    "estimated_peak_allocated_bytes": round(est) if est is not None else None,
+                    "peak_allocated_bytes": round(measured) if measured is not None else None, "estimate_source": source if est is not None else None,
                     "estimated_gib": est / GIB if est is not None else None,
                     "measured_gib": measured / GIB if measured is not None else None,
                     "error_pct": 100 * (est - measured) / measured if ok and measured else None})
@@ -589,7 +589,7 @@ def fig_fit_matrix(fit: pd.DataFrame):
     fig = go.Figure(go.Heatmap(z=z, x=models, y=ylabels, text=text, texttemplate="%{text}", customdata=hover,
                                hovertemplate="%{customdata}<extra></extra>", colorscale=scale, zmin=-0.5,
                                zmax=2.5, showscale=False, xgap=3, ygap=3, textfont={"size": 11}))
-    _layout(fig, "Best configuration per GPU × model (estimated device memory / usable memory)",
+    _layout(fig, "Best configuration per GPU × model: device memory used / usable, predicted tokens/s",
             90 + 46 * len(gpus))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(side="top")
@@ -604,27 +604,29 @@ def fig_breakdown(df: pd.DataFrame, model: str):
 
     d = df[df["model"] == model]
     heads = d.drop_duplicates("method")
-    labels = {r.method: f"{r.config} · b{r.batch}" + ("" if r.fits else " ✗") for r in heads.itertuples()}
+    labels = {r.method: f"{r.config} · b{r.batch} · {r.device_used_bytes / GIB:.1f} GiB" + ("" if r.fits else " ✗")
+              for r in heads.itertuples()}
     fig = go.Figure()
-    for comp in dict.fromkeys(d["component"]):
+    for comp in _component_order(d["component"]):
         part = d[d["component"] == comp]
         fig.add_bar(y=[labels[m] for m in part["method"]], x=part["gib"], orientation="h",
                     name=comp.replace("_", " "), marker_color=COMPONENT_COLORS.get(comp),
                     hovertemplate="%{y}<br>" + comp.replace("_", " ") + ": %{x:.2f} GiB<extra></extra>")
-    totals = heads["device_used_bytes"].to_numpy() / GIB
-    fig.add_scatter(y=[labels[m] for m in heads["method"]], x=totals, mode="text", showlegend=False,
-                    text=[f"  {v:.1f} GiB" for v in totals], textposition="middle right", hoverinfo="skip",
-                    cliponaxis=False)
     usable, gpu = d["usable_bytes"].iloc[0] / GIB, d["gpu_name"].iloc[0]
     fig.add_vline(x=usable, line_dash="dash", line_color="#c0392b", line_width=2)
     fig.add_scatter(x=[None], y=[None], mode="lines", line={"dash": "dash", "color": "#c0392b"},
                     name=f"usable {usable:.1f} GiB")
-    _layout(fig, f"{model} on {gpu}: device memory at the peak phase, per method at its recommended "
-                 f"configuration (✗ = does not fit; leanest configuration shown)", 150 + 34 * len(heads))
+    _layout(fig, f"{model} on {gpu}: device memory at the peak phase (✗ = does not fit)", 150 + 34 * len(heads))
     fig.update_layout(barmode="stack", xaxis_title="GiB (2^30 B)", legend={"y": -0.25, "traceorder": "normal"},
-                      margin={"l": 300, "r": 80, "b": 90})
+                      margin={"l": 340, "r": 30, "b": 90})
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def _component_order(components) -> list[str]:
+    """Stack order: model state first (weights, gradients, optimizer, projection), then transient, then runtime."""
+    order = list(COMPONENT_COLORS)
+    return sorted(dict.fromkeys(components), key=lambda c: order.index(c) if c in order else len(order))
 
 
 def fig_cost(cost: pd.DataFrame, model: str):
@@ -639,7 +641,7 @@ def fig_cost(cost: pd.DataFrame, model: str):
     fig = go.Figure(go.Bar(y=d["gpu_name"], x=d["cost_usd"].astype(float).fillna(0), orientation="h", text=text,
                            textposition="outside", marker_color="#2e86c1", cliponaxis=False,
                            customdata=d["config"], hovertemplate="%{y}: %{text}<br>%{customdata}<extra></extra>"))
-    _layout(fig, f"{model}: cost of {fmt_count(d['tokens'].iloc[0])} tokens on one GPU (USD, indicative)",
+    _layout(fig, f"{model}: USD for {fmt_count(d['tokens'].iloc[0])} tokens on one GPU (indicative prices)",
             110 + 30 * len(d))
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(xaxis_title="USD", margin={"r": 420, "l": 110})
@@ -656,7 +658,8 @@ def fig_bench(bench: pd.DataFrame):
                         text=[f"{e:+.1f}%" if pd.notna(e) else s for e, s in zip(part["error_pct"], part["status"])],
                         textposition="top center", marker={"size": 9})
     top = float(max(d["measured_gib"].max(), d["estimated_gib"].max()) * 1.05) if len(d) else 1.0
-    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line={"dash": "dot", "color": "#888"}, name="estimate = measured")
+    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line={"dash": "dot", "color": "#888"},
+                    name="estimate = measured")
     _layout(fig, "Estimated vs measured peak allocated (GiB); labels: estimate error in %", 480)
     fig.update_layout(xaxis_title="measured GiB", yaxis_title="estimated GiB")
     return fig
@@ -699,9 +702,9 @@ _G = "{:.2f}".format
 _I = "{:.0f}".format
 TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
     "fit_matrix": {"model": ("model", None), "gpu_name": ("GPU", None), "gpu_memory_label": ("label", None),
-                   "fit": ("fit", None), "config": ("best configuration", None), "batch": ("micro-batch", "{:.0f}".format),
+                   "fit": ("fit", None), "config": ("best configuration", None), "batch": ("micro-batch", _I),
                    "estimated_peak_allocated_gib": ("peak alloc. GiB", _G), "device_used_gib": ("device used GiB", _G),
-                   "usable_gib": ("usable GiB", _G), "max_lowrank_rank": ("max low-rank rank", "{:.0f}".format),
+                   "usable_gib": ("usable GiB", _G), "max_lowrank_rank": ("max low-rank rank", _I),
                    "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format)},
     "cost": {"model": ("model", None), "gpu_name": ("GPU", None), "config": ("configuration", None),
              "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format), "hours": ("GPU-hours", "{:,.1f}".format),
@@ -736,7 +739,7 @@ def breakdown_wide(df: pd.DataFrame) -> pd.DataFrame:
         return df
     keys = ["model", "gpu_name", "config", "batch", "fits", "peak_phase"]
     wide = df.pivot_table(index=keys, columns="component", values="gib", aggfunc="sum", sort=False).reset_index()
-    comps = [c for c in dict.fromkeys(df["component"])]
+    comps = _component_order(df["component"])
     wide = wide[keys + comps]
     wide["device used"] = wide[comps].sum(axis=1)
     wide["usable"] = df.groupby(keys, sort=False)["usable_bytes"].first().to_numpy() / GIB
@@ -787,15 +790,17 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
         figures.append(out)
         return f'<div class="figure">{out}</div>'
 
+    fit = fig_html(fig_fit_matrix(t["fit_matrix"])) + _details("Fit matrix data",
+                                                                html_table(t["fit_matrix"], "fit_matrix"))
     sections = [_section("fit", "Which GPU fits which model", "Each cell: the best configuration that fits, its "
                          "micro-batch, estimated device memory over usable memory, and predicted tokens/s. Green: "
-                         "full-rank AdamW fits; amber: only low-rank methods fit; red: nothing fits.",
-                         fig_html(fig_fit_matrix(t["fit_matrix"])) + _details("Fit matrix data",
-                                                                              html_table(t["fit_matrix"], "fit_matrix")))]
+                         "full-rank AdamW fits; amber: only low-rank methods fit; red: nothing fits.", fit)]
     body = "".join(fig_html(fig_breakdown(t["memory_breakdown"], m.name)) for m in req.models)
     sections.append(_section("breakdown", "Where the memory goes", "Per model, on the smallest selected GPU where "
-                             "anything fits: each method at its recommended configuration (methods that do not fit "
-                             "are shown at their leanest configuration). Bars add up to estimated device used.",
+                             "anything fits: each method at its recommended configuration (label: configuration · "
+                             "micro-batch · estimated device used). Methods that do not fit there (✗) are shown at "
+                             "their leanest configuration. The parts of a bar add up to device used; the dashed line "
+                             "is the usable memory.",
                              body + _details("Memory breakdown data (GiB)",
                                                    html_table(breakdown_wide(t["memory_breakdown"]), "wide"))))
     body = "".join(fig_html(fig_cost(t["cost"], m.name)) for m in req.models)
