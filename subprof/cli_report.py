@@ -6,6 +6,7 @@ bar) and writes the page; `--json` prints the same tables, `--csv DIR` writes on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,15 +63,16 @@ def _rows(paths: list[Path], flag: str) -> list[dict]:
 
 
 def _check_out(out: Path) -> None:
-    """Fail before planning when the page cannot be written."""
+    """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
     if out.is_dir():
         raise SubprofError(f"--out {str(out)!r} is a folder; give a file name such as reports/procurement.html")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a", encoding="utf-8"):
-            pass
     except OSError as exc:
-        raise SubprofError(f"--out {str(out)!r} is not writable: {exc.strerror or exc}") from None
+        raise SubprofError(f"--out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
+    target = out if out.exists() else out.parent
+    if not os.access(target, os.W_OK):
+        raise SubprofError(f"--out {str(out)!r} is not writable (no write permission on {str(target)!r})")
 
 
 def report(
