@@ -61,7 +61,10 @@ class Case:
             raise SubprofError(f"--steps must be at least 1, got {self.steps}")
 
     def key(self) -> tuple:
-        return tuple(getattr(self, f) for f in KEY_FIELDS)
+        """What identifies a finished row for `--resume` (the model by its catalogue name, as rows store it)."""
+        from subprof.catalog import load_model
+
+        return tuple(load_model(self.model).name if f == "model" else getattr(self, f) for f in KEY_FIELDS)
 
     def label(self) -> str:
         r = f" r{self.rank}" if self.rank else ""
@@ -198,19 +201,20 @@ def _losses_ok(losses: list[float]) -> bool:
 
 
 def _cpu(case: Case) -> dict:
-    """CPU backend: real steps; MemTracker counts every tensor (the same categories and phases as a trace)."""
+    """CPU backend: `steps` real steps under MemTracker (every tensor counted: the same categories and phases as a
+    trace, without CUDA's 512-B rounding), then `steps` more untracked steps for the times. `losses` holds all."""
     import torch
 
     from subprof.model import build_model, make_optimizer, random_tokens, train_context
     from subprof.trace import PhaseTracker, _flat
 
+    if case.method == "adamw" and case.state_bits == 8:
+        raise SubprofError("8-bit AdamW (bitsandbytes) needs CUDA: use --backend cuda or trace")
     cfg = _train_config(case)
     model = build_model(cfg.model, dtype=case.dtype, device="cpu", checkpointing=case.checkpointing,
                         seed=case.seed)
     opt = make_optimizer(model, case.method, rank=case.rank, update_gap=case.update_gap,
                          state_bits=case.state_bits, layerwise=case.layerwise)
-    if case.method == "adamw" and case.state_bits == 8:
-        raise SubprofError("8-bit AdamW (bitsandbytes) needs CUDA: use --backend cuda or trace")
     tracker = PhaseTracker()
     tracker.track_external(model)
     times, losses = [], []
@@ -220,7 +224,6 @@ def _cpu(case: Case) -> dict:
         for i in range(case.steps):
             tracker.reset_mod_stats()
             ids = random_tokens(cfg.model, case.batch, case.seq, seed=case.seed + i)
-            t0 = time.perf_counter()
             with tracker.in_phase(f"fwbw{i}"):
                 with train_context(case.dtype, "cpu"):
                     loss = model(input_ids=ids, labels=ids).loss
@@ -228,9 +231,19 @@ def _cpu(case: Case) -> dict:
             with tracker.in_phase(f"opt{i}"):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
             losses.append(float(loss.detach().float()))
             del loss, ids
+    # times come from as many further steps without the tracker (its per-op Python hooks would dominate them)
+    for i in range(case.steps):
+        ids = random_tokens(cfg.model, case.batch, case.seq, seed=case.seed + case.steps + i)
+        t0 = time.perf_counter()
+        with train_context(case.dtype, "cpu"):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach().float()))
     peak = _flat(tracker._peak_mem_snap)
     total = peak.pop("total", 0)
     phases = {"model_built": built,
