@@ -251,10 +251,14 @@ def _recomputed_estimate(row: dict) -> float | None:
 
 
 def bench_table(rows: list[dict]) -> pd.DataFrame:
-    """Estimated vs measured peak allocated per bench row; error % = (estimated − measured) / measured · 100."""
+    """Estimated vs measured peak allocated per bench row; error % = (estimated − measured) / measured · 100.
+    As `subprof bench` compares (`cli_bench.comparable_peak`): a trace sees tensors only, so a trace row's
+    measured peak gets the estimate's calibrated CUDA-runtime term added back."""
     out = []
     for r in rows:
         measured = _num(r, "peak_allocated_bytes") or _num(r, "peak_allocated_gib", scale=GIB)
+        if measured is not None and r.get("backend") == "trace":
+            measured += _num(r, "estimated_cuda_runtime_bytes") or 0
         est, source = _num(r, "estimated_peak_allocated_bytes"), "row"
         if est is None:
             est, source = _recomputed_estimate(r), "recomputed"

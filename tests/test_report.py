@@ -32,6 +32,9 @@ BENCH = [
      "peak_allocated_bytes": 4 * 2**30},
     {"model": "1b", "method": "adamw", "batch": 64, "seq": 256, "backend": "cuda", "status": "oom",
      "estimated_peak_allocated_bytes": 90 * 2**30},
+    {"model": "60m", "method": "adamw", "batch": 8, "seq": 256, "backend": "trace", "status": "ok",
+     "estimated_peak_allocated_bytes": 3 * 2**30, "estimated_cuda_runtime_bytes": 2**29,
+     "peak_allocated_bytes": 2 * 2**30 + 2**29},
 ]
 PROJ = [
     {"model": "1b", "method": "svd", "shape": [2048, 5461], "rank": 128, "median_ms": 800.0, "spread_ms": 9.0,
@@ -116,6 +119,11 @@ def test_bench_error_is_relative_to_measured_and_recomputes_missing_estimates():
     assert df.loc[0, "error_pct"] == pytest.approx(25.0)
     assert df.loc[1, "estimate_source"] == "recomputed" and df.loc[1, "estimated_peak_allocated_bytes"] > 0
     assert df.loc[2, "status"] == "oom" and (df.loc[2, "error_pct"] is None or math.isnan(df.loc[2, "error_pct"]))
+
+
+def test_bench_trace_rows_get_the_cuda_runtime_term_added_back_as_bench_does():
+    df = bench_table(BENCH)
+    assert df.loc[3, "peak_allocated_bytes"] == 3 * 2**30 and df.loc[3, "error_pct"] == pytest.approx(0.0)
 
 
 def test_proj_ratio_is_svd_time_over_method_time_on_the_same_shape():
