@@ -14,7 +14,7 @@ What we followed and where we chose (`OriRule` options in brackets):
 - Column activation [`oja_pp`, True]: P always has r orthonormal columns (the optimizer's moments are r-wide from
   step 0), drawn from a seeded Gaussian [`seed`] at step 0. Only the first k_e columns take the Oja step, with
   k_e = r − ⌊r / 2^(e+1)⌋ in epoch e = ⌊t / E⌋ (r/2, then 3r/4, 7r/8, …, all r after ⌈log2 r⌉ epochs) and E =
-  [`epoch_steps`, 50] steps per epoch (our choice: the paper's epochs are set by its rate analysis, which needs
+  [`epoch_steps`, 10] steps per epoch (our choice: the paper's epochs are set by its rate analysis, which needs
   the eigengap we do not know). The not-yet-active columns stay the random directions they were drawn as; the QR of
   [active | inactive] keeps the active span and re-orthogonalises the rest against it. `oja_pp=False` is plain Oja
   (all r columns from step 0). [`init="svd"`] starts from GaLore's SVD basis instead (all columns active).
@@ -90,7 +90,7 @@ def active_columns(rank: int, step: int, epoch_steps: int) -> int:
 
 class OriRule(ProjectionRule):
     """Ori's every-step Oja++ tracking of P. Options: eta (1.0), schedule ("constant" | "inv_sqrt"), oja_pp (True),
-    epoch_steps (50), init ("random" | "svd"), seed (0), form ("fast" | "reference")."""
+    epoch_steps (10), init ("random" | "svd"), seed (0), form ("fast" | "reference")."""
 
     spec = SPEC
 
@@ -99,7 +99,7 @@ class OriRule(ProjectionRule):
         self.eta = float(options.get("eta", 1.0))
         self.schedule = str(options.get("schedule", "constant"))
         self.oja_pp = bool(options.get("oja_pp", True))
-        self.epoch_steps = int(options.get("epoch_steps", 50))
+        self.epoch_steps = int(options.get("epoch_steps", 10))
         self.init = str(options.get("init", "random"))
         self.seed = int(options.get("seed", 0))
         self.form = str(options.get("form", "fast"))

@@ -22,8 +22,9 @@ What we followed and where we chose (`OSDRule` options in brackets):
   gradient (SGD, in `projector_exp_avg`) at step t and applies the parameter move at the start of step t+1. This is
   exact (the Adam direction depends only on the moments) and needs no memory beyond the declared states; the
   learning rate of the pending move is kept as a float (`projector_pending_lr`).
-- Learning rate: η_W is the optimizer's current group lr, handed to the rule by `set_lr(lr)` (or the `lr` keyword of
-  `update_projection`); without either, option `lr` (1e-3) is used.
+- Learning rate: η_W is the current group lr, which the optimizer hands over in `low_rank_update(…, group, …)`
+  (called after `update_projection` each step; the pending step's η_P is set there). Used standalone (timing,
+  tests), the rule takes it from `set_lr(lr)` or the `lr` keyword of `update_projection`, else option `lr` (1e-3).
 - Forms [`form`]: `analytic` (default) evaluates ∇L in closed form: two d×n×r GEMMs (GᵀP, then G·(GᵀP)) on the
   unnormalised G with the 1/‖G‖² folded into r×r factors, plus PᵀP, Pᵀ(AP) and two d×r×r products — G̃ is never
   materialised. `autograd` is the paper's code path: build L on G̃ = G/‖G‖, `backward()` (about six d×n×r GEMMs).
@@ -201,15 +202,22 @@ class OSDRule(ProjectionRule):
         self._streams += 1
         return p.to(device=grad.device, dtype=grad.dtype)
 
-    def _projector_lr(self, state: dict, lr_w: float) -> float:
+    def _projector_lr(self, state: dict, lr_w: float, initial_lr: float | None = None) -> float:
+        """η_P: α·η_W ("paper"), or (η_W/η_0)/code_gap ("code"; η_0 = option base_lr, else the group's
+        `initial_lr` as torch schedulers set it, else the first non-zero η_W seen, kept in the state)."""
         if self.variant == "paper":
             return self.alpha * lr_w
-        base = self.base_lr if self.base_lr is not None else state.get("projector_lr_init")
-        if not base:
-            base = lr_w
-            if lr_w > 0:
-                state["projector_lr_init"] = lr_w
+        base = self.base_lr or initial_lr or state.get("projector_lr_init")
+        if not base and lr_w > 0:
+            base = state["projector_lr_init"] = lr_w
         return (lr_w / base if base else 0.0) / self.code_gap
+
+    def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
+        """The optimizer's hook for the W step (default Adam on R); here it also reads this step's learning rate
+        from `group` and sets the pending P step's η_P from it, so η_P follows the schedule exactly."""
+        if "projector_pending_lr" in state and "lr" in group:
+            state["projector_pending_lr"] = self._projector_lr(state, float(group["lr"]), group.get("initial_lr"))
+        return super().low_rank_update(state, r_grad, group, step)
 
     def _record(self, state: dict, grad_p: Tensor, lr_p: float) -> None:
         """Fold ∇L into P's optimizer state; the move itself is applied at the next call (`_apply_pending`)."""
@@ -243,7 +251,7 @@ class OSDRule(ProjectionRule):
             b1, b2 = self.betas
             k = int(state["projector_step"])
             m = self.read_moment(state, "projector_exp_avg")
-            denom = self.read_moment(state, "projector_exp_avg_sq").sqrt_().div_(math.sqrt(1.0 - b2**k)).add_(self.eps)
+            denom = self.read_moment(state, "projector_exp_avg_sq").sqrt().div_(math.sqrt(1.0 - b2**k)).add_(self.eps)
             p.addcdiv_(m, denom, value=-lr / (1.0 - b1**k))
         if p is not state["projector"]:
             state["projector"].copy_(p)

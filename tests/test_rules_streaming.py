@@ -1,0 +1,276 @@
+"""Streaming projection rules (OSD, Ori, SubTrack) on CPU: fast forms equal their reference forms, OSD follows
+Algorithm 1 (and the authors' code variant) step for step against torch's own Adam/AdamW, and every rule tracks a
+slowly rotating planted subspace in a stream of noisy gradients, on tall and wide weights.
+
+The tracking stream: G_t = U_t diag(s) C_t + ν N_t (from the side P projects), U_t = cos(ωt) U_0 + sin(ωt) V_0 (an
+orthonormal rank-r basis rotating at ω rad/step, 1.2 rad over the run), C_t and N_t Gaussian. Threshold: over the
+last 100 steps, a tracker's mean largest principal angle to U_t must be below that of a fresh SVD of each step's own
+gradient (what GaLore would get by refreshing every step, measured on the same stream, ≈ 0.26 rad here) — a
+tracker that averages over steps should find the subspace at least as well as one noisy sample does — while the
+step-0 basis held fixed ends more than 1 rad away (so passing needs real tracking)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+
+import pytest
+import torch
+
+from subprof.methods.base import basis_shape
+from subprof.methods.ori import OriRule, active_columns, oja_step, oja_step_reference
+from subprof.methods.osd import (OSDRule, online_pca_grad, online_pca_grad_autograd, online_pca_loss, oriented)
+from subprof.methods.rule import top_singular_basis
+from subprof.methods.subtrack import SubTrackRule, tangent, tangent_reference
+
+SHAPES = [(64, 96), (96, 64)]  # wide (P on the left, m×r) and tall (P on the right, n×r)
+RANK, STEPS, OMEGA, NOISE = 4, 400, 0.003, 0.3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster, and immune to OpenMP spin contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def max_angle(p, u):
+    """Largest principal angle (rad) between span(p) (orthonormalised) and the orthonormal u."""
+    q = torch.linalg.qr(p.double())[0]
+    return float(torch.arccos(torch.linalg.svdvals(q.T @ u.double()).clamp(max=1.0).min()))
+
+
+def planted_stream(shape, *, rank=RANK, steps=STEPS, omega=OMEGA, noise=NOISE, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    m, n = shape
+    right = m >= n
+    d, k = (n, m) if right else (m, n)
+    basis = torch.linalg.qr(torch.randn(d, 2 * rank, generator=gen))[0]
+    u0, v0 = basis[:, :rank], basis[:, rank:]
+    s = torch.linspace(2.0, 1.0, rank)
+    for t in range(steps):
+        u = math.cos(omega * t) * u0 + math.sin(omega * t) * v0
+        g = u @ (s[:, None] * torch.randn(rank, k, generator=gen)) / math.sqrt(k)
+        g += noise * torch.randn(d, k, generator=gen) / math.sqrt(k)
+        yield (g.T if right else g).contiguous(), u
+
+
+def random_grads(shape, count, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=gen) for _ in range(count)]
+
+
+def near_orthonormal(d, r, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(d, r, generator=gen))[0]
+    return q + 0.05 * torch.randn(d, r, generator=gen)
+
+
+# --- fast forms equal reference forms (fp32, 1e-5) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ortho_weight", [0.1, 0.0])
+def test_osd_analytic_gradient_equals_autograd(shape, ortho_weight):
+    g = random_grads(shape, 1)[0]
+    p = near_orthonormal(min(shape), 6)
+    fast = online_pca_grad(p, oriented(g), ortho_weight=ortho_weight)
+    ref = online_pca_grad_autograd(p, oriented(g), ortho_weight=ortho_weight)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_osd_rule_analytic_and_autograd_forms_give_the_same_projector(shape):
+    rules = [OSDRule(rank=RANK, form=f, lr=1e-3) for f in ("analytic", "autograd")]
+    states = [{}, {}]
+    for step, g in enumerate(random_grads(shape, 20)):
+        for rule, state in zip(rules, states):
+            rule.update_projection(state, g, step)
+    torch.testing.assert_close(states[0]["projector"], states[1]["projector"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ori_fast_step_equals_reference_step(shape):
+    g = random_grads(shape, 1)[0]
+    p = torch.linalg.qr(torch.randn(min(shape), 6))[0]
+    torch.testing.assert_close(oja_step(p, oriented(g), 24.0), oja_step_reference(p, oriented(g), 24.0),
+                               atol=1e-5, rtol=1e-5)
+    rules = [OriRule(rank=RANK, form=f) for f in ("fast", "reference")]
+    states = [{}, {}]
+    for step, gi in enumerate(random_grads(shape, 30)):
+        for rule, state in zip(rules, states):
+            rule.update_projection(state, gi, step)
+    torch.testing.assert_close(states[0]["projector"], states[1]["projector"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_subtrack_fast_tangent_equals_least_squares_residual_form(shape):
+    g = random_grads(shape, 1)[0]
+    p = torch.linalg.qr(torch.randn(min(shape), 6))[0]
+    torch.testing.assert_close(tangent(p, oriented(g), scale=6.0), tangent_reference(p, oriented(g), scale=6.0),
+                               atol=1e-5, rtol=1e-5)
+    rules = [SubTrackRule(rank=RANK, update_gap=2, form=f) for f in ("fast", "reference")]
+    states = [{}, {}]
+    for step, gi in enumerate(random_grads(shape, 12)):
+        for rule, state in zip(rules, states):
+            rule.update_projection(state, gi, step)
+    torch.testing.assert_close(states[0]["projector"], states[1]["projector"], atol=1e-5, rtol=0)
+
+
+# --- OSD follows Algorithm 1 and the authors' code, step for step ----------------------------------------------------
+
+
+def osd_loss(p, g, ortho_weight):
+    gt = g / torch.linalg.vector_norm(g)
+    loss = (p @ (p.T @ gt) - gt).square().sum()
+    return loss + ortho_weight * (p.T @ p - torch.eye(p.shape[1])).square().sum()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_osd_paper_variant_is_adam_on_the_online_pca_loss_with_lr_alpha_times_lr(shape):
+    rule, state = OSDRule(rank=RANK, lr=2e-3), {}
+    reference, opt = None, None
+    for step, g in enumerate(random_grads(shape, 8)):
+        rule.update_projection(state, g, step)
+        if reference is None:  # P_0 is the rule's random draw
+            reference = state["projector"].clone().requires_grad_(True)
+            opt = torch.optim.Adam([reference], lr=5 * 2e-3, betas=(0.9, 0.999), eps=1e-8)
+        torch.testing.assert_close(state["projector"], reference.detach(), atol=1e-5, rtol=0)
+        opt.zero_grad()
+        osd_loss(reference, oriented(g), 0.1).backward()
+        opt.step()  # P_{t+1} from G_t: the rule applies it at the start of step t+1
+
+
+def test_osd_code_variant_is_adamw_without_the_orthogonality_term_from_an_svd_start():
+    shape, rule, state = (64, 96), OSDRule(rank=RANK, variant="code", lr=1e-3), {}
+    reference, opt = None, None
+    for step, g in enumerate(random_grads(shape, 8)):
+        rule.update_projection(state, g, step)
+        if step == 0:
+            torch.testing.assert_close(state["projector"], top_singular_basis(g, RANK))
+            reference = state["projector"].clone().requires_grad_(True)
+            opt = torch.optim.AdamW([reference], lr=1 / 200, weight_decay=0.01, eps=1e-8)
+            continue
+        torch.testing.assert_close(state["projector"], reference.detach(), atol=1e-5, rtol=0)
+        opt.zero_grad()
+        osd_loss(reference, oriented(g), 0.0).backward()
+        opt.step()
+
+
+def test_osd_takes_the_learning_rate_from_the_optimizer_group():
+    rule, state = OSDRule(rank=RANK, lr=1e-3), {}
+    g = random_grads((64, 96), 1)[0]
+    rule.update_projection(state, g, 0)
+    assert state["projector_pending_lr"] == pytest.approx(5e-3)
+    r_grad = rule.project(state, g)
+    rule.low_rank_update(state, r_grad, {"lr": 4e-4, "betas": (0.9, 0.999), "eps": 1e-6}, 0)
+    assert state["projector_pending_lr"] == pytest.approx(5 * 4e-4)
+
+
+def test_osd_step_lowers_the_online_pca_loss():
+    g = random_grads((64, 96), 1)[0]
+    p = near_orthonormal(64, RANK)
+    grad = online_pca_grad(p, g, ortho_weight=0.1)
+    before = online_pca_loss(p, g, ortho_weight=0.1)
+    assert online_pca_loss(p - 1e-2 * grad, g, ortho_weight=0.1) < before
+
+
+def test_osd_with_sgd_keeps_only_the_pending_gradient():
+    rule, state = OSDRule(rank=RANK, projector_optimizer="sgd", lr=1e-2), {}
+    for step, g in enumerate(random_grads((64, 96), 3)):
+        before = state["projector"].clone() if "projector" in state else None
+        rule.update_projection(state, g, step)
+        if before is not None:
+            assert not torch.equal(before, state["projector"])
+    assert "projector_exp_avg" in state and "projector_exp_avg_sq" not in state
+
+
+# --- resume, dtypes, degenerate input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda: OSDRule(rank=RANK, lr=1e-3), lambda: OriRule(rank=RANK),
+                                  lambda: SubTrackRule(rank=RANK, update_gap=2)])
+def test_a_copied_state_continues_identically_in_a_fresh_rule(make):
+    grads = random_grads((96, 64), 10)
+    rule, state = make(), {}
+    for step, g in enumerate(grads[:5]):
+        rule.update_projection(state, g, step)
+    saved = copy.deepcopy(state)
+    resumed = make()
+    for step, g in enumerate(grads[5:], start=5):
+        rule.update_projection(state, g, step)
+        resumed.update_projection(saved, g, step)
+    torch.testing.assert_close(state["projector"], saved["projector"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: OSDRule(rank=RANK), lambda: OriRule(rank=RANK),
+                                  lambda: SubTrackRule(rank=RANK, update_gap=1)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_gradients_keep_a_bf16_projector_of_the_declared_shape(make, shape):
+    rule, state = make(), {}
+    for step, g in enumerate(random_grads(shape, 4)):
+        rule.update_projection(state, g.bfloat16(), step)
+    p = state["projector"]
+    assert p.dtype == torch.bfloat16 and tuple(p.shape) == basis_shape(*shape, RANK)
+    assert torch.isfinite(p.float()).all()
+
+
+@pytest.mark.parametrize("make", [lambda: OSDRule(rank=RANK), lambda: OriRule(rank=RANK),
+                                  lambda: SubTrackRule(rank=RANK, update_gap=1)])
+def test_a_zero_gradient_leaves_a_finite_projector(make):
+    rule, state = make(), {}
+    rule.update_projection(state, torch.randn(64, 96), 0)
+    for step in (1, 2):
+        rule.update_projection(state, torch.zeros(64, 96), step)
+    assert torch.isfinite(state["projector"]).all()
+
+
+def test_oja_pp_activates_half_then_three_quarters_then_all_columns():
+    assert [active_columns(8, step, 10) for step in (0, 9, 10, 20, 30, 1000)] == [4, 4, 6, 7, 8, 8]
+    assert active_columns(1, 0, 10) == 1
+
+
+def test_subtrack_moves_the_right_side_subspace():
+    """Tall weight (m ≥ n): P is n×r; a gradient whose row space lies outside span(P) must rotate P towards it."""
+    gen = torch.Generator().manual_seed(0)
+    rule, state = SubTrackRule(rank=2, update_gap=1), {}
+    basis = torch.linalg.qr(torch.randn(32, 4, generator=gen))[0]
+    rule.update_projection(state, torch.randn(80, 2, generator=gen) @ basis[:, :2].T, 0)
+    target = math.cos(1.0) * basis[:, :2] + math.sin(1.0) * basis[:, 2:]  # 1 rad away from span(P)
+    before = max_angle(state["projector"], target)
+    for step in range(1, 9):
+        rule.update_projection(state, torch.randn(80, 2, generator=gen) @ target.T, step)
+    assert before > 0.9 and max_angle(state["projector"], target) < 0.2 * before
+
+
+# --- tracking a rotating planted subspace ----------------------------------------------------------------------------
+
+TRACKERS = {
+    "osd": (lambda: OSDRule(rank=RANK, lr=1e-3), 5e-2),  # λ keeps PᵀP ≈ I only approximately
+    "osd-sgd": (lambda: OSDRule(rank=RANK, projector_optimizer="sgd", lr=0.1), 5e-2),
+    "ori": (lambda: OriRule(rank=RANK), 1e-3),
+    "subtrack": (lambda: SubTrackRule(rank=RANK, update_gap=1), 1e-3),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", list(TRACKERS))
+def test_tracks_a_slowly_rotating_planted_subspace(name, shape):
+    make, orth_tol = TRACKERS[name]
+    rule, state = make(), {}
+    errors, svd_errors, worst_orth, first = [], [], 0.0, None
+    for step, (g, u) in enumerate(planted_stream(shape)):
+        rule.update_projection(state, g, step)
+        p = state["projector"]
+        first = p.clone() if first is None else first
+        errors.append(max_angle(p, u))
+        if step >= STEPS - 100:
+            svd_errors.append(max_angle(top_singular_basis(g, RANK), u))
+            worst_orth = max(worst_orth, float((p.T @ p - torch.eye(RANK)).abs().max()))
+    threshold = statistics.mean(svd_errors)
+    assert statistics.mean(errors[-100:]) < threshold, (statistics.mean(errors[-100:]), threshold)
+    assert max_angle(first, u) > 1.0  # a frozen P would have lost the subspace
+    assert worst_orth < orth_tol
