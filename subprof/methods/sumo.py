@@ -97,11 +97,12 @@ class SumoRule(ProjectionRule):
         state["projector"] = q_new
 
     def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
-        """m ← μ m + ĝ (stored), return O = orthogonalise(m) in fp32."""
-        moment = self.read_moment(state, "exp_avg") if "exp_avg" in state else torch.zeros_like(r_grad.float())
-        moment = moment.mul_(self.momentum).add_(r_grad.float())
+        """m ← μ m + ĝ (stored in the state_bits format), return O = orthogonalise(m) in ĝ's dtype."""
+        if "exp_avg" not in state:
+            self.init_moment(state, "exp_avg", r_grad)
+        moment = self.read_moment(state, "exp_avg").mul_(self.momentum).add_(r_grad.float())
         self.write_moment(state, "exp_avg", moment)
-        return orthogonalise(moment)
+        return orthogonalise(moment).to(r_grad.dtype)
 
     def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
         """The out-of-subspace term to add to the back-projected update (None unless `recovery=True`)."""
