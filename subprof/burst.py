@@ -92,11 +92,14 @@ class BurstSettings:
     dtype: str = "fp32"
     scale: float = 0.25
     warmup_fraction: float = 0.1
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "seq", "eval_every", "val_windows"):
             if getattr(self, name) <= 0:
                 raise SubprofError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads <= 0:
+            raise SubprofError(f"--threads must be at least 1, got {self.threads}")
         if self.dtype not in ("fp32", "bf16"):
             raise SubprofError(f"--dtype {self.dtype!r} unknown for bursts: use fp32 or bf16")
         self.device = resolve_device(self.device)
@@ -420,6 +423,17 @@ def run_bursts(cases: list[BurstCase | dict], *, steps: int = 200, data: Any = N
     corpus = corpus or load_corpus(data, vocab_size=vocab_size)
     corpus.require(cfg.seq)
     log = ResultLog(out, resume=resume) if out else None
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_all(cases, cfg, corpus, log, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(cases: list[BurstCase], cfg: BurstSettings, corpus: Corpus, log: ResultLog | None,
+             progress: Any) -> list[dict]:
     done = {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
     rows = []
     for case in cases:

@@ -36,6 +36,9 @@ def burst(
     data_dtype: Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 (nanoGPT) or "
                                                                  "uint32.")] = "uint16",
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)] = 8192,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's; "
+                                                   "1 avoids oversubscription on a shared machine).",
+                                                   min=1)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/burst.jsonl"),
@@ -43,13 +46,14 @@ def burst(
     json_out: JsonOpt = False,
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
-    from subprof.burst import expand_cases, run_bursts
+    from subprof.burst import expand_cases, resolve_device, run_bursts
     from subprof.corpus import load_corpus
 
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
                                 parse_int_list(update_gaps, "--update-gaps"), lr)
     if not cases:
         raise SubprofError("no cases to run: " + "; ".join(notes))
+    device = resolve_device(device)
     corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
     corpus.require(seq)
     if not json_out:
@@ -61,7 +65,7 @@ def burst(
     with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
         rows = run_bursts(cases, steps=steps, corpus=corpus, device=device, out=str(out), resume=resume,
                           progress=bar, batch=batch, seq=seq, eval_every=eval_every, dtype=dtype, seed=seed,
-                          data_seed=seed)
+                          data_seed=seed, threads=threads)
     if json_out:
         print_json({"corpus": corpus.summary() | {"description": corpus.description}, "notes": notes,
                     "out": str(out), "rows": rows})

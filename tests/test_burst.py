@@ -1,0 +1,152 @@
+"""Bursts: identical initialisation and data order across configurations, every method learns, NaN → a diverged
+row while the sweep goes on, resume skips finished cases, case expansion and the proxy model for plan --burst."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from subprof import burst
+from subprof.burst import BurstCase, BurstSettings, expand_cases, proxy_case, run_bursts, train_offsets
+from subprof.catalog import load_model
+from subprof.corpus import load_corpus
+from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SMALL = dict(batch=2, seq=32, eval_every=3, val_windows=4, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("texts")
+    for name in ("textwrap.py", "string.py", "bisect.py", "fnmatch.py"):
+        (folder / name).write_text((STDLIB / name).read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SUBPROF_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return load_corpus(folder, vocab_size=320)
+
+
+def case(method: str, **kw) -> BurstCase:
+    spec = REGISTRY[method]
+    return BurstCase(model="tiny", method=method, rank=8 if spec.project else None, **kw)
+
+
+def test_data_order_depends_only_on_seed_and_corpus_length():
+    s = BurstSettings(steps=5, batch=3, seq=16, device="cpu")
+    np.testing.assert_array_equal(train_offsets(1000, s), train_offsets(1000, s))
+    assert not np.array_equal(train_offsets(1000, s), train_offsets(1000, BurstSettings(
+        steps=5, batch=3, seq=16, device="cpu", data_seed=1)))
+
+
+def test_every_configuration_starts_from_the_same_weights_and_batches(corpus):
+    rows = run_bursts([case("adamw"), case("galore", update_gap=2), case("ori")], steps=2, corpus=corpus, **SMALL)
+    assert len({r["data_order"] for r in rows}) == 1
+    assert len({r["initial_loss"] for r in rows}) == 1  # bit-identical loss before any update
+    assert len({r["train_loss"][1] for r in rows}) == 3  # ... and the optimizers then differ
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_a_short_burst_lowers_the_loss_for_every_method(corpus, method):
+    (row,) = run_bursts([case(method, lr=3e-3)], steps=8, corpus=corpus, **SMALL)
+    assert row["status"] == "ok" and row["steps_done"] == 8
+    assert row["val_loss"] < row["initial_loss"] - 0.3
+    assert row["optimizer_state_bytes"] > 0 and row["peak_tracked_bytes"] > row["optimizer_state_bytes"]
+    assert 0 <= row["projection_share"] < 1
+    assert (row["projection_s"] > 0) == REGISTRY[method].project
+
+
+def test_non_finite_loss_gives_a_diverged_row_and_the_sweep_goes_on(corpus, tmp_path, monkeypatch):
+    real = burst.loss_of
+    calls = {"n": 0}
+
+    def poisoned(model, x, y):
+        loss = real(model, x, y)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third training step of the first case
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(burst, "loss_of", poisoned)
+    out = tmp_path / "b.jsonl"
+    rows = run_bursts([case("galore"), case("adamw")], steps=4, corpus=corpus, out=str(out), **SMALL)
+    assert [r["status"] for r in rows] == ["diverged", "ok"]
+    assert rows[0]["steps_done"] < 4 and "training loss nan" in rows[0]["diverged"] and rows[0]["val_loss"] is None
+    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["diverged", "ok"]
+
+
+def test_resume_skips_finished_cases_and_runs_the_rest(corpus, tmp_path, monkeypatch):
+    out = str(tmp_path / "b.jsonl")
+    first = run_bursts([case("adamw")], steps=2, corpus=corpus, out=out, **SMALL)
+    ran = []
+    real = burst.run_burst
+    monkeypatch.setattr(burst, "run_burst", lambda c, *a, **k: ran.append(c.label) or real(c, *a, **k))
+    rows = run_bursts([case("adamw"), case("galore")], steps=2, corpus=corpus, out=out, resume=True, **SMALL)
+    assert ran == ["galore r8 T200"]
+    assert rows[0]["resumed"] and rows[0]["val_loss"] == first[0]["val_loss"]
+    assert len(Path(out).read_text().splitlines()) == 2
+
+
+def test_streaming_methods_run_at_gap_one_only_and_say_so():
+    cases, notes = expand_cases(["tiny"], ["adamw", "galore", "osd"], [16, 64], [1, 50, 200])
+    labels = [c.label for c in cases]
+    assert labels.count("adamw") == 1
+    assert sum(lab.startswith("galore") for lab in labels) == 6
+    assert [lab for lab in labels if lab.startswith("osd")] == ["osd r16 T1", "osd r64 T1"]
+    assert any("osd" in n and "gap 1 only" in n for n in notes)
+
+
+def test_rank_beyond_the_smallest_weight_dimension_is_skipped_with_a_note():
+    cases, notes = expand_cases(["tiny"], ["galore"], [16, 4096], [50])
+    assert [c.rank for c in cases] == [16]
+    assert any("4096" in n for n in notes)
+
+
+def test_proxy_keeps_method_gap_and_rank_to_width_ratio():
+    settings = BurstSettings(device="cpu")
+    target = BurstCase(model="7b", method="galore", rank=1024, update_gap=500)
+    proxy, note = proxy_case(target, settings, fits=lambda cfg, c, s: cfg.params <= 25_000_000)
+    assert (proxy.model, proxy.method, proxy.update_gap) == ("20m", "galore", 500)
+    assert proxy.rank / load_model("20m").hidden == 1024 / load_model("7b").hidden
+    assert "7b" in note and "20m" in note
+    same, none = proxy_case(BurstCase(model="tiny", method="adamw"), settings)
+    assert same.model == "tiny" and none is None
+
+
+def test_cli_burst_json_appends_rows(corpus, tmp_path, monkeypatch):
+    from subprof.cli import app
+
+    monkeypatch.setattr("subprof.corpus.load_corpus", lambda *a, **k: corpus)
+    out = tmp_path / "b.jsonl"
+    res = CliRunner().invoke(app, ["burst", "--methods", "adamw,ori", "--ranks", "8", "--update-gaps", "1,50",
+                                   "--steps", "2", "--batch", "2", "--seq", "32", "--device", "cpu", "--threads", "1",
+                                   "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert [r["method"] for r in payload["rows"]] == ["adamw", "ori"]
+    assert payload["corpus"]["corpus_tokens"] == corpus.tokens
+    assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "unknown method"),
+    (["--ranks", "x"], "not an integer"),
+    (["--data", "/nonexistent/corpus"], "does not exist"),
+    (["--device", "tpu"], "unknown"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    from subprof.cli import app
+
+    res = CliRunner().invoke(app, ["burst", "--steps", "1", "--out", str(tmp_path / "b.jsonl"), *args])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_seq_beyond_the_models_positions_is_refused(corpus):
+    with pytest.raises(SubprofError, match="max_position_embeddings"):
+        burst.build_model(load_model("tiny"), corpus.vocab_size, BurstSettings(seq=4096, device="cpu"))
