@@ -207,10 +207,8 @@ def make_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = No
             return Layerwise([p for p in model.parameters()],
                              lambda p: cls([{"params": [p], **(extra if id(p) in lowrank else {})}], lr=lr))
         return cls(_galore_groups(model, rank, update_gap), lr=lr)
-    try:
-        from subprof.optim import build_optimizer
-    except ImportError:
-        raise SubprofError(f"method {method!r} needs subprof.optim (not available in this checkout)") from None
+    from subprof.optim import build_optimizer
+
     return build_optimizer(model, method, rank=rank, update_gap=update_gap, state_bits=state_bits,
                            layerwise=layerwise, lr=lr)
 
