@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from subprof import cli_bench, cli_burst, cli_core, cli_report
+from subprof import cli_bench, cli_burst, cli_core, cli_proj, cli_report
 from subprof.ui import err_console
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ def _root() -> None:
 
 # --- command registry: one line per command module ---------------------------------------------------------------
 cli_core.register(app)
+cli_proj.register(app)
 cli_bench.register(app)
 cli_burst.register(app)
 cli_report.register(app)
