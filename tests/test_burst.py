@@ -81,6 +81,26 @@ def test_non_finite_loss_gives_a_diverged_row_and_the_sweep_goes_on(corpus, tmp_
     assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["diverged", "ok"]
 
 
+def test_non_finite_gradient_refused_by_the_optimizer_gives_a_diverged_row(corpus, monkeypatch):
+    real = burst.build_model
+
+    def with_inf_gradient(*args, **kwargs):
+        model = real(*args, **kwargs)
+        seen = {"n": 0}
+
+        def poison(grad):
+            seen["n"] += 1
+            return grad * float("inf") if seen["n"] == 2 else grad
+
+        model.model.layers[0].mlp.up_proj.weight.register_hook(poison)
+        return model
+
+    monkeypatch.setattr(burst, "build_model", with_inf_gradient)
+    (row,) = run_bursts([case("galore")], steps=4, corpus=corpus, **SMALL)
+    assert row["status"] == "diverged" and row["diverged"].startswith("optimizer at step 1")
+    assert row["steps_done"] == 1
+
+
 def test_resume_skips_finished_cases_and_runs_the_rest(corpus, tmp_path, monkeypatch):
     out = str(tmp_path / "b.jsonl")
     first = run_bursts([case("adamw")], steps=2, corpus=corpus, out=out, **SMALL)
