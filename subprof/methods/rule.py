@@ -14,8 +14,9 @@ What the optimizer (`subprof.optim.SubspaceAdamW`) does with a rule, per project
     R = rule.project(state, G)                      # G's dtype
     U = rule.low_rank_update(state, R, group, t)    # default: Adam on R (below); SUMO overrides
     E = rule.recovery_term(state, G, R, U)          # default None; Fira-style out-of-subspace term
-    W ← W − lr·E            (if E is not None; E is not multiplied by α)
-    W ← W − lr·α·project_back(U)                    # α = group["scale"]
+    f = rule.step_factor(state, group, t)           # default: Adam's bias correction (1 for overriding rules)
+    W ← W − lr·f·E                                  # if E is not None; E is not multiplied by α
+    W ← W − lr·f·α·project_back(U)                  # α = group["scale"]
     W ← W·(1 − lr·λ)                                # decoupled weight decay after the update, as GaLoreAdamW
 
 Moments are stored in the format `state_bits` asks for, and rules must go through `read_moment` / `write_moment`
@@ -103,16 +104,29 @@ class ProjectionRule:
 
     # --- the low-rank step --------------------------------------------------------------------------------------
     def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
-        """The update direction U in the subspace (shape of R, R's dtype); the optimizer applies −lr·α·back(U).
+        """The update direction U in the subspace (shape of R, R's dtype); the optimizer applies
+        −lr·f·α·back(U) with f = `step_factor`. A rule that overrides this gets f = 1 unless it overrides
+        `step_factor` too.
 
-        Default: Adam on R with GaLoreAdamW's bias correction, moments `exp_avg`, `exp_avg_sq` (created here):
-            m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  U = m / (√v + ε) · √(1−β₂ᵗ) / (1−β₁ᵗ),  t = step + 1.
+        Default: Adam on R as GaLoreAdamW computes it, moments `exp_avg`, `exp_avg_sq` (created here):
+            m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  U = m / (√v + ε),  f = √(1−β₂ᵗ) / (1−β₁ᵗ),  t = step + 1.
         At 8 bits (tensors ≥ 4096 values) the update is bitsandbytes' blockwise 8-bit Adam kernel (fused on CUDA,
-        dequantise–update–requantise on CPU), whose ε sits on the bias-corrected √v̂: U = m̂ / (√v̂ + ε)."""
+        dequantise–update–requantise on CPU), which returns the corrected U = m̂ / (√v̂ + ε) (ε on the
+        bias-corrected √v̂, as bitsandbytes' Adam) and f = 1."""
         if "exp_avg" not in state:
             self.init_moment(state, "exp_avg", r_grad)
             self.init_moment(state, "exp_avg_sq", r_grad)
-        return adam_direction(state, r_grad, betas=group["betas"], eps=group["eps"], t=step + 1)
+        return adam_direction(state, r_grad, betas=group["betas"], eps=group["eps"], t=step + 1, corrected=False)
+
+    def step_factor(self, state: dict, group: dict, step: int) -> float:
+        """Multiplier of lr for this step's update (low-rank and recovery terms). Default: Adam's bias correction
+        √(1−β₂ᵗ)/(1−β₁ᵗ) for the built-in Adam update at 32/16 bits (applied as GaLoreAdamW applies it, so the two
+        agree bit for bit); 1 at 8 bits (the kernel corrects) and for rules that override `low_rank_update`."""
+        if type(self).low_rank_update is not ProjectionRule.low_rank_update:
+            return 1.0
+        if state["exp_avg"].dtype == torch.uint8:
+            return 1.0
+        return adam_correction(group["betas"], step + 1)
 
     def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
         """A full-size term added to the step outside the subspace (Fira-style recovery), or None (default).
@@ -190,10 +204,12 @@ def init_state_moment(state: dict, name: str, like: Tensor, state_bits: int) -> 
         state[name] = torch.zeros(like.shape, dtype=dtype, device=like.device)
 
 
-def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps: float, t: int) -> Tensor:
-    """Update `exp_avg`/`exp_avg_sq` in place with `grad` and return Adam's bias-corrected direction U (a new
-    tensor of grad's shape and dtype, the only allocation of the step besides what the 8-bit kernel needs):
-    U = m / (√v + ε) · √(1−β₂ᵗ)/(1−β₁ᵗ), computed as GaLoreAdamW does (moments in their own dtype, in place)."""
+def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps: float, t: int,
+                   corrected: bool = True) -> Tensor:
+    """Update `exp_avg`/`exp_avg_sq` in place with `grad` and return Adam's direction U (a new tensor of grad's
+    shape and dtype, the only allocation besides what the 8-bit kernel needs): U = m / (√v + ε), times
+    √(1−β₂ᵗ)/(1−β₁ᵗ) when `corrected`, computed as GaLoreAdamW does (moments in their own dtype, in place).
+    8-bit moments: bitsandbytes' kernel, always corrected, U = m̂ / (√v̂ + ε)."""
     beta1, beta2 = betas
     m, v = state["exp_avg"], state["exp_avg_sq"]
     if m.dtype == torch.uint8:
@@ -208,4 +224,9 @@ def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps
     torch.sqrt(v, out=out)
     out.add_(eps)
     torch.div(m, out, out=out)
-    return out.mul_(math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
+    return out.mul_(adam_correction(betas, t)) if corrected else out
+
+
+def adam_correction(betas: tuple[float, float], t: int) -> float:
+    """Adam's bias correction of the step size, √(1−β₂ᵗ)/(1−β₁ᵗ) (Kingma & Ba 2015, §2), t 1-based."""
+    return math.sqrt(1.0 - betas[1] ** t) / (1.0 - betas[0] ** t)
