@@ -247,6 +247,7 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
         raise SubprofError("ranks must be positive")
     tdtype = torch_dtype(dtype)
     order = [FLOOR] + [m for m in ("svd",) if m in methods] + [m for m in methods if m != "svd"]
+    held = 2 if "svd" in methods else 1
     common = {"model": model.name, "device": device, "device_name": device_name(device), "dtype": dtype,
               "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
               "torch": str(torch.__version__)}
@@ -256,6 +257,7 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
         for rank in ranks:
             r = min(rank, m, n)
             medians: dict[str, float] = {}
+            pending: list[dict] = []  # the floor and svd rows (first in `order`) wait for each other: both ratios
             for method in order:
                 row = {"kind": "proj", "method": method, "shape": [m, n], "rank": r, "requested_rank": rank,
                        **common, "date": now_iso()}
@@ -263,18 +265,24 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
                     timing = time_update(method, grad, r, repeats=repeats, warmup=warmup, device=device)
                 except Exception as exc:  # one failing method must not end the sweep
                     row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300], "median_ms": None,
-                            "spread_ms": None, "svd_over_method": None, "method_over_floor": None}
+                            "spread_ms": None}
                 else:
                     medians[method] = timing.median_s
                     row |= {"status": "ok", "median_ms": timing.median_s * 1e3, "spread_ms": timing.spread_s * 1e3,
-                            "samples_ms": [s * 1e3 for s in timing.samples],
-                            "svd_over_method": _ratio(medians.get("svd"), timing.median_s),
-                            "method_over_floor": _ratio(timing.median_s, medians.get(FLOOR))}
-                rows.append(row)
-                if log is not None:
-                    log.append(row)
-                if progress is not None:
-                    progress.advance(f"{m}×{n} r{r} {method}")
+                            "samples_ms": [s * 1e3 for s in timing.samples]}
+                pending.append(row)
+                if len(pending) < held and not any(g["shape"] == [m, n] and g["rank"] == r for g in rows):
+                    continue
+                for done in pending:
+                    median = medians.get(done["method"]) if done["status"] == "ok" else None
+                    done["svd_over_method"] = _ratio(medians.get("svd"), median)
+                    done["method_over_floor"] = _ratio(median, medians.get(FLOOR))
+                    rows.append(done)
+                    if log is not None:
+                        log.append(done)
+                    if progress is not None:
+                        progress.advance(f"{m}×{n} r{r} {done['method']}")
+                pending = []
         del grad
     per_step = []
     for method in methods:
