@@ -29,7 +29,8 @@ authors, saharsamr/StructuredVSRandomizedDP `low_rank_projector.py`, was read, a
   The previous norm is kept as a Python float in `state["recovery_norm"]` (not a tensor: no declared memory).
 - Randomness: one CPU `torch.Generator` per projected weight, seeded from option `seed` (default 0) plus the order in
   which weights first reach this rule; its state lives in `state["rng_state"]` (uint8), so state_dict round-trips and
-  a resumed run draws the same P. Draws are made on the CPU in fp32 and moved to the weight's device.
+  a resumed run draws the same P. Gaussian draws come from the CPU generator in fp32 (so a run draws the same
+  numbers on any device) and are moved to the weight's device, where the QR, sketch and geodesic are computed.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ STATES = (
     TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
 )
 WORKSPACE = (
-    # the Gaussian draw Z (becomes the tangent in place) and the new P before its QR, d×r fp32
-    TensorSpec(name="random_draw", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    # on the weight's device, fp32, at the refresh's peak (the moment transfer): P_old upcast (a copy for 16-bit
+    # weights) and the new P (d×r each); the rotated m, the centred v − m² and the rotated v (r × max(m, n) each).
+    # The draw phase before it (Z or the moved P, its QR and sign fix: 3·d·r) is smaller, as d ≤ max(m, n).
+    # Not declared: at state_bits 16/8 `read_moment` returns fp32 copies of m and v (2 more r × max(m, n)).
+    TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="new_projector", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    # moment transfer, r × max(m, n) fp32: the rotated m, the centred v − m² and the rotated v (alive together)
     TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="centred_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="rotated_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
@@ -169,9 +172,13 @@ class _RandomRule(ProjectionRule):
     def save_generator(self, state: dict, gen: Tensor) -> None:
         state["rng_state"] = gen.get_state()
 
-    def random_basis(self, gen: Tensor, d: int, r: int) -> Tensor:
-        """GrassJump's draw: Q of the sign-fixed thin QR of a d×r standard Gaussian (fp32, CPU)."""
-        return orthonormal_columns(torch.randn(d, r, generator=gen, dtype=torch.float32))
+    def gaussian(self, gen: Tensor, rows: int, cols: int, device: Any) -> Tensor:
+        """A rows×cols standard Gaussian from the CPU generator, fp32, moved to `device`."""
+        return torch.randn(rows, cols, generator=gen, dtype=torch.float32).to(device)
+
+    def random_basis(self, gen: Tensor, d: int, r: int, device: Any) -> Tensor:
+        """GrassJump's draw: Q of the sign-fixed thin QR of a d×r standard Gaussian (fp32)."""
+        return orthonormal_columns(self.gaussian(gen, d, r, device))
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         if "projector" in state and not self.due(step):
@@ -179,14 +186,14 @@ class _RandomRule(ProjectionRule):
         d, r = basis_shape(grad.shape[0], grad.shape[1], self.effective_rank(tuple(grad.shape)))
         gen = self.generator(state)
         if "projector" not in state:
-            p_new = self.random_basis(gen, d, r)
-            state["projector"] = p_new.to(device=grad.device, dtype=grad.dtype)
+            state["projector"] = self.random_basis(gen, d, r, grad.device).to(grad.dtype)
         else:
             p_old = state["projector"].float()
-            p_new = self.move(gen, p_old.cpu()).to(grad.device)
+            p_new = self.move(gen, p_old)
             if self.moment_transfer:
                 rotate_moments(self, state, p_old, p_new, tuple(grad.shape), second=True)
-            state["projector"] = p_new.to(grad.dtype)
+            del p_old
+            state["projector"].copy_(p_new)
         self.save_generator(state, gen)
 
     def move(self, gen: Tensor, p: Tensor) -> Tensor:
@@ -206,7 +213,7 @@ class GrassJumpRule(_RandomRule):
     spec = GRASSJUMP
 
     def move(self, gen: Tensor, p: Tensor) -> Tensor:
-        return self.random_basis(gen, p.shape[0], p.shape[1])
+        return self.random_basis(gen, p.shape[0], p.shape[1], p.device)
 
 
 class GrassWalkRule(_RandomRule):
@@ -229,12 +236,14 @@ class GrassWalkRule(_RandomRule):
         d, r = p.shape
         if r >= d:  # P spans everything: no direction to move into
             return p
-        tangent = torch.randn(d, r, generator=gen, dtype=torch.float32)
+        tangent = self.gaussian(gen, d, r, p.device)
         tangent.sub_(p @ (p.T @ tangent))
         u, sigma, v = randomized_rank_k(tangent, min(self.walk_rank, r, d - r), gen, oversample=self.oversample)
+        del tangent
         theta = self.walk_step * sigma / sigma.norm()
-        pv = p @ v
-        moved = p + pv @ ((torch.cos(theta) - 1.0)[:, None] * v.T) + u @ (torch.sin(theta)[:, None] * v.T)
+        moved = p.clone()
+        moved.addmm_(p @ v, (torch.cos(theta) - 1.0)[:, None] * v.T)
+        moved.addmm_(u, torch.sin(theta)[:, None] * v.T)
         return orthonormal_columns(moved)
 
 
@@ -242,7 +251,7 @@ def randomized_rank_k(a: Tensor, k: int, gen: Tensor, *, oversample: int = 8) ->
     """Top-k SVD of `a` (d×r) by a Gaussian sketch (Halko, Martinsson & Tropp 2011, Alg. 4.1 + 5.1, no power
     iterations): Y = A Ω, Q = qr(Y), B = QᵀA = Ũ Σ Vᵀ, U = Q Ũ. Returns U (d×k), σ (k), V (r×k)."""
     ell = min(k + oversample, min(a.shape))
-    omega = torch.randn(a.shape[1], ell, generator=gen, dtype=a.dtype)
+    omega = torch.randn(a.shape[1], ell, generator=gen, dtype=torch.float32).to(device=a.device, dtype=a.dtype)
     q = orthonormal_columns(a @ omega)
     ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
     return (q @ ub)[:, :k], s[:k], vh[:k].T
