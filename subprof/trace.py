@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
 from subprof.catalog import ModelConfig
@@ -135,7 +135,7 @@ class PhaseTracker(_mt.MemTracker):
             self.phase_snap[self.phase] = _flat(self._curr_mem_snap)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if func is torch.ops.aten._local_scalar_dense.default and isinstance(args[0], FakeTensor):
             if id(args[0]) in self._all_outputs:
                 return True
             return _HOST_SCALAR.get(args[0].dtype, 1.0)

@@ -1,0 +1,127 @@
+"""`subprof bench`: cases, backends, oom emulation, resume (after a kill: a half-written last line), Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from subprof import cli_bench
+from subprof.cli import app
+from subprof.errors import SubprofError
+from subprof.measure import Case, measure, run_case
+
+torch = pytest.importorskip("torch")
+runner = CliRunner()
+TINY = dict(model="tiny", batch=1, seq=16)
+
+
+def fake_row(case: Case, *, timeout: float) -> dict:
+    row = {f: getattr(case, f) for f in ("model", "method", "rank", "update_gap", "batch", "seq", "dtype",
+                                         "state_bits", "layerwise", "checkpointing", "backend", "steps")}
+    row.update(status="ok", peak_allocated_bytes=1000)
+    return row
+
+
+def test_cases_are_methods_times_ranks_and_adamw_once():
+    cases = cli_bench.build_cases(model="tiny", methods="adamw,galore,galore-ref", ranks="16,32", batch=2, seq=16,
+                                  dtype="bf16", state_bits=None, layerwise=False, checkpointing=False,
+                                  update_gap=None, steps=3, backend="trace")
+    assert [(c.method, c.rank) for c in cases] == [("adamw", None), ("galore", 16), ("galore", 32),
+                                                   ("galore-ref", 16), ("galore-ref", 32)]
+    assert {c.state_bits for c in cases} == {16} and cases[1].update_gap == 200
+
+
+def test_a_rank_above_the_smallest_weight_side_is_refused():
+    with pytest.raises(SubprofError, match="rank"):
+        cli_bench.build_cases(model="tiny", methods="galore", ranks="4096", batch=2, seq=16, dtype="bf16",
+                              state_bits=None, layerwise=False, checkpointing=False, update_gap=None, steps=3,
+                              backend="trace")
+
+
+def test_cpu_backend_runs_real_steps_with_finite_losses():
+    row = measure(Case(method="galore", rank=8, backend="cpu", steps=2, **TINY))
+    assert row["status"] == "ok"
+    assert len(row["losses"]) == 4 and all(math.isfinite(x) for x in row["losses"])
+    assert abs(row["losses"][0] - math.log(load_vocab())) < 1.0  # random init: loss ≈ ln V
+    assert row["peak_allocated_bytes"] >= row["phases"]["optimizer_step"] > row["phases"]["model_built"] > 0
+    assert row["tokens_per_s"] > 0 and len(row["step_times_s"]) == 2
+
+
+def test_cpu_backend_on_60m():
+    row = measure(Case(model="60m", method="adamw", batch=1, seq=8, steps=1, backend="cpu"))
+    assert row["status"] == "ok" and math.isfinite(row["losses"][0])
+    assert row["categories"]["parameters"] == 2 * 58_073_600
+
+
+def load_vocab() -> int:
+    from subprof.catalog import load_model
+
+    return load_model("tiny").vocab
+
+
+def test_trace_over_budget_is_an_oom_row_at_the_crossing_phase():
+    row = measure(Case(method="adamw", backend="trace", steps=1, budget_bytes=10**6, **TINY))
+    assert row["status"] == "oom" and row["oom_phase"] == "model_built"  # the weights alone exceed 1 MB
+    ok = measure(Case(method="adamw", backend="trace", steps=1, budget_bytes=10**12, **TINY))
+    assert ok["status"] == "ok"
+
+
+def test_a_case_past_its_timeout_is_a_timeout_row():
+    row = run_case(Case(method="adamw", backend="trace", **TINY), timeout=1)
+    assert row["status"] == "timeout" and row["model"] == "tiny"
+
+
+def test_resume_after_a_killed_run_skips_finished_cases_and_the_half_line(tmp_path, monkeypatch):
+    out = tmp_path / "bench.jsonl"
+    done = fake_row(Case(method="galore", rank=16, update_gap=200, state_bits=16, batch=2, seq=16, model="tiny",
+                         backend="trace"), timeout=1)
+    out.write_text(json.dumps(done) + "\n" + '{"model": "tiny", "method": "galore", "ra')  # killed mid-write
+    calls = []
+    monkeypatch.setattr(cli_bench, "run_case", lambda case, timeout: calls.append(case) or fake_row(case,
+                                                                                                 timeout=timeout))
+    res = runner.invoke(app, ["bench", "--model", "tiny", "--methods", "galore", "--ranks", "16,32", "--batch", "2",
+                              "--seq", "16", "--backend", "trace", "--out", str(out), "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [c.rank for c in calls] == [32]
+    lines = out.read_text().splitlines()
+    assert lines[1] == '{"model": "tiny", "method": "galore", "ra'  # the torn line is ended, not glued to
+    rows = [json.loads(ln) for ln in lines[:1] + lines[2:]]
+    assert [r["rank"] for r in rows] == [16, 32]
+    assert [r["rank"] for r in json.loads(res.stdout)] == [16, 32]
+    assert rows[1]["estimated_peak_allocated_bytes"] > 0
+
+
+def test_sigint_to_a_running_sweep_keeps_a_valid_jsonl(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, "-m", "subprof", "bench", "--model", "tiny", "--methods", "adamw,galore",
+           "--ranks", "8,16,32", "--batch", "1", "--seq", "16", "--steps", "1", "--backend", "trace",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]  # every line is complete JSON
+    assert 1 <= len(rows) < 4 and all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_backend_reports_allocator_and_nvml_memory():
+    row = measure(Case(model="60m", method="galore", rank=128, batch=4, seq=256, steps=3, backend="cuda"))
+    assert row["status"] == "ok"
+    assert row["peak_reserved_bytes"] >= row["peak_allocated_bytes"] > row["phases"]["model_built"] > 0
+    assert row["device_used_bytes"] is None or row["device_used_bytes"] > row["peak_reserved_bytes"]
+    assert row["tokens_per_s"] > 0 and row["first_step_s"] > 0
