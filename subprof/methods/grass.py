@@ -134,11 +134,12 @@ def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, p
     Returned in G's dtype, to be added to the back-projected update before the learning rate is applied."""
     right = right_side(grad.shape)
     p = projector.to(grad.dtype)
-    residual = grad - (r_grad.to(grad.dtype) @ p.T if right else p @ r_grad.to(grad.dtype))
+    r = r_grad.to(grad.dtype)
+    residual = (r @ p.T if right else p @ r).neg_().add_(grad)  # one m×n tensor: the declared step workspace
     axis = 1 if right else 0  # the rank axis of R / N
     factor = r_update.float().norm(dim=axis) / (r_grad.float().norm(dim=axis) + 1e-8)
     residual.mul_((factor[:, None] if right else factor[None, :]).to(grad.dtype))
-    norm = float(residual.float().norm())
+    norm = float(torch.linalg.vector_norm(residual, dtype=torch.float32))
     previous = state.get("recovery_norm")
     if previous is not None and norm > growth_limit * previous:
         residual.mul_(growth_limit * previous / norm)
