@@ -30,6 +30,8 @@ def proj(
     update_gap: Annotated[Optional[int], typer.Option("--update-gap", "-T", help="Refresh interval for the periodic "
                                                       "methods in the per-step sum (default: each method's).",
                                                       min=1)] = None,
+    shapes: Annotated[Optional[str], typer.Option("--shapes", help="Only these of the model's weight shapes, "
+                                                  "e.g. 2048x5461 (the per-step sum then needs all of them).")] = None,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/proj.jsonl"),
     json_out: JsonOpt = False,
@@ -37,23 +39,23 @@ def proj(
     """Time projection updates (SVD, randomized SVD, streaming steps) on the model's weight shapes."""
     from subprof.catalog import load_model
     from subprof.results import ResultLog
-    from subprof.timing import FLOOR, parse_methods, resolve_device, run_proj, torch_dtype
+    from subprof.timing import FLOOR, parse_methods, parse_shapes, resolve_device, run_proj, torch_dtype
 
     cfg = load_model(model)
     rank_list = parse_int_list(ranks, "--ranks")
     method_list = parse_methods(methods)
     torch_dtype(dtype)
     dev = resolve_device(device)
+    shape_list = parse_shapes(shapes, cfg)
     log = ResultLog(out)
-    shapes = cfg.distinct_shapes()
-    total = len(shapes) * len(rank_list) * (len(method_list) + 1)
+    total = len(shape_list) * len(rank_list) * (len(method_list) + 1)
     if not json_out:
-        err_console.print(f"timing {len(method_list)} methods + the {FLOOR} on {len(shapes)} shapes of {cfg.name} × "
+        err_console.print(f"timing {len(method_list)} methods + the {FLOOR} on {len(shape_list)} shapes of {cfg.name} × "
                           f"ranks {', '.join(map(str, rank_list))} on {dev} ({dtype}), {warmup} warm-up + "
                           f"{repeats} timed calls each")
     with progress_bar(total, "proj", quiet=json_out) as bar:
         result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats, warmup=warmup,
-                          update_gap=update_gap, log=log, progress=bar)
+                          update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
     if json_out:
         print_json({"model": cfg.name, "device": dev, "dtype": dtype, "out": str(out), **result})
         return

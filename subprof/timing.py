@@ -230,9 +230,29 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def parse_shapes(text: str | None, model: Any) -> list[tuple[int, int]]:
+    """`2048x5461,5461x2048` → those of the model's distinct weight shapes (all of them when `text` is None)."""
+    shapes = model.distinct_shapes()
+    if text is None:
+        return shapes
+    out = []
+    for part in (p.strip().lower().replace("×", "x") for p in text.split(",") if p.strip()):
+        try:
+            m, n = (int(v) for v in part.split("x"))
+        except ValueError:
+            raise SubprofError(f"--shapes: {part!r} is not MxN (e.g. 2048x5461)") from None
+        if (m, n) not in shapes:
+            raise SubprofError(f"--shapes: {m}x{n} is not a weight shape of {model.name} "
+                               f"({', '.join(f'{a}x{b}' for a, b in shapes)})")
+        out.append((m, n))
+    if not out:
+        raise SubprofError("--shapes is empty")
+    return out
+
+
 def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "fp32", device: str = "cpu",
-             repeats: int = 5, warmup: int = 1, update_gap: int | None = None, log: Any = None,
-             progress: Any = None) -> dict:
+             repeats: int = 5, warmup: int = 1, update_gap: int | None = None, shapes: list | None = None,
+             log: Any = None, progress: Any = None) -> dict:
     """Time `methods` (and the floor) on every distinct weight shape of `model` at every rank.
 
     Per (shape, rank) the floor is timed first, then `svd` when asked, then the rest, so each row carries its ratios
@@ -252,7 +272,7 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
               "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
               "torch": str(torch.__version__)}
     rows: list[dict] = []
-    for m, n in model.distinct_shapes():
+    for m, n in shapes or model.distinct_shapes():
         grad = random_gradient((m, n), dtype=tdtype, device=device)
         for rank in ranks:
             r = min(rank, m, n)

@@ -121,11 +121,22 @@ def test_cli_json_schema(tmp_path):
     assert out.exists()
 
 
+def test_cli_shapes_filter_times_only_those_shapes(tmp_path):
+    res = CliRunner().invoke(app, ["proj", "--model", "tiny", "--ranks", "4", "--methods", "ori", "--shapes",
+                                   "352x128", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--out",
+                                   str(tmp_path / "p.jsonl"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert {tuple(r["shape"]) for r in data["rows"]} == {(352, 128)}
+    assert data["per_step"][0]["seconds_per_step"] is None  # other shapes were not timed: no per-step guess
+
+
 @pytest.mark.parametrize("args, message", [
     (["--methods", "svd,nope"], "unknown projection method"),
     (["--ranks", "8,x"], "not an integer"),
     (["--dtype", "fp8"], "--dtype"),
     (["--model", "no-such-model"], "unknown model"),
+    (["--shapes", "7x7"], "not a weight shape"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     base = ["proj", "--model", "tiny", "--ranks", "4", "--repeats", "1", "--out", str(tmp_path / "p.jsonl")]
