@@ -161,13 +161,27 @@ def test_osd_code_variant_is_adamw_without_the_orthogonality_term_from_an_svd_st
 
 
 def test_osd_takes_the_learning_rate_from_the_optimizer_group():
-    rule, state = OSDRule(rank=RANK, lr=1e-3), {}
-    g = random_grads((64, 96), 1)[0]
-    rule.update_projection(state, g, 0)
-    assert state["projector_pending_lr"] == pytest.approx(5e-3)
-    r_grad = rule.project(state, g)
-    rule.low_rank_update(state, r_grad, {"lr": 4e-4, "betas": (0.9, 0.999), "eps": 1e-6}, 0)
-    assert state["projector_pending_lr"] == pytest.approx(5 * 4e-4)
+    from subprof.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("mlp", torch.nn.Linear(48, 32, bias=False))
+    opt = build_optimizer(model, "osd", rank=RANK, lr=4e-4)
+    x = torch.randn(8, 48)
+    for lr in (4e-4, 1e-4):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        state = opt.state[model.mlp.weight]
+        assert state["projector_pending_lr"] == pytest.approx(5 * lr)  # η_P = α·η_W of this very step
+
+
+def test_osd_keeps_adams_bias_correction_for_the_weight_step():
+    state = {"exp_avg": torch.zeros(4), "projector_pending_lr": 0.0}
+    factor = OSDRule(rank=2).step_factor(state, {"lr": 1e-3, "betas": (0.9, 0.999)}, 0)
+    assert factor == pytest.approx(math.sqrt(1 - 0.999) / (1 - 0.9))
 
 
 def test_osd_step_lowers_the_online_pca_loss():

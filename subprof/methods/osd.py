@@ -22,7 +22,7 @@ What we followed and where we chose (`OSDRule` options in brackets):
   gradient (SGD, in `projector_exp_avg`) at step t and applies the parameter move at the start of step t+1. This is
   exact (the Adam direction depends only on the moments) and needs no memory beyond the declared states; the
   learning rate of the pending move is kept as a float (`projector_pending_lr`).
-- Learning rate: η_W is the current group lr, which the optimizer hands over in `low_rank_update(…, group, …)`
+- Learning rate: η_W is the current group lr, which the optimizer hands over in `step_factor(state, group, step)`
   (called after `update_projection` each step; the pending step's η_P is set there). Used standalone (timing,
   tests), the rule takes it from `set_lr(lr)` or the `lr` keyword of `update_projection`, else option `lr` (1e-3).
 - Forms [`form`]: `analytic` (default) evaluates ∇L in closed form: two d×n×r GEMMs (GᵀP, then G·(GᵀP)) on the
@@ -212,12 +212,13 @@ class OSDRule(ProjectionRule):
             base = state["projector_lr_init"] = lr_w
         return (lr_w / base if base else 0.0) / self.code_gap
 
-    def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
-        """The optimizer's hook for the W step (default Adam on R); here it also reads this step's learning rate
-        from `group` and sets the pending P step's η_P from it, so η_P follows the schedule exactly."""
+    def step_factor(self, state: dict, group: dict, step: int) -> float:
+        """The optimizer's per-step hook that sees `group` (called after `low_rank_update`, before the next
+        `update_projection`): besides the base's factor, it reads this step's learning rate and sets the pending P
+        step's η_P from it, so η_P follows the schedule exactly. The W step itself is the base's Adam."""
         if "projector_pending_lr" in state and "lr" in group:
             state["projector_pending_lr"] = self._projector_lr(state, float(group["lr"]), group.get("initial_lr"))
-        return super().low_rank_update(state, r_grad, group, step)
+        return super().step_factor(state, group, step)
 
     def _record(self, state: dict, grad_p: Tensor, lr_p: float) -> None:
         """Fold ∇L into P's optimizer state; the move itself is applied at the next call (`_apply_pending`)."""
