@@ -178,6 +178,23 @@ def test_osd_takes_the_learning_rate_from_the_optimizer_group():
         assert state["projector_pending_lr"] == pytest.approx(5 * lr)  # η_P = α·η_W of this very step
 
 
+def test_osd_code_variant_scales_its_step_by_the_lr_ratio_to_the_first_lr():
+    from subprof.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("mlp", torch.nn.Linear(48, 32, bias=False))
+    opt = build_optimizer(model, "osd", rank=RANK, lr=2e-3, variant="code")
+    x = torch.randn(8, 48)
+    for lr, expected in ((2e-3, None), (2e-3, 1 / 200), (1e-3, 0.5 / 200)):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        assert opt.state[model.mlp.weight].get("projector_pending_lr") == (expected and pytest.approx(expected))
+
+
 def test_osd_keeps_adams_bias_correction_for_the_weight_step():
     state = {"exp_avg": torch.zeros(4), "projector_pending_lr": 0.0}
     factor = OSDRule(rank=2).step_factor(state, {"lr": 1e-3, "betas": (0.9, 0.999)}, 0)

@@ -204,20 +204,23 @@ class OSDRule(ProjectionRule):
 
     def _projector_lr(self, state: dict, lr_w: float, initial_lr: float | None = None) -> float:
         """η_P: α·η_W ("paper"), or (η_W/η_0)/code_gap ("code"; η_0 = option base_lr, else the group's
-        `initial_lr` as torch schedulers set it, else the first non-zero η_W seen, kept in the state)."""
+        `initial_lr` as torch schedulers set it, else the first non-zero group lr seen, kept in the state, else
+        η_W itself)."""
         if self.variant == "paper":
             return self.alpha * lr_w
-        base = self.base_lr or initial_lr or state.get("projector_lr_init")
-        if not base and lr_w > 0:
-            base = state["projector_lr_init"] = lr_w
+        base = self.base_lr or initial_lr or state.get("projector_lr_init") or lr_w
         return (lr_w / base if base else 0.0) / self.code_gap
 
     def step_factor(self, state: dict, group: dict, step: int) -> float:
         """The optimizer's per-step hook that sees `group` (called after `low_rank_update`, before the next
         `update_projection`): besides the base's factor, it reads this step's learning rate and sets the pending P
         step's η_P from it, so η_P follows the schedule exactly. The W step itself is the base's Adam."""
-        if "projector_pending_lr" in state and "lr" in group:
-            state["projector_pending_lr"] = self._projector_lr(state, float(group["lr"]), group.get("initial_lr"))
+        lr = group.get("lr")
+        if lr is not None:
+            if self.variant == "code" and lr > 0 and "projector_lr_init" not in state:
+                state["projector_lr_init"] = float(lr)
+            if "projector_pending_lr" in state:
+                state["projector_pending_lr"] = self._projector_lr(state, float(lr), group.get("initial_lr"))
         return super().step_factor(state, group, step)
 
     def _record(self, state: dict, grad_p: Tensor, lr_p: float) -> None:
