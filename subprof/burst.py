@@ -25,7 +25,7 @@ import platform
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -207,17 +207,16 @@ def data_order_hash(offsets: np.ndarray) -> str:
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, settings: BurstSettings) -> torch.nn.Module:
-    """transformers' LlamaForCausalLM from the catalogue config with the corpus's vocabulary, seeded so every case
-    starts from the same weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """transformers' LlamaForCausalLM (`subprof.model.build_model`) from the catalogue config with the corpus's
+    vocabulary, seeded so every case starts from the same weights. fp32 bursts build fp32 weights (the builder's
+    `mixed` weight dtype) and run without autocast; bf16 bursts are pure bf16."""
+    from subprof.model import build_model as build
 
     if settings.seq > cfg.max_positions:
         raise SubprofError(f"--seq {settings.seq} exceeds {cfg.name}'s max_position_embeddings {cfg.max_positions}")
-    raw = dict(cfg.raw, vocab_size=vocab_size, use_cache=False)
-    torch.manual_seed(settings.seed)
-    model = LlamaForCausalLM(LlamaConfig(**raw))
-    dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
-    return model.to(device=settings.device, dtype=dtype)
+    cfg = replace(cfg, vocab=vocab_size, raw=dict(cfg.raw, vocab_size=vocab_size))
+    return build(cfg, dtype="bf16" if settings.dtype == "bf16" else "mixed", device=settings.device,
+                 seed=settings.seed)
 
 
 def build_case_optimizer(model: torch.nn.Module, case: BurstCase, settings: BurstSettings) -> torch.optim.Optimizer:
