@@ -7,9 +7,9 @@ so the first training loss is bit-identical across configurations and difference
 Per case: next-token cross-entropy every step; validation loss every `eval_every` steps and at the end, on a fixed
 set of windows spread evenly over the held-out split; tokens/s over the timed steps; the time spent inside the
 projection updates (every `ProjectionRule.update_projection` call is timed) as a share of step time; memory —
-`torch.cuda.max_memory_allocated` on a GPU, and on the CPU the peak of a separate, identical first step (the step
-that creates the optimizer state and the first projection) traced by torch's `MemTracker`, plus the bytes held in
-`optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite gradient) ends the case with
+`torch.cuda.max_memory_allocated` on a GPU, and on the CPU the peak of the first two steps repeated on a separate
+copy (state creation and first projection, then a step with the state resident) traced by torch's `MemTracker`,
+plus the bytes held in `optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite gradient) ends the case with
 `status: "diverged"`; the sweep goes on. Rows are appended to a JSONL `ResultLog` as each case finishes.
 
 Learning rate: `lr` if given, else the method's recipe — AdamW 1e-3, low-rank methods 1e-2 with scale 0.25 (the
@@ -300,23 +300,28 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def traced_first_step_peak(cfg: ModelConfig, case: BurstCase, settings: BurstSettings, corpus: Corpus,
                            offsets: np.ndarray) -> int | None:
-    """Peak bytes of one first step (forward, backward, optimizer step with state creation and the first
-    projection) on a separate model copy, traced by torch's MemTracker; None where the tracker is unavailable."""
+    """Peak bytes over the first two steps on a separate model copy, traced by torch's MemTracker: step 0 creates
+    the optimizer state and the first projection (SVD workspace); step 1 runs forward and backward with that state
+    resident, which is where a step's peak sits when activations and logits dominate. None where the tracker is
+    unavailable."""
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError:
         return None
     model = build_model(cfg, corpus.vocab_size, settings)
     opt = build_case_optimizer(model, case, settings)
-    x, y = windows(corpus.train, offsets[0], settings.seq, settings.device)
     tracker = MemTracker()
     tracker.track_external(model, opt)
+    peaks = []
     with tracker:
-        loss_of(model, x, y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    peak = tracker.get_tracker_snapshot("peak")
-    return int(sum(v.get("Total", 0) for v in peak.values()))
+        for step in range(min(2, len(offsets))):
+            x, y = windows(corpus.train, offsets[step], settings.seq, settings.device)
+            loss_of(model, x, y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            peaks.append(sum(v.get("Total", 0) for v in tracker.get_tracker_snapshot("peak").values()))
+            tracker.reset_mod_stats()  # MemTracker traces one iteration at a time
+    return int(max(peaks))
 
 
 # ------------------------------------------------------------------------------------------------ running
