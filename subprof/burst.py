@@ -9,12 +9,13 @@ set of windows spread evenly over the held-out split; tokens/s over the timed st
 projection updates (every `ProjectionRule.update_projection` call is timed) as a share of step time; memory —
 `torch.cuda.max_memory_allocated` on a GPU, and on the CPU the peak of the first two steps repeated on a separate
 copy (state creation and first projection, then a step with the state resident) traced by torch's `MemTracker`,
-plus the bytes held in `optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite gradient) ends the case with
-`status: "diverged"`; the sweep goes on. Rows are appended to a JSONL `ResultLog` as each case finishes.
+plus the bytes held in `optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite
+gradient) ends the case with `status: "diverged"`; the sweep goes on. Rows are appended to a JSONL `ResultLog`
+as each case finishes.
 
-Learning rate: `lr` if given, else the method's recipe — AdamW 1e-3, low-rank methods 1e-2 with scale 0.25 (the
-GaLore paper's LLaMA 60m–1b scripts; OSD and Ori report results at the same setting) — with a linear warm-up over
-the first 10% of steps and a cosine decay to 10% of the peak (GaLore's `get_scheculer`, cosine).
+Learning rate: `lr` if given, else AdamW 1e-3 and every low-rank method 1e-2 with scale 0.25 (the GaLore paper's
+recipe for its LLaMA 60m–1b runs, applied here to all low-rank methods alike), with a linear warm-up over the first
+10% of steps and a cosine decay to 10% of the peak (the cosine schedule of GaLore's training scripts).
 """
 
 from __future__ import annotations

@@ -73,9 +73,9 @@ def burst(
     console.print(burst_table(rows, title=f"burst on {corpus.name} ({corpus.tokens:,} tokens), {steps} steps × "
                                           f"{batch}×{seq} tokens, device {rows[0]['device'] if rows else device}"))
     console.print("val loss: mean next-token cross-entropy (nats) on fixed held-out windows after the last step; "
-                  "peak: CUDA max_memory_allocated, or on a CPU the MemTracker-traced peak of "
-                  "the first two steps (state creation, first projection, then a step with the state resident); proj. share: time in projection updates / step "
-                  "time.")
+                  "peak: CUDA max_memory_allocated, or on a CPU the MemTracker-traced peak of the first two steps "
+                  "(state creation and first projection, then a step with the state resident); proj. share: time "
+                  "in projection updates / step time.")
     console.print(f"rows appended to {out}")
 
 
