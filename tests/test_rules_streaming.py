@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from subprof.methods.base import basis_shape
-from subprof.methods.ori import OriRule, active_columns, oja_step, oja_step_reference
+from subprof.methods.ori import OriRule, active_columns, cholesky_qr, oja_step, oja_step_reference
 from subprof.methods.osd import (OSDRule, online_pca_grad, online_pca_grad_autograd, online_pca_loss, oriented)
-from subprof.methods.rule import top_singular_basis
+from subprof.methods.rule import orthonormal_columns, top_singular_basis
 from subprof.methods.subtrack import SubTrackRule, tangent, tangent_reference
 
 SHAPES = [(64, 96), (96, 64)]  # wide (P on the left, m×r) and tall (P on the right, n×r)
@@ -257,6 +257,15 @@ def test_a_zero_gradient_leaves_a_finite_projector(make):
     for step in (1, 2):
         rule.update_projection(state, torch.zeros(64, 96), step)
     assert torch.isfinite(state["projector"]).all()
+
+
+def test_cholesky_qr_matches_householder_and_falls_back_when_rank_deficient():
+    y = torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(cholesky_qr(y), orthonormal_columns(y), atol=1e-5, rtol=0)
+    y[:, 5] = y[:, 4]
+    q = cholesky_qr(y)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.T @ q, torch.eye(16), atol=1e-5, rtol=0)
 
 
 def test_oja_pp_activates_half_then_three_quarters_then_all_columns():

@@ -25,8 +25,9 @@ What we followed and where we chose (`OriRule` options in brackets):
   does not vanish — the point of Ori); `inv_sqrt` gives classic Oja's s(t) = 1/√(t+1).
 - Order: the step uses this step's gradient before it is projected (Oja's Q_t sees x_t); a zero gradient leaves
   the active columns unchanged.
-- Forms: `oja_step` (fast: one fused addmm, G̃ never formed, 1/‖G‖² folded into the scalar) and
-  `oja_step_reference` (explicit G̃ and products); tests hold them equal to 1e-5 in fp32.
+- Forms [`form`]: `fast` = `oja_step` (one fused addmm, G̃ never formed, 1/‖G‖² folded into the small GᵀP) and
+  `cholesky_qr` (CholeskyQR2, BLAS-3); `reference` = `oja_step_reference` (explicit G̃ and products) and the
+  sign-fixed Householder QR. Both QRs give the unique Q with diag(R) > 0; tests hold the forms equal to 1e-5 (fp32).
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def oja_step_reference(p: Tensor, g: Tensor, eta: float) -> Tensor:
     return p + eta * (gt @ (gt.T @ p))
 
 
+def cholesky_qr(y: Tensor) -> Tensor:
+    """Q of the thin QR of y (d×r, fp32) with diag(R) > 0 — the same Q as the sign-fixed Householder QR — by
+    CholeskyQR2 (Fukaya et al. 2014): twice Q ← Q R⁻¹ with RᵀR = QᵀQ. Two Gram GEMMs and two triangular solves,
+    all BLAS-3; accurate while cond(y) ≪ 1/√eps (an Oja step has cond ≤ 1 + η‖G̃‖²). Falls back to Householder when
+    either Gram matrix is not numerically positive definite."""
+    l1, info1 = torch.linalg.cholesky_ex(y.T @ y)
+    q = torch.linalg.solve_triangular(l1.T, y, upper=True, left=False)
+    l2, info2 = torch.linalg.cholesky_ex(q.T @ q)
+    if int(info1.bitwise_or(info2)) != 0:  # the only host sync
+        return orthonormal_columns(y)
+    return torch.linalg.solve_triangular(l2.T, q, upper=True, left=False)
+
+
 def active_columns(rank: int, step: int, epoch_steps: int) -> int:
     """Oja++'s active column count: r − ⌊r / 2^(e+1)⌋ in epoch e = ⌊step / epoch_steps⌋."""
     e = step // epoch_steps
@@ -126,11 +140,11 @@ class OriRule(ProjectionRule):
             return
         p = state["projector"].float()
         k = r if (self.init == "svd" or not self.oja_pp) else active_columns(r, step, self.epoch_steps)
-        step_fn = oja_step if self.form == "fast" else oja_step_reference
-        moved = step_fn(p[:, :k], oriented(grad), self.step_size(step, r))
+        fast = self.form == "fast"
+        moved = (oja_step if fast else oja_step_reference)(p[:, :k], oriented(grad), self.step_size(step, r))
         if k < r:
             moved = torch.cat([moved, p[:, k:]], dim=1)
-        state["projector"].copy_(orthonormal_columns(moved))
+        state["projector"].copy_(cholesky_qr(moved) if fast else orthonormal_columns(moved))
 
     def _initial(self, grad: Tensor, r: int) -> Tensor:
         if self.init == "svd":
