@@ -306,8 +306,8 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
             raise SubprofError(f"rank must be a positive integer, got {rank!r}")
         if not isinstance(update_gap, int) or update_gap <= 0:
             raise SubprofError(f"update_gap must be a positive integer, got {update_gap!r}")
-    elif method_options or rank is not None or update_gap is not None:
-        raise SubprofError(f"{name} projects nothing: rank, update_gap and method options do not apply")
+    elif method_options:  # rank and update_gap are ignored for full-rank methods (sweeps pass them to all)
+        raise SubprofError(f"{name} projects nothing: method options {sorted(method_options)} do not apply")
 
     def make(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return _make(name, spec, params, projected, lr=lr, weight_decay=weight_decay, bits=bits, rank=rank,

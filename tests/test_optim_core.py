@@ -1,0 +1,325 @@
+"""subprof.optim: GaLore against galore-torch, declared bytes against optimizer.state, resume, seeds, NaN handling,
+per-layer updates with accumulation and clipping (CPU, fp32 unless stated)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+
+import pytest
+import torch
+
+from subprof.catalog import profiles_dir
+from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
+from subprof.optim import (NonFiniteGradientError, SubspaceAdamW, build_optimizer, rule_class, split_parameters,
+                           state_tensor_bytes)
+from subprof.methods.base import Dtype, tensor_bytes
+
+METHODS = list(REGISTRY)
+LOWRANK = [m for m in METHODS if REGISTRY[m].project]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI box has 2 cores shared by many processes: one intra-op thread is several times faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def need_rule(method: str) -> None:
+    if REGISTRY[method].project:
+        try:
+            rule_class(method)
+        except SubprofError:
+            pytest.skip("rule not implemented yet")
+
+
+class Block(torch.nn.Module):
+    """Projected: attn (m×n = 40×24, tall) and mlp (24×40, wide); plain: embedding-like head and a norm weight."""
+
+    def __init__(self, tall: tuple[int, int] = (40, 24)) -> None:
+        super().__init__()
+        m, n = tall
+        self.attn = torch.nn.Linear(n, m, bias=False)
+        self.mlp = torch.nn.Linear(m, n, bias=False)
+        self.norm = torch.nn.Parameter(torch.ones(n))
+        self.head = torch.nn.Linear(n, 3)
+
+    def forward(self, x):
+        return self.head(self.mlp(torch.tanh(self.attn(x))) * self.norm)
+
+
+def batches(count: int, seed: int = 0, dim: int = 24):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, dim, generator=gen), torch.randn(16, 3, generator=gen)) for _ in range(count)]
+
+
+def loss_of(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def run(model, opt, data):
+    for batch in data:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+
+
+def make(method: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = Block()
+    kw.setdefault("rank", 4)
+    kw.setdefault("update_gap", 3)
+    kw.setdefault("lr", 1e-2)
+    return model, build_optimizer(model, method, **kw)
+
+
+def params_equal(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# --- GaLore against the reference ----------------------------------------------------------------------------------
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    raw = json.loads((profiles_dir() / "models" / "tiny.json").read_text())
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**raw)).float()
+
+
+def test_galore_equals_galore_torch_step_by_step():
+    galore_torch = pytest.importorskip("galore_torch")
+    ref_model, model = tiny_llama(), tiny_llama()
+    projected, plain = split_parameters(ref_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = galore_torch.GaLoreAdamW(
+            [{"params": list(plain.values())},
+             {"params": list(projected.values()), "rank": 16, "update_proj_gap": 8, "scale": 0.25,
+              "proj_type": "std"}], lr=3e-3, weight_decay=0.1)
+    opt = build_optimizer(model, "galore", rank=16, update_gap=8, scale=0.25, lr=3e-3, weight_decay=0.1)
+    assert isinstance(opt, SubspaceAdamW)
+    assert len(projected) == 4 * 7  # q, k, v, o, gate, up, down in each of the 4 layers
+    gen = torch.Generator().manual_seed(0)
+    for step in range(20):  # refreshes at steps 0, 8 and 16
+        x = torch.randint(0, 8192, (2, 16), generator=gen)
+        for m, o in ((ref_model, ref), (model, opt)):
+            o.zero_grad()
+            m(input_ids=x, labels=x).loss.backward()
+            o.step()
+        for (name, p), q in zip(ref_model.named_parameters(), model.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=0, msg=lambda s: f"step {step} {name}: {s}")
+    state = opt.state[model.model.layers[0].mlp.down_proj.weight]  # 128×352, wide: P is 128×16
+    assert state["projector"].shape == (128, 16) and state["exp_avg"].shape == (16, 352) and state["step"] == 20
+
+
+# --- declared bytes == bytes in optimizer.state --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])
+@pytest.mark.parametrize("bits", [32, 16, 8])
+@pytest.mark.parametrize("method", METHODS)
+def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, shape):
+    """Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32 at 8 bits) exercise both regimes."""
+    need_rule(method)
+    spec, (m, n), r = REGISTRY[method], shape, 16
+    dtype = torch.bfloat16 if bits == 16 else torch.float32
+    torch.manual_seed(0)
+    model = Block(tall=shape).to(dtype)
+    opt = build_optimizer(model, method, rank=r, update_gap=1, state_bits=bits, lr=1e-3)
+    data = batches(2, dim=n)
+    for batch in data:
+        opt.zero_grad()
+        loss_of(model, (batch[0].to(dtype), batch[1].to(dtype))).backward()
+        opt.step()
+    pb = 2 if dtype == torch.bfloat16 else 4
+    for weight, (wm, wn) in ((model.attn.weight, (m, n)), (model.mlp.weight, (n, m))):
+        declared = sum(spec.state_bytes(wm, wn, r, state_bits=bits, param_bytes=pb).values())
+        assert state_tensor_bytes(opt.state[weight]) == declared, sorted(opt.state[weight])
+    for p in (model.norm, model.head.weight, model.head.bias):  # plain AdamW tensors, as memory.state_bytes counts
+        assert state_tensor_bytes(opt.state[p]) == 2 * tensor_bytes(p.numel(), Dtype.STATE, state_bits=bits,
+                                                                    param_bytes=pb)
+
+
+# --- resume, seeds, non-finite gradients ---------------------------------------------------------------------------
+
+
+RESUME_CASES = [(m, 32) for m in METHODS] + [("galore", 16), ("galore", 8), ("grasswalk", 8), ("adamw", 8)]
+
+
+@pytest.mark.parametrize("method,bits", RESUME_CASES)
+def test_save_load_continue_equals_an_uninterrupted_run(method, bits):
+    need_rule(method)
+    data = batches(10)
+    model, opt = make(method, state_bits=bits, seed=1)
+    run(model, opt, data)
+    first, first_opt = make(method, state_bits=bits, seed=1)
+    run(first, first_opt, data[:5])
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optim": first_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # tensors and primitives only
+    resumed, resumed_opt = make(method, state_bits=bits, seed=99)  # different init: everything must come from saved
+    resumed.load_state_dict(saved["model"])
+    resumed_opt.load_state_dict(saved["optim"])
+    run(resumed, resumed_opt, data[5:])
+    assert params_equal(model, resumed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_seeds_give_identical_results(method):
+    need_rule(method)
+    data = batches(7)
+    a, opt_a = make(method)
+    b, opt_b = make(method)
+    run(a, opt_a, data)
+    run(b, opt_b, data)
+    assert params_equal(a, b)
+    c, opt_c = make(method)
+    run(c, opt_c, batches(7, seed=1))
+    assert not params_equal(a, c)
+
+
+def poison(model, value=float("nan")):
+    model.mlp.weight.grad[3, 5] = value
+
+
+@pytest.mark.parametrize("method", ["adamw", "galore", "grasswalk"])
+def test_nonfinite_gradient_raises_and_changes_nothing(method):
+    need_rule(method)
+    model, opt = make(method)
+    run(model, opt, batches(2))
+    before_model, before_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    opt.zero_grad()
+    loss_of(model, batches(1, seed=5)[0]).backward()
+    poison(model)
+    with pytest.raises(NonFiniteGradientError, match="mlp.weight"):
+        opt.step()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before_model.items())
+    assert str(opt.state_dict()) == str(before_state)
+
+
+@pytest.mark.parametrize("method", ["adamw", "galore", "sumo"])
+def test_nonfinite_gradient_skips_the_step_when_asked(method):
+    need_rule(method)
+    data = batches(4)
+    model, opt = make(method, nonfinite="skip")
+    reference, ref_opt = make(method)
+    run(model, opt, data[:2])
+    run(reference, ref_opt, data[:2])
+    opt.zero_grad()
+    loss_of(model, data[2]).backward()
+    poison(model, float("inf"))
+    opt.step()
+    assert opt.skipped_steps == 1 and params_equal(model, reference)
+    run(model, opt, data[3:])
+    run(reference, ref_opt, data[3:])
+    assert params_equal(model, reference)  # the skipped step left no trace in moments or step counters
+
+
+# --- per-layer updates ---------------------------------------------------------------------------------------------
+
+
+def accumulate(model, opt, data, micro: int, *, check_hooks: bool = False):
+    for i in range(0, len(data), micro):
+        for j, batch in enumerate(data[i:i + micro]):
+            before = [p.detach().clone() for p in model.parameters()]
+            (loss_of(model, batch) / micro).backward()
+            if check_hooks and j < micro - 1:  # not the last micro-batch: nothing stepped, gradients kept
+                assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+                assert all(p.grad is not None for p in model.parameters())
+            if check_hooks and j == micro - 1:  # last micro-batch: every weight stepped in its hook, grads freed
+                assert all(p.grad is None for p in model.parameters())
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("method,bits", [("galore", 32), ("adamw", 32), ("adamw", 8), ("sumo", 16)])
+def test_layerwise_with_accumulation_equals_the_global_optimizer(method, bits):
+    need_rule(method)
+    data = batches(9)
+    model, opt = make(method, state_bits=bits)
+    accumulate(model, opt, data, 3)
+    lw_model, lw = make(method, state_bits=bits, layerwise=True, accumulation_steps=3)
+    accumulate(lw_model, lw, data, 3, check_hooks=True)
+    assert params_equal(model, lw_model)
+
+
+def test_layerwise_clips_with_the_previous_steps_global_norm():
+    data = batches(2)
+    model, opt = make("galore")
+    lw_model, lw = make("galore", layerwise=True, max_grad_norm=0.05)
+    norms = []
+    for k, batch in enumerate(data):
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+        if k == 1:  # step 2 is clipped with step 1's norm
+            for p in model.parameters():
+                p.grad.mul_(min(1.0, 0.05 / (norms[0] + 1e-6)))
+        opt.step()
+        lw.zero_grad()
+        loss_of(lw_model, batch).backward()
+        lw.step()
+        assert lw.last_grad_norm == pytest.approx(norms[k], rel=1e-5)
+        torch.testing.assert_close(list(lw_model.parameters()), list(model.parameters()), atol=1e-6, rtol=0)
+    assert norms[0] > 0.05  # so the second step was really clipped
+
+
+def test_layerwise_state_dict_round_trips():
+    data = batches(6)
+    model, opt = make("grassjump", layerwise=True)
+    run(model, opt, data)
+    first, first_opt = make("grassjump", layerwise=True)
+    run(first, first_opt, data[:3])
+    resumed, resumed_opt = make("grassjump", layerwise=True, seed=7)
+    resumed.load_state_dict(first.state_dict())
+    resumed_opt.load_state_dict(copy.deepcopy(first_opt.state_dict()))
+    run(resumed, resumed_opt, data[3:])
+    assert params_equal(model, resumed)
+
+
+def test_layerwise_raises_on_a_nonfinite_gradient():
+    model, opt = make("galore", layerwise=True)
+    model.mlp.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    with pytest.raises(NonFiniteGradientError, match="mlp.weight"):
+        loss_of(model, batches(1)[0]).backward()
+
+
+# --- selection and arguments ---------------------------------------------------------------------------------------
+
+
+def test_projected_weights_are_attention_and_mlp_linears_only():
+    model = tiny_llama()
+    projected, plain = split_parameters(model)
+    assert all(".self_attn." in n or ".mlp." in n for n in projected)
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= set(plain)
+    assert len(projected) + len(plain) == len(list(model.parameters()))
+
+
+def test_adamw_is_torchs_adamw_and_8bit_is_bitsandbytes():
+    model, opt = make("adamw")
+    assert type(opt) is torch.optim.AdamW and opt.defaults["foreach"] is None  # torch picks foreach on CUDA
+    model, opt8 = make("adamw8bit")
+    assert type(opt8).__name__ == "AdamW8bit" and type(opt8).__module__.startswith("bitsandbytes")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rank": 0}, "rank"), ({"update_gap": 0}, "update_gap"), ({"state_bits": 4}, "state_bits"),
+    ({"nonfinite": "ignore"}, "nonfinite"), ({"accumulation_steps": 2}, "layerwise"), ({"lr": -1.0}, "lr")])
+def test_bad_arguments_raise_one_clear_error(kwargs, match):
+    with pytest.raises(SubprofError, match=match):
+        make("galore", **kwargs)
+
+
+def test_adamw_state_bits_must_match_the_parameter_dtype():
+    with pytest.raises(SubprofError, match="parameter dtype"):
+        make("adamw", state_bits=16)
