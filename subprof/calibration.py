@@ -14,10 +14,6 @@ from __future__ import annotations
 # the fp32 input gradient = 3 · 4 B · V (see memory.logits_bytes).
 LOGITS_BYTES_PER_VOCAB_TOKEN = 12
 
-# A per-tensor (non-foreach) Adam step holds two temporaries of the tensor's size at once: sqrt(v) and
-# the bias-corrected denominator (torch `_single_tensor_adamw`), or denom and exp_avg/denom (galore-torch).
-PER_TENSOR_ADAM_TEMPS = 2
-
 # Allocations the CUDA runtime makes through torch's caching allocator that a CPU trace cannot see (cuBLAS/cuBLASLt
 # workspaces, kernel-choice differences): the mean of (measured peak − model-side estimate) over the four H100
 # rows = 82.5, 86.4, 111.9, 155.8 MiB → 109 MiB. Refitted by tests/test_calibration.py.

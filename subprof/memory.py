@@ -187,21 +187,21 @@ def refresh_workspace_bytes(c: TrainConfig) -> int:
 def step_temporary_bytes(c: TrainConfig) -> int:
     """optimizer_temporaries during the step.
     AdamW on CUDA (foreach, torch ≥ 2.0): `_foreach_sqrt(exp_avg_sqs)` makes one state-sized copy of every moment
-    of the group at once → P · b_state (8-bit AdamW updates blockwise in place: no such copy).
-    Subspace methods step weight by weight: max over weights of (declared step workspace + per-weight Adam
-    temporaries), and the plain-AdamW tensors (embeddings, norms, lm_head) one at a time."""
+    of the group at once → P · b_state; per-layer AdamW steps one tensor at a time → its largest tensor · b_state.
+    8-bit states: bitsandbytes' fused blockwise kernel updates in place → none.
+    Subspace methods (subprof.optim) step weight by weight: max over weights of the method's declared step
+    workspace, and the plain-AdamW tensors (embeddings, norms, lm_head) one at a time with one temporary each
+    (`adam_direction`), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
     spec, m = c.spec, c.model
-    b_state = {32: 4, 16: 2, 8: 4}[c.state_bits]
+    b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
     if not spec.project:
-        if c.state_bits == 8 or c.layerwise:
-            largest = max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors())
-            return cal.PER_TENSOR_ADAM_TEMPS * largest * b_state
+        if c.layerwise:
+            return max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors()) * b_state
         return m.params * b_state
     per_weight = max(
         spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
                                   param_bytes=c.param_bytes) for s in m.linear_shapes())
-    plain = cal.PER_TENSOR_ADAM_TEMPS * max(m.unprojected_tensors()) * b_state
-    return max(per_weight, plain)
+    return max(per_weight, max(m.unprojected_tensors()) * b_state)
 
 
 def activation_bytes_per_token_layer(c: TrainConfig) -> int:
@@ -225,17 +225,25 @@ def activation_bytes_per_token_layer(c: TrainConfig) -> int:
 
 
 def activation_bytes(c: TrainConfig) -> int:
-    """activations = T · (L · a_layer + 8h + 12) + 4·S·d (rotary cos/sin) without checkpointing; with
-    checkpointing each layer keeps only its input (T · L · b_act · h) and one layer is recomputed at a time
-    during backward (+ T · a_layer)."""
+    """activations saved when backward starts = T · (L · a_layer + 8h + 12) + 4·S·d (rotary cos/sin); with
+    checkpointing each layer keeps only its input: T · (L · b_act · h + 8h + 12) + 4·S·d."""
     m, T = c.model, c.tokens
-    per_layer = activation_bytes_per_token_layer(c)
     final = (8 if c.dtype == "bf16" else 12) * m.hidden + 12
     rotary = 4 * c.seq * m.head_dim
     if c.checkpointing:
         residual = 2 if c.dtype == "bf16" else 4
-        return T * (m.layers * residual * m.hidden + per_layer + final) + rotary
-    return T * (m.layers * per_layer + final) + rotary
+        return T * (m.layers * residual * m.hidden + final) + rotary
+    return T * (m.layers * activation_bytes_per_token_layer(c) + final) + rotary
+
+
+def backward_end_bytes(c: TrainConfig) -> int:
+    """Transients at the end of backward, when (nearly) every gradient exists and the activations are gone:
+    the embedding's gradient buffer (V·h·b_param), or with checkpointing the first layer's recomputed
+    activations (T · a_layer) if larger."""
+    emb = c.model.vocab * c.model.hidden * c.param_bytes
+    if c.checkpointing:
+        return max(emb, c.tokens * activation_bytes_per_token_layer(c))
+    return emb
 
 
 def logits_bytes(c: TrainConfig) -> int:
@@ -278,20 +286,23 @@ def estimate(c: TrainConfig) -> Estimate:
     runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
 
     kept = {"weights": w, "optimizer_states": s, "projection_matrices": p, "cuda_runtime": runtime}
-    phases = {
-        "model_built": {"weights": w},
-        "forward_backward": {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast},
-        "optimizer_step": {**kept, "gradients": g, "optimizer_temporaries": tmp},
-        "projection_refresh": {**kept, "gradients": g, "projection_workspace": ws} if c.spec.project else {},
-    }
+    # Backward peaks either where it starts (all saved activations + the cross-entropy peak) or where it ends
+    # (every gradient + the last transients); per-layer updates free each gradient in its hook, and the hook's
+    # step/refresh transients for one weight (plus that weight's gradient) meet the saved activations.
+    start = {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast}
+    end = {**kept, "gradients": g, "autocast_cache": cast, "activations": backward_end_bytes(c)}
     if c.layerwise:
-        # Each weight steps (and refreshes) in its gradient hook inside backward, with activations alive: the
-        # backward holds either the cross-entropy peak or one gradient plus one weight's step/refresh transients.
         inside = max(tmp, ws)
         if g + inside > logit:
-            phases["forward_backward"].update(logits_loss=0, gradients=g, optimizer_temporaries=inside)
-        phases["optimizer_step"] = {}
-        phases["projection_refresh"] = {}
+            start.update(logits_loss=0, gradients=g, optimizer_temporaries=inside)
+        end = {}
+    phases = {
+        "model_built": {"weights": w},
+        "forward_backward": max(start, end, key=lambda d: sum(d.values())),
+        "optimizer_step": {} if c.layerwise else {**kept, "gradients": g, "optimizer_temporaries": tmp},
+        "projection_refresh": {**kept, "gradients": g, "projection_workspace": ws}
+        if c.spec.project and not c.layerwise else {},
+    }
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
     peak_phase = max(totals, key=totals.get)
     peak = totals[peak_phase]
