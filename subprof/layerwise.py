@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from subprof.errors import SubprofError
-from subprof.optim import NONFINITE_POLICIES, NonFiniteGradientError, SubspaceAdamW, _nonfinite_message
+from subprof.optim import NONFINITE_POLICIES, NonFiniteGradientError, SubspaceAdamW, _nonfinite_message, tracing
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
@@ -75,6 +75,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _update(self, p: torch.Tensor) -> None:
         self.pending[id(p)] = 0
         if p.grad is None:
+            return
+        if tracing():  # fake tensors have no values: no check, no clipping
+            self._step_one(p)
+            p.grad = None
             return
         norm = float(torch.linalg.vector_norm(p.grad).float())
         if not math.isfinite(norm):

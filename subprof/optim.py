@@ -73,10 +73,16 @@ def split_parameters(model: torch.nn.Module) -> tuple[dict[str, torch.nn.Paramet
     return projected, plain
 
 
+def tracing() -> bool:
+    """Whether a FakeTensorMode is active (the memory tracer runs the real step on fake tensors: no values)."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
 def check_finite(params: list[torch.Tensor], names: dict[int, str]) -> str | None:
-    """None if every gradient is finite, else the name of the first tensor with a NaN/inf (one host sync)."""
+    """None if every gradient is finite, else the name of the first tensor with a NaN/inf (one host sync).
+    Under a fake-tensor trace there are no values to check: None."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if not grads or tracing():
         return None
     norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
     bad = ~torch.isfinite(norms)

@@ -46,8 +46,11 @@ def blocks(numel: int) -> int:
 
 
 def dynamic_map(signed: bool, device: torch.device) -> torch.Tensor:
-    """bitsandbytes' 256-entry dynamic quantisation map (fp32), cached per device; not part of any state."""
+    """bitsandbytes' 256-entry dynamic quantisation map (fp32), cached per device; not part of any state.
+    Under a FakeTensorMode (the memory tracer) an uncached placeholder of the same size: fakes carry no values."""
     key = (signed, str(device))
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:  # = subprof.optim.tracing()
+        return torch.empty(256, dtype=torch.float32, device=device)
     if key not in _MAPS:
         _MAPS[key] = _bnb_functional().create_dynamic_map(signed=signed).to(device)
     return _MAPS[key]

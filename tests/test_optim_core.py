@@ -7,9 +7,12 @@ import copy
 import io
 import json
 import warnings
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from subprof.catalog import profiles_dir
 from subprof.errors import SubprofError
@@ -323,3 +326,55 @@ def test_bad_arguments_raise_one_clear_error(kwargs, match):
 def test_adamw_state_bits_must_match_the_parameter_dtype():
     with pytest.raises(SubprofError, match="parameter dtype"):
         make("adamw", state_bits=16)
+
+
+# --- the declared step workspace -----------------------------------------------------------------------------------
+
+
+class TransientPeak(TorchDispatchMode):
+    """Peak bytes of storages created (and still alive) while the mode is active; pre-existing ones ignored."""
+
+    def __init__(self, existing: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.old = {t.untyped_storage().data_ptr() for t in existing}
+        self.live, self.peak, self.seen = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if key in self.seen or key in self.old or size == 0:
+                    continue
+                self.seen.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, size)
+        return out
+
+    def _free(self, key, size):
+        self.seen.discard(key)
+        self.live -= size
+
+
+@pytest.mark.parametrize("shape", [(512, 128), (128, 512)], ids=["tall", "wide"])
+@pytest.mark.parametrize("bits,dtype", [(32, torch.float32), (16, torch.bfloat16), (8, torch.float32)])
+def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, dtype):
+    """An ordinary (non-refresh) step: U (r×max) + the m×n back-projected update, nothing else alive at once.
+    (At 8 bits the bitsandbytes kernel is one opaque op; on CUDA it is fused and allocates nothing.)"""
+    m, n = shape
+    model = torch.nn.Module()
+    model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
+    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits)
+    for step in range(2):
+        model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
+        if step == 0:
+            opt.step()
+            continue
+        weight = model.attn.weight
+        existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
+        with TransientPeak(existing) as trace:
+            opt.step()
+    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize)
+    assert trace.peak == declared
