@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from subprof.errors import SubprofError
-from subprof.measure import KEY_FIELDS, Case, resolve_backend, run_case
+from subprof.measure import KEY_FIELDS, Case, comparable_peak, resolve_backend, run_case
 from subprof.ui import (BatchOpt, DtypeOpt, JsonOpt, ModelOpt, SeqOpt, console, err_console, guarded,
                         parse_int_list, parse_str_list, print_json, progress_bar)
 
@@ -71,19 +71,8 @@ def estimate_fields(case: Case) -> dict:
             "estimated_cuda_runtime_bytes": int(est.components.get("cuda_runtime", 0))}
 
 
-def comparable_peak(row: dict) -> int | None:
-    """The measured peak to hold against the estimate. A trace sees tensors only, so for trace rows the estimate's
-    CUDA-runtime term (calibrated on real GPUs, `subprof.calibration`) is added back."""
-    peak = row.get("peak_allocated_bytes")
-    if peak is None:
-        return None
-    if row.get("backend") == "trace":
-        peak += row.get("estimated_cuda_runtime_bytes") or 0
-    return peak
-
-
 def error_pct(row: dict) -> float | None:
-    """(estimate − measured) / measured · 100, measured = `comparable_peak`."""
+    """(estimate − measured) / measured · 100, measured = `measure.comparable_peak`."""
     measured, est = comparable_peak(row), row.get("estimated_peak_allocated_bytes")
     if not measured or est is None or row.get("status") != "ok":
         return None

@@ -1,7 +1,8 @@
 """`subprof report`: one self-contained offline HTML page for deciding which GPU to buy or rent. Torch-free.
 
 Parses the flags, reads the result files, calls `report.build_report` (one `plan` per model × GPU, with a progress
-bar) and writes the page; `--json` prints the same tables, `--csv DIR` writes one CSV per table.
+bar) and writes the page with `report_html.write_html`; `--json` prints the same tables, `--csv DIR` writes one CSV
+per table.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def report(
     time and cost of a token budget, and measured results when given."""
     from subprof.catalog import load_model
     from subprof.methods import parse_methods
-    from subprof.report import ReportRequest, build_report, write_csv, write_html
+    from subprof.report import ReportRequest, build_report, write_csv
+    from subprof.report_html import write_html
     from subprof.units import parse_count
 
     model_list = [load_model(name) for name in parse_str_list(models)]

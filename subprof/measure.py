@@ -103,6 +103,25 @@ def base_row(case: Case) -> dict:
     return row
 
 
+def comparable_peak(row: dict) -> float | None:
+    """The measured peak allocated bytes of a row, to hold against the analytic estimate: `peak_allocated_bytes`,
+    else `peak_allocated_gib` · 2^30 (as calibration rows store it); None without a finite one. A trace sees
+    tensors only, so for trace rows the estimate's CUDA-runtime term (`estimated_cuda_runtime_bytes`, calibrated
+    on real GPUs, `subprof.calibration`) is added back."""
+
+    def number(key: str) -> int | float | None:
+        value = row.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return value if ok else None
+
+    peak = number("peak_allocated_bytes")
+    if peak is None and number("peak_allocated_gib") is not None:
+        peak = number("peak_allocated_gib") * 2**30
+    if peak is not None and row.get("backend") == "trace":
+        peak += number("estimated_cuda_runtime_bytes") or 0
+    return peak
+
+
 # ------------------------------------------------------------------------------------------------ parent side
 
 

@@ -19,8 +19,8 @@ from subprof.catalog import gpu_by_name, load_model
 from subprof.cli import app
 from subprof.errors import SubprofError
 from subprof.methods import parse_methods
-from subprof.report import (FIT_CLASSES, ReportRequest, bench_table, build_report, burst_table, proj_table,
-                            render_html)
+from subprof.report import FIT_CLASSES, ReportRequest, bench_table, build_report, burst_table, proj_table
+from subprof.report_html import render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("summary", "fit", "breakdown", "cost", "measured", "projection", "burst", "assumptions")
