@@ -409,6 +409,12 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
     return row
 
 
+def _case_from_dict(d: dict) -> BurstCase:
+    if not d.get("model") or not d.get("method"):
+        raise SubprofError(f"a burst case needs 'model' and 'method', got {sorted(d)}")
+    return BurstCase(**{k: d[k] for k in ("model", "method", "rank", "update_gap", "lr") if d.get(k) is not None})
+
+
 def run_bursts(cases: list[BurstCase | dict], *, steps: int = 200, data: Any = None, device: str = "auto",
                out: str | None = None, resume: bool = False, corpus: Corpus | None = None, vocab_size: int = 8192,
                progress: Any = None, **settings: Any) -> list[dict]:
@@ -420,9 +426,7 @@ def run_bursts(cases: list[BurstCase | dict], *, steps: int = 200, data: Any = N
     from subprof.corpus import load_corpus
 
     cfg = BurstSettings(steps=steps, device=device, **settings)
-    cases = [c if isinstance(c, BurstCase) else BurstCase(**{k: c.get(k) for k in
-                                                             ("model", "method", "rank", "update_gap", "lr")
-                                                             if c.get(k) is not None}) for c in cases]
+    cases = [c if isinstance(c, BurstCase) else _case_from_dict(c) for c in cases]
     corpus = corpus or load_corpus(data, vocab_size=vocab_size)
     corpus.require(cfg.seq)
     log = ResultLog(out, resume=resume) if out else None

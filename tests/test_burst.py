@@ -170,3 +170,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 def test_seq_beyond_the_models_positions_is_refused(corpus):
     with pytest.raises(SubprofError, match="max_position_embeddings"):
         burst.build_model(load_model("tiny"), corpus.vocab_size, BurstSettings(seq=4096, device="cpu"))
+
+
+def test_run_bursts_takes_plain_dicts_from_the_planner(corpus):
+    (row,) = run_bursts([{"model": "tiny", "method": "galore", "rank": 8, "update_gap": 5, "batch": 99}], steps=1,
+                        corpus=corpus, **SMALL)
+    assert (row["model"], row["method"], row["rank"], row["update_gap"], row["status"]) == ("tiny", "galore", 8, 5,
+                                                                                            "ok")
+    with pytest.raises(SubprofError, match="needs 'model'"):
+        run_bursts([{"method": "galore", "rank": 8}], steps=1, corpus=corpus, **SMALL)
