@@ -121,6 +121,19 @@ def plan(
                                                              "closest in memory).")] = None,
     utilization: Annotated[float, typer.Option("--utilization", help="Assumed fraction of dense BF16 TFLOP/s "
                                                                      "reached by the model's matmuls.")] = 0.4,
+    burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
+                                                        "runs on this machine (a GPU if present, else the CPU).")]
+    = False,
+    burst_steps: Annotated[int, typer.Option("--burst-steps", min=1, help="Training steps per burst.")] = 100,
+    burst_model: Annotated[Optional[str], typer.Option("--burst-model", help="Train this catalogue model as the "
+                                                       "proxy (default: the target if it fits here, else the "
+                                                       "largest smaller one that does).")] = None,
+    burst_top: Annotated[int, typer.Option("--burst-top", min=1, help="How many (method, rank, gap) groups to "
+                                                                      "train.")] = 4,
+    data: Annotated[Optional[str], typer.Option("--data", help="Burst corpus: text files/folders or .bin tokens "
+                                                               "(default: the Python standard library).")] = None,
+    burst_out: Annotated[str, typer.Option("--burst-out", help="JSONL the burst rows are appended to "
+                                                               "(resumable).")] = "reports/plan_burst.jsonl",
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
@@ -133,10 +146,18 @@ def plan(
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization)
     result = run_plan(req)
+    evidence = None
+    if burst and result.recommendation is not None:
+        from subprof.plan_burst import confirm_with_bursts
+        from subprof.ui import progress_bar
+
+        evidence = confirm_with_bursts(result, top=burst_top, steps=burst_steps, burst_model=burst_model,
+                                       data=data, out=burst_out, seq=min(seq, 256),
+                                       progress_factory=None if json_out else progress_bar)
     if json_out:
-        print_json(render.plan_json(result))
+        print_json(render.plan_json(result, evidence))
         return
-    render.plan_tables(result)
+    render.plan_tables(result, evidence)
 
 
 def register(app: typer.Typer) -> None:

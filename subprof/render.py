@@ -63,7 +63,7 @@ def _cand_table(title: str, cands: list[Candidate]) -> Table:
     return table
 
 
-def plan_tables(result: Plan) -> None:
+def plan_tables(result: Plan, evidence: list | None = None) -> None:
     req = result.request
     gpu = req.throughput_gpu
     console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}, "
@@ -98,6 +98,9 @@ def plan_tables(result: Plan) -> None:
         console.print("[bold]rejected[/] (even the leanest configuration does not fit):")
         for line in result.rejected.values():
             console.print(f"  {line}")
+    if evidence:
+        burst_tables(evidence)
+        return
     console.print(f"[dim]Ranking is a prior, not a measurement: full rank best, then higher rank at equal method, "
                   f"every-step streaming refresh (osd, ori) ahead of a stale SVD at low rank, 8-bit states slightly "
                   f"behind. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
@@ -106,9 +109,48 @@ def plan_tables(result: Plan) -> None:
                   f"measurements.[/]")
 
 
-def plan_json(result: Plan) -> dict:
+def burst_tables(evidence: list) -> None:
+    """The burst evidence behind `plan --burst`, and the recommendation it gives."""
+    table = Table(title="burst evidence (same initialisation and data order; ranked by validation-loss drop per "
+                        "hour of predicted target-GPU time)")
+    for col in ("method", "rank", "gap", "trained as", "status", "first loss", "val loss", "burst tokens/s",
+                "proj share", "target tokens/s", "loss drop / h"):
+        table.add_column(col, justify="left" if col in ("method", "trained as", "status") else "right")
+    for e in evidence:
+        d = e.to_dict()
+        table.add_row(d["method"], str(d["rank"] or "full"), str(d["update_gap"] or "–"),
+                      f"{d['burst_model']}" + (f" r{d['burst_rank']}" if d["burst_rank"] else ""), d["status"],
+                      _num(d["first_loss"], 3), _num(d["val_loss"], 3), _num(d["burst_tokens_per_s"], 0),
+                      _pct(d["burst_projection_share"]), f"{d['tokens_per_s']:,.0f}",
+                      _num(d["loss_drop_per_target_hour"], 2))
+    console.print(table)
+    for e in evidence:
+        if e.proxy_note:
+            console.print(f"[dim]{e.candidate.config.label()}: {e.proxy_note}[/]")
+    best = evidence[0]
+    if best.efficiency is None:
+        console.print("[bold red]no burst finished[/]: the prior's recommendation stands (see the status column)")
+        return
+    cfg = best.candidate.config
+    console.print(f"[bold green]recommended after bursts:[/] {cfg.label()}, micro-batch {cfg.batch}"
+                  + (f" × {cfg.accumulation} accumulation" if cfg.accumulation > 1 else "")
+                  + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
+                  f"{best.efficiency:.2f} loss drop per predicted hour on the target GPU")
+
+
+def _num(v: float | None, digits: int) -> str:
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def plan_json(result: Plan, evidence: list | None = None) -> dict:
     req = result.request
     rec = result.recommendation
+    if evidence and evidence[0].efficiency is not None:
+        rec = evidence[0].candidate
     return {
         "model": req.model.name,
         "budget_bytes": req.budget.bytes,
@@ -125,5 +167,7 @@ def plan_json(result: Plan) -> dict:
         "candidates": [c.to_dict() for c in result.candidates[: max(req.top, 1) * 20]],
         "rejected": result.rejected,
         "suggestions": result.suggestions,
-        "ranking": "prior (no burst measurements): full rank > higher rank > streaming refresh at low rank",
+        "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
+                    "prior (no burst measurements): full rank > higher rank > streaming refresh at low rank"),
+        "burst": [e.to_dict() for e in evidence] if evidence else None,
     }

@@ -1,0 +1,96 @@
+"""`plan --burst`: confirm the planner's prior with short real training runs of its top candidates.
+
+The candidates that fit the budget are grouped by what changes training (method, rank, update gap — state bits,
+per-layer updates, micro-batch and checkpointing change memory and speed, not the update rule), the best few
+groups are trained for `steps` steps on the local device (on the target model where it fits, else on a smaller
+catalogue proxy with the same method, update gap and rank-to-width ratio), and the recommendation becomes the
+candidate with the largest validation-loss drop per hour of predicted training time on the target GPU:
+
+    efficiency = (L₀ − L_val) / (steps · t_step),   t_step = tokens per optimizer step / predicted tokens/s,
+
+L₀ being the first training loss, identical for every burst (same initialisation and data order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from subprof.planner import Candidate, Plan
+
+
+@dataclass(kw_only=True, slots=True)
+class BurstEvidence:
+    candidate: Candidate
+    row: dict
+    proxy_note: str | None
+    efficiency: float | None
+
+    def to_dict(self) -> dict:
+        row = self.row
+        return {
+            **self.candidate.to_dict(),
+            "burst_model": row.get("model"), "burst_rank": row.get("rank"), "proxy": self.proxy_note,
+            "status": row.get("status"), "val_loss": row.get("val_loss"), "first_loss": _first_loss(row),
+            "burst_tokens_per_s": row.get("tokens_per_s"), "burst_projection_share": row.get("projection_share"),
+            "loss_drop_per_target_hour": self.efficiency,
+        }
+
+
+def _first_loss(row: dict) -> float | None:
+    """The first training loss of a burst (`train_loss` is the per-step list)."""
+    losses = row.get("train_loss") or []
+    return float(losses[0]) if losses else None
+
+
+def training_groups(result: Plan, top: int) -> list[Candidate]:
+    """The best fitting candidate of each (method, rank, update gap), in plan order, at most `top` of them."""
+    seen: dict[tuple, Candidate] = {}
+    for cand in result.candidates:
+        key = (cand.config.method, cand.config.rank, cand.config.update_gap)
+        seen.setdefault(key, cand)
+        if len(seen) >= top:
+            break
+    return list(seen.values())
+
+
+def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_model: str | None = None,
+                        data: str | None = None, device: str = "auto", out: str | None = None,
+                        batch: int = 8, seq: int = 256, progress_factory=None) -> list[BurstEvidence]:
+    """Run a burst per training group and score it; returns the evidence, best first."""
+    from subprof.burst import BurstCase, BurstSettings, proxy_case, run_bursts
+    from subprof.catalog import load_model
+
+    groups = training_groups(result, top)
+    target = result.request.model
+    settings = BurstSettings(steps=steps, device=device, batch=batch, seq=seq)
+    cases, notes = [], []
+    for cand in groups:
+        c = cand.config
+        if burst_model is not None:
+            proxy_cfg = load_model(burst_model)
+            rank = None if c.rank is None else min(proxy_cfg.min_weight_dim(),
+                                                   max(1, round(c.rank * proxy_cfg.hidden / target.hidden)))
+            case = BurstCase(model=proxy_cfg.name, method=c.method, rank=rank, update_gap=c.update_gap)
+            note = (f"proxy {proxy_cfg.name} (--burst-model)" + (f", rank {c.rank} → {rank}" if rank else "")
+                    if proxy_cfg.name != target.name else None)
+        else:
+            case, note = proxy_case(BurstCase(model=target.name, method=c.method, rank=c.rank,
+                                              update_gap=c.update_gap), settings)
+        cases.append(case)
+        notes.append(note)
+    if progress_factory is not None:
+        with progress_factory(len(cases) * steps, "bursts") as bar:
+            rows = run_bursts(cases, steps=steps, data=data, device=device, out=out, resume=out is not None,
+                              batch=batch, seq=seq, progress=bar)
+    else:
+        rows = run_bursts(cases, steps=steps, data=data, device=device, out=out, resume=out is not None,
+                          batch=batch, seq=seq)
+    evidence = []
+    for cand, row, note in zip(groups, rows, notes):
+        first, val = _first_loss(row), row.get("val_loss")
+        eff = None
+        if row.get("status") == "ok" and first is not None and val is not None:
+            eff = (first - val) / (steps * cand.throughput.step_s / 3600.0)
+        evidence.append(BurstEvidence(candidate=cand, row=row, proxy_note=note, efficiency=eff))
+    evidence.sort(key=lambda e: (e.efficiency is not None, e.efficiency or 0.0), reverse=True)
+    return evidence
