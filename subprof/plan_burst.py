@@ -55,14 +55,17 @@ def training_groups(result: Plan, top: int) -> list[Candidate]:
 
 def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_model: str | None = None,
                         data: str | None = None, device: str = "auto", out: str | None = None,
-                        batch: int = 8, seq: int = 256, progress_factory=None) -> list[BurstEvidence]:
-    """Run a burst per training group and score it; returns the evidence, best first."""
+                        batch: int = 8, seq: int = 256, progress_factory=None, corpus=None,
+                        **settings) -> list[BurstEvidence]:
+    """Run a burst per training group and score it; returns the evidence, best first. `settings` go to
+    `BurstSettings` (e.g. eval_every, val_windows, threads); `corpus` reuses a loaded corpus."""
     from subprof.burst import BurstCase, BurstSettings, proxy_case, run_bursts
     from subprof.catalog import load_model
 
     groups = training_groups(result, top)
     target = result.request.model
-    settings = BurstSettings(steps=steps, device=device, batch=batch, seq=seq)
+    shared = dict(batch=batch, seq=seq, **settings)
+    burst_settings = BurstSettings(steps=steps, device=device, **shared)
     cases, notes = [], []
     for cand in groups:
         c = cand.config
@@ -75,16 +78,15 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
                     if proxy_cfg.name != target.name else None)
         else:
             case, note = proxy_case(BurstCase(model=target.name, method=c.method, rank=c.rank,
-                                              update_gap=c.update_gap), settings)
+                                              update_gap=c.update_gap), burst_settings)
         cases.append(case)
         notes.append(note)
+    run = dict(steps=steps, data=data, device=device, out=out, resume=out is not None, corpus=corpus, **shared)
     if progress_factory is not None:
         with progress_factory(len(cases) * steps, "bursts") as bar:
-            rows = run_bursts(cases, steps=steps, data=data, device=device, out=out, resume=out is not None,
-                              batch=batch, seq=seq, progress=bar)
+            rows = run_bursts(cases, progress=bar, **run)
     else:
-        rows = run_bursts(cases, steps=steps, data=data, device=device, out=out, resume=out is not None,
-                          batch=batch, seq=seq)
+        rows = run_bursts(cases, **run)
     evidence = []
     for cand, row, note in zip(groups, rows, notes):
         first, val = _first_loss(row), row.get("val_loss")

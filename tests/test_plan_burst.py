@@ -1,0 +1,71 @@
+"""plan --burst: the top candidates are trained for real and the recommendation follows the measured evidence."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from subprof.catalog import load_model, parse_budget
+from subprof.cli import app
+from subprof.corpus import load_corpus
+from subprof.methods import parse_methods
+from subprof.plan_burst import confirm_with_bursts, training_groups
+from subprof.planner import PlanRequest, plan
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("texts")
+    for name in ("textwrap.py", "string.py", "bisect.py", "fnmatch.py"):
+        (folder / name).write_text((STDLIB / name).read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBPROF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def tiny_plan():
+    req = PlanRequest(model=load_model("tiny"), budget=parse_budget("2GB"),
+                      methods=parse_methods("adamw,galore,ori"), seq=32, batch=2)
+    return plan(req)
+
+
+def test_training_groups_are_distinct_method_rank_gap():
+    groups = training_groups(tiny_plan(), top=3)
+    keys = [(c.config.method, c.config.rank, c.config.update_gap) for c in groups]
+    assert len(keys) == len(set(keys)) == 3
+
+
+def test_bursts_score_every_group_and_rank_by_efficiency(texts):
+    result = tiny_plan()
+    corpus = load_corpus(texts, vocab_size=320)
+    evidence = confirm_with_bursts(result, top=2, steps=3, device="cpu", batch=2, seq=32, corpus=corpus,
+                                   eval_every=3, val_windows=4, threads=1)
+    assert len(evidence) == 2
+    assert all(e.row["status"] == "ok" and e.efficiency is not None for e in evidence)
+    assert evidence[0].efficiency >= evidence[1].efficiency
+    assert all(e.row["model"] == "tiny" for e in evidence)  # tiny fits the CPU: no proxy
+
+
+def test_plan_burst_json_reports_the_evidence(texts, tmp_path):
+    import torch
+
+    out = tmp_path / "burst.jsonl"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a shared 2-core runner are many times slower for a tiny model
+    r = CliRunner().invoke(app, ["plan", "--model", "tiny", "--gpu-mem", "2GB", "--methods", "galore,ori",
+                                 "--seq", "32", "--batch", "2", "--burst", "--burst-steps", "2", "--burst-top", "2",
+                                 "--data", str(texts), "--burst-out", str(out), "--json"])
+    torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["ranking"].startswith("burst")
+    assert len(data["burst"]) == 2
+    assert data["recommendation"]["method"] == data["burst"][0]["method"]
+    assert len(out.read_text().splitlines()) == 2
