@@ -37,8 +37,8 @@ from typing import Any
 
 from subprof.lazy import torch
 from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape, two_gemm_flops
-from subprof.methods.osd import oriented, random_orthonormal
-from subprof.methods.rule import ProjectionRule, orthonormal_columns, top_singular_basis
+from subprof.methods.osd import initial_basis, oriented
+from subprof.methods.rule import ProjectionRule, orthonormal_columns
 
 Tensor = Any
 
@@ -147,9 +147,6 @@ class OriRule(ProjectionRule):
         state["projector"].copy_(cholesky_qr(moved) if fast else orthonormal_columns(moved))
 
     def _initial(self, grad: Tensor, r: int) -> Tensor:
-        if self.init == "svd":
-            return top_singular_basis(grad, r)
-        d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
-        p = random_orthonormal(d, r, seed=self.seed * 1_000_003 + self._streams)
+        p = initial_basis(grad, r, init=self.init, seed=self.seed * 1_000_003 + self._streams)
         self._streams += 1
-        return p.to(device=grad.device, dtype=grad.dtype)
+        return p

@@ -94,6 +94,15 @@ def random_orthonormal(d: int, r: int, *, seed: int) -> Tensor:
     return orthonormal_columns(torch.randn(d, r, generator=gen, dtype=torch.float32))
 
 
+def initial_basis(grad: Tensor, r: int, *, init: str, seed: int) -> Tensor:
+    """The step-0 projector of a streaming rule: GaLore's SVD basis (`init="svd"`) or a random orthonormal one
+    drawn from `seed`, in G's dtype and on its device."""
+    if init == "svd":
+        return top_singular_basis(grad, r)
+    d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
+    return random_orthonormal(d, r, seed=seed).to(device=grad.device, dtype=grad.dtype)
+
+
 def online_pca_grad(p: Tensor, g: Tensor, *, ortho_weight: float) -> Tensor:
     """∇L(P) in closed form (fp32, d×r): AP(2PᵀP − 4I) + P(2PᵀAP + 4λ(PᵀP − I)), with AP = c·G(GᵀP).
 
@@ -194,13 +203,10 @@ class OSDRule(ProjectionRule):
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _initial(self, grad: Tensor) -> Tensor:
-        r = self.effective_rank(tuple(grad.shape))
-        if self.init == "svd":
-            return top_singular_basis(grad, r)
-        d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
-        p = random_orthonormal(d, r, seed=self.seed * 1_000_003 + self._streams)
+        p = initial_basis(grad, self.effective_rank(tuple(grad.shape)), init=self.init,
+                          seed=self.seed * 1_000_003 + self._streams)
         self._streams += 1
-        return p.to(device=grad.device, dtype=grad.dtype)
+        return p
 
     def _projector_lr(self, state: dict, lr_w: float, initial_lr: float | None = None) -> float:
         """η_P: α·η_W ("paper"), or (η_W/η_0)/code_gap ("code"; η_0 = option base_lr, else the group's
