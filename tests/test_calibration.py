@@ -1,6 +1,5 @@
 """The GPU-side constants in subprof/calibration.py are what the committed H100 rows give, refitted here."""
 
-import dataclasses
 import json
 from pathlib import Path
 
