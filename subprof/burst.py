@@ -318,11 +318,14 @@ def traced_first_step_peak(cfg: ModelConfig, case: BurstCase, settings: BurstSet
         for step in range(min(2, len(offsets))):
             x, y = windows(corpus.train, offsets[step], settings.seq, settings.device)
             loss_of(model, x, y).backward()
-            opt.step()
+            try:
+                opt.step()
+            except FloatingPointError:  # a non-finite gradient: the real run will report the divergence
+                break
             opt.zero_grad(set_to_none=True)
             peaks.append(sum(v.get("Total", 0) for v in tracker.get_tracker_snapshot("peak").values()))
             tracker.reset_mod_stats()  # MemTracker traces one iteration at a time
-    return int(max(peaks))
+    return int(max(peaks)) if peaks else None
 
 
 # ------------------------------------------------------------------------------------------------ running
