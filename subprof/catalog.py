@@ -13,7 +13,6 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from subprof.errors import SubprofError
@@ -21,14 +20,11 @@ from subprof.units import parse_size
 
 
 def profiles_dir() -> Path:
-    """The shipped `profiles/` folder (installed as the `subprof.profiles` package; the source tree as fallback)."""
-    try:
-        path = Path(str(resources.files("subprof.profiles")))
-        if (path / "gpus.toml").exists():
-            return path
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "profiles"
+    """The shipped `profiles/` folder: `subprof/profiles` in an installed package (pyproject maps the top-level
+    `profiles/` there), the repository's top-level `profiles/` in a source checkout or editable install."""
+    here = Path(__file__).resolve().parent
+    installed = here / "profiles"
+    return installed if (installed / "gpus.toml").exists() else here.parent / "profiles"
 
 
 # ---------------------------------------------------------------------------------------------------------- models
