@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from subprof.errors import SubprofError
 from subprof.ui import JsonOpt, ModelOpt, console, err_console, guarded, parse_int_list, print_json, progress_bar
 
 DEFAULT_METHODS = "svd,rsvd,osd,osd-autograd,ori,grasswalk,grassjump,subtrack,sumo"
@@ -43,6 +44,8 @@ def proj(
 
     cfg = load_model(model)
     rank_list = parse_int_list(ranks, "--ranks")
+    if min(rank_list) <= 0:
+        raise SubprofError(f"--ranks must be positive, got {ranks}")
     method_list = parse_methods(methods)
     torch_dtype(dtype)
     dev = resolve_device(device)
