@@ -90,12 +90,12 @@ class ModelConfig:
 
     def min_weight_dim(self) -> int:
         """The smallest side of any projected weight: the largest rank that makes sense."""
-        return min(min(s.m, s.n) for s in self.linear_shapes())
+        return _min_weight_dim(self)
 
     # --- parameter counts ---------------------------------------------------------------------------------------
     @property
     def projected_params(self) -> int:
-        return sum(s.m * s.n * s.count for s in self.linear_shapes())
+        return _projected_params(self)
 
     @property
     def bias_params(self) -> int:
@@ -158,6 +158,16 @@ def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
         LinearShape(name="mlp.up_proj", m=i, n=h, count=L),
         LinearShape(name="mlp.down_proj", m=h, n=i, count=L),
     )
+
+
+@cache
+def _min_weight_dim(m: ModelConfig) -> int:
+    return min(min(s.m, s.n) for s in _linear_shapes(m))
+
+
+@cache
+def _projected_params(m: ModelConfig) -> int:
+    return sum(s.m * s.n * s.count for s in _linear_shapes(m))
 
 
 def model_names() -> list[str]:

@@ -10,9 +10,11 @@ stated in every output; `subprof proj` measures the real numbers on the user's d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from subprof.catalog import GpuSpec
 from subprof.memory import TrainConfig, state_bytes
+from subprof.methods import get_method
 from subprof.methods.base import svd_flops, two_gemm_flops
 
 H100_BANDWIDTH_GBS = 3350.0
@@ -44,11 +46,17 @@ def train_flops_per_token(c: TrainConfig) -> float:
 
 
 def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4) -> float:
+    return _projection_seconds(c.model, c.method, c.rank, c.update_gap, gpu, utilization)
+
+
+@lru_cache(maxsize=4096)
+def _projection_seconds(model, method: str, rank: int | None, update_gap: int | None, gpu: GpuSpec,
+                        utilization: float) -> float:
     """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap) — SVD refreshes (galore, sumo)
     at the measured SVD rate, streaming and geodesic updates at the measured fp32 GEMM rate, both scaled by
     bandwidth — plus projecting G and the update back (2 · 2·m·n·r FLOPs per weight, in the training dtype) at
     the model's matmul rate. SUMO's per-step SVD of the small moment is not counted (r×r work)."""
-    spec = c.spec
+    spec = get_method(method)
     if not spec.project:
         return 0.0
     scale = gpu.bandwidth_gbs / H100_BANDWIDTH_GBS
@@ -56,9 +64,9 @@ def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4) -
     matmul_rate = utilization * gpu.bf16_tflops * 1e12
     uses_svd = spec.name in ("galore", "sumo")
     total = 0.0
-    for s in c.model.linear_shapes():
-        r = min(c.rank, s.m, s.n)
-        refresh = spec.refresh_flops(s.m, s.n, r) / (svd_rate if uses_svd else gemm_rate) / c.update_gap
+    for s in model.linear_shapes():
+        r = min(rank, s.m, s.n)
+        refresh = spec.refresh_flops(s.m, s.n, r) / (svd_rate if uses_svd else gemm_rate) / update_gap
         project = 4.0 * s.m * s.n * r / matmul_rate
         total += s.count * (refresh + project)
     return total
