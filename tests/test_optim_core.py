@@ -25,13 +25,7 @@ METHODS = list(REGISTRY)
 LOWRANK = [m for m in METHODS if REGISTRY[m].project]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box has 2 cores shared by many processes: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def need_rule(method: str) -> None:

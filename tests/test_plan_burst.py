@@ -53,16 +53,11 @@ def test_bursts_score_every_group_and_rank_by_efficiency(texts):
     assert all(e.row["model"] == "tiny" for e in evidence)  # tiny fits the CPU: no proxy
 
 
-def test_plan_burst_json_reports_the_evidence(texts, tmp_path):
-    import torch
-
+def test_plan_burst_json_reports_the_evidence(texts, tmp_path, one_thread):
     out = tmp_path / "burst.jsonl"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a shared 2-core runner are many times slower for a tiny model
     r = CliRunner().invoke(app, ["plan", "--model", "tiny", "--gpu-mem", "2GB", "--methods", "galore,ori",
                                  "--seq", "32", "--batch", "2", "--burst", "--burst-steps", "2", "--burst-top", "2",
                                  "--data", str(texts), "--burst-out", str(out), "--json"])
-    torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["ranking"].startswith("burst")

@@ -19,12 +19,7 @@ from subprof.timing import (FLOOR, METHODS, make_update, parse_methods, projecti
 ORTHONORMAL = {"svd", "ori", "grasswalk", "grassjump", "subtrack", "sumo"}  # OSD keeps PᵀP ≈ I only through λ
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def projector_after_update(method, grad, rank):

@@ -28,13 +28,7 @@ SHAPES = [(64, 96), (96, 64)]  # wide (P on the left, m×r) and tall (P on the r
 RANK, STEPS, OMEGA, NOISE = 4, 400, 0.003, 0.3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and immune to OpenMP spin contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_angle(p, u):
