@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten
 from subprof.catalog import profiles_dir
 from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
-from subprof.optim import (NonFiniteGradientError, SubspaceAdamW, build_optimizer, rule_class, split_parameters,
+from subprof.optim import (NonFiniteGradientError, SubspaceAdamW, build_optimizer, split_parameters,
                            state_tensor_bytes)
 from subprof.methods.base import Dtype, tensor_bytes
 
@@ -26,14 +26,6 @@ LOWRANK = [m for m in METHODS if REGISTRY[m].project]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def need_rule(method: str) -> None:
-    if REGISTRY[method].project:
-        try:
-            rule_class(method)
-        except SubprofError:
-            pytest.skip("rule not implemented yet")
 
 
 class Block(torch.nn.Module):
@@ -126,7 +118,6 @@ def test_galore_equals_galore_torch_step_by_step():
 @pytest.mark.parametrize("method", METHODS)
 def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, shape):
     """Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32 at 8 bits) exercise both regimes."""
-    need_rule(method)
     spec, (m, n), r = REGISTRY[method], shape, 16
     dtype = torch.bfloat16 if bits == 16 else torch.float32
     torch.manual_seed(0)
@@ -154,7 +145,6 @@ RESUME_CASES = [(m, 32) for m in METHODS] + [("galore", 16), ("galore", 8), ("gr
 
 @pytest.mark.parametrize("method,bits", RESUME_CASES)
 def test_save_load_continue_equals_an_uninterrupted_run(method, bits):
-    need_rule(method)
     data = batches(10)
     model, opt = make(method, state_bits=bits, seed=1)
     run(model, opt, data)
@@ -173,7 +163,6 @@ def test_save_load_continue_equals_an_uninterrupted_run(method, bits):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_identical_seeds_give_identical_results(method):
-    need_rule(method)
     data = batches(7)
     a, opt_a = make(method)
     b, opt_b = make(method)
@@ -191,7 +180,6 @@ def poison(model, value=float("nan")):
 
 @pytest.mark.parametrize("method", ["adamw", "galore", "grasswalk"])
 def test_nonfinite_gradient_raises_and_changes_nothing(method):
-    need_rule(method)
     model, opt = make(method)
     run(model, opt, batches(2))
     before_model, before_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
@@ -206,7 +194,6 @@ def test_nonfinite_gradient_raises_and_changes_nothing(method):
 
 @pytest.mark.parametrize("method", ["adamw", "galore", "sumo"])
 def test_nonfinite_gradient_skips_the_step_when_asked(method):
-    need_rule(method)
     data = batches(4)
     model, opt = make(method, nonfinite="skip")
     reference, ref_opt = make(method)
@@ -241,7 +228,6 @@ def accumulate(model, opt, data, micro: int, *, check_hooks: bool = False):
 
 @pytest.mark.parametrize("method,bits", [("galore", 32), ("adamw", 32), ("adamw", 8), ("sumo", 16)])
 def test_layerwise_with_accumulation_equals_the_global_optimizer(method, bits):
-    need_rule(method)
     data = batches(9)
     model, opt = make(method, state_bits=bits)
     accumulate(model, opt, data, 3)
