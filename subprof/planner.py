@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.errors import SubprofError
 from subprof.memory import Estimate, TrainConfig, estimate
-from subprof.methods import REGISTRY
 from subprof.methods.base import MethodSpec
 from subprof.throughput import Throughput, predict_throughput
 
@@ -257,6 +256,3 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
                    "model (FSDP/ZeRO) — outside what subprof plans")
     return out
 
-
-def all_methods() -> list[tuple[MethodSpec, int | None]]:
-    return [(spec, None) for spec in REGISTRY.values()]

@@ -36,15 +36,6 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def read_many(paths: Iterable[str | Path]) -> list[dict]:
-    rows: list[dict] = []
-    for p in paths:
-        if not Path(p).exists():
-            raise SubprofError(f"result file {str(p)!r} does not exist")
-        rows.extend(read_rows(p))
-    return rows
-
-
 class ResultLog:
     """An append-only JSONL file. `append` writes one row and makes it durable before returning."""
 

@@ -64,22 +64,9 @@ def gib(n_bytes: int | float) -> float:
     return n_bytes / 2**30
 
 
-def gb(n_bytes: int | float) -> float:
-    return n_bytes / 1e9
-
-
 def fmt_gib(n_bytes: int | float, digits: int = 2) -> str:
     """Bytes as GiB with the unit named, e.g. "22.35 GiB"."""
     return f"{gib(n_bytes):.{digits}f} GiB"
-
-
-def fmt_bytes(n_bytes: int | float) -> str:
-    """Short binary-unit rendering that picks the unit: 512 B, 3.1 MiB, 22.35 GiB."""
-    value = float(n_bytes)
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= factor:
-            return f"{value / factor:.2f} {unit}"
-    return f"{int(value)} B"
 
 
 def fmt_count(n: int | float) -> str:

@@ -30,7 +30,7 @@ import math
 from typing import Any
 
 from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape, svd_flops
+from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape
 from subprof.methods.galore import SVD_WORKSPACE
 from subprof.methods.grass import recovery_term, rotate_moments
 from subprof.methods.osd import covariance_product, oriented
@@ -56,16 +56,6 @@ SPEC = MethodSpec(
     quality_prior=0.5,
     paper="Rajabi et al. 2025, arXiv 2502.01586",
 )
-# the first refresh is a full SVD; later ones cost two m×n×r GEMMs and a thin SVD of the d×r tangent
-FIRST_REFRESH_FLOPS = svd_flops
-WORKSPACE_GEODESIC = (
-    TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    TensorSpec(name="ap", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    TensorSpec(name="tangent", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    TensorSpec(name="tangent_u", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-)
-
-
 def tangent(p: Tensor, g: Tensor, *, scale: float) -> Tensor:
     """Δ = (I − PPᵀ)∂F/∂P = −2 (AP − P(PᵀAP)), AP = scale·G(GᵀP)/‖G‖² (fp32 d×r; `g` is d×n, `p` fp32 d×r)."""
     c, inv = covariance_product(g, p)
