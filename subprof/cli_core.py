@@ -121,6 +121,9 @@ def plan(
                                                              "closest in memory).")] = None,
     utilization: Annotated[float, typer.Option("--utilization", help="Assumed fraction of dense BF16 TFLOP/s "
                                                                      "reached by the model's matmuls.")] = 0.4,
+    proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
+                                                       "GPU: their projection-update times replace the scaled H100 "
+                                                       "rates where they cover the model's shapes.")] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
@@ -142,9 +145,20 @@ def plan(
     from subprof.planner import PlanRequest
     from subprof.planner import plan as run_plan
 
+    proj_rows = []
+    if proj is not None:
+        from pathlib import Path
+
+        from subprof.results import read_rows
+
+        if not Path(proj).is_file():
+            raise SubprofError(f"--proj {proj!r}: no such file (write one with `subprof proj --out ...`)")
+        proj_rows = [r for r in read_rows(proj) if r.get("kind") == "proj"]
+        if not proj_rows:
+            raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
     req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
-                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization)
+                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows)
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

@@ -36,6 +36,8 @@ class PlanRequest:
     top: int = 5
     gpu: GpuSpec | None = None
     utilization: float = 0.4
+    proj_rows: list[dict] = field(default_factory=list)
+    _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
@@ -63,6 +65,20 @@ class PlanRequest:
             return self.batch * self.seq
         return DEFAULT_GLOBAL_BATCH * self.seq
 
+    def measured_refresh_s(self, method: str, rank: int | None, update_gap: int | None) -> float | None:
+        """Projection-refresh seconds per optimizer step from `subprof proj` rows (`--proj`), when they cover every
+        weight shape of the model at this rank; None otherwise (the scaled H100 rates apply). GaLore's refresh is
+        the `svd` row."""
+        if not self.proj_rows or rank is None:
+            return None
+        from subprof.timing import projection_seconds_per_step, timings_from_rows
+
+        name = "svd" if method == "galore" else method
+        if name not in self._timings:
+            self._timings[name] = timings_from_rows(self.proj_rows, name)
+        timings = self._timings[name]
+        return projection_seconds_per_step(self.model, name, rank, timings, update_gap=update_gap) if timings else None
+
     @property
     def usable_bytes(self) -> int:
         return int(self.budget.bytes * (1 - self.margin))
@@ -85,6 +101,7 @@ class Candidate:
     throughput: Throughput
     quality: float
     fits: bool
+    projection_source: str = "scaled from H100 measurements"
 
     def to_dict(self) -> dict:
         c = self.config
@@ -95,7 +112,8 @@ class Candidate:
             "estimated_peak_allocated_bytes": self.estimate.peak_allocated_bytes,
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
             "tokens_per_s": round(self.throughput.tokens_per_s, 1),
-            "projection_share": round(self.throughput.projection_share, 4), "quality_prior": round(self.quality, 3),
+            "projection_share": round(self.throughput.projection_share, 4),
+            "projection_source": self.projection_source, "quality_prior": round(self.quality, 3),
             "fits": self.fits,
         }
 
@@ -196,6 +214,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                            layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate]) -> Candidate | None:
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
+    measured = req.measured_refresh_s(spec.name, rank, gap)
 
     def evaluate(i: int) -> Candidate:
         batch, accumulation = batches[i]
@@ -206,9 +225,11 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
         return Candidate(config=cfg, estimate=est,
                          fits=est.device_used_bytes <= req.usable_bytes,
                          throughput=predict_throughput(
-                             cfg, gpu, utilization=req.utilization,
+                             cfg, gpu, utilization=req.utilization, refresh_s=measured,
                              states=est.components["optimizer_states"] + est.components["projection_matrices"]),
-                         quality=quality_prior(cfg, spec))
+                         quality=quality_prior(cfg, spec),
+                         projection_source="measured (--proj)" if measured is not None else
+                         "scaled from H100 measurements")
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:

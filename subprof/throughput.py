@@ -45,31 +45,36 @@ def train_flops_per_token(c: TrainConfig) -> float:
     return (4 if c.checkpointing else 3) * c.model.forward_flops_per_token(c.seq)
 
 
-def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4) -> float:
-    return _projection_seconds(c.model, c.method, c.rank, c.update_gap, gpu, utilization)
+def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4,
+                       refresh_s: float | None = None) -> float:
+    """Per optimizer step: projection refreshes (`refresh_s` when measured by `subprof proj`, else the scaled
+    H100 rates) + projecting G and the update back."""
+    refresh = _refresh_seconds(c.model, c.method, c.rank, c.update_gap, gpu) if refresh_s is None else refresh_s
+    return refresh + _project_seconds(c.model, c.method, c.rank, gpu, utilization)
 
 
 @lru_cache(maxsize=4096)
-def _projection_seconds(model, method: str, rank: int | None, update_gap: int | None, gpu: GpuSpec,
-                        utilization: float) -> float:
-    """Per optimizer step: Σ over projected weights of refresh FLOPs / (rate · gap) — SVD refreshes (galore, sumo)
-    at the measured SVD rate, streaming and geodesic updates at the measured fp32 GEMM rate, both scaled by
-    bandwidth — plus projecting G and the update back (2 · 2·m·n·r FLOPs per weight, in the training dtype) at
-    the model's matmul rate. SUMO's per-step SVD of the small moment is not counted (r×r work)."""
+def _refresh_seconds(model, method: str, rank: int | None, update_gap: int | None, gpu: GpuSpec) -> float:
+    """Σ over projected weights of refresh FLOPs / (rate · gap): SVD refreshes (galore, sumo) at the measured SVD
+    rate, streaming and geodesic updates at the measured fp32 GEMM rate, both scaled by bandwidth. SUMO's per-step
+    SVD of the small moment is not counted (r×r work)."""
     spec = get_method(method)
     if not spec.project:
         return 0.0
     scale = gpu.bandwidth_gbs / H100_BANDWIDTH_GBS
-    svd_rate, gemm_rate = H100_SVD_FLOPS * scale, H100_GEMM_FP32_FLOPS * scale
+    rate = (H100_SVD_FLOPS if spec.name in ("galore", "sumo") else H100_GEMM_FP32_FLOPS) * scale
+    return sum(s.count * spec.refresh_flops(s.m, s.n, min(rank, s.m, s.n)) / rate / update_gap
+               for s in model.linear_shapes())
+
+
+@lru_cache(maxsize=4096)
+def _project_seconds(model, method: str, rank: int | None, gpu: GpuSpec, utilization: float) -> float:
+    """Projecting G and the update back: 2 · 2·m·n·r FLOPs per weight, in the training dtype, at the model's
+    matmul rate."""
+    if not get_method(method).project:
+        return 0.0
     matmul_rate = utilization * gpu.bf16_tflops * 1e12
-    uses_svd = spec.name in ("galore", "sumo")
-    total = 0.0
-    for s in model.linear_shapes():
-        r = min(rank, s.m, s.n)
-        refresh = spec.refresh_flops(s.m, s.n, r) / (svd_rate if uses_svd else gemm_rate) / update_gap
-        project = 4.0 * s.m * s.n * r / matmul_rate
-        total += s.count * (refresh + project)
-    return total
+    return sum(s.count * 4.0 * s.m * s.n * min(rank, s.m, s.n) / matmul_rate for s in model.linear_shapes())
 
 
 def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -> float:
@@ -80,12 +85,13 @@ def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -
 
 
 def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int | None = None,
-                       utilization: float = 0.4, states: int | None = None) -> Throughput:
+                       utilization: float = 0.4, states: int | None = None,
+                       refresh_s: float | None = None) -> Throughput:
     """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
     tokens = c.tokens * (c.accumulation if accumulation is None else accumulation)
     compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
     opt = optimizer_seconds(c, gpu, states)
-    proj = projection_seconds(c, gpu, utilization)
+    proj = projection_seconds(c, gpu, utilization, refresh_s)
     step = compute + opt + proj
     return Throughput(tokens_per_s=tokens / step, step_s=step, compute_s=compute, optimizer_s=opt,
                       projection_s=proj, utilization=utilization, gpu=gpu.name)

@@ -87,3 +87,17 @@ def test_more_memory_never_lowers_quality():
 def test_bad_plan_requests(kw, message):
     with pytest.raises(SubprofError, match=message):
         request("7b", "24GB", **kw)
+
+
+def test_measured_projection_rows_replace_the_scaled_rates():
+    """`plan --proj`: where `subprof proj` rows cover every weight shape at a rank, their times are used."""
+    model = load_model("60m")
+    rows = [{"kind": "proj", "status": "ok", "method": "ori", "shape": [m, n], "rank": 64, "median_ms": 1000.0}
+            for m, n in model.distinct_shapes()]
+    req = request("60m", "h100-sxm", methods="ori", proj_rows=rows)
+    cands = [c for c in plan(req).candidates if c.config.rank == 64]
+    assert cands and all(c.projection_source.startswith("measured") for c in cands)
+    # 7 weights × 8 layers, one second each, every step (ori refreshes every step)
+    assert all(c.throughput.projection_s >= 56.0 for c in cands)
+    others = [c for c in plan(req).candidates if c.config.rank != 64]
+    assert others and all(c.projection_source.startswith("scaled") for c in others)
