@@ -287,13 +287,18 @@ def estimate(c: TrainConfig) -> Estimate:
 
     kept = {"weights": w, "optimizer_states": s, "projection_matrices": p, "cuda_runtime": runtime}
     # Backward peaks either where it starts (all saved activations + the cross-entropy peak) or where it ends
-    # (every gradient + the last transients); per-layer updates free each gradient in its hook, and the hook's
-    # step/refresh transients for one weight (plus that weight's gradient) meet the saved activations.
-    start = {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast}
+    # (every gradient + the last transients). With gradient accumulation the gradients of earlier micro-batches
+    # stay alive through the later ones' forward and backward. Per-layer updates free each gradient in its hook,
+    # and the hook's step/refresh transients for one weight (plus that weight's gradient) meet the saved
+    # activations — on the last micro-batch, next to every accumulated gradient, when accumulating.
+    start = {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast,
+             "gradients": g if c.accumulation > 1 else 0}
     end = {**kept, "gradients": g, "autocast_cache": cast, "activations": backward_end_bytes(c)}
     if c.layerwise:
         inside = max(tmp, ws)
-        if g + inside > logit:
+        if c.accumulation > 1:
+            start["optimizer_temporaries"] = inside
+        elif g + inside > logit:
             start.update(logits_loss=0, gradients=g, optimizer_temporaries=inside)
         end = {}
     phases = {

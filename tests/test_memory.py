@@ -118,3 +118,12 @@ def test_estimate_within_3_percent_of_h100_peak(row):
                                update_gap=200, batch=row["batch"], seq=row["seq"], dtype="bf16"))
     measured = row["peak_allocated_gib"] * 2**30
     assert abs(est.peak_allocated_bytes / measured - 1) <= 0.03
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_accumulated_gradients_stay_alive_through_later_micro_batches(layerwise):
+    kw = dict(model=load_model("1b"), method="galore", rank=512, batch=8, layerwise=layerwise)
+    once = estimate(TrainConfig(accumulation=1, **kw))
+    accumulating = estimate(TrainConfig(accumulation=4, **kw))
+    assert accumulating.phases["forward_backward"]["gradients"] == accumulating.components["gradients"] > 0
+    assert accumulating.peak_allocated_bytes > once.peak_allocated_bytes
