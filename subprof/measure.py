@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+from subprof.catalog import load_model
 from subprof.errors import SubprofError
 
 BACKENDS = ("auto", "cuda", "trace", "cpu")
@@ -62,8 +63,6 @@ class Case:
 
     def key(self) -> tuple:
         """What identifies a finished row for `--resume` (the model by its catalogue name, as rows store it)."""
-        from subprof.catalog import load_model
-
         return tuple(load_model(self.model).name if f == "model" else getattr(self, f) for f in KEY_FIELDS)
 
     def label(self) -> str:
@@ -94,7 +93,6 @@ def resolve_backend(backend: str) -> str:
 
 def base_row(case: Case) -> dict:
     """The identifying fields every row carries, whatever happened."""
-    from subprof.catalog import load_model
     from subprof.results import now_iso
 
     row = {f: getattr(case, f) for f in KEY_FIELDS}
@@ -180,20 +178,11 @@ def measure(case: Case) -> dict:
     return row
 
 
-def _train_config(case: Case):
-    from subprof.catalog import load_model
-    from subprof.trace import TraceCase
-
-    return TraceCase(model=load_model(case.model), method=case.method, rank=case.rank, update_gap=case.update_gap,
-                     state_bits=case.state_bits, layerwise=case.layerwise, dtype=case.dtype, batch=case.batch,
-                     seq=case.seq, checkpointing=case.checkpointing, steps=case.steps)
-
-
 def _trace(case: Case) -> dict:
     """Trace backend: tensor-exact peaks; no device memory, no times (`peak_reserved_bytes` etc. stay None)."""
     from subprof.trace import trace_case
 
-    res = trace_case(_train_config(case))
+    res = trace_case(case)
     out = {"status": "ok", "peak_allocated_bytes": res.peak_allocated_bytes, "peak_reserved_bytes": None,
            "device_used_bytes": None, "categories": res.categories, "phases": res.phases,
            "phase_categories": res.phase_categories, "optimizer_state_bytes": res.optimizer_state_bytes,
@@ -229,8 +218,8 @@ def _cpu(case: Case) -> dict:
 
     if case.method == "adamw" and case.state_bits == 8:
         raise SubprofError("8-bit AdamW (bitsandbytes) needs CUDA: use --backend cuda or trace")
-    cfg = _train_config(case)
-    model = build_model(cfg.model, dtype=case.dtype, device="cpu", checkpointing=case.checkpointing,
+    cfg = load_model(case.model)
+    model = build_model(cfg, dtype=case.dtype, device="cpu", checkpointing=case.checkpointing,
                         seed=case.seed)
     opt = make_optimizer(model, case.method, rank=case.rank, update_gap=case.update_gap,
                          state_bits=case.state_bits, layerwise=case.layerwise)
@@ -242,7 +231,7 @@ def _cpu(case: Case) -> dict:
         built = tracker.current_total()
         for i in range(case.steps):
             tracker.reset_mod_stats()
-            ids = random_tokens(cfg.model, case.batch, case.seq, seed=case.seed + i)
+            ids = random_tokens(cfg, case.batch, case.seq, seed=case.seed + i)
             with tracker.in_phase(f"fwbw{i}"):
                 with train_context(case.dtype, "cpu"):
                     loss = model(input_ids=ids, labels=ids).loss
@@ -254,7 +243,7 @@ def _cpu(case: Case) -> dict:
             del loss, ids
     # times come from as many further steps without the tracker (its per-op Python hooks would dominate them)
     for i in range(case.steps):
-        ids = random_tokens(cfg.model, case.batch, case.seq, seed=case.seed + case.steps + i)
+        ids = random_tokens(cfg, case.batch, case.seq, seed=case.seed + case.steps + i)
         t0 = time.perf_counter()
         with train_context(case.dtype, "cpu"):
             loss = model(input_ids=ids, labels=ids).loss
@@ -291,17 +280,17 @@ def _cuda(case: Case) -> dict:
 
     if not torch.cuda.is_available():
         raise SubprofError("--backend cuda needs a CUDA GPU; none is visible (use --backend trace)")
-    cfg = _train_config(case)
+    cfg = load_model(case.model)
     dev = torch.device("cuda")
     phase = "model_built"
     phases: dict[str, int] = {}
     times, losses = [], []
     try:
-        model = build_model(cfg.model, dtype=case.dtype, device=dev, checkpointing=case.checkpointing,
+        model = build_model(cfg, dtype=case.dtype, device=dev, checkpointing=case.checkpointing,
                             seed=case.seed)
         opt = make_optimizer(model, case.method, rank=case.rank, update_gap=case.update_gap,
                              state_bits=case.state_bits, layerwise=case.layerwise)
-        batches = [random_tokens(cfg.model, case.batch, case.seq, device=dev, seed=case.seed + i)
+        batches = [random_tokens(cfg, case.batch, case.seq, device=dev, seed=case.seed + i)
                    for i in range(case.steps)]
         torch.cuda.synchronize()
         phases[phase] = torch.cuda.memory_allocated()

@@ -38,7 +38,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
-from subprof.catalog import ModelConfig
+from subprof.catalog import load_model
+from subprof.measure import Case
 from subprof.model import build_model, make_optimizer, train_context
 
 CUDA_MIN_ALLOCATION = 512  # bytes: the caching allocator's rounding unit (c10/cuda/CUDACachingAllocator.cpp)
@@ -51,24 +52,6 @@ CATEGORIES = {
 # aten ops that mark a projection refresh (matched on the op's base name: "sqrt" must not match "qr")
 DECOMPOSITIONS = frozenset({"linalg_svd", "_linalg_svd", "svd", "linalg_qr", "geqrf", "orgqr", "linalg_eigh",
                             "_linalg_eigh", "linalg_cholesky_ex", "cholesky"})
-
-
-@dataclass(kw_only=True, slots=True)
-class TraceCase:
-    """One configuration to trace (the same fields as a bench case)."""
-
-    model: ModelConfig
-    method: str = "adamw"
-    rank: int | None = None
-    update_gap: int | None = None
-    state_bits: int | None = None
-    layerwise: bool = False
-    dtype: str = "bf16"
-    batch: int = 8
-    seq: int = 256
-    checkpointing: bool = False
-    steps: int = 3
-    lr: float = 1e-3
 
 
 @dataclass(kw_only=True, slots=True)
@@ -196,13 +179,15 @@ def _bytes(t: torch.Tensor) -> int:
     return math.ceil(n / CUDA_MIN_ALLOCATION) * CUDA_MIN_ALLOCATION
 
 
-def trace_case(case: TraceCase) -> TraceResult:
-    """Trace `case.steps` training steps on fake tensors and return the peaks (see the module docstring)."""
+def trace_case(case: Case) -> TraceResult:
+    """Trace `case.steps` training steps of a bench case on fake tensors and return the peaks (module docstring);
+    `case.backend`, `budget_bytes` and `seed` play no part here (fake tensors hold no values)."""
     t0 = time.perf_counter()
+    cfg = load_model(case.model)
     with FakeTensorMode(allow_non_fake_inputs=True), cuda_rounding():
-        model = build_model(case.model, dtype=case.dtype, device="cpu", checkpointing=case.checkpointing)
+        model = build_model(cfg, dtype=case.dtype, device="cpu", checkpointing=case.checkpointing)
         opt = make_optimizer(model, case.method, rank=case.rank, update_gap=case.update_gap,
-                             state_bits=case.state_bits, layerwise=case.layerwise, lr=case.lr, trace=True)
+                             state_bits=case.state_bits, layerwise=case.layerwise, lr=1e-3, trace=True)
         tracker = PhaseTracker()
         tracker.track_external(model)
         params = sum(_bytes(p) for p in model.parameters())
@@ -212,7 +197,7 @@ def trace_case(case: TraceCase) -> TraceResult:
             built = tracker.current_total()
             for i in range(case.steps):
                 tracker.reset_mod_stats()  # MemTracker refuses a second root forward otherwise
-                ids = torch.randint(0, case.model.vocab, (case.batch, case.seq), device="cpu")
+                ids = torch.randint(0, cfg.vocab, (case.batch, case.seq), device="cpu")
                 tracker.decomposed = False
                 with tracker.in_phase(f"fwbw{i}"):
                     with train_context(case.dtype, "cpu"):
@@ -261,6 +246,6 @@ def _phases(tracker: PhaseTracker, steps: list[dict], built: int) -> tuple[dict,
     return phases, cats
 
 
-def sdpa_kernel_used(model: ModelConfig, *, batch: int = 1, seq: int = 16) -> str | None:
-    """Which attention op the traced forward dispatches to (for tests and the README)."""
-    return trace_case(TraceCase(model=model, batch=batch, seq=seq, steps=1)).sdpa_kernel
+def sdpa_kernel_used(model: str, *, batch: int = 1, seq: int = 16) -> str | None:
+    """Which attention op the traced forward dispatches to, for a catalogue model or config path (tests, README)."""
+    return trace_case(Case(model=model, batch=batch, seq=seq, steps=1)).sdpa_kernel
