@@ -147,13 +147,9 @@ def plan(
 
     proj_rows = []
     if proj is not None:
-        from pathlib import Path
+        from subprof.results import read_result_files
 
-        from subprof.results import read_rows
-
-        if not Path(proj).is_file():
-            raise SubprofError(f"--proj {proj!r}: no such file (write one with `subprof proj --out ...`)")
-        proj_rows = [r for r in read_rows(proj) if r.get("kind") == "proj"]
+        proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
     req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),

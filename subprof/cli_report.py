@@ -49,20 +49,6 @@ def select_gpus(text: str) -> list:
     return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
 
 
-def _rows(paths: list[Path], flag: str) -> list[dict]:
-    from subprof.results import read_rows
-
-    rows: list[dict] = []
-    for path in paths:
-        if not path.is_file():
-            raise SubprofError(f"{flag} {str(path)!r}: no such file (write one with `subprof {flag[2:]} --out ...`)")
-        found = read_rows(path)
-        if not found:
-            raise SubprofError(f"{flag} {str(path)!r} holds no result rows (one JSON object per line expected)")
-        rows += found
-    return rows
-
-
 def _check_out(out: Path) -> None:
     """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
     if out.is_dir():
@@ -107,6 +93,7 @@ def report(
     from subprof.methods import parse_methods
     from subprof.report import ReportRequest, build_report, write_csv
     from subprof.report_html import write_html
+    from subprof.results import read_result_files
     from subprof.units import parse_count
 
     model_list = [load_model(name) for name in parse_str_list(models)]
@@ -115,9 +102,9 @@ def report(
     gpu_list = select_gpus(gpus)
     req = ReportRequest(models=model_list, gpus=gpu_list, methods=parse_methods(methods), seq=seq, dtype=dtype,
                         tokens=parse_count(tokens), margin=margin, utilization=utilization,
-                        prices=parse_prices(price or []), bench_rows=_rows(bench or [], "--bench"),
-                        proj_rows=_rows([proj] if proj else [], "--proj"),
-                        burst_rows=_rows([burst] if burst else [], "--burst"))
+                        prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
+                        proj_rows=read_result_files([proj] if proj else [], "--proj"),
+                        burst_rows=read_result_files([burst] if burst else [], "--burst"))
     _check_out(out)
     with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
         result = build_report(req, on_cell=bar.advance)

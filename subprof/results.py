@@ -36,6 +36,20 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def read_result_files(paths: Iterable[str | Path], flag: str) -> list[dict]:
+    """The rows of result files a user passed with `flag` (e.g. --proj); a missing file or one without rows is a
+    one-line error naming the command that writes it."""
+    rows: list[dict] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise SubprofError(f"{flag} {str(path)!r}: no such file (write one with `subprof {flag[2:]} --out ...`)")
+        found = read_rows(path)
+        if not found:
+            raise SubprofError(f"{flag} {str(path)!r} holds no result rows (one JSON object per line expected)")
+        rows += found
+    return rows
+
+
 class ResultLog:
     """An append-only JSONL file. `append` writes one row and makes it durable before returning."""
 
