@@ -57,6 +57,7 @@ class ModelConfig:
     mlp_bias: bool = False
     max_positions: int = 2048
     source: str = ""
+    preset: bool = False
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,11 @@ class ModelConfig:
         if self.heads % self.kv_heads:
             raise SubprofError(f"model {self.name}: num_attention_heads {self.heads} is not a multiple of "
                                f"num_key_value_heads {self.kv_heads}")
+
+    @property
+    def ref(self) -> str:
+        """What `load_model` takes to rebuild this config: the catalogue name, or the path of a user's file."""
+        return self.name if self.preset else self.source
 
     # --- shapes -------------------------------------------------------------------------------------------------
     @property
@@ -175,7 +181,7 @@ def model_names() -> list[str]:
     return sorted(names, key=lambda n: load_model(n).params)
 
 
-def _from_hf(name: str, cfg: dict, source: str) -> ModelConfig:
+def _from_hf(name: str, cfg: dict, source: str, preset: bool = False) -> ModelConfig:
     model_type = str(cfg.get("model_type", "")).lower()
     archs = [str(a).lower() for a in cfg.get("architectures") or []]
     if model_type != "llama" and not any("llama" in a for a in archs):
@@ -203,6 +209,7 @@ def _from_hf(name: str, cfg: dict, source: str) -> ModelConfig:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             max_positions=int(cfg.get("max_position_embeddings") or 2048),
             source=source,
+            preset=preset,
             raw=cfg,
         )
     except (TypeError, ValueError) as exc:
@@ -234,7 +241,7 @@ def load_model(name_or_path: str) -> ModelConfig:
         raise SubprofError(f"cannot read {str(path)!r} as JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise SubprofError(f"{str(path)!r} is not a config.json object")
-    return _from_hf(name, cfg, str(path))
+    return _from_hf(name, cfg, str(path), preset=path == preset)
 
 
 # ------------------------------------------------------------------------------------------------------------ GPUs

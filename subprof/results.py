@@ -1,11 +1,16 @@
-"""Append-only JSONL result files: every finished case is written (and flushed, fsynced) the moment it exists, so a
-crash, an OOM or Ctrl-C in one case never loses the others. `--resume` reads what is there, tolerating a
-half-written last line, and skips the cases already done."""
+"""Result rows: append-only JSONL files, the row schema's shared rules, and the one error-% rule.
+
+Every finished case is written (and flushed, fsynced) the moment it exists, so a crash, an OOM or Ctrl-C in one case
+never loses the others. `--resume` reads what is there, tolerating a half-written last line, and skips the cases
+already done. Byte fields are integers (`peak_allocated_bytes`, `estimated_peak_allocated_bytes`, …); statuses are
+`ok`, `oom`, `timeout`, `diverged` and `error` (only errors are retried by `--resume`).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -71,13 +76,6 @@ class ResultLog:
                 if f.read(1) != b"\n":
                     f.write(b"\n")
 
-    def done_keys(self, key_fields: Iterable[str], statuses: Iterable[str] | None = None) -> set[tuple]:
-        """Keys of the rows already present (optionally only those with a final status)."""
-        fields = tuple(key_fields)
-        allowed = set(statuses) if statuses is not None else None
-        return {tuple(_freeze(row.get(f)) for f in fields) for row in self.existing
-                if allowed is None or row.get("status") in allowed}
-
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=_jsonable, sort_keys=False)
         with open(self.path, "a", encoding="utf-8") as f:
@@ -110,3 +108,52 @@ def _jsonable(value: Any) -> Any:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# --- the row schema's shared rules ---------------------------------------------------------------------------------
+
+FINAL_STATUSES = ("ok", "oom", "diverged", "timeout")  # what `--resume` does not run again (errors are retried)
+LEGACY_METHODS = {"galore-ref": ("galore", "galore-torch")}  # rows written before `implementation` existed
+
+
+def normalize(row: dict) -> dict:
+    """A row in today's schema: legacy method names become (method, implementation)."""
+    if row.get("method") in LEGACY_METHODS:
+        method, impl = LEGACY_METHODS[row["method"]]
+        row = {**row, "method": method, "implementation": impl}
+    return row
+
+
+def number(row: dict, key: str) -> int | float | None:
+    """`row[key]` if it is a finite number (not a bool), else None."""
+    value = row.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def comparable_peak(row: dict) -> float | None:
+    """The measured peak allocated bytes of a row, to hold against the analytic estimate: `peak_allocated_bytes`,
+    else `peak_allocated_gib` · 2^30 (as the H100 reference rows store it); None without a finite one."""
+    peak = number(row, "peak_allocated_bytes")
+    if peak is None and number(row, "peak_allocated_gib") is not None:
+        peak = number(row, "peak_allocated_gib") * 2**30
+    return peak
+
+
+def comparable_estimate(row: dict) -> float | None:
+    """The estimate to compare with `comparable_peak`, like with like: a GPU row against the full estimate
+    (`estimated_peak_allocated_bytes`); a trace or CPU row, which sees tensors only, against the model-side estimate
+    — the full estimate less the CUDA runtime allocations calibrated on real GPUs (`estimated_cuda_runtime_bytes`)."""
+    est = number(row, "estimated_peak_allocated_bytes")
+    if est is None or row.get("backend") not in ("trace", "cpu"):
+        return est
+    return est - (number(row, "estimated_cuda_runtime_bytes") or 0)
+
+
+def error_pct(row: dict) -> float | None:
+    """(estimate − measured) / measured · 100 for an `ok` row, both as `comparable_estimate` / `comparable_peak`
+    read them; None otherwise."""
+    measured, est = comparable_peak(row), comparable_estimate(row)
+    if not measured or est is None or row.get("status", "ok") != "ok":
+        return None
+    return round(100 * (est - measured) / measured, 2)

@@ -10,43 +10,54 @@ import sys
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from subprof import cli_bench
+from subprof.catalog import load_model
 from subprof.cli import app
+from subprof.config import TrainConfig
 from subprof.errors import SubprofError
-from subprof.measure import Case, measure, run_case
+from subprof.measure import runner as bench_runner
+from subprof.measure.case import Case
+from subprof.measure.runner import build_cases, run_case
+from subprof.measure.worker import measure
 
-torch = pytest.importorskip("torch")
-runner = CliRunner()
-TINY = dict(model="tiny", batch=1, seq=16)
+cli = CliRunner()
+BASE = dict(batch=2, seq=16, dtype="bf16", state_bits=None, layerwise=False, checkpointing=False, update_gap=None)
+
+
+def case(model: str = "tiny", backend: str = "trace", steps: int = 3, budget_bytes: int | None = None,
+         **config) -> Case:
+    config = {"batch": 1, "seq": 16, **config}
+    return Case(config=TrainConfig(model=load_model(model), **config), backend=backend, steps=steps,
+                budget_bytes=budget_bytes)
 
 
 def fake_row(case: Case, *, timeout: float) -> dict:
-    row = {f: getattr(case, f) for f in ("model", "method", "rank", "update_gap", "batch", "seq", "dtype",
-                                         "state_bits", "layerwise", "checkpointing", "backend", "steps")}
-    row.update(status="ok", peak_allocated_bytes=1000)
-    return row
+    return {**case.row_fields(), "status": "ok", "peak_allocated_bytes": 1000}
 
 
 def test_cases_are_methods_times_ranks_and_adamw_once():
-    cases = cli_bench.build_cases(model="tiny", methods="adamw,galore,galore-ref", ranks="16,32", batch=2, seq=16,
-                                  dtype="bf16", state_bits=None, layerwise=False, checkpointing=False,
-                                  update_gap=None, steps=3, backend="trace")
-    assert [(c.method, c.rank) for c in cases] == [("adamw", None), ("galore", 16), ("galore", 32),
-                                                   ("galore-ref", 16), ("galore-ref", 32)]
-    assert {c.state_bits for c in cases} == {16} and cases[1].update_gap == 200
+    cases = build_cases(model="tiny", methods=["adamw", "galore", "galore-ref"], ranks=[16, 32], base=BASE, steps=3,
+                        backend="trace")
+    assert [(c.method_label, c.config.rank) for c in cases] == [("adamw", None), ("galore", 16), ("galore", 32),
+                                                                ("galore-ref", 16), ("galore-ref", 32)]
+    assert [c.implementation for c in cases] == ["subprof"] * 3 + ["galore-torch"] * 2
+    assert {c.config.state_bits for c in cases} == {16} and cases[1].config.update_gap == 200
 
 
 def test_a_rank_above_the_smallest_weight_side_is_refused():
     with pytest.raises(SubprofError, match="rank"):
-        cli_bench.build_cases(model="tiny", methods="galore", ranks="4096", batch=2, seq=16, dtype="bf16",
-                              state_bits=None, layerwise=False, checkpointing=False, update_gap=None, steps=3,
-                              backend="trace")
+        build_cases(model="tiny", methods=["galore"], ranks=[4096], base=BASE, steps=3, backend="trace")
+
+
+def test_a_case_travels_to_the_worker_as_json_unchanged():
+    original = case(method="grasswalk", rank=8, update_gap=5, layerwise=True, method_options={"recovery": False})
+    assert Case.from_json(original.to_json()) == original
 
 
 def test_cpu_backend_runs_real_steps_with_finite_losses():
-    row = measure(Case(method="galore", rank=8, backend="cpu", steps=2, **TINY))
+    row = measure(case(method="galore", rank=8, backend="cpu", steps=2))
     assert row["status"] == "ok"
     assert len(row["losses"]) == 4 and all(math.isfinite(x) for x in row["losses"])
     assert abs(row["losses"][0] - math.log(load_vocab())) < 1.0  # random init: loss ≈ ln V
@@ -55,41 +66,55 @@ def test_cpu_backend_runs_real_steps_with_finite_losses():
 
 
 def test_cpu_backend_on_60m():
-    row = measure(Case(model="60m", method="adamw", batch=1, seq=8, steps=1, backend="cpu"))
+    row = measure(case(model="60m", method="adamw", batch=1, seq=8, steps=1, backend="cpu"))
     assert row["status"] == "ok" and math.isfinite(row["losses"][0])
     assert row["categories"]["parameters"] == 2 * 58_073_600
 
 
 def load_vocab() -> int:
-    from subprof.catalog import load_model
-
     return load_model("tiny").vocab
 
 
+def test_a_nan_gradient_is_a_diverged_row_not_an_error(monkeypatch):
+    from subprof.measure import model as model_builder
+
+    build = model_builder.build_model
+
+    def poisoned(*args, **kwargs):
+        model = build(*args, **kwargs)
+        with torch.no_grad():
+            model.model.norm.weight.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(model_builder, "build_model", poisoned)
+    row = measure(case(method="galore", rank=8, backend="cpu", steps=1))
+    assert row["status"] == "diverged", row.get("error")
+    assert "non-finite" in row["error"] or "NaN" in row["error"]
+
+
 def test_trace_over_budget_is_an_oom_row_at_the_crossing_phase():
-    row = measure(Case(method="adamw", backend="trace", steps=1, budget_bytes=10**6, **TINY))
+    row = measure(case(method="adamw", steps=1, budget_bytes=10**6))
     assert row["status"] == "oom" and row["oom_phase"] == "model_built"  # the weights alone exceed 1 MB
-    ok = measure(Case(method="adamw", backend="trace", steps=1, budget_bytes=10**12, **TINY))
+    ok = measure(case(method="adamw", steps=1, budget_bytes=10**12))
     assert ok["status"] == "ok"
 
 
 def test_a_case_past_its_timeout_is_a_timeout_row():
-    row = run_case(Case(method="adamw", backend="trace", **TINY), timeout=1)
+    row = run_case(case(method="adamw"), timeout=1)
     assert row["status"] == "timeout" and row["model"] == "tiny"
 
 
 def test_resume_after_a_killed_run_skips_finished_cases_and_the_half_line(tmp_path, monkeypatch):
     out = tmp_path / "bench.jsonl"
-    done = fake_row(Case(method="galore", rank=16, update_gap=200, state_bits=16, batch=2, seq=16, model="tiny",
-                         backend="trace"), timeout=1)
+    done = fake_row(case(method="galore", rank=16, update_gap=200, state_bits=16, batch=2), timeout=1)
     out.write_text(json.dumps(done) + "\n" + '{"model": "tiny", "method": "galore", "ra')  # killed mid-write
     calls = []
-    monkeypatch.setattr(cli_bench, "run_case", lambda case, timeout: calls.append(case) or fake_row(case,
-                                                                                                 timeout=timeout))
-    res = runner.invoke(app, ["bench", "--model", "tiny", "--methods", "galore", "--ranks", "16,32", "--batch", "2",
+    monkeypatch.setattr(bench_runner, "run_case", lambda case, timeout: calls.append(case) or fake_row(
+        case, timeout=timeout))
+    res = cli.invoke(app, ["bench", "--model", "tiny", "--methods", "galore", "--ranks", "16,32", "--batch", "2",
                               "--seq", "16", "--backend", "trace", "--out", str(out), "--resume", "--json"])
     assert res.exit_code == 0, res.output
-    assert [c.rank for c in calls] == [32]
+    assert [c.config.rank for c in calls] == [32]
     lines = out.read_text().splitlines()
     assert lines[1] == '{"model": "tiny", "method": "galore", "ra'  # the torn line is ended, not glued to
     rows = [json.loads(ln) for ln in lines[:1] + lines[2:]]
@@ -118,8 +143,8 @@ def test_sigint_to_a_running_sweep_keeps_a_valid_jsonl(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_backend_reports_allocator_and_nvml_memory():
-    row = measure(Case(model="60m", method="galore", rank=128, batch=4, seq=256, steps=3, backend="cuda"))
+    row = measure(case(model="60m", method="galore", rank=128, batch=4, seq=256, steps=3, backend="cuda"))
     assert row["status"] == "ok"
     assert row["peak_reserved_bytes"] >= row["peak_allocated_bytes"] > row["phases"]["model_built"] > 0
-    assert row["device_used_bytes"] is None or row["device_used_bytes"] > row["peak_reserved_bytes"]
+    assert row["device_used_bytes"] > row["peak_reserved_bytes"]  # NVML (nvidia-ml-py) is a dependency
     assert row["tokens_per_s"] > 0 and row["first_step_s"] > 0

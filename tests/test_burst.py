@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from subprof import burst
-from subprof.burst import BurstCase, BurstSettings, expand_cases, proxy_case, run_bursts, train_offsets
+from subprof.train import burst
+from subprof.train.burst import BurstCase, BurstSettings, expand_cases, proxy_case, run_bursts, train_offsets
 from subprof.catalog import load_model
-from subprof.corpus import load_corpus
+from subprof.train.corpus import load_corpus
 from subprof.errors import SubprofError
+from subprof.config import TrainConfig
 from subprof.methods import REGISTRY
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-SMALL = dict(batch=2, seq=32, eval_every=3, val_windows=4, device="cpu", threads=1)
+SETTINGS = dict(eval_every=3, val_windows=4, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -32,33 +33,60 @@ def corpus(tmp_path_factory):
         return load_corpus(folder, vocab_size=320)
 
 
-def case(method: str, **kw) -> BurstCase:
+def case(method: str, model: str = "tiny", lr: float | None = None, **config) -> BurstCase:
     spec = REGISTRY[method]
-    return BurstCase(model="tiny", method=method, rank=8 if spec.project else None, **kw)
+    config = {"batch": 2, "seq": 32, "dtype": "fp32", "rank": 8 if spec.project else None, **config}
+    return BurstCase(config=TrainConfig(model=load_model(model), method=method, **config), lr=lr)
+
+
+def bursts(cases: list[BurstCase], steps: int, corpus, **kw) -> list[dict]:
+    return run_bursts(cases, BurstSettings(steps=steps, **SETTINGS), corpus, **kw)
 
 
 def test_data_order_depends_only_on_seed_and_corpus_length():
-    s = BurstSettings(steps=5, batch=3, seq=16, device="cpu")
-    np.testing.assert_array_equal(train_offsets(1000, s), train_offsets(1000, s))
-    assert not np.array_equal(train_offsets(1000, s), train_offsets(1000, BurstSettings(
-        steps=5, batch=3, seq=16, device="cpu", data_seed=1)))
+    c = case("adamw", batch=3, seq=16).config
+    s = BurstSettings(steps=5, device="cpu")
+    np.testing.assert_array_equal(train_offsets(1000, c, s), train_offsets(1000, c, s))
+    assert not np.array_equal(train_offsets(1000, c, s), train_offsets(1000, c, BurstSettings(
+        steps=5, device="cpu", data_seed=1)))
 
 
 def test_every_configuration_starts_from_the_same_weights_and_batches(corpus):
-    rows = run_bursts([case("adamw"), case("galore", update_gap=2), case("ori")], steps=2, corpus=corpus, **SMALL)
+    rows = bursts([case("adamw"), case("galore", update_gap=2), case("ori")], 3, corpus)
     assert len({r["data_order"] for r in rows}) == 1
     assert len({r["initial_loss"] for r in rows}) == 1  # bit-identical loss before any update
-    assert len({r["train_loss"][1] for r in rows}) == 3  # ... and the optimizers then differ
+    assert len({r["train_loss"][2] for r in rows}) == 3  # ... and the optimizers then differ (step 0 has lr 0)
+
+
+@pytest.fixture(scope="module")
+def untrained_val_loss(corpus):
+    """The validation loss of the shared initial weights: the same burst at lr 0 (nothing moves)."""
+    (row,) = bursts([case("adamw", lr=0.0)], 2, corpus)
+    return row["val_loss"]
+
+
+@pytest.fixture(scope="module")
+def short_bursts(corpus):
+    """Every method for 8 steps at update gap 3, so every periodic method refreshes its projection (steps 0, 3, 6)."""
+    return {m: bursts([case(m, lr=3e-3, update_gap=None if not REGISTRY[m].project else
+                            (1 if REGISTRY[m].update_gaps == (1,) else 3))], 8, corpus)[0]
+            for m in sorted(REGISTRY)}
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))
-def test_a_short_burst_lowers_the_loss_for_every_method(corpus, method):
-    (row,) = run_bursts([case(method, lr=3e-3)], steps=8, corpus=corpus, **SMALL)
+def test_a_short_burst_lowers_the_loss_for_every_method(short_bursts, untrained_val_loss, method):
+    row = short_bursts[method]
     assert row["status"] == "ok" and row["steps_done"] == 8
-    assert row["val_loss"] < row["initial_loss"] - 0.3
+    assert row["val_loss"] < untrained_val_loss - 0.3  # margins measured here: 0.52 (sumo) to 0.89
     assert row["optimizer_state_bytes"] > 0 and row["peak_tracked_bytes"] > row["optimizer_state_bytes"]
     assert 0 <= row["projection_share"] < 1
     assert (row["projection_s"] > 0) == REGISTRY[method].project
+
+
+@pytest.mark.parametrize("a, b", [("galore", "subtrack"), ("grasswalk", "grassjump")])
+def test_methods_that_share_a_start_part_ways_once_they_refresh(short_bursts, a, b):
+    """They start from the same basis; the refresh at step 3 differs (SVD vs geodesic step, walk vs jump)."""
+    assert short_bursts[a]["train_loss"][4:] != short_bursts[b]["train_loss"][4:]
 
 
 def test_non_finite_loss_gives_a_diverged_row_and_the_sweep_goes_on(corpus, tmp_path, monkeypatch):
@@ -75,7 +103,7 @@ def test_non_finite_loss_gives_a_diverged_row_and_the_sweep_goes_on(corpus, tmp_
 
     monkeypatch.setattr(burst, "loss_of", poisoned)
     out = tmp_path / "b.jsonl"
-    rows = run_bursts([case("galore"), case("adamw")], steps=4, corpus=corpus, out=str(out), **SMALL)
+    rows = bursts([case("galore"), case("adamw")], 4, corpus, out=str(out))
     assert [r["status"] for r in rows] == ["diverged", "ok"]
     assert rows[0]["steps_done"] < 4 and "training loss nan" in rows[0]["diverged"] and rows[0]["val_loss"] is None
     assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["diverged", "ok"]
@@ -96,18 +124,18 @@ def test_non_finite_gradient_refused_by_the_optimizer_gives_a_diverged_row(corpu
         return model
 
     monkeypatch.setattr(burst, "build_model", with_inf_gradient)
-    (row,) = run_bursts([case("galore")], steps=4, corpus=corpus, **SMALL)
+    (row,) = bursts([case("galore")], 4, corpus)
     assert row["status"] == "diverged" and row["diverged"].startswith("optimizer at step 1")
     assert row["steps_done"] == 1
 
 
 def test_resume_skips_finished_cases_and_runs_the_rest(corpus, tmp_path, monkeypatch):
     out = str(tmp_path / "b.jsonl")
-    first = run_bursts([case("adamw")], steps=2, corpus=corpus, out=out, **SMALL)
+    first = bursts([case("adamw")], 2, corpus, out=out)
     ran = []
     real = burst.run_burst
     monkeypatch.setattr(burst, "run_burst", lambda c, *a, **k: ran.append(c.label) or real(c, *a, **k))
-    rows = run_bursts([case("adamw"), case("galore")], steps=2, corpus=corpus, out=out, resume=True, **SMALL)
+    rows = bursts([case("adamw"), case("galore")], 2, corpus, out=out, resume=True)
     assert ran == ["galore r8 T200"]
     assert rows[0]["resumed"] and rows[0]["val_loss"] == first[0]["val_loss"]
     assert len(Path(out).read_text().splitlines()) == 2
@@ -124,25 +152,26 @@ def test_streaming_methods_run_at_gap_one_only_and_say_so():
 
 def test_rank_beyond_the_smallest_weight_dimension_is_skipped_with_a_note():
     cases, notes = expand_cases(["tiny"], ["galore"], [16, 4096], [50])
-    assert [c.rank for c in cases] == [16]
+    assert [c.config.rank for c in cases] == [16]
     assert any("4096" in n for n in notes)
 
 
 def test_proxy_keeps_method_gap_and_rank_to_width_ratio():
     settings = BurstSettings(device="cpu")
-    target = BurstCase(model="7b", method="galore", rank=1024, update_gap=500)
-    proxy, note = proxy_case(target, settings, fits=lambda cfg, c, s: cfg.params <= 25_000_000)
-    assert (proxy.model, proxy.method, proxy.update_gap) == ("20m", "galore", 500)
-    assert proxy.rank / load_model("20m").hidden == 1024 / load_model("7b").hidden
+    target = case("galore", model="7b", rank=1024, update_gap=500)
+    proxy, note = proxy_case(target, settings, fits=lambda c, s: c.config.model.params <= 25_000_000)
+    p = proxy.config
+    assert (p.model.name, p.method, p.update_gap) == ("20m", "galore", 500)
+    assert p.rank / load_model("20m").hidden == 1024 / load_model("7b").hidden
     assert "7b" in note and "20m" in note
-    same, none = proxy_case(BurstCase(model="tiny", method="adamw"), settings)
-    assert same.model == "tiny" and none is None
+    same, none = proxy_case(case("adamw"), settings)
+    assert same.config.model.name == "tiny" and none is None
 
 
 def test_cli_burst_json_appends_rows(corpus, tmp_path, monkeypatch):
     from subprof.cli import app
 
-    monkeypatch.setattr("subprof.corpus.load_corpus", lambda *a, **k: corpus)
+    monkeypatch.setattr("subprof.train.corpus.load_corpus", lambda *a, **k: corpus)
     out = tmp_path / "b.jsonl"
     res = CliRunner().invoke(app, ["burst", "--methods", "adamw,ori", "--ranks", "8", "--update-gaps", "1,50",
                                    "--steps", "2", "--batch", "2", "--seq", "32", "--device", "cpu", "--threads", "1",
@@ -169,13 +198,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 
 def test_seq_beyond_the_models_positions_is_refused(corpus):
     with pytest.raises(SubprofError, match="max_position_embeddings"):
-        burst.build_model(load_model("tiny"), corpus.vocab_size, BurstSettings(seq=4096, device="cpu"))
+        burst.build_model(case("adamw", seq=4096).config, corpus.vocab_size, BurstSettings(device="cpu"))
 
-
-def test_run_bursts_takes_plain_dicts_from_the_planner(corpus):
-    (row,) = run_bursts([{"model": "tiny", "method": "galore", "rank": 8, "update_gap": 5, "batch": 99}], steps=1,
-                        corpus=corpus, **SMALL)
-    assert (row["model"], row["method"], row["rank"], row["update_gap"], row["status"]) == ("tiny", "galore", 8, 5,
-                                                                                            "ok")
-    with pytest.raises(SubprofError, match="needs 'model'"):
-        run_bursts([{"method": "galore", "rank": 8}], steps=1, corpus=corpus, **SMALL)

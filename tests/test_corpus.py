@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from subprof.corpus import EOT, MIN_TOKENS, load_corpus, stdlib_files
+from subprof.train.corpus import EOT, MIN_TOKENS, load_corpus, stdlib_files
 from subprof.errors import SubprofError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from subprof.catalog import load_model
 from subprof.errors import SubprofError
-from subprof.memory import PHASES, TrainConfig, estimate
+from subprof.config import TrainConfig
+from subprof.plan.memory import PHASES, estimate
 from subprof.methods import REGISTRY
 
 PROJECTED = [name for name, spec in REGISTRY.items() if spec.project]

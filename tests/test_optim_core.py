@@ -19,7 +19,7 @@ from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
 from subprof.optim import (NonFiniteGradientError, SubspaceAdamW, build_optimizer, split_parameters,
                            state_tensor_bytes)
-from subprof.methods.base import Dtype, tensor_bytes
+from subprof.methods.spec import Dtype, tensor_bytes
 
 METHODS = list(REGISTRY)
 LOWRANK = [m for m in METHODS if REGISTRY[m].project]

@@ -4,9 +4,9 @@ import pytest
 
 from subprof.catalog import load_model, parse_budget
 from subprof.errors import SubprofError
-from subprof.memory import estimate
+from subprof.plan.memory import estimate
 from subprof.methods import parse_methods
-from subprof.planner import PlanRequest, plan, ranks_for
+from subprof.plan.planner import PlanRequest, plan, ranks_for
 
 
 def request(model="7b", budget="24GB", methods="all", **kw) -> PlanRequest:

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from subprof.catalog import load_model, parse_budget
 from subprof.cli import app
-from subprof.corpus import load_corpus
+from subprof.train.corpus import load_corpus
 from subprof.methods import parse_methods
-from subprof.plan_burst import confirm_with_bursts, training_groups
-from subprof.planner import PlanRequest, plan
+from subprof.train.confirm import confirm_with_bursts, training_groups
+from subprof.plan.planner import PlanRequest, plan
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

@@ -12,11 +12,14 @@ from typer.testing import CliRunner
 
 from subprof.catalog import load_model
 from subprof.cli import app
+from subprof.errors import SubprofError
+from subprof.measure.timing import (FLOOR, make_update, method_names, parse_methods, run_proj, timed_updates,
+                                    update_gap_for)
+from subprof.plan.throughput import projection_seconds_per_step, timings_from_rows
 from subprof.results import ResultLog, read_rows
-from subprof.timing import (FLOOR, METHODS, make_update, parse_methods, projection_seconds_per_step, run_proj,
-                            timings_from_rows, update_gap_for)
 
-ORTHONORMAL = {"svd", "ori", "grasswalk", "grassjump", "subtrack", "sumo"}  # OSD keeps PᵀP ≈ I only through λ
+METHODS = method_names()
+NOT_ORTHONORMAL = {"osd", "osd-autograd"}  # OSD keeps PᵀP ≈ I only through its λ term
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,17 +27,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def projector_after_update(method, grad, rank):
     """Run the update and return the basis it leaves (rule state, or the returned factor)."""
-    from subprof.timing import _rule_for
-
     if method == "svd":
         return make_update(method, grad, rank)()
     if method == "rsvd":
         u, _, v = make_update(method, grad, rank)()
         return v if grad.shape[0] >= grad.shape[1] else u
-    rule, step = _rule_for(method, rank)
+    spec, options = timed_updates()[method]
+    rule = spec.rule(rank=rank, update_gap=spec.default_update_gap, **options)
     state: dict = {}
     rule.update_projection(state, grad, 0)
-    rule.update_projection(state, grad, step)
+    rule.update_projection(state, grad, spec.default_update_gap)
     return state["projector"]
 
 
@@ -45,7 +47,7 @@ def test_every_method_leaves_a_valid_projector(method, shape):
     p = projector_after_update(method, grad, 8)
     assert tuple(p.shape) == (min(shape), 8) and torch.isfinite(p).all()
     gram = p.T.float() @ p.float()
-    tol = 1e-4 if method in ORTHONORMAL or method == "rsvd" else 0.05
+    tol = 0.05 if method in NOT_ORTHONORMAL else 1e-4
     torch.testing.assert_close(gram, torch.eye(8), atol=tol, rtol=0)
 
 
@@ -78,10 +80,10 @@ def test_projection_seconds_per_step_sums_layers_and_amortises_refreshes():
     model = load_model("tiny")
     timings = {(m, n, 8): 1e-3 * (i + 1) for i, (m, n) in enumerate(model.distinct_shapes())}
     expected = sum(s.count * timings[(s.m, s.n, 8)] for s in model.linear_shapes())
-    assert projection_seconds_per_step(model, "ori", 8, timings) == pytest.approx(expected)
-    assert projection_seconds_per_step(model, "svd", 8, timings, update_gap=50) == pytest.approx(expected / 50)
-    assert update_gap_for("svd") == 200 and update_gap_for("osd-autograd") == 1
-    assert projection_seconds_per_step(model, "ori", 16, timings) is None  # a missing shape: no guess
+    assert projection_seconds_per_step(model, 8, timings, update_gap=1) == pytest.approx(expected)
+    assert projection_seconds_per_step(model, 8, timings, update_gap=50) == pytest.approx(expected / 50)
+    assert update_gap_for("svd") == 200 and update_gap_for("osd-autograd") == 1 and update_gap_for("ori", 5) == 5
+    assert projection_seconds_per_step(model, 16, timings, update_gap=1) is None  # a missing shape: no guess
 
 
 def test_timings_from_rows_reads_ok_rows_of_one_method():
@@ -94,8 +96,8 @@ def test_timings_from_rows_reads_ok_rows_of_one_method():
 
 
 def test_parse_methods_rejects_unknown_names():
-    assert parse_methods("all") == list(METHODS)
-    with pytest.raises(Exception, match="unknown projection method"):
+    assert parse_methods("all") == METHODS
+    with pytest.raises(SubprofError, match="unknown projection method"):
         parse_methods("svd,bogus")
 
 

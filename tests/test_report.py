@@ -19,8 +19,10 @@ from subprof.catalog import gpu_by_name, load_model
 from subprof.cli import app
 from subprof.errors import SubprofError
 from subprof.methods import parse_methods
-from subprof.report import FIT_CLASSES, ReportRequest, bench_table, build_report, burst_table, proj_table
-from subprof.report_html import render_html
+from subprof.report.build import build_report
+from subprof.report.measured import bench_table, burst_table, proj_table
+from subprof.report.tables import FIT_CLASSES, ReportRequest
+from subprof.report.html import render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("summary", "fit", "breakdown", "cost", "measured", "projection", "burst", "assumptions")
@@ -121,9 +123,12 @@ def test_bench_error_is_relative_to_measured_and_recomputes_missing_estimates():
     assert df.loc[2, "status"] == "oom" and (df.loc[2, "error_pct"] is None or math.isnan(df.loc[2, "error_pct"]))
 
 
-def test_bench_trace_rows_get_the_cuda_runtime_term_added_back_as_bench_does():
+def test_bench_trace_rows_are_compared_with_the_model_side_estimate_as_bench_does():
     df = bench_table(BENCH)
-    assert df.loc[3, "peak_allocated_bytes"] == 3 * 2**30 and df.loc[3, "error_pct"] == pytest.approx(0.0)
+    assert df.loc[3, "peak_allocated_bytes"] == 2 * 2**30 + 2**29  # the traced peak as measured
+    assert df.loc[3, "estimated_peak_allocated_bytes"] == 2 * 2**30 + 2**29  # 3 GiB less the 0.5 GiB CUDA runtime
+    assert df.loc[3, "error_pct"] == pytest.approx(0.0)
+    assert df.loc[0, "error_pct"] == pytest.approx(25.0)  # a GPU row against the full estimate
 
 
 def test_proj_ratio_is_svd_time_over_method_time_on_the_same_shape():

@@ -18,7 +18,7 @@ import statistics
 import pytest
 import torch
 
-from subprof.methods.base import basis_shape
+from subprof.methods.spec import basis_shape
 from subprof.methods.ori import OriRule, active_columns, cholesky_qr, oja_step, oja_step_reference
 from subprof.methods.osd import (OSDRule, online_pca_grad, online_pca_grad_autograd, online_pca_loss, oriented)
 from subprof.methods.rule import orthonormal_columns, top_singular_basis

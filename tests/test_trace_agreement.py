@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from subprof import calibration as cal
+from subprof.plan import calibration as cal
 from subprof.catalog import load_model
-from subprof.memory import TrainConfig, estimate
+from subprof.config import TrainConfig
+from subprof.plan.memory import estimate
 
 MEASURED = Path(__file__).resolve().parent.parent / "profiles" / "measured"
 ROWS = [json.loads(line) for path in sorted(MEASURED.glob("trace_*.jsonl"))

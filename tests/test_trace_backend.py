@@ -7,11 +7,14 @@ import math
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from subprof.catalog import load_model
+from subprof.config import TrainConfig
+from subprof.measure.case import Case
+from subprof.measure.trace import CUDA_MIN_ALLOCATION, trace_case
 
-from subprof.catalog import load_model  # noqa: E402
-from subprof.measure import Case  # noqa: E402
-from subprof.trace import CUDA_MIN_ALLOCATION, trace_case  # noqa: E402
+
+def case(model: str = "tiny", steps: int = 1, implementation: str = "subprof", **config) -> Case:
+    return Case(config=TrainConfig(model=load_model(model), **config), steps=steps, implementation=implementation)
 
 
 def rounded(nbytes: int) -> int:
@@ -27,7 +30,7 @@ def param_bytes(name: str, elem: int = 2) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_adamw():
-    return trace_case(Case(model="tiny", method="adamw", batch=2, seq=32, steps=2))
+    return trace_case(case(method="adamw", batch=2, seq=32, steps=2))
 
 
 def test_categories_add_up_to_the_peak(tiny_adamw):
@@ -66,7 +69,7 @@ def test_attention_runs_the_flash_kernel(tiny_adamw):
 
 
 def test_galore_reference_refreshes_on_the_first_step_only():
-    res = trace_case(Case(model="tiny", method="galore-ref", rank=16, batch=1, seq=16, steps=2))
+    res = trace_case(case(method="galore", implementation="galore-torch", rank=16, batch=1, seq=16, steps=2))
     assert [s["refresh"] for s in res.steps] == [True, False]
     assert res.phases["projection_refresh"] is not None
     adamw_states = 2 * param_bytes("tiny")
@@ -74,13 +77,12 @@ def test_galore_reference_refreshes_on_the_first_step_only():
 
 
 def test_8bit_states_are_smaller_than_bf16():
-    common = dict(model="tiny", batch=1, seq=16, steps=1)
-    bf16 = trace_case(Case(method="adamw", **common)).optimizer_state_bytes
-    int8 = trace_case(Case(method="adamw", state_bits=8, **common)).optimizer_state_bytes
+    bf16 = trace_case(case(method="adamw", batch=1, seq=16)).optimizer_state_bytes
+    int8 = trace_case(case(method="adamw", state_bits=8, batch=1, seq=16)).optimizer_state_bytes
     assert int8 < 0.6 * bf16
 
 
 def test_60m_traces_with_its_exact_parameter_bytes():
-    res = trace_case(Case(model="60m", method="adamw", batch=1, seq=16, steps=1))
+    res = trace_case(case(model="60m", method="adamw", batch=1, seq=16))
     assert res.param_bytes == param_bytes("60m")
     assert res.phase_categories["optimizer_step"]["gradients"] == res.param_bytes

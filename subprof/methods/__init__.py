@@ -1,18 +1,18 @@
-"""The method registry: name → `MethodSpec` (pure data). Adding a method = one file and one line here."""
+"""The method registry: name → `MethodSpec`. Adding a method = one file (its spec and rule) and one line below.
+
+Importing this package imports no torch: each method file holds its pure-data declaration and its torch rule, whose
+`torch` is imported on first use (`subprof.methods.lazy`), so `plan` and `estimate` start fast.
+"""
 
 from __future__ import annotations
 
 import difflib
 
 from subprof.errors import SubprofError
-from subprof.methods import adamw, galore, grass, osd, ori, subtrack, sumo
-from subprof.methods.base import MethodSpec
+from subprof.methods import adamw, galore, grass, ori, osd, subtrack, sumo
+from subprof.methods.spec import MethodSpec
 
-REGISTRY: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (adamw.SPEC, galore.SPEC, osd.SPEC, ori.SPEC, grass.GRASSWALK, grass.GRASSJUMP, subtrack.SPEC,
-                 sumo.SPEC)
-}
+REGISTRY: dict[str, MethodSpec] = {}
 # aliases a user may type: name → (method, forced state_bits)
 ALIASES: dict[str, tuple[str, int | None]] = {
     "adamw8bit": ("adamw", 8),
@@ -20,6 +20,24 @@ ALIASES: dict[str, tuple[str, int | None]] = {
     "8bit-adamw": ("adamw", 8),
     "galore8bit": ("galore", 8),
 }
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method (its name must be new); returns the spec."""
+    if spec.name in REGISTRY or spec.name in ALIASES:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a registered method (tests that register a toy method clean up with this)."""
+    REGISTRY.pop(name, None)
+
+
+for _spec in (adamw.SPEC, galore.SPEC, osd.SPEC, ori.SPEC, grass.GRASSWALK, grass.GRASSJUMP, subtrack.SPEC,
+              sumo.SPEC):
+    register(_spec)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -33,16 +51,16 @@ def get_method(name: str) -> MethodSpec:
     return REGISTRY[key]
 
 
+def forced_state_bits(name: str) -> int | None:
+    """The state precision an alias implies (`adamw8bit` → 8), else None."""
+    return ALIASES.get(name.strip().lower(), (None, None))[1]
+
+
 def parse_methods(text: str) -> list[tuple[MethodSpec, int | None]]:
     """`--methods galore,ori,adamw8bit` → [(spec, forced_state_bits | None), …]; `all` for every method."""
     if text.strip().lower() == "all":
         return [(spec, None) for spec in REGISTRY.values()]
-    out = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key = part.strip().lower()
-        out.append((get_method(key), ALIASES[key][1] if key in ALIASES else None))
+    out = [(get_method(part), forced_state_bits(part)) for part in text.split(",") if part.strip()]
     if not out:
         raise SubprofError("--methods is empty; give e.g. galore,ori or all")
     return out

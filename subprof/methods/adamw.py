@@ -6,16 +6,16 @@ parameter-sized temporary for the whole group during the step (counted by the me
 temporaries, not per weight).
 """
 
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, full_shape
+from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, full_shape
 
 SPEC = MethodSpec(
     name="adamw",
     title="AdamW",
     summary="full-rank AdamW (torch, foreach on CUDA); --state-bits 8 is 8-bit AdamW",
     project=False,
-    states=(
+    layout=StateLayout(states=(
         TensorSpec(name="exp_avg", shape=full_shape, dtype=Dtype.STATE, role=Role.MOMENT),
         TensorSpec(name="exp_avg_sq", shape=full_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-    ),
+    )),
     paper="Loshchilov & Hutter 2019, arXiv 1711.05101",
 )

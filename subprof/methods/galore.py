@@ -18,10 +18,16 @@ whose m×n result (G's dtype) is scaled and added to W in place — so the peak 
 
 from typing import Any
 
-from subprof.methods.base import (Dtype, MethodSpec, Role, TensorSpec, basis_shape, full_shape, moment_shape,
-                                  svd_flops)
+from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
+                                  moment_shape, svd_flops)
 from subprof.methods.rule import ProjectionRule, top_singular_basis
 
+# Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
+ADAM_STATES = (
+    TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+    TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+    TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
+)
 SVD_WORKSPACE = (
     # G.float(): the fp32 copy of the gradient handed to the SVD
     TensorSpec(name="svd_input", shape=full_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
@@ -31,37 +37,36 @@ SVD_WORKSPACE = (
     TensorSpec(name="svd_vh", shape=lambda m, n, r: (min(m, n), n), dtype=Dtype.FP32, role=Role.WORKSPACE),
 )
 
-SPEC = MethodSpec(
-    name="galore",
-    title="GaLore",
-    summary="SVD projection refreshed every T steps, Adam on the projected gradient",
-    project=True,
-    states=(
-        TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-    ),
-    workspace=SVD_WORKSPACE,
-    step_workspace=(
-        # U = Adam's direction on R (R itself, same size, is freed before the back-projection)
-        TensorSpec(name="low_rank_update", shape=moment_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
-        # back-projected update P·U or U·Pᵀ, scaled by α in place and added to W
-        TensorSpec(name="full_update", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
-    ),
-    default_update_gap=200,
-    update_gaps=(50, 200, 500),
-    refresh_flops=svd_flops,
-    paper="Zhao et al. 2024, arXiv 2403.03507",
-)
-
 
 class GaLoreRule(ProjectionRule):
     """GaLore's projector: the top-r singular vectors of G (`top_singular_basis`), refreshed every `update_gap`
     steps (step 0 included); moments stay where they are at a refresh (not rotated, not reset), as galore-torch."""
 
-    spec = SPEC
-
     def update_projection(self, state: dict, grad: Any, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
         state["projector"] = top_singular_basis(grad, self.effective_rank(tuple(grad.shape)))
+
+
+SPEC = MethodSpec(
+    name="galore",
+    title="GaLore",
+    summary="SVD projection refreshed every T steps, Adam on the projected gradient",
+    project=True,
+    layout=StateLayout(
+        states=ADAM_STATES,
+        workspace=SVD_WORKSPACE,
+        step_workspace=(
+            # U = Adam's direction on R (R itself, same size, is freed before the back-projection)
+            TensorSpec(name="low_rank_update", shape=moment_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
+            # back-projected update P·U or U·Pᵀ, scaled by α in place and added to W
+            TensorSpec(name="full_update", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
+        ),
+    ),
+    rule=GaLoreRule,
+    refresh_cost="svd",
+    default_update_gap=200,
+    update_gaps=(50, 200, 500),
+    refresh_flops=svd_flops,
+    paper="Zhao et al. 2024, arXiv 2403.03507",
+)

@@ -35,19 +35,16 @@ authors, saharsamr/StructuredVSRandomizedDP `low_rank_projector.py`, was read, a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, full_shape, moment_shape
+from subprof.methods.galore import ADAM_STATES
+from subprof.methods.lazy import torch
+from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
+                                  moment_shape)
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side
 
 Tensor = Any
 
-STATES = (
-    TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-    TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-    TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-)
 WORKSPACE = (
     # on the weight's device, fp32, at the refresh's peak (the moment transfer): P_old upcast (a copy for 16-bit
     # weights) and the new P (d×r each); the rotated m, the centred v − m² and the rotated v (r × max(m, n) each).
@@ -59,39 +56,21 @@ WORKSPACE = (
     TensorSpec(name="centred_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="rotated_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
 )
-# recovery (on by default): the residual G − P PᵀG (m×n, in the gradient's dtype)
-STEP_WORKSPACE = (TensorSpec(name="residual", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),)
+# without the moment transfer the refresh holds only the draw: Z (or the moved P), its QR's Q and the sign fix
+DRAW_WORKSPACE = tuple(TensorSpec(name=name, shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)
+                       for name in ("draw", "qr_q", "signed_q"))
+# recovery (on by default): the residual G − P PᵀG (m×n, in the gradient's dtype), held through the step
+RECOVERY_WORKSPACE = (TensorSpec(name="residual", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),)
+
+
+def layout(options: Mapping[str, Any]) -> StateLayout:
+    """Adam's moments and P; the refresh workspace depends on the moment transfer, the step workspace on recovery."""
+    return StateLayout(states=ADAM_STATES, workspace=WORKSPACE if options["moment_transfer"] else DRAW_WORKSPACE,
+                       step_workspace=RECOVERY_WORKSPACE if options["recovery"] else ())
 
 
 def _qr_flops(m: int, n: int, r: int) -> float:
     return 4.0 * min(m, n) * r * r
-
-
-GRASSWALK = MethodSpec(
-    name="grasswalk",
-    title="GrassWalk",
-    summary="random geodesic walk of P on the Grassmannian every T steps (no SVD)",
-    project=True,
-    states=STATES,
-    workspace=WORKSPACE,
-    step_workspace=STEP_WORKSPACE,
-    default_update_gap=200,
-    refresh_flops=_qr_flops,
-    paper="arXiv 2510.01878",
-)
-
-GRASSJUMP = MethodSpec(
-    name="grassjump",
-    title="GrassJump",
-    summary="fresh random orthonormal P every T steps (no SVD)",
-    project=True,
-    states=STATES,
-    workspace=WORKSPACE,
-    step_workspace=STEP_WORKSPACE,
-    default_update_gap=200,
-    refresh_flops=_qr_flops,
-    paper="arXiv 2510.01878",
-)
 
 
 # --- shared torch helpers (also used by SUMO) -----------------------------------------------------------------------
@@ -151,12 +130,15 @@ def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, p
 class _RandomRule(ProjectionRule):
     """A rule that draws P from a per-weight CPU generator kept in state["rng_state"]."""
 
+    defaults = {"seed": 0, "moment_transfer": True, "recovery": True, "growth_limit": 1.01}
+
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.seed = int(options.get("seed", 0))
-        self.moment_transfer = bool(options.get("moment_transfer", True))
-        self.recovery = bool(options.get("recovery", True))
-        self.growth_limit = float(options.get("growth_limit", 1.01))
+        o = self.options
+        self.seed = int(o["seed"])
+        self.moment_transfer = bool(o["moment_transfer"])
+        self.recovery = bool(o["recovery"])
+        self.growth_limit = float(o["growth_limit"])
         if self.growth_limit < 1.0:
             raise ValueError(f"growth_limit must be ≥ 1, got {self.growth_limit}")
         self._streams = 0  # weights seen so far: gives each weight its own seed at step 0
@@ -211,8 +193,6 @@ class GrassJumpRule(_RandomRule):
     """GrassJump: a fresh random orthonormal P every `update_gap` steps. Options: seed (0), moment_transfer (True),
     recovery (True), growth_limit (1.01)."""
 
-    spec = GRASSJUMP
-
     def move(self, gen: Tensor, p: Tensor) -> Tensor:
         return self.random_basis(gen, p.shape[0], p.shape[1], p.device)
 
@@ -221,13 +201,13 @@ class GrassWalkRule(_RandomRule):
     """GrassWalk: a geodesic step of length `walk_step` rad (0.5) along the rank-`walk_rank` (1) part of a random
     tangent, every `update_gap` steps. Other options as GrassJump."""
 
-    spec = GRASSWALK
+    defaults = {**_RandomRule.defaults, "walk_step": 0.5, "walk_rank": 1, "oversample": 8}
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.walk_step = float(options.get("walk_step", 0.5))
-        self.walk_rank = int(options.get("walk_rank", 1))
-        self.oversample = int(options.get("oversample", 8))
+        self.walk_step = float(self.options["walk_step"])
+        self.walk_rank = int(self.options["walk_rank"])
+        self.oversample = int(self.options["oversample"])
         if not 0.0 < self.walk_step <= 3.2:
             raise ValueError(f"walk_step is an angle in radians in (0, π], got {self.walk_step}")
         if self.walk_rank <= 0:
@@ -256,3 +236,30 @@ def randomized_rank_k(a: Tensor, k: int, gen: Tensor, *, oversample: int = 8) ->
     q = orthonormal_columns(a @ omega)
     ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
     return (q @ ub)[:, :k], s[:k], vh[:k].T
+
+
+GRASSWALK = MethodSpec(
+    name="grasswalk",
+    title="GrassWalk",
+    summary="random geodesic walk of P on the Grassmannian every T steps (no SVD)",
+    project=True,
+    layout=layout,
+    rule=GrassWalkRule,
+    refresh_cost="gemm",
+    default_update_gap=200,
+    refresh_flops=_qr_flops,
+    paper="arXiv 2510.01878",
+)
+
+GRASSJUMP = MethodSpec(
+    name="grassjump",
+    title="GrassJump",
+    summary="fresh random orthonormal P every T steps (no SVD)",
+    project=True,
+    layout=layout,
+    rule=GrassJumpRule,
+    refresh_cost="gemm",
+    default_update_gap=200,
+    refresh_flops=_qr_flops,
+    paper="arXiv 2510.01878",
+)

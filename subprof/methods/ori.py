@@ -35,36 +35,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape, two_gemm_flops
+from subprof.methods.galore import ADAM_STATES
+from subprof.methods.lazy import torch
+from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.osd import initial_basis, oriented
 from subprof.methods.rule import ProjectionRule, orthonormal_columns
 
 Tensor = Any
-
-SPEC = MethodSpec(
-    name="ori",
-    title="Ori (streaming k-PCA, Oja++)",
-    summary="P tracked every step by an Oja step and a thin QR",
-    project=True,
-    states=(
-        TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-    ),
-    workspace=(
-        # GᵀP (r × max(m, n)), P + η G̃G̃ᵀP (d×r) and the thin QR's Q (d×r), fp32
-        TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    ),
-    refresh_every_step=True,
-    default_update_gap=1,
-    refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
-    quality_prior=1.0,
-    paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
-)
-
 
 def oja_step(p: Tensor, g: Tensor, eta: float) -> Tensor:
     """P + η G̃G̃ᵀP before the QR (fp32, d×r), fused: the scalar η/‖G‖² scales the small GᵀP, then one addmm adds
@@ -106,17 +83,19 @@ class OriRule(ProjectionRule):
     """Ori's every-step Oja++ tracking of P. Options: eta (1.0), schedule ("constant" | "inv_sqrt"), oja_pp (True),
     epoch_steps (10), init ("random" | "svd"), seed (0), form ("fast" | "reference")."""
 
-    spec = SPEC
+    defaults = {"eta": 1.0, "schedule": "constant", "oja_pp": True, "epoch_steps": 10, "init": "random", "seed": 0,
+                "form": "fast"}
 
     def __init__(self, *, rank: int, update_gap: int = 1, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.eta = float(options.get("eta", 1.0))
-        self.schedule = str(options.get("schedule", "constant"))
-        self.oja_pp = bool(options.get("oja_pp", True))
-        self.epoch_steps = int(options.get("epoch_steps", 10))
-        self.init = str(options.get("init", "random"))
-        self.seed = int(options.get("seed", 0))
-        self.form = str(options.get("form", "fast"))
+        o = self.options
+        self.eta = float(o["eta"])
+        self.schedule = str(o["schedule"])
+        self.oja_pp = bool(o["oja_pp"])
+        self.epoch_steps = int(o["epoch_steps"])
+        self.init = str(o["init"])
+        self.seed = int(o["seed"])
+        self.form = str(o["form"])
         if self.eta <= 0 or self.epoch_steps <= 0:
             raise ValueError("eta and epoch_steps must be positive")
         if self.schedule not in ("constant", "inv_sqrt"):
@@ -150,3 +129,28 @@ class OriRule(ProjectionRule):
         p = initial_basis(grad, r, init=self.init, seed=self.seed * 1_000_003 + self._streams)
         self._streams += 1
         return p
+
+
+SPEC = MethodSpec(
+    name="ori",
+    title="Ori (streaming k-PCA, Oja++)",
+    summary="P tracked every step by an Oja step and a thin QR",
+    project=True,
+    layout=StateLayout(
+        states=ADAM_STATES,
+        workspace=(
+            # GᵀP (r × max(m, n)), P + η G̃G̃ᵀP (d×r) and the thin QR's Q (d×r), fp32
+            TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        ),
+    ),
+    rule=OriRule,
+    refresh_cost="gemm",
+    default_update_gap=1,
+    update_gaps=(1,),
+    timing_options={"oja_pp": False},  # time the Oja step with every column active
+    refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
+    quality_prior=1.0,
+    paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
+)

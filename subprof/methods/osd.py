@@ -37,39 +37,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape, two_gemm_flops
+from subprof.methods.galore import ADAM_STATES
+from subprof.methods.lazy import torch
+from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side, top_singular_basis
 
 Tensor = Any
-
-SPEC = MethodSpec(
-    name="osd",
-    title="Online Subspace Descent",
-    summary="P updated every step by one Adam step on the online-PCA loss",
-    project=True,
-    states=(
-        TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-        TensorSpec(name="projector_exp_avg", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector_exp_avg_sq", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-    ),
-    workspace=(
-        # analytic step: GᵀP (r × max(m, n)), AP = G(GᵀP) and P in fp32, ∇L, Adam's denominator (d×r each)
-        TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="ap", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="grad_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="denom_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    ),
-    refresh_every_step=True,
-    default_update_gap=1,
-    refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 8.0 * min(m, n) * r * r,
-    quality_prior=1.0,
-    paper="Liang et al. 2024, arXiv 2408.12857",
-)
-
 
 # --- online-PCA primitives (also used by Ori and SubTrack) ---------------------------------------------------------
 
@@ -148,32 +121,36 @@ class OSDRule(ProjectionRule):
     seed (0), lr (1e-3, used only when no learning rate was handed over), base_lr ("code": lr_0, default the first
     non-zero lr seen), code_gap (200), betas ((0.9, 0.999)), eps (1e-8)."""
 
-    spec = SPEC
+    defaults = {"variant": "paper", "projector_optimizer": "adam", "alpha": 5.0, "ortho_weight": 0.1,
+                "projector_weight_decay": None, "form": "analytic", "init": None, "seed": 0, "lr": 1e-3,
+                "base_lr": None, "code_gap": 200, "betas": (0.9, 0.999), "eps": 1e-8}
 
     def __init__(self, *, rank: int, update_gap: int = 1, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.variant = str(options.get("variant", "paper"))
+        o = self.options
+        self.variant = str(o["variant"])
         if self.variant not in ("paper", "code"):
             raise ValueError(f"variant must be 'paper' or 'code', got {self.variant!r}")
         code = self.variant == "code"
-        self.optimizer = str(options.get("projector_optimizer", "adam"))
+        self.optimizer = str(o["projector_optimizer"])
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"projector_optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        self.form = str(options.get("form", "analytic"))
+        self.form = str(o["form"])
         if self.form not in ("analytic", "autograd"):
             raise ValueError(f"form must be 'analytic' or 'autograd', got {self.form!r}")
-        self.init = str(options.get("init", "svd" if code else "random"))
+        self.init = str(o["init"] or ("svd" if code else "random"))
         if self.init not in ("random", "svd"):
             raise ValueError(f"init must be 'random' or 'svd', got {self.init!r}")
-        self.alpha = float(options.get("alpha", 5.0))
-        self.ortho_weight = 0.0 if code else float(options.get("ortho_weight", 0.1))
-        self.weight_decay = float(options.get("projector_weight_decay", 0.01 if code else 0.0))
-        self.default_lr = float(options.get("lr", 1e-3))
-        self.base_lr = options.get("base_lr")
-        self.code_gap = int(options.get("code_gap", 200))
-        self.betas = tuple(float(b) for b in options.get("betas", (0.9, 0.999)))
-        self.eps = float(options.get("eps", 1e-8))
-        self.seed = int(options.get("seed", 0))
+        self.alpha = float(o["alpha"])
+        self.ortho_weight = 0.0 if code else float(o["ortho_weight"])
+        wd = o["projector_weight_decay"]
+        self.weight_decay = float((0.01 if code else 0.0) if wd is None else wd)
+        self.default_lr = float(o["lr"])
+        self.base_lr = o["base_lr"]
+        self.code_gap = int(o["code_gap"])
+        self.betas = tuple(float(b) for b in o["betas"])
+        self.eps = float(o["eps"])
+        self.seed = int(o["seed"])
         if self.alpha <= 0 or self.code_gap <= 0 or self.ortho_weight < 0 or self.weight_decay < 0:
             raise ValueError("alpha and code_gap must be positive, ortho_weight and projector_weight_decay ≥ 0")
         self._lr: float | None = None
@@ -265,3 +242,33 @@ class OSDRule(ProjectionRule):
             p.addcdiv_(m, denom, value=-lr / (1.0 - b1**k))
         if p is not state["projector"]:
             state["projector"].copy_(p)
+
+
+SPEC = MethodSpec(
+    name="osd",
+    title="Online Subspace Descent",
+    summary="P updated every step by one Adam step on the online-PCA loss",
+    project=True,
+    layout=StateLayout(
+        states=ADAM_STATES + (
+            TensorSpec(name="projector_exp_avg", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+            TensorSpec(name="projector_exp_avg_sq", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+        ),
+        workspace=(
+            # analytic step: GᵀP (r × max(m, n)), AP = G(GᵀP) and P in fp32, ∇L, Adam's denominator (d×r each)
+            TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="ap", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="grad_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+            TensorSpec(name="denom_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        ),
+    ),
+    rule=OSDRule,
+    refresh_cost="gemm",
+    default_update_gap=1,
+    update_gaps=(1,),
+    timing_variants={"osd-autograd": {"form": "autograd"}},
+    refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 8.0 * min(m, n) * r * r,
+    quality_prior=1.0,
+    paper="Liang et al. 2024, arXiv 2408.12857",
+)

@@ -1,6 +1,6 @@
 """The torch side of a method: how P is refreshed, and how a gradient is projected and an update projected back.
 
-A rule is stateless: everything it keeps lives in the optimizer's per-parameter state dict under the names its
+A rule keeps no per-weight data: everything it keeps lives in the optimizer's per-parameter state dict under the names its
 `MethodSpec` declares (`projector`, `projector_exp_avg`, …), so `Optimizer.state_dict()` round-trips it and the
 memory model's declaration can be checked against `optimizer.state` byte for byte. Randomized rules keep their
 generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory).
@@ -19,22 +19,22 @@ What the optimizer (`subprof.optim.SubspaceAdamW`) does with a rule, per project
     W ← W − lr·f·α·project_back(U)                  # α = group["scale"]
     W ← W·(1 − lr·λ)                                # decoupled weight decay after the update, as GaLoreAdamW
 
-Moments are stored in the format `state_bits` asks for, and rules must go through `read_moment` / `write_moment`
-(never touch `state["exp_avg"]` directly) so that every rule works at 32, 16 and 8 bits:
-- 32: an fp32 tensor.  16: a bf16 tensor.  8: bitsandbytes' blockwise dynamic 8-bit format — `state[name]` holds
-  uint8 codes of the moment's shape and `state[name + "_absmax"]` one fp32 absmax per block of 256 values
-  (`subprof.quant8`); tensors under 4096 values stay fp32 (bitsandbytes' `min_8bit_size`). Names ending in
-  "_sq" (second moments, never negative) use the unsigned dynamic map, the others the signed one, as
-  bitsandbytes' Adam does for state2 / state1. This is exactly the layout `base.tensor_bytes` declares.
+Moments are stored in the format `state_bits` asks for (`subprof.methods.moments`); rules go through
+`read_moment` / `write_moment` (never touch `state["exp_avg"]` directly) so that every rule works at 32, 16 and 8
+bits.
+
+Options: a rule declares its options and their defaults in the class attribute `defaults` — the one place they are
+stated. `MethodSpec.resolve_options` and the rule's constructor both merge given options over them and reject
+unknown names, so the memory declaration (which may depend on an option) and the rule never disagree.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, ClassVar
 
-from subprof.lazy import torch
-from subprof.methods.base import MethodSpec
+from subprof.methods.lazy import torch
+from subprof.methods.moments import (adam_correction, adam_direction, init_state_moment, read_state_moment,
+                                      write_state_moment)
 
 Tensor = Any  # torch.Tensor, without importing torch at module import
 
@@ -45,9 +45,10 @@ def right_side(shape: tuple[int, ...]) -> bool:
 
 
 class ProjectionRule:
-    """Base class. Subclasses set `spec` and implement `update_projection`; most keep the default geometry."""
+    """Base class. Subclasses implement `update_projection`, list their options in `defaults`, and read them from
+    `self.options`; most keep the default geometry and the default Adam update."""
 
-    spec: MethodSpec
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, rank: int, update_gap: int, state_bits: int = 32, **options: Any) -> None:
         if rank <= 0:
@@ -56,10 +57,14 @@ class ProjectionRule:
             raise ValueError(f"update_gap must be positive, got {update_gap}")
         if state_bits not in (32, 16, 8):
             raise ValueError(f"state_bits must be 32, 16 or 8, got {state_bits}")
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(self.defaults)) or 'none'}")
         self.rank = rank
         self.update_gap = update_gap
         self.state_bits = state_bits
-        self.options = options
+        self.options = {**self.defaults, **options}
 
     # --- geometry -------------------------------------------------------------------------------------------
     def effective_rank(self, shape: tuple[int, ...]) -> int:
@@ -77,8 +82,8 @@ class ProjectionRule:
 
     # --- refresh ----------------------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
-        """Whether P is refreshed at this 0-based step (step 0 always)."""
-        return self.spec.refresh_every_step or step % self.update_gap == 0
+        """Whether P is updated at this 0-based step: every `update_gap` steps, step 0 included."""
+        return step % self.update_gap == 0
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         """Create (step 0) or refresh `state["projector"]` (and any projector states) from this step's gradient.
@@ -150,83 +155,3 @@ def top_singular_basis(grad: Tensor, rank: int) -> Tensor:
     return basis.to(grad.dtype).contiguous()
 
 
-# --- state moments (shared with the optimizer's plain-AdamW path) ----------------------------------------------------
-
-
-def uses_8bit(numel: int, state_bits: int) -> bool:
-    """Whether a moment of `numel` values is stored in 8 bits (bitsandbytes keeps small tensors in fp32)."""
-    from subprof.methods.base import QUANT_MIN_NUMEL
-
-    return state_bits == 8 and numel >= QUANT_MIN_NUMEL
-
-
-def read_state_moment(state: dict, name: str) -> Tensor:
-    """See `ProjectionRule.read_moment`."""
-    stored = state[name]
-    if stored.dtype == torch.uint8:
-        from subprof import quant8
-
-        return quant8.dequantize(stored, state[name + "_absmax"], signed=quant8.is_signed(name))
-    return stored if stored.dtype == torch.float32 else stored.float()
-
-
-def write_state_moment(state: dict, name: str, value: Tensor, state_bits: int) -> None:
-    """See `ProjectionRule.write_moment`."""
-    stored = state.get(name)
-    if uses_8bit(value.numel(), state_bits):
-        from subprof import quant8
-
-        codes, absmax = quant8.quantize(value, signed=quant8.is_signed(name))
-        if stored is not None and stored.dtype == torch.uint8 and stored.shape == value.shape:
-            stored.copy_(codes)
-            state[name + "_absmax"].copy_(absmax)
-        else:
-            state[name], state[name + "_absmax"] = codes, absmax
-        return
-    dtype = torch.bfloat16 if state_bits == 16 else torch.float32
-    state.pop(name + "_absmax", None)
-    if stored is not None and stored.dtype == dtype and stored.shape == value.shape:
-        if stored is not value:
-            stored.copy_(value)
-    else:
-        state[name] = value.to(dtype).contiguous()
-
-
-def init_state_moment(state: dict, name: str, like: Tensor, state_bits: int) -> None:
-    """See `ProjectionRule.init_moment`: zeros (8 bits: zero codes and zero absmax, which dequantise to 0)."""
-    if uses_8bit(like.numel(), state_bits):
-        from subprof import quant8
-
-        state[name] = torch.zeros(like.shape, dtype=torch.uint8, device=like.device)
-        state[name + "_absmax"] = torch.zeros(quant8.blocks(like.numel()), dtype=torch.float32, device=like.device)
-    else:
-        dtype = torch.bfloat16 if state_bits == 16 else torch.float32
-        state[name] = torch.zeros(like.shape, dtype=dtype, device=like.device)
-
-
-def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps: float, t: int,
-                   corrected: bool = True) -> Tensor:
-    """Update `exp_avg`/`exp_avg_sq` in place with `grad` and return Adam's direction U (a new tensor of grad's
-    shape and dtype, the only allocation besides what the 8-bit kernel needs): U = m / (√v + ε), times
-    √(1−β₂ᵗ)/(1−β₁ᵗ) when `corrected`, computed as GaLoreAdamW does (moments in their own dtype, in place).
-    8-bit moments: bitsandbytes' kernel, always corrected, U = m̂ / (√v̂ + ε)."""
-    beta1, beta2 = betas
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    if m.dtype == torch.uint8:
-        from subprof import quant8
-
-        out = torch.zeros_like(grad)
-        quant8.adam_step(grad, out, state, betas=betas, eps=eps, t=t, lr=1.0)
-        return out.neg_()
-    m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    out = torch.empty_like(grad)
-    torch.sqrt(v, out=out)
-    out.add_(eps)
-    torch.div(m, out, out=out)
-    return out.mul_(adam_correction(betas, t)) if corrected else out
-
-
-def adam_correction(betas: tuple[float, float], t: int) -> float:
-    """Adam's bias correction of the step size, √(1−β₂ᵗ)/(1−β₁ᵗ) (Kingma & Ba 2015, §2), t 1-based."""
-    return math.sqrt(1.0 - betas[1] ** t) / (1.0 - betas[0] ** t)

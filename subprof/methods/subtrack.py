@@ -21,41 +21,23 @@ What we followed and where we chose (`SubTrackRule` options in brackets):
   thousands of moves).
 - SubTrack++ extras are off by default: [`moment_transfer`, False] rotates Adam's moments into the new basis
   (grass.rotate_moments), [`recovery`, False] adds Fira-style recovery of the out-of-subspace gradient with
-  growth limit [`growth_limit`, 1.01] (grass.recovery_term; needs an m×n residual per step, not declared below).
+  growth limit [`growth_limit`, 1.01] (grass.recovery_term; an m×n residual per step, declared when on).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, moment_shape
-from subprof.methods.galore import SVD_WORKSPACE
-from subprof.methods.grass import recovery_term, rotate_moments
+from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
+from subprof.methods.grass import RECOVERY_WORKSPACE, recovery_term, rotate_moments
+from subprof.methods.lazy import torch
+from subprof.methods.spec import MethodSpec, StateLayout
 from subprof.methods.osd import covariance_product, oriented
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, top_singular_basis
 
 Tensor = Any
 
-SPEC = MethodSpec(
-    name="subtrack",
-    title="SubTrack-Grad",
-    summary="Grassmannian subspace tracking: rank-1 geodesic step of P every T steps",
-    project=True,
-    states=(
-        TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-    ),
-    # the peak refresh is step 0's full SVD (as GaLore); a geodesic step holds only GᵀP (r × max(m, n)) and a few
-    # d×r fp32 matrices (AP, the tangent and its thin SVD), far below the SVD's m×n copy and factors
-    workspace=SVD_WORKSPACE,
-    default_update_gap=200,
-    refresh_flops=lambda m, n, r: 4.0 * m * n * r + 14.0 * min(m, n) * r * r,
-    quality_prior=0.5,
-    paper="Rajabi et al. 2025, arXiv 2502.01586",
-)
 def tangent(p: Tensor, g: Tensor, *, scale: float) -> Tensor:
     """Δ = (I − PPᵀ)∂F/∂P = −2 (AP − P(PᵀAP)), AP = scale·G(GᵀP)/‖G‖² (fp32 d×r; `g` is d×n, `p` fp32 d×r)."""
     c, inv = covariance_product(g, p)
@@ -85,15 +67,16 @@ class SubTrackRule(ProjectionRule):
     """SubTrack-Grad. Options: step_size (0.5), form ("fast" | "reference"), moment_transfer (False), recovery
     (False), growth_limit (1.01)."""
 
-    spec = SPEC
+    defaults = {"step_size": 0.5, "form": "fast", "moment_transfer": False, "recovery": False, "growth_limit": 1.01}
 
     def __init__(self, *, rank: int, update_gap: int = 200, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.step_size = float(options.get("step_size", 0.5))
-        self.form = str(options.get("form", "fast"))
-        self.moment_transfer = bool(options.get("moment_transfer", False))
-        self.recovery = bool(options.get("recovery", False))
-        self.growth_limit = float(options.get("growth_limit", 1.01))
+        o = self.options
+        self.step_size = float(o["step_size"])
+        self.form = str(o["form"])
+        self.moment_transfer = bool(o["moment_transfer"])
+        self.recovery = bool(o["recovery"])
+        self.growth_limit = float(o["growth_limit"])
         if self.step_size <= 0:
             raise ValueError(f"step_size must be positive, got {self.step_size}")
         if self.form not in ("fast", "reference"):
@@ -121,3 +104,26 @@ class SubTrackRule(ProjectionRule):
         if not self.recovery:
             return None
         return recovery_term(state, grad, r_grad, r_update, state["projector"], growth_limit=self.growth_limit)
+
+
+def layout(options: Mapping[str, Any]) -> StateLayout:
+    """Adam's moments and P. The peak refresh is step 0's full SVD (as GaLore); a geodesic step holds only GᵀP
+    (r × max(m, n)) and a few d×r fp32 matrices (AP, the tangent and its thin SVD), far below the SVD's m×n copy and
+    factors. With recovery, each step also holds the residual G − P PᵀG (m×n)."""
+    return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE,
+                       step_workspace=RECOVERY_WORKSPACE if options["recovery"] else ())
+
+
+SPEC = MethodSpec(
+    name="subtrack",
+    title="SubTrack-Grad",
+    summary="Grassmannian subspace tracking: rank-1 geodesic step of P every T steps",
+    project=True,
+    layout=layout,
+    rule=SubTrackRule,
+    refresh_cost="gemm",
+    default_update_gap=200,
+    refresh_flops=lambda m, n, r: 4.0 * m * n * r + 14.0 * min(m, n) * r * r,
+    quality_prior=0.5,
+    paper="Rajabi et al. 2025, arXiv 2502.01586",
+)

@@ -24,44 +24,15 @@ What we followed and where we chose:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from subprof.lazy import torch
-from subprof.methods.base import Dtype, MethodSpec, Role, TensorSpec, basis_shape, full_shape, moment_shape, svd_flops
 from subprof.methods.galore import SVD_WORKSPACE
-from subprof.methods.grass import recovery_term, rotate_moments
+from subprof.methods.grass import RECOVERY_WORKSPACE, recovery_term, rotate_moments
+from subprof.methods.lazy import torch
+from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, svd_flops
 from subprof.methods.rule import ProjectionRule, top_singular_basis
 
 Tensor = Any
-
-SPEC = MethodSpec(
-    name="sumo",
-    title="SUMO",
-    summary="one low-rank moment orthogonalised by an exact SVD each step; subspace refreshed every K steps",
-    project=True,
-    states=(
-        TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
-    ),
-    # refresh: the full SVD of G (as GaLore) and the carried moment (r × max(m, n), fp32)
-    workspace=SVD_WORKSPACE + (
-        TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),),
-    step_workspace=(
-        # exact thin SVD of the r × max(m, n) moment in fp32: its copy, U (r×r), S (r), Vh (r×max), and O = U Vh
-        TensorSpec(name="moment_fp32", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="moment_u", shape=lambda m, n, r: (r, r), dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="moment_s", shape=lambda m, n, r: (r,), dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="moment_vh", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="orthogonalised", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-    ),
-    default_update_gap=200,
-    refresh_flops=svd_flops,
-    quality_prior=0.5,
-    paper="arXiv 2505.24749",
-)
-# with recovery=True a step also holds the residual G − Q QᵀG (m×n, gradient dtype)
-RECOVERY_WORKSPACE = (TensorSpec(name="residual", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),)
-
 
 def orthogonalise(moment: Tensor, *, rtol: float = 1e-7) -> Tensor:
     """O = U Vᵀ from the exact thin SVD of `moment` (fp32), over singular values > rtol·σ_max only."""
@@ -76,13 +47,13 @@ class SumoRule(ProjectionRule):
     """SUMO. Options: momentum (0.95), recovery (False), growth_limit (1.01). Overrides `low_rank_update`, so the
     optimizer runs no Adam: the returned O is projected back, scaled by α and applied with the learning rate."""
 
-    spec = SPEC
+    defaults = {"momentum": 0.95, "recovery": False, "growth_limit": 1.01}
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.momentum = float(options.get("momentum", 0.95))
-        self.recovery = bool(options.get("recovery", False))
-        self.growth_limit = float(options.get("growth_limit", 1.01))
+        self.momentum = float(self.options["momentum"])
+        self.recovery = bool(self.options["recovery"])
+        self.growth_limit = float(self.options["growth_limit"])
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.growth_limit < 1.0:
@@ -109,3 +80,41 @@ class SumoRule(ProjectionRule):
         if not self.recovery:
             return None
         return recovery_term(state, grad, r_grad, r_update, state["projector"], growth_limit=self.growth_limit)
+
+
+STATES = (
+    TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+    TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
+)
+# refresh: the full SVD of G (as GaLore) and the carried moment (r × max(m, n), fp32)
+REFRESH_WORKSPACE = SVD_WORKSPACE + (
+    TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),)
+# exact thin SVD of the r × max(m, n) moment in fp32: its copy, U (r×r), S (r), Vh (r×max), and O = U Vh
+STEP_WORKSPACE = (
+    TensorSpec(name="moment_fp32", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="moment_u", shape=lambda m, n, r: (r, r), dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="moment_s", shape=lambda m, n, r: (r,), dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="moment_vh", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="orthogonalised", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+)
+
+
+def layout(options: Mapping[str, Any]) -> StateLayout:
+    """One moment and Q; with recovery, each step also holds the residual G − Q QᵀG (m×n, gradient dtype)."""
+    return StateLayout(states=STATES, workspace=REFRESH_WORKSPACE,
+                       step_workspace=STEP_WORKSPACE + (RECOVERY_WORKSPACE if options["recovery"] else ()))
+
+
+SPEC = MethodSpec(
+    name="sumo",
+    title="SUMO",
+    summary="one low-rank moment orthogonalised by an exact SVD each step; subspace refreshed every K steps",
+    project=True,
+    layout=layout,
+    rule=SumoRule,
+    refresh_cost="svd",
+    default_update_gap=200,
+    refresh_flops=svd_flops,
+    quality_prior=0.5,
+    paper="arXiv 2505.24749",
+)

@@ -1,0 +1,101 @@
+"""`subprof bench`: measure peak memory (and step time) per method × rank, one subprocess per case, next to the
+analytic estimate. The work is `subprof.measure.runner` (`build_cases`, `sweep`); this parses and renders."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt,
+                                 ResumeOpt, SeqOpt)
+from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
+                            progress_bar)
+from subprof.results import comparable_estimate, comparable_peak
+
+
+def _gib(b: int | None) -> str:
+    return "—" if b is None else f"{b / 2**30:.2f}"
+
+
+def render(rows: list[dict]) -> None:
+    table = Table(title="bench: measured vs estimated peak allocated (GiB = 2^30 B)")
+    for col in ("model", "method", "rank", "bits", "batch", "backend", "status", "measured", "estimated", "error %",
+                "step ms", "tokens/s"):
+        table.add_column(col, justify="left" if col in ("model", "method", "backend", "status") else "right")
+    for r in rows:
+        err = r.get("estimate_error_pct")
+        impl = r.get("implementation") or "subprof"
+        table.add_row(str(r.get("model")), str(r.get("method")) + ("" if impl == "subprof" else f" ({impl})")
+                      + (" (per-layer)" if r.get("layerwise") else ""),
+                      str(r.get("rank") or "—"), str(r.get("state_bits") or "—"), str(r.get("batch")),
+                      str(r.get("backend")), str(r.get("status")), _gib(comparable_peak(r)),
+                      _gib(comparable_estimate(r)), "—" if err is None else f"{err:+.1f}",
+                      "—" if r.get("median_step_s") is None else f"{1e3 * r['median_step_s']:.1f}",
+                      "—" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}")
+    console.print(table)
+    if any(r.get("backend") in ("trace", "cpu") for r in rows):
+        console.print("trace and cpu rows see tensors only: they are compared with the model-side estimate (without "
+                      "the CUDA runtime allocations calibrated on real GPUs); a trace is not a GPU measurement and has "
+                      "no times.")
+
+
+def bench(
+    model: ModelOpt,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: adamw, adamw8bit, galore, osd, ori, "
+                                                           "…, and galore-ref (galore-torch's GaLoreAdamW).")] = "galore",
+    ranks: Annotated[Optional[str], typer.Option("--ranks", help="Comma-separated ranks, e.g. 128,512.")] = None,
+    batch: BatchOpt = 8,
+    seq: SeqOpt = 256,
+    dtype: DtypeOpt = "bf16",
+    state_bits: BitsOpt = None,
+    layerwise: LayerwiseOpt = False,
+    checkpointing: CkptOpt = False,
+    update_gap: GapOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps per case.", min=1)] = 3,
+    backend: Annotated[str, typer.Option("--backend", help="auto (cuda if a GPU is visible, else trace), cuda, "
+                                                           "trace (fake tensors) or cpu (small models).")] = "auto",
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Budget: a traced peak above it is an "
+                                                                     "`oom` row (24GB, 24GiB, 4090).")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="JSONL file rows are appended to.")] = "reports/bench.jsonl",
+    resume: ResumeOpt = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per case before it is a `timeout` row.",
+                                           min=1)] = 900.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure peak memory and step time per method × rank (one subprocess per case), next to the estimate."""
+    from subprof.catalog import parse_budget
+    from subprof.measure.case import Case, resolve_backend
+    from subprof.measure.runner import build_cases, sweep
+
+    budget = parse_budget(gpu_mem).bytes if gpu_mem else None
+    chosen = resolve_backend(backend.strip().lower())
+    base = dict(batch=batch, seq=seq, dtype=dtype, state_bits=state_bits, layerwise=layerwise,
+                checkpointing=checkpointing, update_gap=update_gap)
+    cases = build_cases(model=model, methods=parse_str_list(methods),
+                        ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
+                        backend=chosen, budget_bytes=budget)
+    finished = 0
+    try:
+        with progress_bar(len(cases), f"bench [{chosen}]") as bar:
+            bar.label(cases[0].label())
+
+            def advance(case: Case, row: dict | None) -> None:
+                nonlocal finished
+                finished += row is not None
+                bar.advance(f"{case.label()}: {row['status'] if row else 'done before (resume)'}")
+
+            rows = sweep(cases, out=out, resume=resume, timeout=timeout, on_row=advance)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: {finished} finished case(s) kept in {out}; rerun with --resume")
+        raise typer.Exit(130) from None
+    if json_out:
+        print_json(rows)
+        return
+    render(rows)
+    console.print(f"rows appended to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(guarded(bench))

@@ -1,0 +1,26 @@
+"""The options several commands share, declared once (typer `Annotated` aliases, as huggingface_hub's CLI does)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from subprof.config import DTYPE_HELP
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name (see `subprof models`) or a path to a "
+                                                              "LLaMA config.json.")]
+SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length in tokens.", min=1)]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", help="Micro-batch size (sequences per step).", min=1)]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)]
+RankOpt = Annotated[Optional[int], typer.Option("--rank", "-r", help="Projection rank (low-rank methods; each weight "
+                                                                    "uses min(rank, m, n)).")]
+GapOpt = Annotated[Optional[int], typer.Option("--update-gap", "-T", help="Steps between projection updates "
+                                                                          "(default: the method's).")]
+BitsOpt = Annotated[Optional[int], typer.Option("--state-bits", help="Optimizer state precision: 32, 16 or 8 "
+                                                                      "(default: 16 for bf16, 32 otherwise).")]
+LayerwiseOpt = Annotated[bool, typer.Option("--layerwise", help="Per-layer updates in backward hooks.")]
+CkptOpt = Annotated[bool, typer.Option("--checkpointing", help="Activation (gradient) checkpointing.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip cases already finished in --out.")]

@@ -1,0 +1,103 @@
+"""`subprof proj`: time one projection update of each method on the model's real weight shapes, next to the two-GEMM
+floor G(GᵀP), with ratio columns and the projection time per optimizer step. The work is `subprof.timing.run_proj`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from subprof.cli.options import DeviceOpt, JsonOpt, ModelOpt
+from subprof.cli.ui import console, err_console, guarded, parse_int_list, print_json, progress_bar
+from subprof.errors import SubprofError
+
+
+def proj(
+    model: ModelOpt,
+    ranks: Annotated[str, typer.Option("--ranks", help="Comma-separated ranks (capped at each shape's smaller "
+                                                       "side).")] = "128,512",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated timed updates: the svd and rsvd "
+                                                           "baselines, any method (galore, osd, ori, …) and named "
+                                                           "forms such as osd-autograd; or all. The two-GEMM floor "
+                                                           "is always timed.")] = "all",
+    dtype: Annotated[str, typer.Option("--dtype", help="Gradient dtype: fp32 or bf16 (SVD always runs on "
+                                                       "G.float(), as GaLore).")] = "fp32",
+    device: DeviceOpt = "auto",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per case (median and spread).",
+                                         min=1)] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)] = 1,
+    update_gap: Annotated[Optional[int], typer.Option("--update-gap", "-T", help="Refresh interval for the periodic "
+                                                      "methods in the per-step sum (default: each method's).",
+                                                      min=1)] = None,
+    shapes: Annotated[Optional[str], typer.Option("--shapes", help="Only these of the model's weight shapes, "
+                                                  "e.g. 2048x5461 (the per-step sum then needs all of them).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
+        "reports/proj.jsonl"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Time projection updates (SVD, randomized SVD, streaming steps) on the model's weight shapes."""
+    from subprof.catalog import load_model
+    from subprof.measure.timing import FLOOR, parse_methods, parse_shapes, resolve_device, run_proj, torch_dtype
+    from subprof.results import ResultLog
+
+    cfg = load_model(model)
+    rank_list = parse_int_list(ranks, "--ranks")
+    if min(rank_list) <= 0:
+        raise SubprofError(f"--ranks must be positive, got {ranks}")
+    method_list = parse_methods(methods)
+    torch_dtype(dtype)
+    dev = resolve_device(device)
+    shape_list = parse_shapes(shapes, cfg)
+    log = ResultLog(out)
+    total = len(shape_list) * len(rank_list) * (len(method_list) + 1)
+    if not json_out:
+        err_console.print(f"timing {len(method_list)} methods + the {FLOOR} on {len(shape_list)} shapes of {cfg.name} × "
+                          f"ranks {', '.join(map(str, rank_list))} on {dev} ({dtype}), {warmup} warm-up + "
+                          f"{repeats} timed calls each")
+    with progress_bar(total, "proj", quiet=json_out) as bar:
+        result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats, warmup=warmup,
+                          update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
+    if json_out:
+        print_json({"model": cfg.name, "device": dev, "dtype": dtype, "out": str(out), **result})
+        return
+    console.print(timing_table(result["rows"], title=f"projection update time, {cfg.name}, {dev} "
+                                                     f"({result['rows'][0]['device_name']}), {dtype}"))
+    console.print(per_step_table(result["per_step"], title=f"projection time per optimizer step, all projected "
+                                                          f"layers of {cfg.name}"))
+    console.print(f"rows appended to {out}")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def timing_table(rows: list[dict], *, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("shape m×n", "rank", "method", "median ms", "spread ms", "SVD / method", "method / floor"):
+        table.add_column(col, justify="left" if col in ("shape m×n", "method") else "right")
+    for r in rows:
+        shape = f"{r['shape'][0]}×{r['shape'][1]}"
+        if r["status"] != "ok":
+            table.add_row(shape, str(r["rank"]), r["method"], f"[red]{r['error']}[/]", "", "", "")
+            continue
+        table.add_row(shape, str(r["rank"]), r["method"], _fmt(r["median_ms"], ".3f"), _fmt(r["spread_ms"], ".3f"),
+                      _fmt(r["svd_over_method"], ".1f"), _fmt(r["method_over_floor"], ".2f"))
+    table.caption = "spread = max − min over the timed calls; ratios from this same run"
+    return table
+
+
+def per_step_table(rows: list[dict], *, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("method", "rank", "update gap", "ms per step"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        ms = None if r["seconds_per_step"] is None else r["seconds_per_step"] * 1e3
+        table.add_row(r["method"], str(r["rank"]), str(r["update_gap"]), _fmt(ms, ".2f"))
+    table.caption = "Σ over projected weights of update time / update gap (SVD-type refreshes amortised)"
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(guarded(proj))

@@ -1,0 +1,125 @@
+"""`subprof report`: one self-contained offline HTML page for deciding which GPU to buy or rent. Torch-free.
+
+Parses the flags, reads the result files, calls `report.build_report` (one `plan` per model × GPU, with a progress
+bar) and writes the page with `report.html.write_html`; `--json` prints the same tables, `--csv DIR` writes one CSV
+per table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from subprof.cli.options import DtypeOpt, JsonOpt, SeqOpt
+from subprof.cli.ui import err_console, guarded, parse_str_list, print_json, progress_bar
+from subprof.errors import SubprofError
+
+
+def parse_prices(items: list[str]) -> dict[str, float]:
+    """`--price 4090=0.45 --price h100-sxm=2.5` → {catalogue key: USD per hour}."""
+    from subprof.catalog import gpu_by_name
+
+    prices = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SubprofError(f"--price {item!r}: write NAME=USD per GPU-hour, e.g. --price 4090=0.45")
+        try:
+            usd = float(value.strip().lstrip("$"))
+        except ValueError:
+            raise SubprofError(f"--price {item!r}: {value!r} is not a number of USD per hour") from None
+        if not usd > 0 or usd == float("inf"):
+            raise SubprofError(f"--price {item!r}: the price must be a positive number of USD per hour")
+        prices[gpu_by_name(name.strip()).key] = usd
+    return prices
+
+
+def select_gpus(text: str) -> list:
+    """`all` or a comma list of catalogue names, ordered by memory (then TFLOP/s)."""
+    from subprof.catalog import gpu_by_name, gpu_catalog
+
+    if text.strip().lower() == "all":
+        chosen = list(gpu_catalog().values())
+    else:
+        chosen = list({g.key: g for g in (gpu_by_name(n) for n in parse_str_list(text))}.values())
+    if not chosen:
+        raise SubprofError("--gpus is empty; give e.g. 4090,a100-80gb or all")
+    return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
+
+
+def _check_out(out: Path) -> None:
+    """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
+    if out.is_dir():
+        raise SubprofError(f"--out {str(out)!r} is a folder; give a file name such as reports/procurement.html")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SubprofError(f"--out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
+    target = out if out.exists() else out.parent
+    if not os.access(target, os.W_OK):
+        raise SubprofError(f"--out {str(out)!r} is not writable (no write permission on {str(target)!r})")
+
+
+def report(
+    models: Annotated[str, typer.Option("--models", help="Comma-separated catalogue models or config.json paths, "
+                                                         "e.g. 1b,7b.")],
+    gpus: Annotated[str, typer.Option("--gpus", help="Catalogue GPUs (see `subprof gpus`), comma-separated, or "
+                                                     "all.")] = "all",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
+    seq: SeqOpt = 256,
+    dtype: DtypeOpt = "bf16",
+    tokens: Annotated[str, typer.Option("--tokens", help="Token budget for time and cost, e.g. 10B, 500M.")] = "10B",
+    price: Annotated[Optional[list[str]], typer.Option("--price", help="Override a catalogue price: NAME=USD per "
+                                                                       "GPU-hour (repeatable).")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of GPU "
+                                                           "memory.")] = 0.05,
+    utilization: Annotated[float, typer.Option("--utilization", help="Assumed fraction of dense BF16 TFLOP/s "
+                                                                     "reached by the model's matmuls.")] = 0.4,
+    bench: Annotated[Optional[list[Path]], typer.Option("--bench", help="`subprof bench` JSONL (repeatable): "
+                                                                        "estimated vs measured.")] = None,
+    proj: Annotated[Optional[Path], typer.Option("--proj", help="`subprof proj` JSONL: projection-update "
+                                                                "timings.")] = None,
+    burst: Annotated[Optional[Path], typer.Option("--burst", help="`subprof burst` JSONL: loss curves.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("reports/procurement.html"),
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV per table into this "
+                                                              "folder.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A self-contained offline HTML report for hardware procurement: GPU × model fit matrix, memory breakdowns,
+    time and cost of a token budget, and measured results when given."""
+    from subprof.catalog import load_model
+    from subprof.methods import parse_methods
+    from subprof.report.build import build_report, write_csv
+    from subprof.report.html import write_html
+    from subprof.report.tables import ReportRequest
+    from subprof.results import read_result_files
+    from subprof.units import parse_count
+
+    model_list = [load_model(name) for name in parse_str_list(models)]
+    if not model_list:
+        raise SubprofError("--models is empty; give e.g. 1b,7b")
+    gpu_list = select_gpus(gpus)
+    req = ReportRequest(models=model_list, gpus=gpu_list, methods=parse_methods(methods), seq=seq, dtype=dtype,
+                        tokens=parse_count(tokens), margin=margin, utilization=utilization,
+                        prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
+                        proj_rows=read_result_files([proj] if proj else [], "--proj"),
+                        burst_rows=read_result_files([burst] if burst else [], "--burst"))
+    _check_out(out)
+    with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
+        result = build_report(req, on_cell=bar.advance)
+    path = write_html(result, out)
+    written = write_csv(result, csv) if csv else []
+    if json_out:
+        print_json(result.to_json())
+    else:
+        for line in result.summary:
+            typer.echo(f"• {line}")
+    err_console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)"
+                      + (f" and {len(written)} CSV files in {csv}" if written else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(guarded(report))

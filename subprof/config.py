@@ -1,0 +1,142 @@
+"""One training configuration: what estimate, plan, bench, burst and the trace all describe. Pure data, no torch.
+
+A `TrainConfig` is a model × method × rank × update gap × state precision × per-layer × dtype × micro-batch ×
+sequence × checkpointing × accumulation (+ the method's options). Bench cases and burst cases wrap one and add only
+what they add (backend and steps; learning rate). The defaults a user gets when they leave something out are
+stated here once: `DEFAULT_RANK`, each method's own `default_update_gap`, and the state precision that follows the
+dtype (`default_state_bits`).
+
+Training dtypes, one vocabulary for every command (`--dtype`):
+- `bf16`: pure bf16 weights, gradients and optimizer states (as the GaLore scripts run);
+- `mixed`: fp32 master weights, gradients and states, forward under bf16 autocast;
+- `fp32`: everything fp32, no autocast (small CPU runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from subprof.catalog import ModelConfig, load_model
+from subprof.errors import SubprofError
+from subprof.methods import forced_state_bits, get_method
+from subprof.methods.spec import MethodSpec
+
+DTYPES = ("bf16", "mixed", "fp32")
+DTYPE_HELP = ("Training dtype: bf16 (pure bf16 weights, gradients and states, as the GaLore scripts), mixed (fp32 "
+              "master weights and states, bf16 autocast) or fp32 (everything fp32).")
+DEFAULT_RANK = 128  # GaLore's rank for its 60m runs; every weight uses min(rank, m, n)
+
+
+def check_dtype(dtype: str, allowed: tuple[str, ...] = DTYPES) -> str:
+    """`dtype` if it is one of `allowed`, else a one-line error naming them."""
+    if dtype not in allowed:
+        raise SubprofError(f"--dtype {dtype!r} unknown: use {', '.join(allowed)}")
+    return dtype
+
+
+def param_bytes(dtype: str) -> int:
+    """Bytes per weight/gradient element: bf16 (2) in pure-bf16 training, fp32 (4) otherwise."""
+    return 2 if check_dtype(dtype) == "bf16" else 4
+
+
+def default_state_bits(dtype: str) -> int:
+    """Optimizer states follow the weights: 16 bits for pure bf16, 32 otherwise."""
+    return 16 if check_dtype(dtype) == "bf16" else 32
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """One training configuration. `method` may be an alias (`adamw8bit` sets state_bits 8); `rank` and
+    `update_gap` default to `DEFAULT_RANK` (capped at the smallest weight side) and the method's gap, and are None
+    for full-rank methods; `method_options` go to the method's rule (validated against its declared options)."""
+
+    model: ModelConfig
+    method: str = "adamw"
+    rank: int | None = None
+    update_gap: int | None = None
+    state_bits: int | None = None
+    layerwise: bool = False
+    dtype: str = "bf16"
+    batch: int = 8
+    seq: int = 256
+    checkpointing: bool = False
+    accumulation: int = 1
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        forced = forced_state_bits(self.method)
+        if forced is not None and self.state_bits not in (None, forced):
+            raise SubprofError(f"--method {self.method} implies --state-bits {forced}")
+        self.method = spec.name
+        check_dtype(self.dtype)
+        for name in ("batch", "seq", "accumulation"):
+            if getattr(self, name) <= 0:
+                raise SubprofError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.state_bits = forced or self.state_bits or default_state_bits(self.dtype)
+        if self.state_bits not in spec.state_bits_supported:
+            raise SubprofError(f"--state-bits {self.state_bits} unsupported: use one of "
+                               f"{', '.join(map(str, spec.state_bits_supported))}")
+        if not spec.project:
+            if self.method_options:
+                raise SubprofError(f"{spec.name} projects nothing: options {sorted(self.method_options)} do not apply")
+            self.rank = self.update_gap = None
+            return
+        try:
+            spec.resolve_options(self.method_options)
+        except ValueError as exc:
+            raise SubprofError(str(exc)) from None
+        limit = self.model.min_weight_dim()
+        if self.rank is None:
+            self.rank = min(DEFAULT_RANK, limit)
+        if self.rank <= 0:
+            raise SubprofError(f"rank must be positive, got {self.rank}")
+        if self.rank > limit:
+            raise SubprofError(f"rank {self.rank} exceeds the smallest weight dimension of {self.model.name} "
+                               f"({limit}); use a rank ≤ {limit}")
+        if self.update_gap is None:
+            self.update_gap = spec.default_update_gap
+        if self.update_gap <= 0:
+            raise SubprofError(f"update gap must be positive, got {self.update_gap}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    @property
+    def param_bytes(self) -> int:
+        return param_bytes(self.dtype)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro-batch."""
+        return self.batch * self.seq
+
+    def label(self) -> str:
+        parts = [self.method]
+        if self.rank:
+            parts.append(f"r{self.rank}")
+        if self.update_gap and self.update_gap > 1:
+            parts.append(f"T{self.update_gap}")
+        if self.state_bits == 8:
+            parts.append("8bit")
+        if self.layerwise:
+            parts.append("layerwise")
+        if self.checkpointing:
+            parts.append("ckpt")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON rows and subprocesses): the model by name, or by path for a user's config.json."""
+        return {"model": self.model.ref, "method": self.method, "rank": self.rank, "update_gap": self.update_gap,
+                "state_bits": self.state_bits, "layerwise": self.layerwise, "dtype": self.dtype, "batch": self.batch,
+                "seq": self.seq, "checkpointing": self.checkpointing, "accumulation": self.accumulation,
+                "method_options": dict(self.method_options)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {k: data[k] for k in ("method", "rank", "update_gap", "state_bits", "layerwise", "dtype", "batch",
+                                      "seq", "checkpointing", "accumulation", "method_options")
+                 if data.get(k) is not None}
+        return cls(model=load_model(str(data["model"])), **known)

@@ -1,0 +1,92 @@
+"""A bench case: one training configuration and how to measure it. Pure data (no torch): it travels to the worker
+process as JSON.
+
+`implementation` says whose optimizer runs: "subprof" (`subprof.optim.build_optimizer`, the default) or a reference
+package run side by side with ours — "galore-torch" (galore-torch 1.0's `GaLoreAdamW`, what the H100 reference rows
+ran), valid for `galore` only. On the command line that is the method name `galore-ref`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from subprof.config import TrainConfig
+from subprof.errors import SubprofError
+
+BACKENDS = ("auto", "cuda", "trace", "cpu")
+IMPLEMENTATIONS = {"subprof": None, "galore-torch": "galore"}  # implementation → the one method it implements
+REFERENCE_NAMES = {"galore-ref": ("galore", "galore-torch")}  # what a user types → (method, implementation)
+# what identifies a finished row for `--resume`
+KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch", "seq", "dtype", "state_bits",
+              "layerwise", "checkpointing", "backend", "steps")
+
+
+@dataclass(kw_only=True, slots=True)
+class Case:
+    """One measurement: a training configuration, the backend that measures it and for how many steps.
+    `budget_bytes` (trace only) turns a peak over budget into `oom`."""
+
+    config: TrainConfig
+    backend: str = "trace"
+    steps: int = 3
+    implementation: str = "subprof"
+    budget_bytes: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS[1:]:
+            raise SubprofError(f"--backend {self.backend!r} unknown: use one of {', '.join(BACKENDS)}")
+        if self.steps < 1:
+            raise SubprofError(f"--steps must be at least 1, got {self.steps}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise SubprofError(f"implementation {self.implementation!r} unknown: use one of "
+                               f"{', '.join(IMPLEMENTATIONS)}")
+        only = IMPLEMENTATIONS[self.implementation]
+        if only is not None and self.config.method != only:
+            raise SubprofError(f"{self.implementation} implements {only}, not {self.config.method}")
+
+    @property
+    def method_label(self) -> str:
+        """The method as a user names it on the command line (`galore-ref` for galore-torch's GaLore)."""
+        for name, (method, impl) in REFERENCE_NAMES.items():
+            if (method, impl) == (self.config.method, self.implementation):
+                return name
+        return self.config.method
+
+    def key(self) -> tuple:
+        return tuple(self.row_fields()[f] for f in KEY_FIELDS)
+
+    def row_fields(self) -> dict[str, Any]:
+        """The identifying fields every result row of this case carries, whatever happened."""
+        return {**self.config.to_dict(), "model": self.config.model.name, "implementation": self.implementation,
+                "backend": self.backend, "steps": self.steps}
+
+    def label(self) -> str:
+        c = self.config
+        r = f" r{c.rank}" if c.rank else ""
+        extra = "".join(s for s, on in ((" per-layer", c.layerwise), (" ckpt", c.checkpointing)) if on)
+        return (f"{c.model.name} {self.method_label}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq} "
+                f"[{self.backend}]")
+
+    def to_json(self) -> str:
+        return json.dumps({"config": self.config.to_dict(), "backend": self.backend, "steps": self.steps,
+                           "implementation": self.implementation, "budget_bytes": self.budget_bytes,
+                           "seed": self.seed})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Case":
+        data = json.loads(text)
+        return cls(config=TrainConfig.from_dict(data.pop("config")), **data)
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` → `cuda` when a GPU is present, else `trace` (asks torch only when it must)."""
+    if backend not in BACKENDS:
+        raise SubprofError(f"--backend {backend!r} unknown: use one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "trace"

@@ -1,0 +1,161 @@
+"""Per-layer updates: each weight is stepped in its post-accumulate-grad hook, so only the gradients of weights whose
+backward has finished but whose update has not yet run are alive — one layer's at a time (GaLore §4.3, "per-layer
+weight updates"). Unlike the reference (galore-torch's README recipe and transformers' `LayerWiseDummyOptimizer`,
+which step at every backward), this one:
+
+- respects gradient accumulation: a weight is stepped in the hook of its `accumulation_steps`-th backward since its
+  last update; earlier micro-batches only accumulate into `.grad` (torch's usual `+=`). So the gradients of all
+  weights stay alive during accumulation — as with any optimizer — and per-layer updates save their memory only in
+  the last micro-batch's backward (and with `accumulation_steps=1`, in every backward). `step()` then flushes
+  whatever is still pending (a partial window at the end of an epoch, or a weight whose hook did not fire), so a
+  loop that calls `step()` once per window behaves like the global optimizer. `zero_grad()` drops partial
+  accumulations and resets the counters.
+- supports global-norm clipping, lagged by one step: exact clipping needs every gradient before the first update,
+  which is what per-layer updates give up. The hooks accumulate Σ‖gᵢ‖² over the weights they step; at `step()` the
+  global norm of that step is known (`last_grad_norm`), and the next step scales every gradient by
+  min(1, max_grad_norm / last_grad_norm) before its update. The first step is not clipped. For exact clipping use
+  the global optimizer (`layerwise=False`) with `torch.nn.utils.clip_grad_norm_`.
+- checks each gradient for NaN/inf in its hook (one host sync per weight): "raise" raises before that weight's
+  update; "skip" drops that weight's gradient and leaves its weight and state untouched. Weights stepped earlier in
+  the same backward stay updated — per-layer updates cannot be rolled back; `skipped_updates` counts the skips.
+
+The object is a `torch.optim.Optimizer` sharing the inner optimizer's `param_groups` and `state` (so LR schedulers
+and `transformers.Trainer(optimizers=(opt, scheduler))` work); with Trainer, pass the same `accumulation_steps` as
+its `gradient_accumulation_steps`, and Trainer's own clipping sees no gradients (they are consumed in the hooks):
+set `max_grad_norm` here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from subprof.errors import SubprofError
+from subprof.optim.nonfinite import NonFiniteGradientError, check_policy, nonfinite_message, tracing
+from subprof.optim.subspace import SubspaceAdamW
+
+
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Steps `inner`'s parameters one at a time in post-accumulate-grad hooks (module docstring)."""
+
+    def __init__(self, inner: torch.optim.Optimizer, *, accumulation_steps: int = 1,
+                 max_grad_norm: float | None = None, nonfinite: str = "raise",
+                 param_names: dict[int, str] | None = None) -> None:
+        if accumulation_steps < 1:
+            raise SubprofError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise SubprofError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        check_policy(nonfinite)
+        params = [p for g in inner.param_groups for p in g["params"]]
+        super().__init__(params, dict(inner.defaults))
+        self.inner = inner
+        self.param_groups = inner.param_groups  # shared: schedulers that set group["lr"] reach the inner optimizer
+        self.state = inner.state
+        self.accumulation_steps = accumulation_steps
+        self.max_grad_norm = max_grad_norm
+        self.nonfinite = nonfinite
+        self.param_names = dict(param_names or {})
+        self.pending: dict[int, int] = {}  # id(param) → backward passes accumulated since its last update
+        self.last_grad_norm: float | None = None
+        self.skipped_updates = 0
+        self._sq_norm = 0.0
+        self._params = params
+        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params if p.requires_grad]
+
+    # --- hooks ---------------------------------------------------------------------------------------------------
+    def _on_grad(self, p: torch.Tensor) -> None:
+        count = self.pending.get(id(p), 0) + 1
+        self.pending[id(p)] = count
+        if count >= self.accumulation_steps:
+            self._update(p)
+
+    @torch.no_grad()
+    def _update(self, p: torch.Tensor) -> None:
+        self.pending[id(p)] = 0
+        if p.grad is None:
+            return
+        if tracing():  # fake tensors have no values: no check, no clipping
+            self._step_one(p)
+            p.grad = None
+            return
+        norm = float(torch.linalg.vector_norm(p.grad).float())
+        if not math.isfinite(norm):
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(nonfinite_message(self.param_names.get(id(p), "a parameter"),
+                                                                self.state.get(p, {}).get("step")))
+            self.skipped_updates += 1
+            p.grad = None
+            return
+        self._sq_norm += norm * norm
+        coef = self.clip_coefficient()
+        if coef < 1.0:
+            p.grad.mul_(coef)
+        self._step_one(p)
+        p.grad = None
+
+    def clip_coefficient(self) -> float:
+        """min(1, max_grad_norm / previous step's global norm); 1 without clipping or before the first step."""
+        if self.max_grad_norm is None or self.last_grad_norm is None:
+            return 1.0
+        return min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+
+    def _step_one(self, p: torch.Tensor) -> None:
+        """Step the inner optimizer for `p` only. SubspaceAdamW has a per-weight entry point; any other optimizer
+        (torch AdamW, bitsandbytes AdamW8bit) is stepped with its groups restricted to `p` for the call."""
+        if isinstance(self.inner, SubspaceAdamW):
+            group = next(g for g in self.inner.param_groups if any(q is p for q in g["params"]))
+            self.inner.step_parameter(p, group)
+            return
+        saved = [g["params"] for g in self.inner.param_groups]
+        try:
+            for g in self.inner.param_groups:
+                g["params"] = [p] if any(q is p for q in g["params"]) else []
+            self.inner.step()
+        finally:
+            for g, params in zip(self.inner.param_groups, saved):
+                g["params"] = params
+
+    # --- the optimizer surface -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """End of an accumulation window: update the weights still pending (their hooks already stepped the rest)
+        and fix this step's global gradient norm (`last_grad_norm`), which sets the next step's clipping."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for p in self._params:
+            if self.pending.get(id(p), 0) > 0 or (p.grad is not None and p.requires_grad):
+                self._update(p)
+        self.last_grad_norm = math.sqrt(self._sq_norm)
+        self._sq_norm = 0.0
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self._params:
+            p.grad = None
+        self.pending.clear()
+
+    def remove_hooks(self) -> None:
+        """Detach from the model (the hooks keep stepping otherwise)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(),
+                "layerwise": {"pending": [self.pending.get(id(p), 0) for p in self._params],
+                              "last_grad_norm": self.last_grad_norm, "skipped_updates": self.skipped_updates,
+                              "sq_norm": self._sq_norm}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.inner.load_state_dict(state_dict["inner"])
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
+        extra = state_dict["layerwise"]
+        self.pending = {id(p): int(n) for p, n in zip(self._params, extra["pending"]) if n}
+        self.last_grad_norm = extra["last_grad_norm"]
+        self.skipped_updates = int(extra["skipped_updates"])
+        self._sq_norm = float(extra["sq_norm"])

@@ -1,0 +1,167 @@
+"""`SubspaceAdamW`: Adam on projected gradients (GaLoreAdamW semantics) with one projection rule per method.
+
+For every projected weight W it runs the loop documented in `subprof.methods.rule` — refresh P (the rule decides),
+R = project(G), U = low_rank_update (Adam by default), W ← W − lr·(α·back(U) [+ recovery]) then W ← W·(1 − lr·λ) —
+and plain Adam with the same ε, bias correction and decay order for everything else (embeddings, norms, lm_head).
+With the `galore` rule and fp32 states it is galore-torch 1.0's `GaLoreAdamW` (tests hold them equal bit for bit).
+
+A param group names its method with plain data — "method", "rank", "update_gap", "method_options" — and the rule
+class comes from the method registry (`MethodSpec.rule`), so `state_dict()` holds only tensors and primitives
+(loadable with `torch.load(weights_only=True)`) and `load_state_dict` rebuilds the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from subprof.errors import SubprofError
+from subprof.methods import get_method
+from subprof.methods.moments import adam_correction, adam_direction, init_state_moment
+from subprof.methods.rule import ProjectionRule
+from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
+
+
+class SubspaceAdamW(torch.optim.Optimizer):
+    """Adam on projected gradients (GaLoreAdamW semantics) with pluggable projection rules.
+
+    Param groups: `{"params": [...], "method": "galore", "rank": 128, "update_gap": 200, "method_options": {...}}`
+    for projected 2-D weights; groups without "method" (or method None) get plain Adam. Group (and default)
+    hyper-parameters: lr, betas (0.9, 0.999), eps (1e-6, GaLoreAdamW's), weight_decay (decoupled, applied after the
+    update), scale α (0.25; multiplies the back-projected low-rank update only), state_bits (32 fp32, 16 bf16,
+    8 bitsandbytes blockwise; see `subprof.quant8`).
+
+    Memory: weights are updated one at a time, so the step's temporaries are one weight's (see the method spec's
+    `step_workspace`); plain tensors allocate one gradient-sized direction (none at 8 bits on CUDA, where
+    bitsandbytes' fused kernel updates W in place).
+    """
+
+    def __init__(self, params: Iterable[Any], *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, scale: float = 0.25, state_bits: int = 32,
+                 method: str | None = None, rank: int | None = None, update_gap: int | None = None,
+                 method_options: dict | None = None, nonfinite: str = "raise",
+                 param_names: dict[int, str] | None = None) -> None:
+        check_policy(nonfinite)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scale=scale,
+                        state_bits=state_bits, method=method, rank=rank, update_gap=update_gap,
+                        method_options=dict(method_options or {}))
+        self._rules: dict[tuple, ProjectionRule] = {}
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self.param_names = dict(param_names or {})
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["lr"] < 0 or group["weight_decay"] < 0 or group["eps"] < 0:
+            raise SubprofError("lr, weight_decay and eps must be non-negative")
+        if not all(0.0 <= b < 1.0 for b in group["betas"]):
+            raise SubprofError(f"betas must lie in [0, 1), got {group['betas']}")
+        if group["state_bits"] not in (32, 16, 8):
+            raise SubprofError(f"state_bits must be 32, 16 or 8, got {group['state_bits']}")
+        if group["method"] is not None:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise SubprofError(f"projected parameters must be 2-D weights, got shape {tuple(p.shape)}")
+            self.rule(group)  # validates method, rank and update_gap now
+
+    def rule(self, group: dict) -> ProjectionRule | None:
+        """The group's ProjectionRule (built once per distinct configuration), or None for plain Adam."""
+        if group.get("method") is None:
+            return None
+        options = group.get("method_options") or {}
+        key = (group["method"], group["rank"], group["update_gap"], group["state_bits"], repr(sorted(options.items())))
+        if key not in self._rules:
+            cls = get_method(group["method"]).rule
+            if cls is None:
+                raise SubprofError(f"method {group['method']!r} projects nothing: it has no projection rule")
+            try:
+                self._rules[key] = cls(rank=group["rank"], update_gap=group["update_gap"],
+                                       state_bits=group["state_bits"], **options)
+            except (TypeError, ValueError) as exc:
+                raise SubprofError(f"{group['method']}: {exc}") from exc
+        return self._rules[key]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        bad = check_finite(params, self.param_names)
+        if bad is not None:
+            if self.nonfinite == "raise":
+                step = next((self.state[p].get("step") for p in params if p in self.state), 0)
+                raise NonFiniteGradientError(nonfinite_message(bad, step))
+            self.skipped_steps += 1
+            for p in params:
+                p.grad = None
+            return loss
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.step_parameter(p, group)
+        return loss
+
+    @torch.no_grad()
+    def step_parameter(self, p: torch.Tensor, group: dict) -> None:
+        """One weight's update from its `.grad` (no finiteness check: `step` or the per-layer hook does it)."""
+        state, grad = self.state[p], p.grad
+        step = state.get("step", 0)
+        lr, rule = group["lr"], self.rule(group)
+        if rule is None:
+            self._plain_adam(p, grad, state, group, step)
+        else:
+            rule.update_projection(state, grad, step)
+            r_grad = rule.project(state, grad)
+            update = rule.low_rank_update(state, r_grad, group, step)
+            extra = rule.recovery_term(state, grad, r_grad, update)
+            del r_grad
+            step_size = lr * rule.step_factor(state, group, step)
+            if extra is not None:
+                p.add_(extra, alpha=-step_size)
+                del extra
+            full = rule.project_back(state, update.to(grad.dtype), tuple(p.shape))
+            del update
+            p.add_(full.mul_(group["scale"]), alpha=-step_size)
+            del full
+        if group["weight_decay"] > 0:
+            p.add_(p, alpha=-lr * group["weight_decay"])
+        state["step"] = step + 1
+
+    def _plain_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, step: int) -> None:
+        if "exp_avg" not in state:
+            init_state_moment(state, "exp_avg", p, group["state_bits"])
+            init_state_moment(state, "exp_avg_sq", p, group["state_bits"])
+        if state["exp_avg"].dtype == torch.uint8:
+            from subprof.methods import quant8
+
+            quant8.adam_step(grad, p, state, betas=group["betas"], eps=group["eps"], t=step + 1, lr=group["lr"])
+            return
+        # GaLoreAdamW's order of operations: p ← p − (lr·√(1−β₂ᵗ)/(1−β₁ᵗ))·m/(√v+ε)
+        update = adam_direction(state, grad, betas=group["betas"], eps=group["eps"], t=step + 1, corrected=False)
+        p.add_(update, alpha=-group["lr"] * adam_correction(group["betas"], step + 1))
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["subprof"] = {"skipped_steps": self.skipped_steps}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but every state tensor keeps its saved dtype (torch would cast uint8 codes, bf16 moments
+        and generator states to the parameter's dtype) and generator states stay on the CPU."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("subprof", {})
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(index, {}).items():
+                if isinstance(value, torch.Tensor):
+                    device = "cpu" if key == "rng_state" else p.device
+                    self.state[p][key] = value.detach().to(device=device, copy=True)
+        self.skipped_steps = int(extra.get("skipped_steps", 0))

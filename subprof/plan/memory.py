@@ -1,0 +1,250 @@
+"""The analytic memory model: bytes per component and per phase of one LLaMA training step. Pure Python, no torch.
+
+What it predicts, for one configuration (model × method × rank × update gap × state bits × per-layer × dtype ×
+micro-batch × sequence × checkpointing):
+- `peak_allocated_bytes`: what `torch.cuda.max_memory_allocated()` reports over a few training steps;
+- `device_used_bytes`: what nvidia-smi shows: the allocator's reserved memory plus the CUDA context.
+
+The peak is the maximum over phases (built model, forward/backward, optimizer step, projection refresh), never the
+sum of every component. Per-weight optimizer states come from each method's own declaration
+(`subprof.methods.*.SPEC`, under the method options of the configuration), the same declaration the optimizer allocates from. Activation bytes follow the
+tensors transformers' `LlamaForCausalLM` (sdpa attention) saves for backward; the constants were checked against
+traced steps (FakeTensorMode + MemTracker, `subprof bench --backend trace`) and the GPU-side terms calibrated on
+real H100 rows (see `calibration.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from subprof.catalog import ModelConfig
+from subprof.config import TrainConfig
+from subprof.methods.spec import Dtype, tensor_bytes
+from subprof.plan import calibration as cal
+
+COMPONENTS = (
+    "weights", "gradients", "optimizer_states", "projection_matrices", "projection_workspace", "activations",
+    "logits_loss", "optimizer_temporaries", "autocast_cache", "cuda_runtime",
+)
+PHASES = ("model_built", "forward_backward", "optimizer_step", "projection_refresh")
+
+
+@dataclass(kw_only=True, slots=True)
+class Estimate:
+    config: TrainConfig
+    components: dict[str, int]
+    phases: dict[str, dict[str, int]]
+    peak_phase: str
+    peak_allocated_bytes: int
+    reserved_bytes: int
+    device_used_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        c = self.config
+        return {
+            "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
+            "state_bits": c.state_bits, "layerwise": c.layerwise, "dtype": c.dtype, "batch": c.batch, "seq": c.seq,
+            "checkpointing": c.checkpointing, "accumulation": c.accumulation,
+            "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
+            "device_used_bytes": self.device_used_bytes, "peak_phase": self.peak_phase,
+            "components": dict(self.components), "phases": {k: dict(v) for k, v in self.phases.items()},
+            "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------------------------------- model-side terms
+
+
+def weight_bytes(c: TrainConfig) -> int:
+    """weights = P · b_param (bf16: 2 B; mixed: fp32 master, 4 B)."""
+    return c.model.params * c.param_bytes
+
+
+def gradient_bytes(c: TrainConfig) -> int:
+    """gradients = P · b_param; per-layer updates without gradient accumulation free each gradient in its hook, so
+    only the largest tensor's gradient (the embedding or lm_head, V·h) is alive at once. With accumulation the
+    gradients must survive between micro-batches, per-layer or not."""
+    if c.layerwise and c.accumulation == 1:
+        return max(c.model.embedding_params, c.model.lm_head_params) * c.param_bytes
+    return c.model.params * c.param_bytes
+
+
+def _adamw_tensor_bytes(numel: int, c: TrainConfig) -> int:
+    """Two AdamW moments of one tensor at `state_bits`."""
+    return 2 * tensor_bytes(numel, Dtype.STATE, state_bits=c.state_bits, param_bytes=c.param_bytes)
+
+
+def state_bytes(c: TrainConfig) -> dict[str, int]:
+    """optimizer_states and projection_matrices: Σ over projected weights of the method's declared tensors
+    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW."""
+    spec, m = c.spec, c.model
+    out = {"optimizer_states": 0, "projection_matrices": 0}
+    if not spec.project:
+        for s in m.linear_shapes():
+            out["optimizer_states"] += s.count * _adamw_tensor_bytes(s.m * s.n, c)
+    else:
+        for s in m.linear_shapes():
+            r = min(c.rank, s.m, s.n)
+            for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
+                                                  options=c.method_options).items():
+                out[role] = out.get(role, 0) + s.count * n_bytes
+    sizes = m.unprojected_tensors()
+    out["optimizer_states"] += sum(sizes.count(n) * _adamw_tensor_bytes(n, c) for n in set(sizes))
+    return out
+
+
+def refresh_workspace_bytes(c: TrainConfig) -> int:
+    """projection_workspace = max over weights of the method's declared refresh workspace (weights refresh one at
+    a time), e.g. GaLore: fp32 copy of G (4mn) + U (4mk) + S (4k) + Vh (4kn), k = min(m, n)."""
+    spec = c.spec
+    if not spec.project:
+        return 0
+    return max(spec.workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+                                    param_bytes=c.param_bytes, options=c.method_options)
+               for s in c.model.linear_shapes())
+
+
+def step_temporary_bytes(c: TrainConfig) -> int:
+    """optimizer_temporaries during the step.
+    AdamW on CUDA (foreach, torch ≥ 2.0): `_foreach_sqrt(exp_avg_sqs)` makes one state-sized copy of every moment
+    of the group at once → P · b_state; per-layer AdamW steps one tensor at a time → its largest tensor · b_state.
+    8-bit states: bitsandbytes' fused blockwise kernel updates in place → none.
+    Subspace methods (subprof.optim) step weight by weight: max over weights of the method's declared step
+    workspace, and the plain-AdamW tensors (embeddings, norms, lm_head) one at a time with one temporary each
+    (`adam_direction`), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
+    spec, m = c.spec, c.model
+    b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
+    if not spec.project:
+        if c.layerwise:
+            return max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors()) * b_state
+        return m.params * b_state
+    per_weight = max(
+        spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+                                  param_bytes=c.param_bytes, options=c.method_options) for s in m.linear_shapes())
+    return max(per_weight, max(m.unprojected_tensors()) * b_state)
+
+
+def activation_bytes_per_token_layer(c: TrainConfig) -> int:
+    """Bytes one decoder layer saves for backward per token (transformers LlamaDecoderLayer, sdpa).
+
+    bf16: 12h + 8·q + 4·kv + 8·I + 2·H + 16, with q = H·d, kv = KV·d. Reading: two RMSNorms save their fp32
+    input (4h) and bf16 output (2h); attention saves the rotated q and k, v, the kernel output, o_proj's contiguous
+    input and one more q-sized tensor (8q + 4kv), the softmax statistics (2H + 16); the SwiGLU MLP saves gate,
+    up, silu(gate) and their product (4 · 2I). The coefficients were fitted on traced steps (FakeTensorMode +
+    MemTracker, transformers 5.23, torch 2.15) varying h, I, H, V, L and tokens one at a time; the fit is exact
+    on those traces.
+    mixed (fp32 residual, bf16 autocast), not fitted: norms save fp32 input and output (16h); each autocast linear
+    saves its own bf16 cast of the input (q, k, v: 6h; gate, up: 4h); attention and MLP as above.
+    """
+    m = c.model
+    h, i, q, kv, heads = m.hidden, m.intermediate, m.q_dim, m.kv_dim, m.heads
+    core = 8 * q + 4 * kv + 8 * i + 2 * heads + 16
+    if c.dtype == "bf16":
+        return 12 * h + core
+    return 16 * h + 10 * h + core
+
+
+def activation_bytes(c: TrainConfig) -> int:
+    """activations saved when backward starts = T · (L · a_layer + 8h + 12) + 4·S·d (rotary cos/sin); with
+    checkpointing each layer keeps only its input: T · (L · b_act · h + 8h + 12) + 4·S·d."""
+    m, T = c.model, c.tokens
+    final = (8 if c.dtype == "bf16" else 12) * m.hidden + 12
+    rotary = 4 * c.seq * m.head_dim
+    if c.checkpointing:
+        residual = 2 if c.dtype == "bf16" else 4
+        return T * (m.layers * residual * m.hidden + final) + rotary
+    return T * (m.layers * activation_bytes_per_token_layer(c) + final) + rotary
+
+
+def backward_end_bytes(c: TrainConfig) -> int:
+    """Transients at the end of backward, when (nearly) every gradient exists and the activations are gone:
+    the embedding's gradient buffer (V·h·b_param), or with checkpointing the first layer's recomputed
+    activations (T · a_layer) if larger."""
+    emb = c.model.vocab * c.model.hidden * c.param_bytes
+    if c.checkpointing:
+        return max(emb, c.tokens * activation_bytes_per_token_layer(c))
+    return emb
+
+
+def logits_bytes(c: TrainConfig) -> int:
+    """logits_loss at its peak, in backward through cross-entropy: transformers upcasts the logits to fp32
+    (`logits.float()`), log_softmax saves its fp32 output (4V per token); backward holds that output, the incoming
+    fp32 gradient and the fp32 input gradient at once: 12·V bytes per token (the bf16 logits themselves are freed
+    once `loss = model(...).loss` drops the output). The forward peak (bf16 + fp32 logits + log_softmax output,
+    10·V) is lower."""
+    return cal.LOGITS_BYTES_PER_VOCAB_TOKEN * c.model.vocab * c.tokens
+
+
+def autocast_cache_bytes(c: TrainConfig) -> int:
+    """mixed precision only: bf16 copies of the matmul weights that autocast makes and backward keeps (2 B · the
+    weights of every linear layer, lm_head included)."""
+    if c.dtype != "mixed":
+        return 0
+    return 2 * (c.model.projected_params + c.model.vocab * c.model.hidden)
+
+
+# ------------------------------------------------------------------------------------------------- estimate
+
+
+@lru_cache(maxsize=4096)
+def _token_independent(model: ModelConfig, method: str, rank: int | None, state_bits: int, layerwise: bool,
+                       dtype: str, options: tuple) -> tuple[int, int, int, int, int, int]:
+    """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
+    c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype,
+                    method_options=dict(options))
+    states = state_bytes(c)
+    return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
+            refresh_workspace_bytes(c), step_temporary_bytes(c))
+
+
+def estimate(c: TrainConfig) -> Estimate:
+    """The breakdown by component and phase, and the predicted peaks. Every term is one formula above."""
+    w, _, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
+                                             tuple(sorted(c.method_options.items())))
+    g = gradient_bytes(c)
+    act = activation_bytes(c)
+    logit = logits_bytes(c)
+    cast = autocast_cache_bytes(c)
+    runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
+
+    kept = {"weights": w, "optimizer_states": s, "projection_matrices": p, "cuda_runtime": runtime}
+    # Backward peaks either where it starts (all saved activations + the cross-entropy peak) or where it ends
+    # (every gradient + the last transients). With gradient accumulation the gradients of earlier micro-batches
+    # stay alive through the later ones' forward and backward. Per-layer updates free each gradient in its hook,
+    # and the hook's step/refresh transients for one weight (plus that weight's gradient) meet the saved
+    # activations — on the last micro-batch, next to every accumulated gradient, when accumulating.
+    start = {**kept, "activations": act, "logits_loss": logit, "autocast_cache": cast,
+             "gradients": g if c.accumulation > 1 else 0}
+    end = {**kept, "gradients": g, "autocast_cache": cast, "activations": backward_end_bytes(c)}
+    if c.layerwise:
+        inside = max(tmp, ws)
+        if c.accumulation > 1:
+            start["optimizer_temporaries"] = inside
+        elif g + inside > logit:
+            start.update(logits_loss=0, gradients=g, optimizer_temporaries=inside)
+        end = {}
+    phases = {
+        "model_built": {"weights": w},
+        "forward_backward": max(start, end, key=lambda d: sum(d.values())),
+        "optimizer_step": {} if c.layerwise else {**kept, "gradients": g, "optimizer_temporaries": tmp},
+        "projection_refresh": {**kept, "gradients": g, "projection_workspace": ws}
+        if c.spec.project and not c.layerwise else {},
+    }
+    totals = {name: sum(parts.values()) for name, parts in phases.items()}
+    peak_phase = max(totals, key=totals.get)
+    peak = totals[peak_phase]
+    components = {
+        "weights": w, "gradients": g, "optimizer_states": s, "projection_matrices": p, "projection_workspace": ws,
+        "activations": act, "logits_loss": logit, "optimizer_temporaries": tmp, "autocast_cache": cast,
+        "cuda_runtime": runtime,
+    }
+    reserved = cal.reserved_bytes(peak, logit)
+    used = reserved + cal.CUDA_CONTEXT_BYTES
+    notes = []
+    if c.spec.project and c.spec.layout_for(c.method_options).workspace:
+        notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
+                     "that traces cannot see")
+    return Estimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
+                    peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes)
