@@ -70,7 +70,7 @@ def fmt_gib(n_bytes: int | float, digits: int = 2) -> str:
 
 
 def fmt_count(n: int | float) -> str:
-    """Parameter counts the way papers write them: 58.1M, 1339M, 6.74B."""
+    """Parameter counts the way papers write them: 58.1M, 1.34B, 6.74B, 13.0B."""
     if n >= 1e10:
         return f"{n / 1e9:.1f}B"
     if n >= 1e9:

@@ -51,6 +51,15 @@ def test_a_rank_above_the_smallest_weight_side_is_refused():
         build_cases(model="tiny", methods=["galore"], ranks=[4096], base=BASE, steps=3, backend="trace")
 
 
+def test_galore_ref_without_galore_torch_installed_is_one_line_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "galore_torch" else real(name, *a))
+    with pytest.raises(SubprofError, match=r"subprof\[reference\]"):
+        build_cases(model="tiny", methods=["galore-ref"], ranks=[16], base=BASE, steps=1, backend="trace")
+
+
 def test_a_case_travels_to_the_worker_as_json_unchanged():
     original = case(method="grasswalk", rank=8, update_gap=5, layerwise=True, method_options={"recovery": False})
     assert Case.from_json(original.to_json()) == original

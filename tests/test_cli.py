@@ -1,4 +1,4 @@
-"""The command line as a user meets it: real subprocesses, one-line errors with exit code 2, JSON shapes, speed."""
+"""The command line as a user meets it: real subprocesses, one-line errors with exit code 2, JSON shapes."""
 
 import json
 import subprocess

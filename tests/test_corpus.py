@@ -83,6 +83,22 @@ def test_split_is_deterministic_across_fresh_caches(tmp_path, monkeypatch, text_
     np.testing.assert_array_equal(builds[0].val, builds[1].val)
 
 
+@pytest.mark.parametrize("elsewhere", ["a/b/c/moved", "zz", "other name"])
+def test_the_same_files_in_another_folder_give_the_same_tokens_and_split(tmp_path, monkeypatch, text_dir,
+                                                                        elsewhere):
+    import shutil
+
+    copy = tmp_path / elsewhere
+    shutil.copytree(text_dir, copy)
+    monkeypatch.setenv("SUBPROF_CACHE_DIR", str(tmp_path / "cache-a"))
+    here = load_corpus(text_dir, vocab_size=400)
+    monkeypatch.setenv("SUBPROF_CACHE_DIR", str(tmp_path / "cache-b"))  # no cache hit: tokenized again
+    there = load_corpus(copy, vocab_size=400)
+    assert not there.cache_hit
+    np.testing.assert_array_equal(here.train, there.train)
+    np.testing.assert_array_equal(here.val, there.val)
+
+
 def test_default_corpus_is_the_stdlib_without_test_suites():
     root, files = stdlib_files()
     rel = [f.relative_to(root).parts for f in files]

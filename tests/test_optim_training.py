@@ -81,7 +81,6 @@ class TextDataset(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("layerwise,accumulation", [(False, 1), (True, 2)])
 def test_trainer_runs_with_our_optimizer_and_scheduler(tmp_path, text, layerwise, accumulation):
-    pytest.importorskip("accelerate")
     from transformers import Trainer, TrainingArguments
 
     model = tiny_llama(layers=1)

@@ -18,6 +18,8 @@ SHAPES = [(48, 32), (24, 40)]  # tall (P right, n×r) and wide (P left, m×r)
 RANDOM_RULES = [GrassJumpRule, GrassWalkRule]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def grads(shape, count, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=gen) for _ in range(count)]

@@ -17,6 +17,7 @@ from subprof.errors import SubprofError
 
 BACKENDS = ("auto", "cuda", "trace", "cpu")
 IMPLEMENTATIONS = {"subprof": None, "galore-torch": "galore"}  # implementation → the one method it implements
+PACKAGES = {"galore-torch": "galore_torch"}  # implementation → the module it needs (extra `subprof[reference]`)
 REFERENCE_NAMES = {"galore-ref": ("galore", "galore-torch")}  # what a user types → (method, implementation)
 # what identifies a finished row for `--resume`
 KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch", "seq", "dtype", "state_bits",
@@ -46,6 +47,15 @@ class Case:
         only = IMPLEMENTATIONS[self.implementation]
         if only is not None and self.config.method != only:
             raise SubprofError(f"{self.implementation} implements {only}, not {self.config.method}")
+
+    def check_installed(self) -> None:
+        """A reference implementation's package must be importable (it is the optional extra `reference`)."""
+        import importlib.util
+
+        module = PACKAGES.get(self.implementation)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise SubprofError(f"{self.method_label} runs {self.implementation}, which is not installed: "
+                               f"pip install 'subprof[reference]' (or pip install {self.implementation})")
 
     @property
     def method_label(self) -> str:

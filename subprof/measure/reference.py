@@ -62,6 +62,7 @@ def make_optimizer(model: torch.nn.Module, case: Case, *, lr: float = 1e-3, trac
             return LayerwiseOptimizer(inner) if c.layerwise else inner
         return build_optimizer(model, c.method, rank=c.rank, update_gap=c.update_gap, state_bits=c.state_bits,
                                layerwise=c.layerwise, lr=lr, foreach=True, **c.method_options)
+    case.check_installed()
     import galore_torch
 
     bits8 = c.state_bits == 8

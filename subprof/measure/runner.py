@@ -42,6 +42,7 @@ def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base
             config = TrainConfig(model=cfg, method=method, rank=rank, **{**base, "state_bits": forced or bits})
             case = Case(config=config, implementation=implementation, steps=steps, backend=backend,
                         budget_bytes=budget_bytes)
+            case.check_installed()
             if case.key() not in {c.key() for c in cases}:
                 cases.append(case)
     if not cases:

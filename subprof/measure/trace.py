@@ -20,7 +20,7 @@ workspace), allocator block rounding beyond 512 B and fragmentation (`max_memory
 
 8-bit optimizer states: bitsandbytes' blockwise kernels cannot run on fake tensors. `Bnb8bitAdamWTrace` allocates
 exactly the state bitsandbytes' `AdamW8bit` allocates (uint8 `state1`/`state2` of the parameter's shape, fp32
-`absmax1`/`absmax2` of ⌈numel/256⌉, the two 256-entry fp32 `qmap`s per parameter; tensors under 4096 values keep
+`absmax1`/`absmax2` of ⌈numel/256⌉, two 256-entry fp32 `qmap`s shared by the optimizer; tensors under 4096 values keep
 fp32 states) and updates in place, as the fused 8-bit kernel does (no temporaries).
 """
 

@@ -88,11 +88,10 @@ def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -
     return moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
 
 
-def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, accumulation: int | None = None,
-                       utilization: float = 0.4, states: int | None = None,
+def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, utilization: float = 0.4, states: int | None = None,
                        refresh_s: float | None = None) -> Throughput:
     """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
-    tokens = c.tokens * (c.accumulation if accumulation is None else accumulation)
+    tokens = c.tokens * c.accumulation
     compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
     opt = optimizer_seconds(c, gpu, states)
     proj = projection_seconds(c, gpu, utilization, refresh_s)
