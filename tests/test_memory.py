@@ -40,7 +40,7 @@ def test_memory_grows_with_rank(model, method, r, bits, layerwise):
 
 @settings(max_examples=60, deadline=None)
 @given(model=st.sampled_from(MODELS), method=st.sampled_from(list(REGISTRY)), b=st.integers(0, 6),
-       seq=st.sampled_from([64, 256, 1024]), ckpt=st.booleans(), dtype=st.sampled_from(["bf16", "mixed"]))
+       seq=st.sampled_from([64, 256, 1024]), ckpt=st.booleans(), dtype=st.sampled_from(["bf16", "mixed", "fp32"]))
 def test_memory_grows_with_batch_and_sequence(model, method, b, seq, ckpt, dtype):
     kw = dict(model=load_model(model), method=method, checkpointing=ckpt, dtype=dtype)
     assert peak(batch=2**b, seq=seq, **kw) <= peak(batch=2 ** (b + 1), seq=seq, **kw)
@@ -128,3 +128,19 @@ def test_accumulated_gradients_stay_alive_through_later_micro_batches(layerwise)
     accumulating = estimate(TrainConfig(accumulation=4, **kw))
     assert accumulating.phases["forward_backward"]["gradients"] == accumulating.components["gradients"] > 0
     assert accumulating.peak_allocated_bytes > once.peak_allocated_bytes
+
+
+@pytest.mark.parametrize("variant", [{}, {"intermediate_size": 2752}, {"num_hidden_layers": 8}])
+def test_fp32_estimate_is_the_traced_fp32_step_within_2_percent(variant):
+    """fp32 (CPU bursts' dtype) is not a GPU recipe: checked against the traced step itself."""
+    from subprof.catalog import _from_hf
+    from subprof.measure.case import Case
+    from subprof.measure.trace import trace_case
+    from subprof.plan import calibration as cal
+
+    raw = dict({"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4, "num_attention_heads": 8,
+                "vocab_size": 8192, "model_type": "llama"}, **variant)
+    config = TrainConfig(model=_from_hf("fp32-check", raw, "test"), dtype="fp32", batch=4, seq=256)
+    traced = trace_case(Case(config=config, steps=2)).peak_allocated_bytes
+    model_side = estimate(config).peak_allocated_bytes - cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    assert abs(model_side / traced - 1) <= 0.02

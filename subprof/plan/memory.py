@@ -137,9 +137,16 @@ def activation_bytes_per_token_layer(c: TrainConfig) -> int:
     on those traces.
     mixed (fp32 residual, bf16 autocast), not fitted: norms save fp32 input and output (16h); each autocast linear
     saves its own bf16 cast of the input (q, k, v: 6h; gate, up: 4h); attention and MLP as above.
+    fp32: the bf16 reading with every tensor saved in bf16 there saved in fp32 instead — norms 16h, attention
+    16q + 8kv, MLP 16I, softmax statistics as in bf16: 16h + 16q + 8kv + 16I + 2H + 16. Checked against traced
+    steps (torch 2.14, transformers 5.24; h 512–1024, I 1376–2752, H 8–16, 4–8 layers, V 8k–16k, seq 256): the
+    model-side peak within 1.3% below the trace (GQA: 3–4% below — the CPU trace keeps k and v at the full head
+    count, which real CPU runs do not; `tests/test_memory.py`).
     """
     m = c.model
     h, i, q, kv, heads = m.hidden, m.intermediate, m.q_dim, m.kv_dim, m.heads
+    if c.dtype == "fp32":
+        return 16 * h + 16 * q + 8 * kv + 16 * i + 2 * heads + 16
     core = 8 * q + 4 * kv + 8 * i + 2 * heads + 16
     if c.dtype == "bf16":
         return 12 * h + core
