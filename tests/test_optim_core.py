@@ -123,16 +123,21 @@ def test_galore_equals_galore_torch_step_by_step():
 # --- declared bytes == bytes in optimizer.state --------------------------------------------------------------------
 
 
+VARIANTS = [(m, v) for m in METHODS for v in ("default", *REGISTRY[m].variants)]
+
+
 @pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])
 @pytest.mark.parametrize("bits", [32, 16, 8])
-@pytest.mark.parametrize("method", METHODS)
-def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, shape):
-    """Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32 at 8 bits) exercise both regimes."""
+@pytest.mark.parametrize("method,variant", VARIANTS)
+def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, variant, bits, shape):
+    """Every method in every named variant. Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32
+    at 8 bits) exercise both regimes."""
     spec, (m, n), r = REGISTRY[method], shape, 16
+    options = dict(spec.variants.get(variant, {}))
     dtype = torch.bfloat16 if bits == 16 else torch.float32
     torch.manual_seed(0)
     model = Block(tall=shape).to(dtype)
-    opt = build_optimizer(model, method, rank=r, update_gap=1, state_bits=bits, lr=1e-3)
+    opt = build_optimizer(model, method, rank=r, update_gap=1, state_bits=bits, lr=1e-3, **options)
     data = batches(2, dim=n)
     for batch in data:
         opt.zero_grad()
@@ -140,7 +145,7 @@ def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, s
         opt.step()
     pb = 2 if dtype == torch.bfloat16 else 4
     for weight, (wm, wn) in ((model.attn.weight, (m, n)), (model.mlp.weight, (n, m))):
-        declared = sum(spec.state_bytes(wm, wn, r, state_bits=bits, param_bytes=pb).values())
+        declared = sum(spec.state_bytes(wm, wn, r, state_bits=bits, param_bytes=pb, options=options).values())
         assert state_tensor_bytes(opt.state[weight]) == declared, sorted(opt.state[weight])
     for p in (model.norm, model.head.weight, model.head.bias):  # plain AdamW tensors, as memory.state_bytes counts
         assert state_tensor_bytes(opt.state[p]) == 2 * tensor_bytes(p.numel(), Dtype.STATE, state_bits=bits,

@@ -119,6 +119,11 @@ class MethodSpec:
     - defaults: the update gap and the gaps `plan` searches, the scale α, the state precisions it supports.
     - `timing_options`: rule options used when `proj` times one update; `timing_variants`: further named timed
       forms (name → options), e.g. OSD's autograd form.
+    - `variants`: named alternatives to the defaults (name → options), each a documented deviation or the
+      authors' other setting; tests run every one (declared bytes == `optimizer.state`).
+    - `default_lr` and `lr_source`: the peak learning rate the method's authors publish for LLaMA pretraining at
+      the small end (60m–350m), and where it comes from; used when no lr is given (burst) and as the centre of a
+      burst's lr grid.
     """
 
     name: str
@@ -132,17 +137,26 @@ class MethodSpec:
     default_update_gap: int = 200
     update_gaps: tuple[int, ...] = (50, 200, 500)
     default_scale: float = 0.25
+    default_lr: float = 1e-3
+    lr_source: str = ""
     quality_prior: float = 0.0
     paper: str = ""
     state_bits_supported: tuple[int, ...] = (32, 16, 8)
     timing_options: Mapping[str, Any] = field(default_factory=dict)
     timing_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
             raise ValueError(f"{self.name}: refresh_cost must be one of {REFRESH_COSTS}, got {self.refresh_cost!r}")
         if self.project and self.rule is None:
             raise ValueError(f"{self.name}: a projected method needs its rule class")
+        if self.default_lr <= 0:
+            raise ValueError(f"{self.name}: default_lr must be positive, got {self.default_lr}")
+        for name, options in self.variants.items():
+            unknown = sorted(set(options) - set(self.option_defaults))
+            if unknown:
+                raise ValueError(f"{self.name}: variant {name!r} sets unknown option(s) {', '.join(unknown)}")
 
     # --- options ------------------------------------------------------------------------------------------------
     @property
