@@ -9,7 +9,7 @@ Oja++ paper's text (only their abstracts) — every choice below is ours, writte
 Choices (`OriRule` options in brackets):
 - Oja++ column activation [`oja_pp`, True]: k/2 random columns at step 0, then at epoch boundaries fresh random
   columns are appended, k_e = r − ⌊r/2^(e+1)⌋ active in epoch e (r/2, 3r/4, 7r/8, …, all r at epoch ⌊log2 r⌋). The
-  epochs are tied to a share of training [`activation_share`, 0.1]: E = ⌈share · total_steps / ⌊log2 r⌋⌉ steps, so
+  epochs are tied to a share of training [`activation_share`, 0.1]: E = ⌊share · total_steps / ⌊log2 r⌋⌋ steps, so
   every column is active after the first 10% of training — the warm-up share of the GaLore/SubTrack recipes (1000 of
   10000 steps). total_steps [`total_steps`]: the run's length (burst passes it); unknown → 10,000, the length of those
   recipes' 60m–350m runs.
@@ -82,10 +82,10 @@ def active_columns(rank: int, step: int, epoch_steps: int) -> int:
 
 
 def activation_epoch(rank: int, total_steps: int, share: float) -> int:
-    """Steps per activation epoch: E = ⌈share · total_steps / ⌊log2 r⌋⌉ (≥ 1), so all r columns are active from step
-    ⌊log2 r⌋ · E ≈ share · total_steps on."""
+    """Steps per activation epoch: E = ⌊share · total_steps / ⌊log2 r⌋⌋ (≥ 1), so all r columns are active from step
+    ⌊log2 r⌋ · E ≤ share · total_steps on (less than ⌊log2 r⌋ steps before it)."""
     epochs = max(1, rank.bit_length() - 1)
-    return max(1, math.ceil(share * total_steps / epochs))
+    return max(1, math.floor(share * total_steps / epochs))
 
 
 class OriRule(SeededRule):

@@ -12,7 +12,9 @@ Variants [`variant`]:
   eps 1e-8, bias-corrected) of ∇L, η_P = α·η_W, α = 5 [`alpha`], λ = 0.1 [`ortho_weight`], λ_P = 0
   [`projector_weight_decay`; GaLore-style runs use no decay]; SGD instead of Adam [`projector_optimizer="sgd"`,
   no momentum; the paper's 7B run used SGD]. P_0 from the SVD of the first gradient, as the authors' code does
-  (the paper only asks for "proper initialization") [`init="random"`: a seeded random orthonormal P_0, no SVD].
+  (the paper only asks for "proper initialization"), and like the code no P step at step 0 (∇L at the SVD basis of
+  G_0 is zero up to round-off, which Adam would turn into a full-size step) [`init="random"`: a seeded random
+  orthonormal P_0, no SVD, P stepped from step 0].
 - "code": the repository's rule — SVD start and no P step at step 0, then a torch AdamW step (weight_decay 0.01,
   eps 1e-8) on ‖P PᵀG̃ − G̃‖² without λ, lr_P = (1/gap)·(lr_t/lr_0), gap their `update_proj_gap` [`code_gap`, 200].
 Defaults: lr 1e-2, α_W = 0.25 (the README's 60M command: `--lr 0.01 --galore_scale 0.25 --update_proj_gap 200`);
@@ -166,8 +168,8 @@ class OSDRule(ProjectionRule):
         lr_w = self._lr if self._lr is not None else self.default_lr
         if "projector" not in state:
             state["projector"] = self._initial(grad)
-            if self.variant == "code":  # the code creates P (and its optimizer) at step 0 and steps from step 1
-                return
+            if self.init == "svd":  # P_0 is optimal for G_0 (∇L = 0 up to round-off, which Adam would blow up to a
+                return              # full step); the code, too, creates P (and its optimizer) at step 0, steps from 1
         else:
             self._apply_pending(state)  # the move computed at the last due step, applied the step after it
         if not self.due(step):

@@ -18,7 +18,9 @@ Defaults and their sources:
 - update size [`update_scale="moonlight"`]: c = 0.2·√max(m, n) — Moonlight's rule (Liu et al. 2025, arXiv
   2502.16982 §2.2) that the SUMO paper cites ("scaling updates by √max(m, n) ... similar to AdamW"): it gives O's
   entries in the subspace an RMS of 0.2, the RMS of a typical AdamW update, so SUMO's step is comparable to Adam's
-  at the same lr (a test compares it with GaLore's); "shape": c = √max(m, n) (the factor as the SUMO text states
+  at the same lr (a test compares it with GaLore's). Measured here on the tiny LLaMA (stdlib corpus, rank 16, lr
+  1e-2, median over the 28 projected weights): GaLore's Adam direction in the subspace has RMS 0.91 at step 0, 0.35
+  at step 5, 0.14 at step 20 and 0.085 from step 40 — 0.2 sits inside that range; "shape": c = √max(m, n) (the factor as the SUMO text states
   it, without Moonlight's 0.2); None: c = 1 (‖QO‖_F = √r, 10–45× smaller than GaLore's step).
 - K = 200 [`update_gap`] (our choice; the paper's grid on 130m suggests 250), μ = 0.95 [`momentum`] (Muon's
   default; the paper's value was not found), lr 1e-2 (the GaLore recipe: with the update scale SUMO's steps are
