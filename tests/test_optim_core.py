@@ -373,3 +373,33 @@ def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, 
             opt.step()
     declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize)
     assert trace.peak == declared
+
+
+@pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])
+@pytest.mark.parametrize("method,variant", [(m, v) for m, v in VARIANTS if REGISTRY[m].project])
+def test_a_refresh_allocates_no_more_than_its_declared_workspace(method, variant, shape):
+    """Every projection update (step 0's start, then a move) of every variant, traced at the dispatch
+    level (so `torch.linalg.svd`'s internal copy, declared, is not seen): the peak stays within the declaration.
+    fp32 weights and states (at 16/8 bits the moment rotation reads fp32 copies, which are not declared)."""
+    spec, (m, n), r = REGISTRY[method], shape, 16
+    options = dict(spec.variants.get(variant, {}))
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(m, n))
+    opt = SubspaceAdamW([{"params": [weight], "method": method, "rank": r, "update_gap": 1,
+                          "method_options": options}], lr=1e-3)
+    rule = opt.rule(opt.param_groups[0])
+    peaks = []
+    real = rule.update_projection
+
+    def traced(state, grad, step):
+        existing = [weight, grad] + [v for v in state.values() if torch.is_tensor(v)]
+        with TransientPeak(existing) as trace:
+            real(state, grad, step)
+        peaks.append(trace.peak)
+
+    rule.update_projection = traced
+    for _ in range(2):  # the start, then a move
+        weight.grad = torch.randn(m, n)
+        opt.step()
+    declared = spec.workspace_bytes(m, n, r, state_bits=32, param_bytes=4, options=options)
+    assert max(peaks) <= declared, (peaks, declared)

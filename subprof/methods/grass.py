@@ -20,13 +20,13 @@ reachable — only its abstract, which pairs both walks with the subspace-aware 
   see `subprof.methods.moving`; scale α 0.25 and lr 1e-3 from SubTrack++'s c4 scripts (the same authors' optimizer).
 Deviations and choices:
 - η [`walk_step`] = 0.02: the code has no default and the paper's value was not found. θ = η·σ grows with the
-  width (σ of the rank-1 sketch of a d×r Gaussian tangent: 75–90% of its top singular value ≈ √(d−r) + √r, as
-  the sketch has no power iterations); measured on the catalogue shapes
-  at the papers' ranks (`walk_angles`, checked by a test), η = 0.02 gives θ ≈ 0.26 rad (tiny, r 16), 0.49 (60m,
-  r 128), 0.94 (1b, r 512), 1.33 (7b, r 1024): every move stays below π/2 (beyond it the angle folds back) while
-  the large models turn most of one direction per move. Even at θ = π/2 a rank-1 move touches one of r directions:
-  after K moves about (1 − sin²θ/r)^K of the start subspace's energy remains (1b, 50 moves: 94%) — walks explore
-  slowly by construction; the hybrid's jumps renew the whole basis.
+  width (σ of the rank-1 sketch of a d×r Gaussian tangent is 75–90% of its top singular value ≈ √(d−r) + √r: the
+  sketch has no power iterations). Measured on the catalogue shapes at the papers' ranks (`walk_angles`, checked by
+  a test), η = 0.02 gives θ ≈ 0.26 rad (tiny, r 16), 0.49 (60m, r 128), 0.94 (1b, r 512), 1.33 (7b, r 1024):
+  every move stays below π/2 (beyond it the angle folds back) while the large models turn most of one direction
+  per move. Even at θ = π/2 a rank-1 move touches one of r directions: after K moves about (1 − sin²θ/r)^K of the
+  start subspace's energy remains (1b, 50 moves: 94%) — walks explore slowly by construction; the hybrid's jumps
+  renew the whole basis.
 - Random numbers come from a per-weight CPU generator (seed [`seed`] + weight order, state in `state["rng_state"]`)
   instead of the global torch / Python RNGs: resumable and the same on any device; the hybrid's coin is drawn from
   it too. The sketch's QR is sign-fixed and the moved P re-orthonormalised by a sign-fixed QR (the code does
@@ -71,7 +71,7 @@ def layout_for_init(default_init: str):
     def layout(options: Mapping[str, Any]) -> StateLayout:
         """Adam's moments and P. Refresh workspace: step 0's full SVD when the walk starts from it (it dominates the
         later moves' workspace while r ≤ d/2), else a move's; the step workspace holds recovery's m×n residual."""
-        init = options["init"] or default_init
+        init = "svd" if options.get("hybrid") else options["init"] or default_init  # hybrid starts from the SVD
         moves = MOVE_WORKSPACE if choice("moment_transfer", options["moment_transfer"],
                                          ("reference", "unscaled", None)) else DRAW_WORKSPACE
         return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if init == "svd" else moves,

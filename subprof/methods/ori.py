@@ -157,11 +157,12 @@ class OriRule(SeededRule):
 
 def layout(options: Mapping[str, Any]) -> StateLayout:
     """Adam's moments (always r wide) and P (d×r, inactive columns zero). Refresh: the SVD when P starts from it, else
-    an Oja step's GᵀP (r × max(m, n)), P + η G̃G̃ᵀP and its Q (d×r each), fp32."""
+    an Oja step's GᵀP (r × max(m, n)), P + η G̃G̃ᵀP and its Q (d×r each) and CholeskyQR2's r×r Gram factor, fp32."""
     return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if options["init"] == "svd" else (
         TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
         TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)))
+        TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        TensorSpec(name="gram", shape=lambda m, n, r: (r, r), dtype=Dtype.FP32, role=Role.WORKSPACE)))
 
 
 SPEC = MethodSpec(

@@ -3,7 +3,8 @@
 A rule keeps no per-weight data: everything it keeps lives in the optimizer's per-parameter state dict under the names its
 `MethodSpec` declares (`projector`, `projector_exp_avg`, …), so `Optimizer.state_dict()` round-trips it and the
 memory model's declaration can be checked against `optimizer.state` byte for byte. Randomized rules keep their
-generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory).
+generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory), seeded from `state["stream"]`, the
+weight's position in the optimizer (an int the optimizer sets at the weight's first step).
 
 Convention (GaLore "std"): for W of shape (m, n), if m ≥ n then P is n×r and R = G·P (m×r), else P is m×r and
 R = Pᵀ·G (r×n). P is stored in the gradient's dtype; the rules compute in fp32 where precision matters.
@@ -24,8 +25,9 @@ Moments are stored in the format `state_bits` asks for (`subprof.methods.moments
 bits.
 
 Options: a rule declares its options and their defaults in the class attribute `defaults` — the one place they are
-stated. A rule also knows its group's Adam betas (`self.betas`; SubTrack++'s moment rotation uses β₂). `MethodSpec.resolve_options` and the rule's constructor both merge given options over them and reject
-unknown names, so the memory declaration (which may depend on an option) and the rule never disagree.
+stated. `MethodSpec.resolve_options` and the rule's constructor both merge given options over them and reject
+unknown names, so the memory declaration (which may depend on an option) and the rule never disagree. A rule also
+knows its group's Adam betas (`self.betas`; SubTrack++'s moment rotation uses β₂).
 """
 
 from __future__ import annotations
