@@ -9,7 +9,7 @@ from rich.table import Table
 
 from subprof.cli import render
 from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt, RankOpt,
-                                 SeqOpt)
+                                 SeqOpt, ThreadsOpt)
 from subprof.cli.ui import console, guarded, print_json
 from subprof.errors import SubprofError
 
@@ -98,9 +98,11 @@ def plan(
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
-                                                                       "largest that fits).")] = None,
-    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", help="Tokens per optimizer step; "
-                                                           "micro-batches accumulate to it.")] = None,
+                                                 "largest that fits). Alone it is also the optimizer batch; with "
+                                                 "--tokens-per-step micro-batches accumulate to that.")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", help="Tokens per optimizer step "
+                                                           "(default: 512 sequences); micro-batches accumulate to "
+                                                           "it.")] = None,
     dtype: DtypeOpt = "bf16",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of the "
                                                            "budget.")] = 0.05,
@@ -126,6 +128,7 @@ def plan(
                                                                "(default: the Python standard library).")] = None,
     burst_out: Annotated[str, typer.Option("--burst-out", help="JSONL the burst rows are appended to "
                                                                "(resumable).")] = "reports/plan_burst.jsonl",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
@@ -151,7 +154,7 @@ def plan(
         from subprof.train.confirm import confirm_with_bursts
 
         evidence = confirm_with_bursts(result, top=burst_top, steps=burst_steps, burst_model=burst_model,
-                                       data=data, out=burst_out, seq=min(seq, 256),
+                                       data=data, out=burst_out, seq=min(seq, 256), threads=threads,
                                        progress_factory=None if json_out else progress_bar)
     if json_out:
         print_json(render.plan_json(result, evidence))

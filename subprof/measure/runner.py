@@ -26,7 +26,7 @@ from subprof.results import FINAL_STATUSES, ResultLog, case_key, error_pct, norm
 
 
 def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base: dict, steps: int, backend: str,
-                budget_bytes: int | None = None) -> list[Case]:
+                budget_bytes: int | None = None, margin: float = 0.05, threads: int | None = None) -> list[Case]:
     """method × rank cases (duplicates dropped), each validated by `TrainConfig` so a bad rank or dtype is one line.
     `base` holds the shared TrainConfig fields (batch, seq, dtype, state_bits, layerwise, checkpointing,
     update_gap); full-rank methods get one case, projected methods one per rank (the default rank if none)."""
@@ -41,7 +41,7 @@ def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base
                 raise SubprofError(f"--methods {name} implies --state-bits {forced}")
             config = TrainConfig(model=cfg, method=method, rank=rank, **{**base, "state_bits": forced or bits})
             case = Case(config=config, implementation=implementation, steps=steps, backend=backend,
-                        budget_bytes=budget_bytes)
+                        budget_bytes=budget_bytes, margin=margin, threads=threads)
             case.check_installed()
             if case.key() not in {c.key() for c in cases}:
                 cases.append(case)

@@ -31,3 +31,10 @@ RESERVE_PER_LOGITS_BYTE = 0.48
 def reserved_bytes(peak_allocated: int, logits: int) -> int:
     """reserved ≈ peak allocated + 0.48 · logits_loss bytes (H100 fit above)."""
     return int(peak_allocated + RESERVE_PER_LOGITS_BYTE * logits)
+
+
+def device_used_bytes(peak_allocated: int, logits: int) -> int:
+    """What nvidia-smi shows for a step whose `torch.cuda.max_memory_allocated()` is `peak_allocated`: the reserved
+    memory (`reserved_bytes`) plus the CUDA context. `plan` holds this against budget × (1 − margin), and so does
+    `bench --gpu-mem` for a traced peak (plus `CUDA_RUNTIME_ALLOCATED_BYTES`, which a trace cannot see)."""
+    return reserved_bytes(peak_allocated, logits) + CUDA_CONTEXT_BYTES

@@ -248,7 +248,7 @@ def estimate(c: TrainConfig) -> Estimate:
         "cuda_runtime": runtime,
     }
     reserved = cal.reserved_bytes(peak, logit)
-    used = reserved + cal.CUDA_CONTEXT_BYTES
+    used = cal.device_used_bytes(peak, logit)
     notes = []
     if c.spec.project and c.spec.layout_for(c.method_options).workspace:
         notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
