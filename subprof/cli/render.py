@@ -87,6 +87,11 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"GiB of {gib(req.usable_bytes):.2f} GiB usable (headroom "
                   f"{gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
                   f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}")
+    if not rec.keeps_requested_batch:
+        console.print(f"[yellow]no configuration that keeps the requested {req.sequences_per_step} sequences per "
+                      f"optimizer step fits[/]: the ones below step every micro-batch (per-layer updates free each "
+                      f"gradient at once; accumulating would keep them all). Give --tokens-per-step to ask for a "
+                      f"smaller optimizer batch.")
     fast = result.fastest
     if fast is not None and fast.throughput.tokens_per_s >= FASTER_BY * rec.throughput.tokens_per_s:
         console.print(f"fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s")
