@@ -102,12 +102,15 @@ def test_bench_and_plan_use_one_budget_rule(tmp_path):
     """A traced peak that fits the raw budget but not the device memory plan computes from it (CUDA runtime,
     allocator reserve, context, margin) is an `oom` row, as plan would reject it."""
     from subprof.measure.case import Case
+    from subprof.measure.runner import BudgetRule
     from subprof.measure.worker import measure
+    from subprof.plan.calibration import DEFAULT
 
     config = TrainConfig(model=load_model("tiny"), method="adamw", batch=1, seq=16)
-    ok = measure(Case(config=config, steps=1))
-    budget = int(ok["peak_allocated_bytes"] * 1.5)  # the raw traced peak fits comfortably...
-    row = measure(Case(config=config, steps=1, budget_bytes=budget))
+    case = Case(config=config, steps=1)
+    row = measure(case)
+    budget = int(row["peak_allocated_bytes"] * 1.5)  # the raw traced peak fits comfortably...
+    BudgetRule(budget_bytes=budget, margin=0.05, calibration=DEFAULT).apply(row, case)
     assert row["status"] == "oom" and "usable" in row["error"]  # ...the device memory does not
     assert estimate(config).device_used_bytes > budget * 0.95  # and plan agrees
 

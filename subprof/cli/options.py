@@ -27,3 +27,6 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip cases already fi
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: half the "
                                                    f"cores, {default_threads()} here; on a busy machine fewer threads "
                                                    "run faster).")]
+CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A calibration record written by `subprof "
+                                                       "calibrate` (default: the newest record for the target GPU, "
+                                                       "else the H100 reference rows).")]

@@ -26,17 +26,13 @@ KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch"
 
 @dataclass(kw_only=True, slots=True)
 class Case:
-    """One measurement: a training configuration, the backend that measures it and for how many steps.
-    `budget_bytes` (trace only) turns a configuration over budget into `oom` by the planner's rule: device memory
-    (the traced peak plus the calibrated GPU-side terms) above budget × (1 − margin). `threads`: torch CPU threads
-    (None: the default)."""
+    """One measurement: a training configuration, the backend that measures it and for how many steps. `threads`:
+    torch CPU threads (None: the default)."""
 
     config: TrainConfig
     backend: str = "trace"
     steps: int = 3
     implementation: str = "subprof"
-    budget_bytes: int | None = None
-    margin: float = 0.05
     seed: int = 0
     threads: int | None = None
 
@@ -86,8 +82,7 @@ class Case:
 
     def to_json(self) -> str:
         return json.dumps({"config": self.config.to_dict(), "backend": self.backend, "steps": self.steps,
-                           "implementation": self.implementation, "budget_bytes": self.budget_bytes,
-                           "margin": self.margin, "seed": self.seed, "threads": self.threads})
+                           "implementation": self.implementation, "seed": self.seed, "threads": self.threads})
 
     @classmethod
     def from_json(cls, text: str) -> "Case":

@@ -64,27 +64,7 @@ def _trace(case: Case) -> dict:
            "param_bytes": res.param_bytes, "attention_kernel": res.sdpa_kernel, "step_peaks": res.steps,
            "trace_seconds": round(res.trace_seconds, 2), "host_max_rss_bytes": res.host_max_rss_bytes,
            "device": "trace (fake tensors, CUDA choices reproduced)"}
-    if case.budget_bytes is not None:
-        usable = int(case.budget_bytes * (1 - case.margin))
-        used = _traced_device_used(res.peak_allocated_bytes, case)
-        out["device_used_bytes"] = used  # estimated from the traced peak, as `plan` estimates it
-        if used > usable:
-            phase = next(name for name in ("model_built", "projection_refresh", "forward_backward", "optimizer_step")
-                         if _traced_device_used(res.phases.get(name) or 0, case) > usable)
-            out.update(status="oom", oom_phase=phase,
-                       error=f"traced peak {res.peak_allocated_bytes / 2**30:.2f} GiB → device "
-                             f"{used / 2**30:.2f} GiB (plus the calibrated CUDA runtime, allocator reserve and "
-                             f"context) > {usable / 2**30:.2f} GiB usable ({case.margin:.0%} margin)")
     return out
-
-
-def _traced_device_used(peak: int, case: Case) -> int:
-    """The planner's device-memory rule applied to a traced peak: + CUDA runtime allocations, + allocator reserve
-    and CUDA context (`plan.calibration.device_used_bytes`)."""
-    from subprof.plan import calibration as cal
-    from subprof.plan.memory import logits_bytes
-
-    return cal.device_used_bytes(peak + cal.CUDA_RUNTIME_ALLOCATED_BYTES, logits_bytes(case.config))
 
 
 def _losses_ok(losses: list[float]) -> bool:

@@ -436,7 +436,6 @@ def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) 
     """On the CPU, refuse a burst whose estimated peak (the memory model, on the corpus's vocabulary) does not fit
     the memory this machine has available — before anything is allocated."""
     from subprof.measure.model import available_host_memory
-    from subprof.plan import calibration as cal
     from subprof.plan.memory import estimate
 
     if settings.device != "cpu":
@@ -446,7 +445,8 @@ def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) 
         return
     model = replace(case.config.model, vocab=corpus.vocab_size, raw=dict(case.config.model.raw,
                                                                           vocab_size=corpus.vocab_size))
-    need = (estimate(replace(case.config, model=model)).peak_allocated_bytes - cal.CUDA_RUNTIME_ALLOCATED_BYTES)
+    est = estimate(replace(case.config, model=model))
+    need = est.peak_allocated_bytes - est.components["cuda_runtime"]
     if need * HOST_MARGIN > available:
         raise SubprofError(f"a {case.config.dtype} burst of {case.config.model.name} ({case.label}) on the CPU needs "
                            f"≈ {need * HOST_MARGIN / 2**30:.1f} GiB (estimated peak {need / 2**30:.1f} GiB + 25%), "
