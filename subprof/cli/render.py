@@ -40,6 +40,7 @@ def estimate_table(est: Estimate) -> None:
                   f"device used (nvidia-smi, incl. CUDA context) ≈ [bold]{gib(est.device_used_bytes):.2f} GiB[/]")
     for note in est.notes:
         console.print(f"[dim]note: {note}[/]")
+    console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
 
 
 def _cand_row(c: Candidate) -> list[str]:
@@ -72,7 +73,8 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"optimizer step = {req.sequences_per_step:,} sequences = {req.global_tokens:,} tokens; "
                   f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
-                  f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason})")
+                  f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
+                  f"{req.calibration.source}")
     rec = result.recommendation
     if rec is None:
         console.print("[bold red]nothing fits.[/] Rejected:")
@@ -173,6 +175,7 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "sequences_per_step": req.sequences_per_step,
         "throughput_gpu": req.throughput_gpu.key,
         "throughput_gpu_reason": req.throughput_gpu_reason,
+        "calibration": req.calibration.to_dict(),
         "utilization": req.utilization,
         "recommendation": rec.to_dict() if rec else None,
         "fastest": result.fastest.to_dict() if result.fastest else None,

@@ -28,6 +28,7 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
 
@@ -51,6 +52,7 @@ class PlanRequest:
     gpu: GpuSpec | None = None
     utilization: float = 0.4
     proj_rows: list[dict] = field(default_factory=list)
+    calibration: Calibration | None = None  # None: the record for the throughput GPU, else the H100 default
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
 
     def __post_init__(self) -> None:
@@ -71,6 +73,8 @@ class PlanRequest:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
         if not 0 < self.utilization <= 1:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
+        if self.calibration is None:
+            self.calibration = calibration_for(self.throughput_gpu.key)
 
     @property
     def global_tokens(self) -> int:
@@ -128,6 +132,7 @@ class Candidate:
     quality: float
     fits: bool
     requested_sequences: int
+    calibration: Calibration
     projection_source: str = "scaled from H100 measurements"
 
     @property
@@ -288,20 +293,21 @@ def _saves_memory(cand: Candidate) -> bool:
     candidate less than the same configuration stepped globally (with accumulation it often saves nothing)."""
     c = cand.config
     used = cand.estimate.device_used_bytes
-    if c.layerwise and used >= estimate(replace(c, layerwise=False)).device_used_bytes:
+    if c.layerwise and used >= estimate(replace(c, layerwise=False), cand.calibration).device_used_bytes:
         return False
     if not c.spec.project:
         return True
     return used < _full_rank_device_used(c.model, c.state_bits, c.layerwise, c.dtype, c.batch, c.seq, c.checkpointing,
-                                         c.accumulation)
+                                         c.accumulation, cand.calibration)
 
 
 @lru_cache(maxsize=1024)
 def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype: str, batch: int, seq: int,
-                           ckpt: bool, accumulation: int) -> int:
+                           ckpt: bool, accumulation: int, calibration: Calibration) -> int:
     """Device memory of full-rank AdamW at these settings (cached: every low-rank candidate is held against it)."""
     return estimate(TrainConfig(model=model, method="adamw", state_bits=bits, layerwise=layerwise, dtype=dtype,
-                                batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation)).device_used_bytes
+                                batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation),
+                    calibration).device_used_bytes
 
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
@@ -310,12 +316,13 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
                       accumulation=batch[1])
-    est = estimate(cfg)
+    est = estimate(cfg, req.calibration)
     measured = req.measured_refresh_s(spec.name, rank, gap)
     return Candidate(config=cfg, estimate=est, requested_sequences=req.sequences_per_step,
+                     calibration=req.calibration,
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=predict_throughput(
-                         cfg, gpu, utilization=req.utilization, refresh_s=measured,
+                         cfg, gpu, utilization=req.utilization, refresh_s=measured, calibration=req.calibration,
                          states=est.components["optimizer_states"] + est.components["projection_matrices"]),
                      quality=quality_prior(cfg, spec),
                      projection_source="measured (--proj)" if measured is not None else
@@ -359,7 +366,7 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
                           update_gap=lean.config.update_gap, state_bits=lean.config.state_bits,
                           layerwise=lean.config.layerwise, dtype=req.dtype, batch=1, seq=seq,
                           checkpointing=lean.config.checkpointing)
-        if estimate(cfg).device_used_bytes <= req.usable_bytes:
+        if estimate(cfg, req.calibration).device_used_bytes <= req.usable_bytes:
             out.append(f"--seq {seq} fits with {cfg.label()} at batch 1")
             break
         seq //= 2

@@ -6,6 +6,7 @@ import pandas as pd
 
 from subprof.catalog import ModelConfig
 from subprof.plan.planner import ranks_for
+from subprof.plan.calibration import DEFAULT, calibration_for
 from subprof.plan.memory import estimate
 from subprof.report.tables import FIT_CLASSES, ReportRequest, leanest, price_date
 from subprof.units import fmt_count
@@ -125,9 +126,20 @@ def assumptions(req: ReportRequest) -> list[str]:
         f"(profiles/gpus.toml); price dates as their sources state them: {dates or 'none used'}. They vary by "
         "provider, region and month and were not checked live" + (f"; overridden with --price: {over}" if over
         else "") + ".",
+        calibration_sentence(req),
         "GPU figures (memory, bandwidth, TFLOP/s) come from vendor datasheets as cited in the catalogue; none of "
         "them was measured by subprof. Memory estimates come from subprof's analytic model (calibrated on H100 "
         "measurements); the measured sections show real rows only when result files are given.",
     ]
 
 
+def calibration_sentence(req: ReportRequest) -> str:
+    """Which calibration each GPU's memory figures used: its own record (`subprof calibrate`), else the default."""
+    own = {g.name: calibration_for(g.key) for g in req.gpus}
+    measured = {name: c for name, c in own.items() if c.gpu is not None}
+    rest = [name for name in own if name not in measured]
+    parts = [f"{name}: {c.source}" for name, c in measured.items()]
+    if rest:
+        parts.append(f"{', '.join(rest)}: {DEFAULT.source} (no record of their own; `subprof calibrate` measures one)")
+    return "GPU-side memory (CUDA runtime allocations, allocator reserve, CUDA context) is calibrated — " + \
+        "; ".join(parts) + "."
