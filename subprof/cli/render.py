@@ -144,7 +144,6 @@ def burst_tables(evidence: list) -> None:
     if best.efficiency is None:
         console.print("[bold red]no burst finished[/]: the prior's recommendation stands (see the status column)")
         return
-    cfg = best.candidate.config
     console.print(f"[bold green]recommended after bursts:[/] {best.candidate.describe()}"
                   + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
                   f"{best.efficiency:.2f} loss drop per predicted hour on the target GPU")

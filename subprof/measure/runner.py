@@ -129,30 +129,30 @@ def sweep(cases: Iterable[Case], *, out: str, resume: bool, timeout: float, budg
 def run_case(case: Case, *, timeout: float) -> dict:
     """Run `case` in a fresh subprocess; always return a row (ok / oom / diverged / timeout / error).
     KeyboardInterrupt kills the child's process group and propagates (no row is written for it)."""
+    return run_worker("subprof.measure.worker", case.to_json(), timeout=timeout, base=base_row(case))
+
+
+def run_worker(module: str, payload: str, *, timeout: float, base: dict) -> dict:
+    """`python -m <module> '<payload>'` in its own session; its one `SUBPROF_ROW <json>` line, or `base` with status
+    timeout / error. KeyboardInterrupt kills the child's process group and propagates."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "subprof.measure.worker", case.to_json()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", module, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
-        row = base_row(case)
-        row.update(status="timeout", error=f"no result within {timeout:g} s", wall_s=round(time.perf_counter() - t0, 2))
-        return row
+        return {**base, "status": "timeout", "error": f"no result within {timeout:g} s",
+                "wall_s": round(time.perf_counter() - t0, 2)}
     except BaseException:
         _kill(proc)
         raise
     for line in out.splitlines():
         if line.startswith(ROW_MARK):
-            row = json.loads(line[len(ROW_MARK):])
-            row["wall_s"] = round(time.perf_counter() - t0, 2)
-            return row
-    row = base_row(case)
+            return {**json.loads(line[len(ROW_MARK):]), "wall_s": round(time.perf_counter() - t0, 2)}
     last = [ln for ln in err.strip().splitlines() if ln.strip()]
-    row.update(status="error", error=(last[-1] if last else f"worker exited with code {proc.returncode}")[-500:],
-               wall_s=round(time.perf_counter() - t0, 2))
-    return row
+    error = (last[-1] if last else f"worker exited with code {proc.returncode}")[-500:]
+    return {**base, "status": "error", "error": error, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def _kill(proc: subprocess.Popen) -> None:
