@@ -42,19 +42,9 @@ def _nvml_process_used(index: int) -> tuple[int | None, str | None]:
 
 
 def _median_seconds(fn, repeats: int = 10, warmup: int = 2) -> float:
-    import torch
+    from subprof.measure.timing import time_call
 
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(time_call(fn, repeats=repeats, warmup=warmup, device="cuda"))
 
 
 def _matmul(n: int) -> tuple[int, float]:
