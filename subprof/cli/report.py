@@ -7,7 +7,6 @@ per table.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,19 +49,6 @@ def select_gpus(text: str) -> list:
     return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
 
 
-def _check_out(out: Path) -> None:
-    """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
-    if out.is_dir():
-        raise SubprofError(f"--out {str(out)!r} is a folder; give a file name such as reports/procurement.html")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SubprofError(f"--out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
-    target = out if out.exists() else out.parent
-    if not os.access(target, os.W_OK):
-        raise SubprofError(f"--out {str(out)!r} is not writable (no write permission on {str(target)!r})")
-
-
 def report(
     models: Annotated[str, typer.Option("--models", help="Comma-separated catalogue models or config.json paths, "
                                                          "e.g. 1b,7b.")],
@@ -95,7 +81,7 @@ def report(
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
     from subprof.report.tables import ReportRequest
-    from subprof.results import read_result_files
+    from subprof.results import check_writable, read_result_files
     from subprof.units import parse_count
 
     model_list = [load_model(name) for name in parse_str_list(models)]
@@ -107,7 +93,9 @@ def report(
                         prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
                         proj_rows=read_result_files([proj] if proj else [], "--proj"),
                         burst_rows=read_result_files([burst] if burst else [], "--burst"))
-    _check_out(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SubprofError(f"--out {str(out)!r}: the report is an HTML page; give a file name ending in .html")
+    check_writable(out, example="procurement.html")
     with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
         result = build_report(req, on_cell=bar.advance)
     path = write_html(result, out)

@@ -26,15 +26,15 @@ KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch"
 
 @dataclass(kw_only=True, slots=True)
 class Case:
-    """One measurement: a training configuration, the backend that measures it and for how many steps.
-    `budget_bytes` (trace only) turns a peak over budget into `oom`."""
+    """One measurement: a training configuration, the backend that measures it and for how many steps. `threads`:
+    torch CPU threads (None: the default)."""
 
     config: TrainConfig
     backend: str = "trace"
     steps: int = 3
     implementation: str = "subprof"
-    budget_bytes: int | None = None
     seed: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS[1:]:
@@ -82,8 +82,7 @@ class Case:
 
     def to_json(self) -> str:
         return json.dumps({"config": self.config.to_dict(), "backend": self.backend, "steps": self.steps,
-                           "implementation": self.implementation, "budget_bytes": self.budget_bytes,
-                           "seed": self.seed})
+                           "implementation": self.implementation, "seed": self.seed, "threads": self.threads})
 
     @classmethod
     def from_json(cls, text: str) -> "Case":
@@ -92,11 +91,17 @@ class Case:
 
 
 def resolve_backend(backend: str) -> str:
-    """`auto` → `cuda` when a GPU is present, else `trace` (asks torch only when it must)."""
+    """`auto` → `cuda` when a GPU is present, else `trace`; `cuda` without a GPU is a one-line error now, before any
+    case runs (asks torch only when it must)."""
     if backend not in BACKENDS:
         raise SubprofError(f"--backend {backend!r} unknown: use one of {', '.join(BACKENDS)}")
-    if backend != "auto":
+    if backend in ("trace", "cpu"):
         return backend
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "trace"
+    if torch.cuda.is_available():
+        return "cuda"
+    if backend == "cuda":
+        raise SubprofError("--backend cuda needs a CUDA GPU and none is visible here; use --backend trace (fake "
+                           "tensors, any model) or --backend cpu (real steps, small models)")
+    return "trace"
