@@ -126,13 +126,14 @@ def burst_tables(evidence: list) -> None:
     """The burst evidence behind `plan --burst`, and the recommendation it gives."""
     table = Table(title="burst evidence (same initialisation and data order; ranked by validation-loss drop per "
                         "hour of predicted target-GPU time)")
-    for col in ("method", "rank", "gap", "trained as", "status", "first loss", "val loss", "burst tokens/s",
+    for col in ("method", "rank", "gap", "trained as", "lr", "status", "first loss", "val loss", "burst tokens/s",
                 "proj share", "target tokens/s", "loss drop / h"):
         table.add_column(col, justify="left" if col in ("method", "trained as", "status") else "right")
     for e in evidence:
         d = e.to_dict()
         table.add_row(d["method"], str(d["rank"] or "full"), str(d["update_gap"] or "–"),
-                      f"{d['burst_model']}" + (f" r{d['burst_rank']}" if d["burst_rank"] else ""), d["status"],
+                      f"{d['burst_model']}" + (f" r{d['burst_rank']}" if d["burst_rank"] else ""),
+                      f"{d['burst_lr']:.3g}" if d.get("burst_lr") else "–", d["status"],
                       _num(d["first_loss"], 3), _num(d["val_loss"], 3), _num(d["burst_tokens_per_s"], 0),
                       _pct(d["burst_projection_share"]), f"{d['tokens_per_s']:,.0f}",
                       _num(d["loss_drop_per_target_hour"], 2))
