@@ -253,3 +253,14 @@ def test_seq_beyond_the_models_positions_is_refused(corpus):
     with pytest.raises(SubprofError, match="max_position_embeddings"):
         burst.build_model(case("adamw", seq=4096).config, corpus.vocab_size, BurstSettings(device="cpu"))
 
+
+
+def test_a_rule_that_schedules_over_the_run_is_told_the_bursts_length():
+    import torch
+
+    model = torch.nn.Module()
+    model.attn = torch.nn.Linear(32, 64, bias=False)
+    opt = burst.build_case_optimizer(model, case("ori"), BurstSettings(steps=7, device="cpu"))
+    assert opt.rule(opt.param_groups[0]).total_steps == 7  # Ori's Oja++ activation ends at 10% of 7 steps
+    opt = burst.build_case_optimizer(model, case("galore"), BurstSettings(steps=7, device="cpu"))
+    assert "total_steps" not in opt.param_groups[0]["method_options"]
