@@ -233,7 +233,7 @@ def test_cli_burst_lr_grid_reports_every_lr_and_the_best_per_method(corpus, tmp_
     (best,) = payload["best"]
     assert best["lr"] == min(payload["rows"], key=lambda r: r["val_loss"])["lr"] and len(best["lr_tried"]) == 2
     text = CliRunner().invoke(app, args + ["--resume"]).output  # the table, from the finished rows
-    assert "lrs" in text and "0.00316" in text
+    assert "learning rates tried" in text and "0.00316: " in text
 
 
 @pytest.mark.parametrize("args, message", [

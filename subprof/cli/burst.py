@@ -87,8 +87,15 @@ def burst(
                                           f"{batch}×{seq} tokens, device {settings.device}"
                                           + (f", best of {lr_grid} learning rates per configuration" if lr_grid
                                              else "")))
-    if lr_grid and any(r["lr_at_edge"] for r in best):
-        console.print("* best lr at the edge of its grid: the optimum may lie beyond it.")
+    if lr_grid:
+        console.print("learning rates tried (final validation loss; * best at the edge of its grid — the optimum may "
+                      "lie beyond it):")
+        for r in best:
+            tried = " · ".join(f"{lr:.3g}: {v:.4f}" if v is not None else f"{lr:.3g}: diverged"
+                               for lr, v in r["lr_tried"])
+            console.print(f"  {r['method']} {'r' + str(r['rank']) if r['rank'] else 'full'}"
+                          f"{' T' + str(r['update_gap']) if r['update_gap'] else ''}: {tried}"
+                          + (" *" if r["lr_at_edge"] else ""))
     console.print("lr: peak learning rate (default: the method's published one, `subprof.methods` lr_source); "
                   "val loss: mean next-token cross-entropy (nats) on fixed held-out windows after the last step; "
                   "peak: CUDA max_memory_allocated, or on a CPU the MemTracker-traced peak of the first two steps "
@@ -98,23 +105,21 @@ def burst(
 
 
 def burst_table(rows: list[dict], *, title: str) -> Table:
-    """Cases ranked by final validation loss (diverged last), with the lr each used, the gap to full-rank AdamW,
-    time and memory; rows from `best_rows` also list every lr tried with its validation loss."""
+    """Cases ranked by final validation loss (diverged last), with the lr each used (* at the edge of its grid),
+    the gap to full-rank AdamW, time and memory."""
     ref = min((r["val_loss"] for r in rows if r["method"] == "adamw" and r.get("val_loss") is not None),
               default=None)
     ranked = sorted(rows, key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
-    grid = any("lr_tried" in r for r in rows)
     table = Table(title=title)
-    for col in ("#", "method", "rank", "gap", "lr", *(("lrs tried: val loss",) if grid else ()), "val loss",
-                "Δ adamw", "train loss", "tokens/s", "proj. share", "peak MiB", "state MiB", "time s", "status"):
-        table.add_column(col, justify="left" if col in ("method", "status", "lrs tried: val loss") else "right")
+    for col in ("#", "method", "rank", "gap", "lr", "val loss", "Δ adamw", "train loss", "tokens/s", "proj. share",
+                "peak MiB", "state MiB", "time s", "status"):
+        table.add_column(col, justify="left" if col in ("method", "status") else "right")
     for i, r in enumerate(ranked, 1):
         val = r.get("val_loss")
         peak = r.get("peak_allocated_bytes") or r.get("peak_tracked_bytes")
-        tried = " · ".join(f"{lr:.3g}: {v:.3f}" if v is not None else f"{lr:.3g}: –" for lr, v in r.get("lr_tried", []))
         table.add_row(
             str(i), r["method"], str(r["rank"] or "full"), str(r["update_gap"] or "–"),
-            f"{r['lr']:.3g}" + ("*" if r.get("lr_at_edge") else ""), *((tried,) if grid else ()),
+            f"{r['lr']:.3g}" + ("*" if r.get("lr_at_edge") else ""),
             f"{val:.4f}" if val is not None else "–",
             f"{val - ref:+.4f}" if val is not None and ref is not None else "–",
             f"{r['final_train_loss']:.4f}" if r.get("final_train_loss") is not None else "–",
