@@ -166,6 +166,7 @@ def test_without_an_lr_every_method_trains_at_its_published_default():
 def test_lr_grid_is_half_decades_around_the_default_or_the_given_lr():
     assert lr_grid(1e-2, 3) == [0.00316, 0.01, 0.0316]
     assert lr_grid(1e-3, 1) == [1e-3] and lr_grid(1e-3, 2) == [1e-3, 0.00316]
+    assert lr_grid(0.0316, 3) == [0.01, 0.0316, 0.1]  # a grid around a grid point shares its lattice
     cases, _ = expand_cases(["tiny"], ["adamw", "galore"], [16], [50], lr_grid=3)
     assert [(c.config.method, c.effective_lr(), c.lr_source) for c in cases] == [
         ("adamw", 0.000316, "grid"), ("adamw", 0.001, "grid"), ("adamw", 0.00316, "grid"),

@@ -22,10 +22,15 @@ CONFIG_FIELDS = ("model", "method", "rank", "update_gap", "state_bits", "dtype",
 
 
 def lr_grid(center: float, points: int) -> list[float]:
-    """`points` learning rates in half-decade steps around `center` (3 significant digits), ascending."""
+    """`points` learning rates in half-decade steps around `center` (3 significant digits), ascending. A centre on
+    the half-decade lattice (1, 3.16, 10, … × 10ⁿ, as printed) gives lattice points, so grids around neighbouring
+    centres share their learning rates exactly (and `--resume` finds them)."""
     if points < 1:
         raise ValueError(f"an lr grid needs at least one point, got {points}")
     low = -((points - 1) // 2)
+    half_decades = 2 * math.log10(center)
+    if abs(half_decades - round(half_decades)) < 1e-2:  # 0.00316 is 10^-2.5 to 3 digits
+        return [float(f"{10 ** ((round(half_decades) + j) / 2):.3g}") for j in range(low, low + points)]
     return [float(f"{center * GRID_STEP ** j:.3g}") for j in range(low, low + points)]
 
 
