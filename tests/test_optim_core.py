@@ -318,6 +318,12 @@ def test_bad_arguments_raise_one_clear_error(kwargs, match):
         make("galore", **kwargs)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_without_an_lr_the_optimizer_takes_the_methods_published_one(method):
+    opt = build_optimizer(Block(), method, rank=4)
+    assert {g["lr"] for g in opt.param_groups} == {REGISTRY[method].default_lr}
+
+
 def test_adamw_state_bits_must_match_the_parameter_dtype():
     with pytest.raises(SubprofError, match="parameter dtype"):
         make("adamw", state_bits=16)
