@@ -21,6 +21,7 @@ from typing import Any
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape, svd_flops)
 from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.spec import SVD_REFRESH_COMMS
 
 # Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
 ADAM_STATES = (
@@ -68,5 +69,6 @@ SPEC = MethodSpec(
     default_update_gap=200,
     update_gaps=(50, 200, 500),
     refresh_flops=svd_flops,
+    comms=SVD_REFRESH_COMMS,  # per rank under FSDP: gather G to its owner, SVD there, broadcast P
     paper="Zhao et al. 2024, arXiv 2403.03507",
 )

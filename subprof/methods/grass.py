@@ -42,6 +42,7 @@ from subprof.methods.lazy import torch
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape)
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side
+from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM
 
 Tensor = Any
 
@@ -67,6 +68,12 @@ def layout(options: Mapping[str, Any]) -> StateLayout:
     """Adam's moments and P; the refresh workspace depends on the moment transfer, the step workspace on recovery."""
     return StateLayout(states=ADAM_STATES, workspace=WORKSPACE if options["moment_transfer"] else DRAW_WORKSPACE,
                        step_workspace=RECOVERY_WORKSPACE if options["recovery"] else ())
+
+
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: the same generator state on every rank draws the same P, so a refresh sends nothing;
+    recovery's norm limiter sums one value per step; a crossed weight all-reduces R."""
+    return (CROSSED_PROJECTION,) + ((RECOVERY_NORM,) if options["recovery"] else ())
 
 
 def _qr_flops(m: int, n: int, r: int) -> float:
@@ -248,6 +255,7 @@ GRASSWALK = MethodSpec(
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=_qr_flops,
+    comms=comms,
     paper="arXiv 2510.01878",
 )
 
@@ -261,5 +269,6 @@ GRASSJUMP = MethodSpec(
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=_qr_flops,
+    comms=comms,
     paper="arXiv 2510.01878",
 )

@@ -40,6 +40,7 @@ from subprof.methods.lazy import torch
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.osd import initial_basis, oriented
 from subprof.methods.rule import ProjectionRule, orthonormal_columns
+from subprof.methods.spec import STREAMING_COMMS, SVD_FIRST_COMMS
 
 Tensor = Any
 
@@ -152,5 +153,7 @@ SPEC = MethodSpec(
     timing_options={"oja_pp": False},  # time the Oja step with every column active
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
     quality_prior=1.0,
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1; Oja++ moves ≤ r columns) per step
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if o["init"] == "svd" else ()),
     paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
 )

@@ -41,6 +41,7 @@ from subprof.methods.galore import ADAM_STATES
 from subprof.methods.lazy import torch
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.spec import STREAMING_COMMS, SVD_FIRST_COMMS
 
 Tensor = Any
 
@@ -270,5 +271,8 @@ SPEC = MethodSpec(
     timing_variants={"osd-autograd": {"form": "autograd"}},
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 8.0 * min(m, n) * r * r,
     quality_prior=1.0,
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1) per step; an SVD start gathers G once
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if (o["init"] or o["variant"] == "code" and "svd") == "svd"
+                                       else ()),
     paper="Liang et al. 2024, arXiv 2408.12857",
 )

@@ -27,6 +27,7 @@ What we followed and where we chose (`SubTrackRule` options in brackets):
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
@@ -35,6 +36,7 @@ from subprof.methods.lazy import torch
 from subprof.methods.spec import MethodSpec, StateLayout
 from subprof.methods.osd import covariance_product, oriented
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, top_singular_basis
+from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, STREAMING_COMMS, SVD_FIRST_COMMS, When
 
 Tensor = Any
 
@@ -114,6 +116,13 @@ def layout(options: Mapping[str, Any]) -> StateLayout:
                        step_workspace=RECOVERY_WORKSPACE if options["recovery"] else ())
 
 
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: the SVD start gathers G once; each geodesic move needs A·P = G̃(G̃ᵀP) summed over shards
+    (the streaming all-reduce, every update_gap steps); recovery's norm limiter sums one value per step."""
+    moves = tuple(c if c is CROSSED_PROJECTION else replace(c, when=When.REFRESH) for c in STREAMING_COMMS)
+    return SVD_FIRST_COMMS + moves + ((RECOVERY_NORM,) if options["recovery"] else ())
+
+
 SPEC = MethodSpec(
     name="subtrack",
     title="SubTrack-Grad",
@@ -125,5 +134,6 @@ SPEC = MethodSpec(
     default_update_gap=200,
     refresh_flops=lambda m, n, r: 4.0 * m * n * r + 14.0 * min(m, n) * r * r,
     quality_prior=0.5,
+    comms=comms,
     paper="Rajabi et al. 2025, arXiv 2502.01586",
 )

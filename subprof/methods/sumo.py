@@ -31,6 +31,7 @@ from subprof.methods.grass import RECOVERY_WORKSPACE, recovery_term, rotate_mome
 from subprof.methods.lazy import torch
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, svd_flops
 from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, When
 
 Tensor = Any
 
@@ -105,6 +106,15 @@ def layout(options: Mapping[str, Any]) -> StateLayout:
                        step_workspace=STEP_WORKSPACE + (RECOVERY_WORKSPACE if options["recovery"] else ()))
 
 
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: GaLore's SVD refresh (gather G to its owner, broadcast P); each step the r×r Gram of the
+    long-side-sharded moment is summed in fp64 for its orthogonalisation (aligned; a crossed moment is whole);
+    recovery's norm limiter sums one value per step."""
+    gram = CommSpec(name="moment_gram", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (r, r), dtype=Dtype.FP64,
+                    when=When.STEP, layout="aligned")
+    return SVD_REFRESH_COMMS + (gram,) + ((RECOVERY_NORM,) if options["recovery"] else ())
+
+
 SPEC = MethodSpec(
     name="sumo",
     title="SUMO",
@@ -116,5 +126,6 @@ SPEC = MethodSpec(
     default_update_gap=200,
     refresh_flops=svd_flops,
     quality_prior=0.5,
+    comms=comms,
     paper="arXiv 2505.24749",
 )
