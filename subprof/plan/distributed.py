@@ -24,7 +24,7 @@ Not allocated by PyTorch, so not in the peak, but in device memory: NCCL's commu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from subprof.catalog import ModelConfig
@@ -43,6 +43,10 @@ RANK_COMPONENTS = COMPONENTS + ("unsharded_parameters", "all_gather_buffers", "r
 # systems: 4 MiB · 2 · 2 · 32 = 512 MiB. An assumption, not a measurement (`bench --backend cuda --world-size N`
 # measures it); HSDP holds two communicators (shard and replicate groups).
 NCCL_BUFFER_BYTES = 512 * 2**20
+NCCL_NOTE = (f"device used includes NCCL's communicator buffers at an assumed {NCCL_BUFFER_BYTES / 2**20:.0f} MiB "
+             "per communicator (hsdp: two), not measured")
+GATHER_NOTE = ("a projection refresh gathers each weight's gradient to its owner rank for the SVD (projection "
+               "workspace = gathered gradient + SVD factors, on one rank at a time)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -122,6 +126,7 @@ class ShardTerms:
     head_grad: int  # lm_head's (or the tied embedding's) unsharded gradient, compute dtype
     root_grads: int  # the root's unsharded gradients at its reduce-scatter, compute dtype
     largest_unit_grad_shard: int  # per-layer updates: the most sharded gradient alive at once
+    gathers: bool  # a projection refresh gathers gradients to an owner rank
 
 
 @lru_cache(maxsize=4096)
@@ -177,7 +182,20 @@ def shard_terms(model: ModelConfig, method: str, rank: int | None, state_bits: i
         root_reduce_scatter=br * ranks * padded_root, layer_grad_shard=b * padded_layer,
         root_grad_shard=b * padded_root, head_grad=bc * head, root_grads=bc * sum(p.rows * p.cols for p in root
                                                                                    if p.cols > 1),
-        largest_unit_grad_shard=b * max(padded_layer, padded_root))
+        largest_unit_grad_shard=b * max(padded_layer, padded_root),
+        gathers=spec.project and any(spec.gathers_at_refresh(p.rows, p.cols, ranks, opts) for p in layer
+                                     if p.projected))
+
+
+@lru_cache(maxsize=4096)
+def token_terms(model: ModelConfig, dtype: str, batch: int, seq: int, checkpointing: bool) -> tuple[int, ...]:
+    """(A, one layer's saved activations, what a checkpointed layer keeps, the recomputed layer, logits peak) for
+    one rank's micro-batch; FSDP2 mixed precision computes in bf16, so activations follow the bf16 reading."""
+    c = TrainConfig(model=model, dtype="bf16" if dtype == "mixed" else dtype, batch=batch, seq=seq,
+                    checkpointing=checkpointing)
+    per_layer = activation_bytes_per_token_layer(c) * c.tokens
+    kept = (2 if dtype != "fp32" else 4) * model.hidden * c.tokens if checkpointing else per_layer
+    return activation_bytes(c), per_layer, kept, per_layer if checkpointing else 0, logits_bytes(c)
 
 
 # ---------------------------------------------------------------------------------------------------- estimate
@@ -215,12 +233,7 @@ def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
     m, L = c.model, c.model.layers
     t = shard_terms(m, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
                     tuple(sorted(c.method_options.items())), par.shard_ranks)
-    act_c = replace(c, dtype="bf16") if c.dtype == "mixed" else c  # FSDP2 mixed precision computes in bf16
-    A = activation_bytes(act_c)
-    per_layer = activation_bytes_per_token_layer(act_c) * c.tokens
-    kept_layer = (2 if c.dtype != "fp32" else 4) * m.hidden * c.tokens if c.checkpointing else per_layer
-    recompute = per_layer if c.checkpointing else 0  # the layer being recomputed in backward
-    logit = logits_bytes(c)
+    A, _, kept_layer, recompute, logit = token_terms(m, c.dtype, c.batch, c.seq, c.checkpointing)
     runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
     accumulating = c.accumulation > 1
     lw = c.layerwise
@@ -255,7 +268,7 @@ def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
     kept = {k: v for k, v in base.items() if k != "gradients"}
     phases = {
         "model_built": {"weights": t.params},
-        "forward_backward": max(states, key=lambda d: sum(d.values())),
+        "forward_backward": max(states, key=_total),
         "optimizer_step": {} if lw else {**kept, "gradients": t.grads, "optimizer_temporaries": t.step_temporaries},
         "projection_refresh": {**kept, "gradients": t.grads, "projection_workspace": t.refresh_workspace}
         if c.spec.project and not lw else {},
@@ -267,23 +280,24 @@ def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
                   "all_gather_buffers": 2 * t.layer_all_gather if reshard else t.layer_all_gather,
                   "reduce_scatter_buffers": max(t.layer_reduce_scatter, t.root_reduce_scatter),
                   "unsharded_gradients": max(t.layer_unsharded + t.head_grad, t.root_grads), "ddp_buckets": 0}
-    notes = []
-    if c.spec.project and c.spec.gathers_at_refresh(1, 1, 2, c.method_options):
-        notes.append("a projection refresh gathers each weight's gradient to its owner rank for the SVD "
-                     "(projection workspace = gathered gradient + SVD factors, on one rank at a time)")
-    return _finish(c, par, phases, components, logit, notes)
+    return _finish(c, par, phases, components, logit, [GATHER_NOTE] if t.gathers else [])
+
+
+def _total(parts: dict[str, int]) -> int:
+    return sum(parts.values())
 
 
 def _finish(c: TrainConfig, par: Parallel, phases: dict, components: dict, logit: int,
             notes: list[str]) -> RankEstimate:
-    totals = {name: sum(parts.values()) for name, parts in phases.items()}
-    peak_phase = max(totals, key=totals.get)
-    peak = totals[peak_phase]
+    peak_phase, peak = "model_built", -1
+    for name, parts in phases.items():
+        total = sum(parts.values())
+        if total > peak:
+            peak_phase, peak = name, total
     reserved = cal.reserved_bytes(peak, logit)
     communicators = 2 if par.strategy == "hsdp" else 1
     used = reserved + cal.CUDA_CONTEXT_BYTES + communicators * NCCL_BUFFER_BYTES
-    notes = notes + [f"device used includes {communicators} NCCL communicator(s) at an assumed "
-                     f"{NCCL_BUFFER_BYTES / 2**20:.0f} MiB each (not measured)"]
+    notes = notes + [NCCL_NOTE]
     return RankEstimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
                         peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes,
                         parallel=par)

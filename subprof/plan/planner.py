@@ -17,7 +17,10 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.comm import choose_layout
+from subprof.plan.distributed import RankEstimate
 from subprof.plan.memory import Estimate, estimate
+from subprof.plan.parallel import Parallel, check_shardable, strategies_for
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
 
 MIN_RANK = 16
@@ -38,7 +41,11 @@ class PlanRequest:
     gpu: GpuSpec | None = None
     utilization: float = 0.4
     proj_rows: list[dict] = field(default_factory=list)
+    gpus: int = 1  # data-parallel ranks (plan/parallel.py); batch is per rank, tokens_per_step for the whole job
+    nodes: int = 1
+    strategy: str = "auto"
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
+    _layouts: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
@@ -55,6 +62,7 @@ class PlanRequest:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
         if not 0 < self.utilization <= 1:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
+        self._layouts = job_layouts(self)
 
     @property
     def global_tokens(self) -> int:
@@ -63,7 +71,7 @@ class PlanRequest:
         if self.tokens_per_step is not None:
             return self.tokens_per_step
         if self.batch is not None:
-            return self.batch * self.seq
+            return self.batch * self.seq * self.gpus
         return DEFAULT_GLOBAL_BATCH * self.seq
 
     def measured_refresh_s(self, method: str, rank: int | None, update_gap: int | None) -> float | None:
@@ -112,6 +120,8 @@ class Candidate:
             "projection_share": round(self.throughput.projection_share, 4),
             "projection_source": self.projection_source, "quality_prior": round(self.quality, 3),
             "fits": self.fits,
+            **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
+               if isinstance(self.estimate, RankEstimate) else {}),
         }
 
 
@@ -161,7 +171,7 @@ def _batches(req: PlanRequest, layerwise: bool) -> list[tuple[int, int]]:
     saving."""
     if req.batch is not None:
         return [(req.batch, 1)]
-    seqs = max(1, req.global_tokens // req.seq)
+    seqs = max(1, req.global_tokens // req.seq // req.gpus)  # per rank
     micro = sorted({2**k for k in range(0, 12) if 2**k <= seqs}, reverse=True)
     if layerwise and req.tokens_per_step is None:
         return [(b, 1) for b in micro]
@@ -218,12 +228,16 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
         cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                           layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt,
                           accumulation=accumulation)
-        est = estimate(cfg)
+        if req._layouts:  # several GPUs: the fastest strategy that fits (plan/comm.py)
+            est, tput = choose_layout(cfg, req._layouts, gpu, usable_bytes=req.usable_bytes,
+                                      utilization=req.utilization, refresh_s=measured)
+        else:
+            est = estimate(cfg)
+            tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured,
+                                      states=est.components["optimizer_states"] + est.components["projection_matrices"])
         return Candidate(config=cfg, estimate=est,
                          fits=est.device_used_bytes <= req.usable_bytes,
-                         throughput=predict_throughput(
-                             cfg, gpu, utilization=req.utilization, refresh_s=measured,
-                             states=est.components["optimizer_states"] + est.components["projection_matrices"]),
+                         throughput=tput,
                          quality=quality_prior(cfg, spec),
                          projection_source="measured (--proj)" if measured is not None else
                          "scaled from H100 measurements")
@@ -270,7 +284,30 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         out.append(f"a bigger GPU: {g.name} ({g.memory_bytes / 2**30:.0f} GiB) fits {lean.config.label()} "
                    f"at batch 1 (needs {lean.estimate.device_used_bytes / 2**30:.1f} GiB)")
     else:
-        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard the "
-                   "model (FSDP/ZeRO) — outside what subprof plans")
+        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard it "
+                   "over several (--gpus 8: FSDP splits parameters, gradients and states)")
     return out
+
+
+def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
+    """The layouts a multi-GPU plan tries for every configuration (none for one GPU): the strategy asked for, or
+    with `auto` each strategy that applies and that the model can be sharded for. One line when none can."""
+    if req.gpus == 1 and req.nodes == 1 and req.strategy == "auto":
+        return ()
+    names = strategies_for(req.gpus, req.nodes, req.strategy)
+    if req.global_tokens // req.seq < req.gpus:
+        raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.global_tokens // req.seq} sequences of an "
+                           f"optimizer step: raise --tokens-per-step (each rank needs at least one sequence)")
+    layouts, reasons = [], []
+    for name in names:
+        par = Parallel(gpus=req.gpus, nodes=req.nodes, strategy=name)
+        try:
+            check_shardable(req.model, par)
+        except SubprofError as exc:
+            reasons.append(str(exc))
+            continue
+        layouts.append(par)
+    if not layouts:
+        raise SubprofError(reasons[0])
+    return tuple(layouts) if req.gpus > 1 else ()
 
