@@ -28,7 +28,8 @@ def render(rows: list[dict]) -> None:
         err = r.get("estimate_error_pct")
         impl = r.get("implementation") or "subprof"
         table.add_row(str(r.get("model")), str(r.get("method")) + ("" if impl == "subprof" else f" ({impl})")
-                      + (" (per-layer)" if r.get("layerwise") else ""),
+                      + (" (per-layer)" if r.get("layerwise") else "")
+                      + (f" ({r.get('strategy')} × {r['world_size']})" if (r.get("world_size") or 1) > 1 else ""),
                       str(r.get("rank") or "—"), str(r.get("state_bits") or "—"), str(r.get("batch")),
                       str(r.get("backend")), str(r.get("status")), _gib(comparable_peak(r)),
                       _gib(comparable_estimate(r)), "—" if err is None else f"{err:+.1f}",
@@ -62,6 +63,12 @@ def bench(
     resume: ResumeOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per case before it is a `timeout` row.",
                                            min=1)] = 900.0,
+    world_size: Annotated[int, typer.Option("--world-size", help="Ranks of a data-parallel job: trace rank 0 on a "
+                                                                 "fake process group (trace), or torchrun on the "
+                                                                 "local GPUs (cuda). --batch is per rank.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes of the job (hsdp replicates across them).")] = 1,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="ddp, fsdp (default with --world-size), "
+                                                                       "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure peak memory and step time per method × rank (one subprocess per case), next to the estimate."""
@@ -75,7 +82,8 @@ def bench(
                 checkpointing=checkpointing, update_gap=update_gap)
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
-                        backend=chosen, budget_bytes=budget)
+                        backend=chosen, budget_bytes=budget, world_size=world_size, nodes=nodes,
+                        strategy=strategy.strip().lower() if strategy else None)
     finished = 0
     try:
         with progress_bar(len(cases), f"bench [{chosen}]") as bar:

@@ -113,6 +113,12 @@ def plan(
     proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
                                                        "GPU: their projection-update times replace the scaled H100 "
                                                        "rates where they cover the model's shapes.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job runs on (data parallel); memory is then per "
+                                                    "rank and tokens/s the whole job's.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over (equal GPUs per node).")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp (FSDP2, ZeRO-3-like), "
+                                                             "fsdp-no-reshard (ZeRO-2-like) or hsdp (shard within "
+                                                             "a node, replicate across).")] = "auto",
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
@@ -143,7 +149,8 @@ def plan(
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
     req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
-                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows)
+                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
+                      gpus=gpus, nodes=nodes, strategy=strategy.strip().lower())
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

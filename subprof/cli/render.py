@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from subprof.cli import render_job
 from subprof.cli.ui import console
 from subprof.plan.memory import COMPONENTS, PHASES, Estimate
 from subprof.plan.planner import Candidate, Plan
@@ -54,12 +55,12 @@ CAND_COLUMNS = ("method", "rank", "gap", "bits", "per-layer", "batch", "ckpt", "
                 "tokens/s", "proj share")
 
 
-def _cand_table(title: str, cands: list[Candidate]) -> Table:
+def _cand_table(title: str, cands: list[Candidate], job: bool = False) -> Table:
     table = Table(title=title)
-    for col in CAND_COLUMNS:
-        table.add_column(col, justify="left" if col == "method" else "right")
+    for col in render_job.JOB_COLUMNS if job else CAND_COLUMNS:
+        table.add_column(col, justify="left" if col in ("method", "strategy") else "right")
     for c in cands:
-        table.add_row(*_cand_row(c))
+        table.add_row(*(render_job.job_row(c) if job else _cand_row(c)))
     return table
 
 
@@ -73,6 +74,9 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   + f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
                   f"context)")
+    job = req.gpus > 1
+    if job:
+        console.print(render_job.job_header(req))
     rec = result.recommendation
     if rec is None:
         console.print("[bold red]nothing fits.[/] Rejected:")
@@ -89,11 +93,12 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   + f" — peak allocated {gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device "
                   f"{gib(rec.estimate.device_used_bytes):.2f} GiB of {gib(req.usable_bytes):.2f} GiB usable "
                   f"(headroom {gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
-                  f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}")
+                  + (render_job.job_recommendation(rec) if job else
+                     f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}"))
     best = sorted(result.best_per_method.values(), key=lambda c: (c.quality, c.throughput.tokens_per_s),
                   reverse=True)
-    console.print(_cand_table("best configuration per method", best))
-    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top]))
+    console.print(_cand_table("best configuration per method", best, job))
+    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], job))
     if result.rejected:
         console.print("[bold]rejected[/] (even the leanest configuration does not fit):")
         for line in result.rejected.values():
@@ -107,6 +112,8 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
                   f"measurements.[/]")
+    if job:
+        console.print(f"[dim]{render_job.job_assumptions(req, gpu)}[/]")
 
 
 def burst_tables(evidence: list) -> None:
@@ -170,4 +177,5 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
                     "prior (no burst measurements): full rank > higher rank > streaming refresh at low rank"),
         "burst": [e.to_dict() for e in evidence] if evidence else None,
+        **({"job": render_job.job_json(req, req.throughput_gpu)} if req.gpus > 1 else {}),
     }

@@ -44,6 +44,8 @@ class Case:
     def __post_init__(self) -> None:
         if self.world_size > 1 and self.strategy is None:
             self.strategy = "fsdp"
+        if self.world_size == 1 and (self.strategy is not None or self.nodes != 1):
+            raise SubprofError("--strategy and --nodes describe a data-parallel job: give --world-size 2 or more")
         if self.world_size > 1 or self.strategy is not None:
             if self.strategy == "auto":
                 raise SubprofError("bench measures one strategy: give --strategy ddp, fsdp, fsdp-no-reshard or hsdp")

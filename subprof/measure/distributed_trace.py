@@ -187,8 +187,9 @@ def _wrap_ddp(model, tracker: DDPRankTracker):
     return ddp
 
 
-def _shard(model, case: Case, par: Parallel, mesh) -> None:
-    """fully_shard on every decoder layer, then the root; projected weights on the side their method declares."""
+def shard_model(model, case: Case, par: Parallel, mesh) -> None:
+    """fully_shard on every decoder layer, then the root; projected weights on the side their method declares
+    (the trace and the `cuda` job wrap the model with this one function)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import Shard
 
@@ -253,7 +254,7 @@ def trace_rank(case: Case) -> RankTraceResult:
     with fake_process_group(par) as mesh, FakeTensorMode(allow_non_fake_inputs=True), cuda_rounding():
         model = build_model(c.model, dtype=c.dtype, device="cpu", checkpointing=c.checkpointing)
         if par.sharded:
-            _shard(model, case, par, mesh)
+            shard_model(model, case, par, mesh)
             opt = _optimizer(model, case)
             tracker = FSDPRankTracker(model, opt, par.shard_ranks)
         else:

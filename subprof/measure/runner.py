@@ -26,10 +26,12 @@ from subprof.results import FINAL_STATUSES, ResultLog, case_key, error_pct, norm
 
 
 def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base: dict, steps: int, backend: str,
-                budget_bytes: int | None = None) -> list[Case]:
+                budget_bytes: int | None = None, world_size: int = 1, nodes: int = 1,
+                strategy: str | None = None) -> list[Case]:
     """method × rank cases (duplicates dropped), each validated by `TrainConfig` so a bad rank or dtype is one line.
     `base` holds the shared TrainConfig fields (batch, seq, dtype, state_bits, layerwise, checkpointing,
-    update_gap); full-rank methods get one case, projected methods one per rank (the default rank if none)."""
+    update_gap); full-rank methods get one case, projected methods one per rank (the default rank if none).
+    `world_size` > 1: one rank of a data-parallel job under `strategy` (default fsdp) on `nodes` nodes."""
     cfg = load_model(model)
     cases: list[Case] = []
     for name in methods:
@@ -41,8 +43,12 @@ def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base
                 raise SubprofError(f"--methods {name} implies --state-bits {forced}")
             config = TrainConfig(model=cfg, method=method, rank=rank, **{**base, "state_bits": forced or bits})
             case = Case(config=config, implementation=implementation, steps=steps, backend=backend,
-                        budget_bytes=budget_bytes)
+                        budget_bytes=budget_bytes, world_size=world_size, nodes=nodes, strategy=strategy)
             case.check_installed()
+            if backend == "cuda" and case.parallel is not None:
+                from subprof.measure.distributed_cuda import check_local_gpus
+
+                check_local_gpus(case)
             if case.key() not in {c.key() for c in cases}:
                 cases.append(case)
     if not cases:
@@ -52,9 +58,9 @@ def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base
 
 def estimate_fields(case: Case) -> dict:
     """The analytic estimate of a case (`subprof.plan.memory.estimate`), to store beside the measurement."""
-    from subprof.plan.memory import estimate
+    from subprof.plan.distributed import estimate_rank
 
-    est = estimate(case.config)
+    est = estimate_rank(case.config, case.parallel)
     return {"estimated_peak_allocated_bytes": int(est.peak_allocated_bytes),
             "estimated_device_used_bytes": int(est.device_used_bytes),
             "estimated_cuda_runtime_bytes": int(est.components.get("cuda_runtime", 0))}
@@ -87,6 +93,10 @@ def run_case(case: Case, *, timeout: float) -> dict:
     KeyboardInterrupt kills the child's process group and propagates (no row is written for it)."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "subprof.measure.worker", case.to_json()]
+    if case.backend == "cuda" and case.parallel is not None:
+        from subprof.measure.distributed_cuda import launch_command
+
+        cmd = launch_command(case)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

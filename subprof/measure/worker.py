@@ -9,6 +9,9 @@ Backends (DESIGN.md, "Measurement backends"):
   phase, no times. With a budget, a traced peak over budget is reported as `oom` at the phase that crossed.
 - `cpu`: real steps on the CPU for small models: MemTracker-tracked tensor peak (per category and phase), step
   times, real losses.
+A case with `world_size` > 1 is one rank of a data-parallel job: `trace` traces rank 0 on a fake process group
+(`distributed_trace.trace_rank`); `cuda` runs under `torchrun` on the local GPUs (`distributed_cuda`), and rank 0
+prints the row with every rank's peaks.
 Statuses: `ok`, `oom` (and `oom_phase`), `diverged` (a NaN/inf loss or gradient), `error` (with the message).
 """
 
@@ -41,7 +44,7 @@ def measure(case: Case) -> dict:
     row.update(torch=torch.__version__, transformers=transformers.__version__)
     try:
         run = {"trace": _trace, "cpu": _cpu, "cuda": _cuda}[case.backend]
-        row.update(run(case))
+        row.update(run(case) or {})  # None: a rank other than 0 of a torchrun job
     except FloatingPointError as exc:  # the optimizer refused a NaN/inf gradient: a result, not a failure
         row.update(status="diverged", error=str(exc).splitlines()[0][:300])
     except SubprofError as exc:
@@ -51,15 +54,23 @@ def measure(case: Case) -> dict:
 
 def _trace(case: Case) -> dict:
     """Trace backend: tensor-exact peaks; no device memory, no times (`peak_reserved_bytes` etc. stay None)."""
-    from subprof.measure.trace import trace_case
+    if case.parallel is not None:
+        from subprof.measure.distributed_trace import trace_rank
 
-    res = trace_case(case)
+        res = trace_rank(case)
+    else:
+        from subprof.measure.trace import trace_case
+
+        res = trace_case(case)
     out = {"status": "ok", "peak_allocated_bytes": res.peak_allocated_bytes, "peak_reserved_bytes": None,
            "device_used_bytes": None, "categories": res.categories, "phases": res.phases,
            "phase_categories": res.phase_categories, "optimizer_state_bytes": res.optimizer_state_bytes,
            "param_bytes": res.param_bytes, "attention_kernel": res.sdpa_kernel, "step_peaks": res.steps,
            "trace_seconds": round(res.trace_seconds, 2), "host_max_rss_bytes": res.host_max_rss_bytes,
            "device": "trace (fake tensors, CUDA choices reproduced)"}
+    if case.parallel is not None:
+        out.update(device="trace of rank 0 (fake tensors, fake process group)", parallel=res.parallel,
+                   comms=res.comms, shard_bytes=res.shard_bytes)
     if case.budget_bytes is not None and res.peak_allocated_bytes > case.budget_bytes:
         out.update(status="oom", oom_phase=_crossing_phase(res.phases, case.budget_bytes),
                    error=f"traced peak {res.peak_allocated_bytes / 2**30:.2f} GiB > budget "
@@ -158,6 +169,10 @@ def _cuda(case: Case) -> dict:
 
     if not torch.cuda.is_available():
         raise SubprofError("--backend cuda needs a CUDA GPU; none is visible (use --backend trace)")
+    if case.parallel is not None:
+        from subprof.measure.distributed_cuda import measure_rank
+
+        return measure_rank(case)
     c = case.config
     dev = torch.device("cuda")
     phase = "model_built"
@@ -234,6 +249,8 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # the worker reports every failure as a row; the parent never sees a traceback
         row = base_row(case)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (it holds every rank's peaks)
+        return 0
     sys.stdout.write(ROW_MARK + json.dumps(row, default=str) + "\n")
     sys.stdout.flush()
     return 0
