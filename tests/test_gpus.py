@@ -126,3 +126,11 @@ def test_parse_budget_gib_is_binary():
 def test_parse_budget_rejects(text):
     with pytest.raises(SubprofError):
         parse_budget(text)
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_every_gpu_has_its_links_with_sources(key):
+    g, raw = gpu_catalog()[key], _raw()[key]
+    assert g.intra_node_gbs > 0 and g.inter_node_gbs > 0 and g.intra_node_link and g.inter_node_link
+    assert raw["sources"]["intra_node"] and raw["sources"]["inter_node"]
+    assert g.inter_node_gbs < g.intra_node_gbs  # a node's NIC share is slower than its NVLink/PCIe
