@@ -52,7 +52,7 @@ def measure_rank(case: Case) -> dict | None:
     from subprof.measure.distributed_trace import shard_model
     from subprof.measure.model import build_model, random_tokens, train_context
     from subprof.measure.reference import make_optimizer
-    from subprof.measure.worker import _nvml_used, _times
+    from subprof.measure.readings import nvml_used, step_times
 
     par = case.parallel
     rank, local, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -94,7 +94,7 @@ def measure_rank(case: Case) -> dict | None:
                 times.append(start.elapsed_time(end) / 1e3)
                 losses.append(float(loss.detach().float()))
             mine = {"rank": rank, "status": "ok", "peak_allocated_bytes": max(phases.values()),
-                    "peak_reserved_bytes": reserved, "phases": phases, **_nvml_used(local)}
+                    "peak_reserved_bytes": reserved, "phases": phases, **nvml_used(local)}
         except torch.cuda.OutOfMemoryError as exc:
             mine = {"rank": rank, "status": "oom", "oom_phase": phase, "error": str(exc).splitlines()[0][:300],
                     "phases": phases}
@@ -112,7 +112,7 @@ def measure_rank(case: Case) -> dict | None:
                        peak_reserved_bytes=worst["peak_reserved_bytes"], phases=worst["phases"],
                        device_used_bytes=worst.get("device_used_bytes"), driver=worst.get("driver"))
         if status == "ok" and times:
-            row.update(_times(times, case))
+            row.update(step_times(times, case))
             row["job_tokens_per_s"] = round(world * row["tokens_per_s"], 1)
         return row
     finally:

@@ -25,6 +25,7 @@ import time
 
 from subprof.errors import SubprofError
 from subprof.measure.case import Case
+from subprof.measure.readings import nvml_used, step_times
 from subprof.results import now_iso
 
 ROW_MARK = "SUBPROF_ROW "
@@ -148,16 +149,8 @@ def _cpu(case: Case) -> dict:
               "optimizer_step": max(tracker.phase_peak[f"opt{i}"] for i in range(case.steps))}
     out = {"status": "ok" if _losses_ok(losses) else "diverged", "peak_allocated_bytes": total,
            "peak_reserved_bytes": None, "device_used_bytes": None, "categories": peak, "phases": phases,
-           "losses": losses, **_times(times, case), "device": f"cpu ({torch.get_num_threads()} threads)"}
+           "losses": losses, **step_times(times, case), "device": f"cpu ({torch.get_num_threads()} threads)"}
     return out
-
-
-def _times(times: list[float], case: Case) -> dict:
-    """first-step time, median of the later steps (all steps if there is one), tokens/s from the median."""
-    later = sorted(times[1:] or times)
-    median = later[len(later) // 2] if len(later) % 2 else sum(later[len(later) // 2 - 1:len(later) // 2 + 1]) / 2
-    return {"step_times_s": [round(t, 5) for t in times], "first_step_s": round(times[0], 5),
-            "median_step_s": round(median, 5), "tokens_per_s": round(case.config.tokens / median, 1)}
 
 
 def _cuda(case: Case) -> dict:
@@ -212,33 +205,13 @@ def _cuda(case: Case) -> dict:
     except torch.cuda.OutOfMemoryError as exc:
         return {"status": "oom", "oom_phase": phase, "error": str(exc).splitlines()[0][:300], "phases": phases,
                 "device": torch.cuda.get_device_name(dev)}
-    nvml = _nvml_used(dev.index or 0)
+    nvml = nvml_used(dev.index or 0)
     return {"status": "ok" if _losses_ok(losses) else "diverged",
             "peak_allocated_bytes": max(v for k, v in phases.items() if k != "model_built"),
             "peak_reserved_bytes": reserved, "device_used_bytes": nvml.get("device_used_bytes"),
             "process_used_bytes": nvml.get("process_used_bytes"), "phases": phases, "losses": losses,
-            **_times(times, case), "device": torch.cuda.get_device_name(dev),
+            **step_times(times, case), "device": torch.cuda.get_device_name(dev),
             "cuda": torch.version.cuda, "driver": nvml.get("driver")}
-
-
-def _nvml_used(index: int) -> dict:
-    """NVML used memory of the whole device and of this process (nvidia-smi's figures), if pynvml is present."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        out = {"device_used_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
-               "driver": str(pynvml.nvmlSystemGetDriverVersion())}
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                out["process_used_bytes"] = int(proc.usedGpuMemory)
-        pynvml.nvmlShutdown()
-        return out
-    except pynvml.NVMLError:
-        return {}
 
 
 def main(argv: list[str]) -> int:
