@@ -30,7 +30,8 @@ from subprof.catalog import GpuSpec, ModelConfig
 from subprof.config import TrainConfig, param_bytes
 from subprof.methods import get_method
 from subprof.methods.spec import When
-from subprof.plan.distributed import RankEstimate, _layer_params, _root_params, estimate_rank, local_numel
+from subprof.plan.distributed import (RankEstimate, _layer_params, _root_params, estimate_rank, local_numel,
+                                      shard_terms)
 from subprof.plan.parallel import Parallel
 from subprof.plan.throughput import BANDWIDTH_EFFICIENCY, projection_seconds, train_flops_per_token
 
@@ -227,25 +228,26 @@ def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *
     """Of the candidate layouts (one per strategy), the fastest whose rank fits `usable_bytes` (device used); when
     none fits, the leanest — what `plan --strategy auto` does for each configuration it tries.
 
-    Shortcuts, both exact under this model: fsdp holds the least of every term, so when it does not fit nothing
-    does; and when its collectives hide behind compute and the optimizer's own are negligible (< 1% of the step),
-    no other strategy is faster — they move as much or more, and DDP repeats the optimizer step and projection work
-    that fsdp splits over the ranks."""
-    def speed(est: RankEstimate) -> JobThroughput:
-        return job_throughput(c, est.parallel, gpu, utilization=utilization, refresh_s=refresh_s,
-                              states=est.components["optimizer_states"] + est.components["projection_matrices"])
+    Speeds need no memory estimate (states come from the cached per-rank terms), so layouts are tried fastest first
+    and the first that fits wins. Shortcuts, both exact under this model: fsdp holds the least of every term, so
+    when it does not fit nothing does; and when its collectives hide behind compute and the optimizer's own are
+    negligible (< 1% of the step), no other strategy is faster — they move as much or more, and DDP repeats the
+    optimizer step and projection work that fsdp splits over the ranks."""
+    def speed(par: Parallel) -> JobThroughput:
+        t = shard_terms(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
+                        tuple(sorted(c.method_options.items())), par.shard_ranks)
+        return job_throughput(c, par, gpu, utilization=utilization, refresh_s=refresh_s,
+                              states=t.states + t.projection)
 
     ordered = sorted(layouts, key=lambda p: LEANEST_FIRST.index(p.strategy))
     lean = estimate_rank(c, ordered[0])
-    best = (lean, speed(lean))
-    if lean.device_used_bytes > usable_bytes:
-        return best
-    if best[1].exposed_collectives_s == 0 and best[1].optimizer_comm_s <= 0.01 * best[1].step_s:
-        return best
-    for par in ordered[1:]:
-        est = estimate_rank(c, par)
+    lean_speed = speed(ordered[0])
+    if lean.device_used_bytes > usable_bytes or len(ordered) == 1 or (
+            lean_speed.exposed_collectives_s == 0 and lean_speed.optimizer_comm_s <= 0.01 * lean_speed.step_s):
+        return lean, lean_speed
+    speeds = {par: (lean_speed if par is ordered[0] else speed(par)) for par in ordered}
+    for par in sorted(ordered, key=lambda p: -speeds[p].tokens_per_s):
+        est = lean if par is ordered[0] else estimate_rank(c, par)
         if est.device_used_bytes <= usable_bytes:
-            tput = speed(est)
-            if tput.tokens_per_s > best[1].tokens_per_s:
-                best = (est, tput)
-    return best
+            return est, speeds[par]
+    return lean, lean_speed
