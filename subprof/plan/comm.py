@@ -121,8 +121,7 @@ def _step_comm(model: ModelConfig, method: str, rank: int | None, update_gap: in
         return CommPlan(transfers=tuple(out))
     W = par.shard_ranks
     spans = par.strategy != "hsdp" and par.nodes > 1
-    layer = sum(local_numel(p, method, W) for p in _layer_params(model)) * W
-    root = sum(local_numel(p, method, W) for p in _root_params(model)) * W
+    layer, root = _padded(model, get_method(method).project, W)
     padded = model.layers * layer + root
     again = model.layers * layer if par.reshard_after_forward else 0
     out.append(Transfer(name="parameter all-gather", op="all_gather", payload_bytes=a * (padded + again) * bc,
@@ -135,6 +134,13 @@ def _step_comm(model: ModelConfig, method: str, rank: int | None, update_gap: in
                             overlapped=True))
     out += _method_transfers(model, method, rank, update_gap, dtype, options, W, spans)
     return CommPlan(transfers=tuple(out))
+
+
+@lru_cache(maxsize=1024)
+def _padded(model: ModelConfig, long_side: bool, W: int) -> tuple[int, int]:
+    """Values one decoder layer and the root unit hold gathered: W · the padded shard of every parameter."""
+    return (sum(local_numel(p, long_side, W) for p in _layer_params(model)) * W,
+            sum(local_numel(p, long_side, W) for p in _root_params(model)) * W)
 
 
 @lru_cache(maxsize=4096)
@@ -226,7 +232,8 @@ def _params(model: ModelConfig) -> int:
 def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *, usable_bytes: int,
                   utilization: float, refresh_s: float | None = None) -> tuple[RankEstimate, JobThroughput]:
     """Of the candidate layouts (one per strategy), the fastest whose rank fits `usable_bytes` (device used); when
-    none fits, the leanest — what `plan --strategy auto` does for each configuration it tries.
+    none fits, the leanest. `plan --strategy auto` finds each configuration's largest micro-batch on the leanest
+    layout (fsdp), then asks this for the fastest layout that fits at that micro-batch.
 
     Speeds need no memory estimate (states come from the cached per-rank terms), so layouts are tried fastest first
     and the first that fits wins. Shortcuts, both exact under this model: fsdp holds the least of every term, so

@@ -30,7 +30,7 @@ from functools import lru_cache
 from subprof.catalog import ModelConfig
 from subprof.config import TrainConfig, param_bytes
 from subprof.methods import get_method
-from subprof.methods.spec import Dtype, WeightShard, tensor_bytes
+from subprof.methods.spec import Dtype, tensor_bytes, weight_sharding
 from subprof.plan import calibration as cal
 from subprof.plan.memory import (COMPONENTS, Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
                                  logits_bytes)
@@ -88,16 +88,11 @@ def _root_params(m: ModelConfig) -> list[_Param]:
     return out + ([] if m.tied else [_Param(m.vocab, m.hidden)])
 
 
-def _shard(p: _Param, method: str, ranks: int) -> WeightShard:
-    if p.projected:
-        return get_method(method).weight_shard(p.rows, p.cols, ranks)
-    return WeightShard(dim=0, ranks=ranks)
-
-
-def local_numel(p: _Param, method: str, ranks: int) -> int:
-    """Values rank 0 holds of `p`: ⌈rows/W⌉·cols on Shard(0), rows·⌈cols/W⌉ on Shard(1). FSDP2 pads parameters
-    and gradients to this on every rank; rank 0's unpadded chunk is the same size."""
-    sh = _shard(p, method, ranks)
+def local_numel(p: _Param, long_side: bool, ranks: int) -> int:
+    """Values rank 0 holds of `p`: ⌈rows/W⌉·cols on Shard(0), rows·⌈cols/W⌉ on Shard(1) (a projected weight of a
+    method that shards on the long side: `MethodSpec.weight_shard`). FSDP2 pads parameters and gradients to this on
+    every rank; rank 0's unpadded chunk is the same size."""
+    sh = weight_sharding(p.rows, p.cols, ranks, long_side=long_side and p.projected)
     if sh.dim == 0:
         return -(-p.rows // ranks) * p.cols
     return p.rows * -(-p.cols // ranks)
@@ -134,12 +129,11 @@ def shard_terms(model: ModelConfig, method: str, rank: int | None, state_bits: i
                 options: tuple, ranks: int) -> ShardTerms:
     """Every token-independent term for rank 0 of a shard group of `ranks` (cached: `plan` asks often)."""
     spec = get_method(method)
-    opts = dict(options)
     b = param_bytes(dtype)  # sharded parameters, gradients (fp32 master under mixed)
     bc = 4 if dtype == "fp32" else 2  # compute dtype: what FSDP2 all-gathers and backward produces
     br = 4 if dtype != "bf16" else 2  # reduce dtype
     layer, root = _layer_params(model), _root_params(model)
-    loc = {id(p): local_numel(p, method, ranks) for p in layer + root}
+    loc = {id(p): local_numel(p, spec.project, ranks) for p in layer + root}
 
     def moments(n: int) -> int:
         return 2 * tensor_bytes(n, Dtype.STATE, state_bits=state_bits, param_bytes=b)
@@ -147,17 +141,15 @@ def shard_terms(model: ModelConfig, method: str, rank: int | None, state_bits: i
     states = projection = 0
     step_ws = [0]
     refresh_ws = [0]
+    gathers = False
     for p in layer:
         if p.projected and spec.project:
-            r = min(rank, p.rows, p.cols)
-            by_role = spec.rank_state_bytes(p.rows, p.cols, r, ranks=ranks, state_bits=state_bits, param_bytes=b,
-                                            options=opts)
-            states += model.layers * by_role.get("optimizer_states", 0)
-            projection += model.layers * by_role.get("projection_matrices", 0)
-            step_ws.append(spec.rank_step_workspace_bytes(p.rows, p.cols, r, ranks=ranks, state_bits=state_bits,
-                                                          param_bytes=b, options=opts))
-            refresh_ws.append(spec.rank_workspace_bytes(p.rows, p.cols, r, ranks=ranks, state_bits=state_bits,
-                                                        param_bytes=b, options=opts))
+            w = _weight_terms(method, p.rows, p.cols, min(rank, p.rows, p.cols), ranks, state_bits, b, options)
+            states += model.layers * w[0]
+            projection += model.layers * w[1]
+            step_ws.append(w[2])
+            refresh_ws.append(w[3])
+            gathers = gathers or w[4]
         else:
             states += model.layers * moments(loc[id(p)])
     states += sum(moments(loc[id(p)]) for p in root)
@@ -182,9 +174,20 @@ def shard_terms(model: ModelConfig, method: str, rank: int | None, state_bits: i
         root_reduce_scatter=br * ranks * padded_root, layer_grad_shard=b * padded_layer,
         root_grad_shard=b * padded_root, head_grad=bc * head, root_grads=bc * sum(p.rows * p.cols for p in root
                                                                                    if p.cols > 1),
-        largest_unit_grad_shard=b * max(padded_layer, padded_root),
-        gathers=spec.project and any(spec.gathers_at_refresh(p.rows, p.cols, ranks, opts) for p in layer
-                                     if p.projected))
+        largest_unit_grad_shard=b * max(padded_layer, padded_root), gathers=gathers)
+
+
+@lru_cache(maxsize=8192)
+def _weight_terms(method: str, m: int, n: int, r: int, ranks: int, state_bits: int, b: int,
+                  options: tuple) -> tuple[int, int, int, int, bool]:
+    """One projected weight on rank 0, from its method's declaration: (optimizer states, projection matrices, step
+    workspace, refresh workspace, whether the refresh gathers the gradient)."""
+    spec, opts = get_method(method), dict(options)
+    kw = dict(ranks=ranks, state_bits=state_bits, param_bytes=b, options=opts)
+    by_role = spec.rank_state_bytes(m, n, r, **kw)
+    return (by_role.get("optimizer_states", 0), by_role.get("projection_matrices", 0),
+            spec.rank_step_workspace_bytes(m, n, r, **kw), spec.rank_workspace_bytes(m, n, r, **kw),
+            spec.gathers_at_refresh(m, n, ranks, opts))
 
 
 @lru_cache(maxsize=4096)

@@ -17,8 +17,8 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
-from subprof.plan.comm import choose_layout
-from subprof.plan.distributed import RankEstimate
+from subprof.plan.comm import LEANEST_FIRST, choose_layout
+from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.parallel import Parallel, check_shardable, strategies_for
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
@@ -223,12 +223,14 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
     measured = req.measured_refresh_s(spec.name, rank, gap)
 
-    def evaluate(i: int) -> Candidate:
+    def evaluate(i: int, decide: bool = False) -> Candidate:
         batch, accumulation = batches[i]
         cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                           layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt,
                           accumulation=accumulation)
-        if req._layouts:  # several GPUs: the fastest strategy that fits (plan/comm.py)
+        if req._layouts and not decide:  # several GPUs: bisect on the leanest strategy's memory alone …
+            est, tput = estimate_rank(cfg, req._layouts[0]), None
+        elif req._layouts:  # … then the fastest strategy that fits at the micro-batch found (plan/comm.py)
             est, tput = choose_layout(cfg, req._layouts, gpu, usable_bytes=req.usable_bytes,
                                       utilization=req.utilization, refresh_s=measured)
         else:
@@ -242,7 +244,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                          projection_source="measured (--proj)" if measured is not None else
                          "scaled from H100 measurements")
 
-    leanest = evaluate(len(batches) - 1)
+    leanest = evaluate(len(batches) - 1)  # (throughput None while bisecting on several GPUs: only `fits` is read)
     if not leanest.fits:
         prev = smallest.get(spec.name)
         if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
@@ -256,6 +258,8 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             best, hi = cand, mid - 1
         else:
             lo = mid + 1
+    if req._layouts:
+        best = evaluate(batches.index((best.config.batch, best.config.accumulation)), decide=True)
     return best
 
 
@@ -299,7 +303,7 @@ def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
         raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.global_tokens // req.seq} sequences of an "
                            f"optimizer step: raise --tokens-per-step (each rank needs at least one sequence)")
     layouts, reasons = [], []
-    for name in names:
+    for name in sorted(names, key=LEANEST_FIRST.index):  # the leanest first: the search bisects on it
         par = Parallel(gpus=req.gpus, nodes=req.nodes, strategy=name)
         try:
             check_shardable(req.model, par)
