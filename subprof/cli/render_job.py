@@ -41,8 +41,8 @@ def job_assumptions(req: PlanRequest, gpu: GpuSpec) -> str:
                if req.nodes > 1 else "")
     return (f"Communication: {OVERLAP}. Links of {gpu.name}: within a node {gpu.intra_node_gbs:,.0f} GB/s per GPU "
             f"({gpu.intra_node_link}){between}, at {LINK_EFFICIENCY:.0%} of those figures (profiles/gpus.toml cites "
-            f"each; the inter-node ones are the least certain). strategy auto: per configuration the fastest that "
-            f"fits. Projected weights are sharded on their long side, SVD refreshes gather each gradient to an owner "
+            f"each; the inter-node ones are the least certain). strategy auto: for each configuration the largest "
+            f"micro-batch fsdp fits, then the fastest strategy that fits there. Projected weights are sharded on their long side, SVD refreshes gather each gradient to an owner "
             f"rank and broadcast P (methods/spec.py).")
 
 
