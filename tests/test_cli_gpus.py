@@ -60,3 +60,13 @@ def test_bench_bad_world_is_one_line_and_exit_2(args, message, tmp_path):
     out = run("bench", "--model", "tiny", "--methods", "adamw", "--out", str(tmp_path / "b.jsonl"), *args)
     assert out.returncode == 2, out.stdout
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_estimate_on_eight_gpus_is_rank_zeros_breakdown():
+    one = json.loads(run("estimate", "--model", "7b", "--batch", "2", "--json").stdout)
+    out = run("estimate", "--model", "7b", "--batch", "2", "--gpus", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    rank = json.loads(out.stdout)
+    assert rank["parallel"] == {"gpus": 8, "nodes": 1, "strategy": "fsdp", "shard_ranks": 8, "replicas": 1}
+    assert rank["components"]["weights"] * 8 == one["components"]["weights"]  # 7b's dims divide by 8: no padding
+    assert rank["peak_allocated_bytes"] < one["peak_allocated_bytes"]

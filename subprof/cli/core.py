@@ -74,17 +74,25 @@ def estimate(
     state_bits: BitsOpt = None,
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = False,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs of a data-parallel job: the breakdown of rank 0 (batch "
+                                                    "per rank).")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="ddp, fsdp, fsdp-no-reshard or hsdp.")] = "fsdp",
     json_out: JsonOpt = False,
 ) -> None:
     """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
     from subprof.catalog import load_model
     from subprof.config import TrainConfig
-    from subprof.plan.memory import estimate as run_estimate
+    from subprof.plan.distributed import estimate_rank
+    from subprof.plan.parallel import Parallel, check_shardable
 
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
                       checkpointing=checkpointing)
-    est = run_estimate(cfg)
+    par = Parallel(gpus=gpus, nodes=nodes, strategy=strategy.strip().lower()) if gpus > 1 or nodes > 1 else None
+    if par is not None:
+        check_shardable(cfg.model, par)
+    est = estimate_rank(cfg, par)
     if json_out:
         print_json(est.to_dict())
         return

@@ -6,7 +6,7 @@ from rich.table import Table
 
 from subprof.cli import render_job
 from subprof.cli.ui import console
-from subprof.plan.memory import COMPONENTS, PHASES, Estimate
+from subprof.plan.memory import PHASES, Estimate
 from subprof.plan.planner import Candidate, Plan
 from subprof.units import gib
 
@@ -21,13 +21,14 @@ def _g(n: int | float) -> str:
 def estimate_table(est: Estimate) -> None:
     c = est.config
     phases = [p for p in PHASES if est.phases.get(p)]
-    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch} × seq {c.seq} · {c.dtype} "
+    job = f" · rank 0 of {est.parallel.label()}" if hasattr(est, "parallel") else ""
+    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch} × seq {c.seq} · {c.dtype}{job} "
                         f"(GiB = 2^30 B)")
     table.add_column("component")
     table.add_column("size", justify="right")
     for p in phases:
         table.add_column(PHASE_TITLES[p], justify="right")
-    for comp in COMPONENTS:
+    for comp in est.components:  # COMPONENTS order; a rank of a job adds FSDP's and DDP's buffers
         if not est.components.get(comp) and not any(est.phases[p].get(comp) for p in phases):
             continue
         table.add_row(comp.replace("_", " "), _g(est.components[comp]),
