@@ -4,6 +4,8 @@ the communication model. Two small live traces; the committed sweep covers the r
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -21,16 +23,22 @@ def _case(world: int, strategy: str, **config) -> Case:
                 world_size=world, strategy=strategy)
 
 
-@pytest.fixture(scope="module", params=[(3, "fsdp"), (2, "ddp")], ids=["fsdp-3-ranks", "ddp-2-ranks"])
-def traced(request):
+@functools.lru_cache(maxsize=None)
+def _trace(world: int, strategy: str):
+    """One trace per layout for the whole module (each takes a few seconds)."""
     from subprof.measure.distributed_trace import trace_rank
 
     before = torch.get_num_threads()
-    case = _case(*request.param)
+    case = _case(world, strategy)
     try:
-        yield case, trace_rank(case)
+        return case, trace_rank(case)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[(3, "fsdp"), (2, "ddp")], ids=["fsdp-3-ranks", "ddp-2-ranks"])
+def traced(request):
+    return _trace(*request.param)
 
 
 def test_rank_zero_holds_exactly_the_sharding_arithmetic(traced):
@@ -60,10 +68,8 @@ def test_the_collectives_are_what_the_communication_model_moves(traced):
     assert traced_bytes == step_comm(case.config, case.parallel).bytes_by_op()
 
 
-def test_ddp_keeps_a_bucket_copy_of_every_gradient(traced):
-    case, res = traced
-    if case.strategy != "ddp":
-        pytest.skip("DDP only")
+def test_ddp_keeps_a_bucket_copy_of_every_gradient():
+    case, res = _trace(2, "ddp")
     assert res.categories["ddp_buckets"] >= case.config.model.params * 2
 
 

@@ -18,7 +18,8 @@ from subprof.units import parse_size
 REQUIRED = ["rtx-3090", "rtx-4090", "rtx-5090", "rtx-a6000", "l4", "l40s", "a10g", "a100-40gb", "a100-80gb",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x"]
 FIGURES = {"memory": "memory_label", "memory_bytes": "memory_bytes", "bandwidth": "bandwidth_gbs",
-           "bf16_tflops": "bf16_tflops", "price": "price_per_hour"}
+           "bf16_tflops": "bf16_tflops", "price": "price_per_hour", "intra_node": "intra_node_gbs",
+           "inter_node": "inter_node_gbs"}
 
 
 def _raw() -> dict:

@@ -1,5 +1,5 @@
-"""The per-rank model against the committed traced sweep (`profiles/measured/trace_ranks_*.jsonl`, written by
-`profiles/measured/trace_ranks.sh`): the analytic per-rank peak within 3% of every traced rank's peak, and the
+"""The per-rank model against the committed traced sweep (`profiles/measured/rank_trace_*.jsonl`, written by
+`profiles/measured/rank_trace.sh`): the analytic per-rank peak within 3% of every traced rank's peak, and the
 parameter, gradient and state bytes rank 0 holds equal to the sharding arithmetic byte for byte."""
 
 import json
@@ -14,7 +14,7 @@ from subprof.plan.distributed import estimate_rank, shard_bytes
 from subprof.plan.parallel import Parallel
 
 MEASURED = Path(__file__).resolve().parent.parent / "profiles" / "measured"
-ROWS = [json.loads(line) for path in sorted(MEASURED.glob("trace_ranks_*.jsonl"))
+ROWS = [json.loads(line) for path in sorted(MEASURED.glob("rank_trace_*.jsonl"))
         for line in path.read_text().splitlines() if line.strip()]
 OK_ROWS = [r for r in ROWS if r.get("status") == "ok"]
 

@@ -32,12 +32,10 @@ from subprof.config import TrainConfig, param_bytes
 from subprof.methods import get_method
 from subprof.methods.spec import Dtype, tensor_bytes, weight_sharding
 from subprof.plan import calibration as cal
-from subprof.plan.memory import (COMPONENTS, Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
+from subprof.plan.memory import (Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
                                  logits_bytes)
 from subprof.plan.parallel import Parallel
 
-RANK_COMPONENTS = COMPONENTS + ("unsharded_parameters", "all_gather_buffers", "reduce_scatter_buffers",
-                                "unsharded_gradients", "ddp_buckets")
 # NCCL's own device buffers per communicator, outside PyTorch's allocator: NCCL_BUFFSIZE (4 MiB by default, NCCL
 # environment-variable docs) per channel, send and receive, to each ring/tree peer, over up to 32 channels on NVLink
 # systems: 4 MiB · 2 · 2 · 32 = 512 MiB. An assumption, not a measurement (`bench --backend cuda --world-size N`
@@ -304,17 +302,6 @@ def _finish(c: TrainConfig, par: Parallel, phases: dict, components: dict, logit
     return RankEstimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
                         peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes,
                         parallel=par)
-
-
-def model_state_bytes(c: TrainConfig, par: Parallel | None) -> int:
-    """Parameters + gradients + optimizer states (+ projection matrices) of rank 0: DeepSpeed's "model states"."""
-    if par is None or not par.sharded:
-        est = estimate(c)
-        return sum(est.components[k] for k in ("weights", "optimizer_states", "projection_matrices")) \
-            + c.model.params * c.param_bytes
-    t = shard_terms(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
-                    tuple(sorted(c.method_options.items())), par.shard_ranks)
-    return t.params + t.grads + t.states + t.projection
 
 
 def shard_bytes(c: TrainConfig, par: Parallel) -> dict[str, int]:
