@@ -6,7 +6,8 @@ line (`check_local_gpus`).
 Each rank: `init_process_group("nccl")` on its `LOCAL_RANK` device; the model is built on the meta device, wrapped
 exactly as the trace wraps it (`distributed_trace.shard_model`: FSDP2 per decoder layer then the root, or DDP), then
 materialised on the GPU (`to_empty`) and re-initialised (normal(0, 0.02) weights, ones for norms: the values do not
-change memory); random tokens differ per rank. Peaks per phase as the single-GPU `cuda` backend records them
+change memory); random tokens differ per rank. An out-of-memory rank reports `oom`; the others then wait in their
+next collective until the runner's timeout ends the job (a `timeout` row). Peaks per phase as the single-GPU `cuda` backend records them
 (`torch.cuda.reset_peak_memory_stats` at each phase start), NVML used memory per device after the steps, CUDA-event
 step times; the job's tokens/s = N × tokens per rank / median step time.
 """
@@ -38,10 +39,6 @@ def launch_command(case: Case) -> list[str]:
     check_local_gpus(case)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
             f"--nproc-per-node={case.world_size}", "-m", "subprof.measure.worker", case.to_json()]
-
-
-def in_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def measure_rank(case: Case) -> dict | None:
@@ -93,7 +90,8 @@ def measure_rank(case: Case) -> dict | None:
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
                 losses.append(float(loss.detach().float()))
-            mine = {"rank": rank, "status": "ok", "peak_allocated_bytes": max(phases.values()),
+            mine = {"rank": rank, "status": "ok",
+                    "peak_allocated_bytes": max(v for k, v in phases.items() if k != "model_built"),
                     "peak_reserved_bytes": reserved, "phases": phases, **nvml_used(local)}
         except torch.cuda.OutOfMemoryError as exc:
             mine = {"rank": rank, "status": "oom", "oom_phase": phase, "error": str(exc).splitlines()[0][:300],
