@@ -26,11 +26,9 @@ cli = CliRunner()
 BASE = dict(batch=2, seq=16, dtype="bf16", state_bits=None, layerwise=False, checkpointing=False, update_gap=None)
 
 
-def case(model: str = "tiny", backend: str = "trace", steps: int = 3, budget_bytes: int | None = None,
-         **config) -> Case:
+def case(model: str = "tiny", backend: str = "trace", steps: int = 3, **config) -> Case:
     config = {"batch": 1, "seq": 16, **config}
-    return Case(config=TrainConfig(model=load_model(model), **config), backend=backend, steps=steps,
-                budget_bytes=budget_bytes)
+    return Case(config=TrainConfig(model=load_model(model), **config), backend=backend, steps=steps)
 
 
 def fake_row(case: Case, *, timeout: float) -> dict:
@@ -102,9 +100,17 @@ def test_a_nan_gradient_is_a_diverged_row_not_an_error(monkeypatch):
 
 
 def test_trace_over_budget_is_an_oom_row_at_the_crossing_phase():
-    row = measure(case(method="adamw", steps=1, budget_bytes=10**6))
+    from subprof.measure.runner import BudgetRule
+    from subprof.plan.calibration import Calibration
+
+    bare = Calibration(source="test: no GPU-side terms", cuda_runtime_allocated_bytes=0, cuda_context_bytes=0,
+                       reserve_per_logits_byte=0.0)
+    c = case(method="adamw", steps=1)
+    row = measure(c)
+    BudgetRule(budget_bytes=10**6, margin=0.0, calibration=bare).apply(row, c)
     assert row["status"] == "oom" and row["oom_phase"] == "model_built"  # the weights alone exceed 1 MB
-    ok = measure(case(method="adamw", steps=1, budget_bytes=10**12))
+    ok = measure(c)
+    BudgetRule(budget_bytes=10**12, margin=0.0, calibration=bare).apply(ok, c)
     assert ok["status"] == "ok"
 
 

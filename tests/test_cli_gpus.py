@@ -27,7 +27,7 @@ def test_plan_table_states_the_communication_assumptions():
     out = run("plan", "--model", "7b", "--gpu", "h100-sxm", "--gpu-mem", "h100-sxm", "--gpus", "16", "--nodes", "2",
               "--strategy", "hsdp", "--top", "2")
     assert out.returncode == 0, out.stderr
-    assert "hsdp" in out.stdout and "comm share" in out.stdout and "overlap" in out.stdout
+    assert "hsdp" in out.stdout and "communication" in out.stdout and "overlap" in out.stdout
     assert "between nodes" in out.stdout
 
 
@@ -47,7 +47,7 @@ def test_plan_bad_job_layout_is_one_line_and_exit_2(args, message):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--world-size", "2", "--backend", "cuda"], "needs 2 local CUDA GPUs"),
+    (["--world-size", "2", "--backend", "cuda"], "needs a CUDA GPU"),
     (["--strategy", "fsdp"], "give --world-size 2 or more"),
     (["--world-size", "256", "--backend", "trace"], "has only 128"),
 ])
@@ -55,8 +55,8 @@ def test_bench_bad_world_is_one_line_and_exit_2(args, message, tmp_path):
     if "cuda" in args:
         import torch
 
-        if torch.cuda.device_count() >= 2:
-            pytest.skip("this machine has the GPUs")
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU: the one-line refusal is for machines without")
     out = run("bench", "--model", "tiny", "--methods", "adamw", "--out", str(tmp_path / "b.jsonl"), *args)
     assert out.returncode == 2, out.stdout
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1

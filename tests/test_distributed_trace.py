@@ -53,7 +53,7 @@ def test_the_categories_add_up_to_the_peak(traced):
 
 def test_the_per_rank_model_is_within_3_percent(traced):
     case, res = traced
-    est = estimate_rank(case.config, case.parallel).peak_allocated_bytes - cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    est = estimate_rank(case.config, case.parallel).peak_allocated_bytes - cal.DEFAULT.cuda_runtime_allocated_bytes
     assert abs(est / res.peak_allocated_bytes - 1) <= 0.03
 
 

@@ -46,7 +46,7 @@ def test_the_sweep_covers_every_strategy():
 @pytest.mark.parametrize("row", OK_ROWS, ids=_id)
 def test_per_rank_estimate_within_3_percent_of_the_traced_rank(row):
     c, par = _config(row)
-    model_side = estimate_rank(c, par).peak_allocated_bytes - cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    model_side = estimate_rank(c, par).peak_allocated_bytes - cal.DEFAULT.cuda_runtime_allocated_bytes
     assert abs(model_side / row["peak_allocated_bytes"] - 1) <= 0.03
 
 

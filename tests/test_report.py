@@ -304,7 +304,7 @@ def test_scaling_has_a_row_per_gpu_type_and_count(scaled):
 
 def test_scaling_cost_counts_every_gpu_for_the_wall_clock_hours(scaled):
     for r in scaled.tables["scaling"].dropna(subset=["hours"]).to_dict(orient="records"):
-        assert r["hours"] == pytest.approx(10**10 / r["tokens_per_s"] / 3600, rel=1e-4)  # tokens/s rounded
+        assert r["hours"] == pytest.approx(10**10 / r["tokens_per_s"] / 3600, rel=1e-3)  # tokens/s rounded to 0.1
         assert r["cost_usd"] == pytest.approx(r["hours"] * r["gpus"] * r["usd_per_gpu_hour"])
 
 

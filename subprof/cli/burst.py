@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import BatchOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt
+from subprof.cli.options import BatchOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt, ThreadsOpt
 from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
                             progress_bar)
 from subprof.errors import SubprofError
@@ -37,9 +37,7 @@ def burst(
     data_dtype: Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 (nanoGPT) or "
                                                                  "uint32.")] = "uint16",
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)] = 8192,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's; "
-                                                   "1 avoids oversubscription on a shared machine).",
-                                                   min=1)] = None,
+    threads: ThreadsOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/burst.jsonl"),
@@ -47,7 +45,8 @@ def burst(
     json_out: JsonOpt = False,
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
-    from subprof.train.burst import BurstSettings, expand_cases, run_bursts
+    from subprof.results import check_writable
+    from subprof.train.burst import BurstSettings, check_cases, expand_cases, run_bursts
     from subprof.train.corpus import load_corpus
 
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
@@ -65,8 +64,15 @@ def burst(
                           + (" [cached]" if corpus.cache_hit else ""))
         for note in notes:
             err_console.print(f"note: {note}")
-    with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
-        rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+    check_writable(out)
+    check_cases(cases, settings, corpus)
+    try:
+        with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
+            rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: every finished case is kept in {out}; rerun the same command with --resume "
+                          f"to run only the rest")
+        raise typer.Exit(130) from None
     if json_out:
         print_json({"corpus": corpus.summary() | {"description": corpus.description}, "notes": notes,
                     "out": str(out), "rows": rows})

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from subprof.config import DTYPE_HELP
+from subprof.config import DTYPE_HELP, default_threads
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name (see `subprof models`) or a path to a "
@@ -24,3 +24,9 @@ LayerwiseOpt = Annotated[bool, typer.Option("--layerwise", help="Per-layer updat
 CkptOpt = Annotated[bool, typer.Option("--checkpointing", help="Activation (gradient) checkpointing.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip cases already finished in --out.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: half the "
+                                                   f"cores, {default_threads()} here; on a busy machine fewer threads "
+                                                   "run faster).")]
+CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A calibration record written by `subprof "
+                                                       "calibrate` (default: the newest record for the target GPU, "
+                                                       "else the H100 reference rows).")]

@@ -7,9 +7,10 @@ from rich.table import Table
 from subprof.cli import render_job
 from subprof.cli.ui import console
 from subprof.plan.memory import PHASES, Estimate
-from subprof.plan.planner import Candidate, Plan
+from subprof.plan.planner import COMPRESSION, QUALITY_TOLERANCE, Candidate, Plan, ranks_for
 from subprof.units import gib
 
+FASTER_BY = 1.1  # the fastest fitting candidate is named when it is at least 10% faster than the recommendation
 PHASE_TITLES = {"model_built": "built", "forward_backward": "fwd/bwd", "optimizer_step": "opt step",
                 "projection_refresh": "P refresh"}
 
@@ -41,19 +42,21 @@ def estimate_table(est: Estimate) -> None:
                   f"device used (nvidia-smi, incl. CUDA context) ≈ [bold]{gib(est.device_used_bytes):.2f} GiB[/]")
     for note in est.notes:
         console.print(f"[dim]note: {note}[/]")
+    console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
 
 
 def _cand_row(c: Candidate) -> list[str]:
     cfg = c.config
+    seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
     return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
-            "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
+            seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
             f"{gib(c.estimate.device_used_bytes):.2f}", f"{c.throughput.tokens_per_s:,.0f}",
             f"{100 * c.throughput.projection_share:.1f}%"]
 
 
-CAND_COLUMNS = ("method", "rank", "gap", "bits", "per-layer", "batch", "ckpt", "peak alloc GiB", "device GiB",
-                "tokens/s", "proj share")
+CAND_COLUMNS = ("method", "rank", "gap", "bits", "per-layer", "micro-batch", "seqs/step", "ckpt", "peak alloc GiB",
+                "device GiB", "tokens/s", "proj share")
 
 
 def _cand_table(title: str, cands: list[Candidate], job: bool = False) -> Table:
@@ -69,12 +72,11 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
     req = result.request
     gpu = req.throughput_gpu
     console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}, "
-                  f"{req.global_tokens:,} tokens per optimizer step"
-                  + (" (per-layer candidates step every micro-batch); " if req.tokens_per_step is None
-                     and req.batch is None else "; ")
-                  + f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
+                  f"optimizer step = {req.sequences_per_step:,} sequences = {req.global_tokens:,} tokens; "
+                  f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
-                  f"context)")
+                  f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
+                  f"{req.calibration.source}")
     job = req.gpus > 1
     if job:
         console.print(render_job.job_header(req))
@@ -87,21 +89,29 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
         for line in result.suggestions:
             console.print(f"  • {line}")
         return
-    cfg = rec.config
-    console.print(f"[bold green]recommended:[/] {cfg.label()}, micro-batch {cfg.batch}"
-                  + (f" × {cfg.accumulation} accumulation" if cfg.accumulation > 1 else
-                     " (optimizer step every micro-batch)")
-                  + f" — peak allocated {gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device "
-                  f"{gib(rec.estimate.device_used_bytes):.2f} GiB of {gib(req.usable_bytes):.2f} GiB usable "
-                  f"(headroom {gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
+    console.print(f"[bold green]recommended:[/] {rec.describe()} — peak allocated "
+                  f"{gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device {gib(rec.estimate.device_used_bytes):.2f} "
+                  f"GiB of {gib(req.usable_bytes):.2f} GiB usable (headroom "
+                  f"{gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
                   + (render_job.job_recommendation(rec) if job else
                      f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}"))
-    best = sorted(result.best_per_method.values(), key=lambda c: (c.quality, c.throughput.tokens_per_s),
-                  reverse=True)
+    if not rec.keeps_requested_batch:
+        console.print(f"[yellow]no configuration that keeps the requested {req.sequences_per_step} sequences per "
+                      f"optimizer step fits[/]: the ones below step every micro-batch (per-layer updates free each "
+                      f"gradient at once; accumulating would keep them all). Give --tokens-per-step to ask for a "
+                      f"smaller optimizer batch.")
+    fast = result.fastest
+    if fast is not None and fast.throughput.tokens_per_s >= FASTER_BY * rec.throughput.tokens_per_s:
+        console.print(f"fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s")
+    best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
     console.print(_cand_table("best configuration per method", best, job))
     console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], job))
+    if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):
+        console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "
+                      f"updates that step every micro-batch (accumulating would keep every gradient alive); they rank "
+                      f"after every candidate that keeps the requested batch")
     if result.rejected:
-        console.print("[bold]rejected[/] (even the leanest configuration does not fit):")
+        console.print("[bold]rejected[/]:")
         for line in result.rejected.values():
             console.print(f"  {line}")
     if evidence:
@@ -109,10 +119,13 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
         return
     console.print(f"[dim]Ranking is a prior, not a measurement: full rank best, then higher rank at equal method, "
                   f"every-step streaming refresh (osd, ori) ahead of a stale SVD at low rank, 8-bit states slightly "
-                  f"behind. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
+                  f"behind; candidates within {QUALITY_TOLERANCE:g} prior unit (one doubling of rank) of the best "
+                  f"are ordered by speed. Ranks searched: 16 to {ranks_for(req.model)[-1]} (the widest weight's "
+                  f"smaller side / {COMPRESSION}); low-rank configurations that need as much memory as AdamW are not "
+                  f"offered. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
                   f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
-                  f"measurements.[/]")
+                  f"measurements by memory bandwidth.[/]")
     if job:
         console.print(f"[dim]{render_job.job_assumptions(req, gpu)}[/]")
 
@@ -139,9 +152,7 @@ def burst_tables(evidence: list) -> None:
     if best.efficiency is None:
         console.print("[bold red]no burst finished[/]: the prior's recommendation stands (see the status column)")
         return
-    cfg = best.candidate.config
-    console.print(f"[bold green]recommended after bursts:[/] {cfg.label()}, micro-batch {cfg.batch}"
-                  + (f" × {cfg.accumulation} accumulation" if cfg.accumulation > 1 else "")
+    console.print(f"[bold green]recommended after bursts:[/] {best.candidate.describe()}"
                   + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
                   f"{best.efficiency:.2f} loss drop per predicted hour on the target GPU")
 
@@ -168,15 +179,22 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "seq": req.seq,
         "dtype": req.dtype,
         "tokens_per_step": req.global_tokens,
+        "sequences_per_step": req.sequences_per_step,
         "throughput_gpu": req.throughput_gpu.key,
+        "throughput_gpu_reason": req.throughput_gpu_reason,
+        "calibration": req.calibration.to_dict(),
         "utilization": req.utilization,
         "recommendation": rec.to_dict() if rec else None,
+        "fastest": result.fastest.to_dict() if result.fastest else None,
         "best_per_method": {k: v.to_dict() for k, v in result.best_per_method.items()},
         "candidates": [c.to_dict() for c in result.candidates[: max(req.top, 1) * 20]],
         "rejected": result.rejected,
         "suggestions": result.suggestions,
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
-                    "prior (no burst measurements): full rank > higher rank > streaming refresh at low rank"),
+                    f"prior (no burst measurements): candidates keeping the requested optimizer batch first, then "
+                    f"full rank > higher rank > streaming refresh at low rank, within {QUALITY_TOLERANCE:g} prior "
+                    f"unit of the best by predicted tokens/s"),
+        "ranks_searched": ranks_for(req.model),
         "burst": [e.to_dict() for e in evidence] if evidence else None,
         **({"job": render_job.job_json(req, req.throughput_gpu)} if req.gpus > 1 else {}),
     }

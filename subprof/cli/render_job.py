@@ -8,8 +8,8 @@ from subprof.plan.comm import LINK_EFFICIENCY, OVERLAP
 from subprof.plan.planner import Candidate, PlanRequest
 from subprof.units import gib
 
-JOB_COLUMNS = ("method", "strategy", "rank", "gap", "bits", "per-layer", "batch/rank", "ckpt", "peak/rank GiB",
-               "device/rank GiB", "job tokens/s", "comm share", "proj share")
+JOB_COLUMNS = ("method", "strategy", "rank", "gap", "bits", "per-layer", "batch/rank", "seqs/step", "ckpt",
+               "peak/rank GiB", "device/rank GiB", "job tokens/s", "comm share", "proj share")
 
 
 def job_row(c: Candidate) -> list[str]:
@@ -18,7 +18,7 @@ def job_row(c: Candidate) -> list[str]:
     return [cfg.method, c.estimate.parallel.strategy, str(cfg.rank or "full"), str(cfg.update_gap or "–"),
             str(cfg.state_bits), "yes" if cfg.layerwise else "no",
             f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
-            "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
+            f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *"), "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
             f"{gib(c.estimate.device_used_bytes):.2f}", f"{t.tokens_per_s:,.0f}", f"{100 * t.comm_share:.1f}%",
             f"{100 * t.projection_share:.1f}%"]
 

@@ -7,7 +7,6 @@ per table.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,19 +49,6 @@ def select_gpus(text: str) -> list:
     return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
 
 
-def _check_out(out: Path) -> None:
-    """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
-    if out.is_dir():
-        raise SubprofError(f"--out {str(out)!r} is a folder; give a file name such as reports/procurement.html")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SubprofError(f"--out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
-    target = out if out.exists() else out.parent
-    if not os.access(target, os.W_OK):
-        raise SubprofError(f"--out {str(out)!r} is not writable (no write permission on {str(target)!r})")
-
-
 def report(
     models: Annotated[str, typer.Option("--models", help="Comma-separated catalogue models or config.json paths, "
                                                          "e.g. 1b,7b.")],
@@ -102,7 +88,7 @@ def report(
     from subprof.report.html import write_html
     from subprof.report.scaling import gpu_counts
     from subprof.report.tables import ReportRequest
-    from subprof.results import read_result_files
+    from subprof.results import check_writable, read_result_files
     from subprof.units import parse_count
 
     model_list = [load_model(name) for name in parse_str_list(models)]
@@ -116,7 +102,9 @@ def report(
                         burst_rows=read_result_files([burst] if burst else [], "--burst"),
                         gpus_per_node=parse_int_list(gpus_per_node, "--gpus-per-node"),
                         nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days)
-    _check_out(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SubprofError(f"--out {str(out)!r}: the report is an HTML page; give a file name ending in .html")
+    check_writable(out, example="procurement.html")
     cells = len(model_list) * len(gpu_list) * (1 + (len(gpu_counts(req)) if req.multi_gpu else 0))
     with progress_bar(cells, "planning GPU × model" + (" × GPU count" if req.multi_gpu else "")) as bar:
         result = build_report(req, on_cell=bar.advance)

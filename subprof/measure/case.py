@@ -27,16 +27,16 @@ KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch"
 
 @dataclass(kw_only=True, slots=True)
 class Case:
-    """One measurement: a training configuration, the backend that measures it and for how many steps.
-    `budget_bytes` (trace only) turns a peak over budget into `oom`. `world_size` > 1 measures one rank of a
-    data-parallel job under `strategy` (default fsdp) on `nodes` nodes: `batch` is the micro-batch per rank."""
+    """One measurement: a training configuration, the backend that measures it and for how many steps. `threads`:
+    torch CPU threads (None: the default). `world_size` > 1 measures one rank of a data-parallel job under
+    `strategy` (default fsdp) on `nodes` nodes: `batch` is the micro-batch per rank."""
 
     config: TrainConfig
     backend: str = "trace"
     steps: int = 3
     implementation: str = "subprof"
-    budget_bytes: int | None = None
     seed: int = 0
+    threads: int | None = None
     world_size: int = 1
     nodes: int = 1
     strategy: str | None = None
@@ -46,11 +46,11 @@ class Case:
             self.strategy = "fsdp"
         if self.world_size == 1 and (self.strategy is not None or self.nodes != 1):
             raise SubprofError("--strategy and --nodes describe a data-parallel job: give --world-size 2 or more")
-        if self.world_size > 1 or self.strategy is not None:
+        if self.world_size > 1:
             if self.strategy == "auto":
                 raise SubprofError("bench measures one strategy: give --strategy ddp, fsdp, fsdp-no-reshard or hsdp")
             check_shardable(self.config.model, Parallel(gpus=self.world_size, nodes=self.nodes,
-                                                        strategy=self.strategy or "fsdp"))
+                                                        strategy=self.strategy))
             if self.backend == "cpu":
                 raise SubprofError("--world-size needs --backend trace (one rank on a fake process group) or cuda "
                                    "(torchrun on the local GPUs)")
@@ -77,7 +77,7 @@ class Case:
     @property
     def parallel(self) -> Parallel | None:
         """The job's data-parallel layout, or None for one process."""
-        if self.world_size == 1 and self.strategy is None:
+        if self.world_size == 1:
             return None
         return Parallel(gpus=self.world_size, nodes=self.nodes, strategy=self.strategy or "fsdp")
 
@@ -108,9 +108,8 @@ class Case:
 
     def to_json(self) -> str:
         return json.dumps({"config": self.config.to_dict(), "backend": self.backend, "steps": self.steps,
-                           "implementation": self.implementation, "budget_bytes": self.budget_bytes,
-                           "seed": self.seed, "world_size": self.world_size, "nodes": self.nodes,
-                           "strategy": self.strategy})
+                           "implementation": self.implementation, "seed": self.seed, "threads": self.threads,
+                           "world_size": self.world_size, "nodes": self.nodes, "strategy": self.strategy})
 
     @classmethod
     def from_json(cls, text: str) -> "Case":
@@ -119,11 +118,17 @@ class Case:
 
 
 def resolve_backend(backend: str) -> str:
-    """`auto` → `cuda` when a GPU is present, else `trace` (asks torch only when it must)."""
+    """`auto` → `cuda` when a GPU is present, else `trace`; `cuda` without a GPU is a one-line error now, before any
+    case runs (asks torch only when it must)."""
     if backend not in BACKENDS:
         raise SubprofError(f"--backend {backend!r} unknown: use one of {', '.join(BACKENDS)}")
-    if backend != "auto":
+    if backend in ("trace", "cpu"):
         return backend
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "trace"
+    if torch.cuda.is_available():
+        return "cuda"
+    if backend == "cuda":
+        raise SubprofError("--backend cuda needs a CUDA GPU and none is visible here; use --backend trace (fake "
+                           "tensors, any model) or --backend cpu (real steps, small models)")
+    return "trace"

@@ -248,7 +248,6 @@ def trace_rank(case: Case) -> RankTraceResult:
     if par is None:
         raise SubprofError("trace_rank traces one rank of a data-parallel job: give the case a world_size > 1")
     t0 = time.perf_counter()
-    torch.set_num_threads(1)
     _install_propagation_flag()
     c = case.config
     with fake_process_group(par) as mesh, FakeTensorMode(allow_non_fake_inputs=True), cuda_rounding():

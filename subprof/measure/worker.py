@@ -41,11 +41,15 @@ def measure(case: Case) -> dict:
     import torch
     import transformers
 
+    from subprof.measure.model import torch_threads
+
     row = base_row(case)
     row.update(torch=torch.__version__, transformers=transformers.__version__)
     try:
         run = {"trace": _trace, "cpu": _cpu, "cuda": _cuda}[case.backend]
-        row.update(run(case) or {})  # None: a rank other than 0 of a torchrun job
+        with torch_threads(case.threads) as threads:
+            row["threads"] = threads
+            row.update(run(case) or {})  # None: a rank other than 0 of a torchrun job
     except FloatingPointError as exc:  # the optimizer refused a NaN/inf gradient: a result, not a failure
         row.update(status="diverged", error=str(exc).splitlines()[0][:300])
     except SubprofError as exc:
@@ -72,19 +76,7 @@ def _trace(case: Case) -> dict:
     if case.parallel is not None:
         out.update(device="trace of rank 0 (fake tensors, fake process group)", parallel=res.parallel,
                    comms=res.comms, shard_bytes=res.shard_bytes)
-    if case.budget_bytes is not None and res.peak_allocated_bytes > case.budget_bytes:
-        out.update(status="oom", oom_phase=_crossing_phase(res.phases, case.budget_bytes),
-                   error=f"traced peak {res.peak_allocated_bytes / 2**30:.2f} GiB > budget "
-                         f"{case.budget_bytes / 2**30:.2f} GiB")
     return out
-
-
-def _crossing_phase(phases: dict, budget: int) -> str | None:
-    """The first phase, in the order a step runs them, whose peak exceeds the budget."""
-    for name in ("model_built", "projection_refresh", "forward_backward", "optimizer_step"):
-        if (phases.get(name) or 0) > budget:
-            return name
-    return None
 
 
 def _losses_ok(losses: list[float]) -> bool:

@@ -32,6 +32,7 @@ from subprof.methods import get_method
 from subprof.methods.spec import When
 from subprof.plan.distributed import (RankEstimate, _layer_params, _root_params, estimate_rank, local_numel,
                                       shard_terms)
+from subprof.plan.calibration import Calibration
 from subprof.plan.parallel import Parallel
 from subprof.plan.throughput import BANDWIDTH_EFFICIENCY, projection_seconds, train_flops_per_token
 
@@ -199,7 +200,7 @@ class JobThroughput:
 
 
 def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: float, states: int,
-                   refresh_s: float | None = None) -> JobThroughput:
+                   refresh_s: float | None = None, calibration: Calibration | None = None) -> JobThroughput:
     """The job's tokens/s = GPUs × tokens per rank and step / the step time of one rank:
     step = max(compute, FSDP/DDP collectives) + optimizer step + projection updates + the optimizer's collectives.
     `states` are rank 0's optimizer-state and projection bytes. Sharded strategies split the optimizer step and the
@@ -209,7 +210,7 @@ def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: 
     split = par.shard_ranks if par.sharded else 1
     moved = 3 * _params(c.model) * c.param_bytes / split + 2 * states
     opt = moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
-    proj = (projection_seconds(c, gpu, utilization, refresh_s) / split) if c.rank else 0.0
+    proj = (projection_seconds(c, gpu, utilization, refresh_s, calibration) / split) if c.rank else 0.0
     comm = step_comm(c, par)
     coll, own = _comm_seconds(comm, gpu)
     exposed = max(0.0, coll - compute)
@@ -230,7 +231,8 @@ def _params(model: ModelConfig) -> int:
 
 
 def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *, usable_bytes: int,
-                  utilization: float, refresh_s: float | None = None) -> tuple[RankEstimate, JobThroughput]:
+                  utilization: float, refresh_s: float | None = None,
+                  calibration: Calibration | None = None) -> tuple[RankEstimate, JobThroughput]:
     """Of the candidate layouts (one per strategy), the fastest whose rank fits `usable_bytes` (device used); when
     none fits, the leanest. `plan --strategy auto` finds each configuration's largest micro-batch on the leanest
     layout (fsdp), then asks this for the fastest layout that fits at that micro-batch.
@@ -244,17 +246,17 @@ def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *
         t = shard_terms(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
                         tuple(sorted(c.method_options.items())), par.shard_ranks)
         return job_throughput(c, par, gpu, utilization=utilization, refresh_s=refresh_s,
-                              states=t.states + t.projection)
+                              states=t.states + t.projection, calibration=calibration)
 
     ordered = sorted(layouts, key=lambda p: LEANEST_FIRST.index(p.strategy))
-    lean = estimate_rank(c, ordered[0])
+    lean = estimate_rank(c, ordered[0], calibration)
     lean_speed = speed(ordered[0])
     if lean.device_used_bytes > usable_bytes or len(ordered) == 1 or (
             lean_speed.exposed_collectives_s == 0 and lean_speed.optimizer_comm_s <= 0.01 * lean_speed.step_s):
         return lean, lean_speed
     speeds = {par: (lean_speed if par is ordered[0] else speed(par)) for par in ordered}
     for par in sorted(ordered, key=lambda p: -speeds[p].tokens_per_s):
-        est = lean if par is ordered[0] else estimate_rank(c, par)
+        est = lean if par is ordered[0] else estimate_rank(c, par, calibration)
         if est.device_used_bytes <= usable_bytes:
             return est, speeds[par]
     return lean, lean_speed

@@ -32,6 +32,7 @@ from subprof.config import TrainConfig, param_bytes
 from subprof.methods import get_method
 from subprof.methods.spec import Dtype, tensor_bytes, weight_sharding
 from subprof.plan import calibration as cal
+from subprof.plan.calibration import Calibration
 from subprof.plan.memory import (Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
                                  logits_bytes)
 from subprof.plan.parallel import Parallel
@@ -202,27 +203,29 @@ def token_terms(model: ModelConfig, dtype: str, batch: int, seq: int, checkpoint
 # ---------------------------------------------------------------------------------------------------- estimate
 
 
-def estimate_rank(c: TrainConfig, par: Parallel | None) -> Estimate:
+def estimate_rank(c: TrainConfig, par: Parallel | None, calibration: Calibration | None = None) -> Estimate:
     """Rank 0's breakdown by component and phase. One GPU: `estimate(c)` itself; DDP: that plus the buckets;
-    FSDP2/HSDP: `_sharded`. `c.batch` is the micro-batch of one rank."""
+    FSDP2/HSDP: `_sharded`. `c.batch` is the micro-batch of one rank; the GPU-side terms come from `calibration`
+    (default: the H100 reference fit)."""
+    calib = calibration or cal.DEFAULT
     if par is None or par.gpus == 1:
-        return estimate(c)
+        return estimate(c, calib)
     if not par.sharded:
-        return _ddp(c, par)
-    return _sharded(c, par)
+        return _ddp(c, par, calib)
+    return _sharded(c, par, calib)
 
 
-def _ddp(c: TrainConfig, par: Parallel) -> RankEstimate:
+def _ddp(c: TrainConfig, par: Parallel, calib: Calibration) -> RankEstimate:
     """One GPU's estimate + DDP's gradient buckets (P · b_grad, allocated at construction and kept) in every
     phase after the model is wrapped."""
-    one = estimate(c)
+    one = estimate(c, calib)
     buckets = c.model.params * c.param_bytes
     phases = {name: ({**parts, "ddp_buckets": buckets} if parts else {}) for name, parts in one.phases.items()}
-    return _finish(c, par, phases, {**one.components, "ddp_buckets": buckets}, one.components["logits_loss"],
-                   list(one.notes))
+    return _finish(c, par, calib, phases, {**one.components, "ddp_buckets": buckets},
+                   one.components["logits_loss"], list(one.notes))
 
 
-def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
+def _sharded(c: TrainConfig, par: Parallel, calib: Calibration) -> RankEstimate:
     """FSDP2 / HSDP on rank 0. The phases (each a sum of the terms alive together, module docstring):
     - forward, at the last layer: base + A + root + (one layer, or every layer without resharding) + 2 all-gather
       outputs;
@@ -235,7 +238,7 @@ def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
     t = shard_terms(m, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
                     tuple(sorted(c.method_options.items())), par.shard_ranks)
     A, _, kept_layer, recompute, logit = token_terms(m, c.dtype, c.batch, c.seq, c.checkpointing)
-    runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    runtime = calib.cuda_runtime_allocated_bytes
     accumulating = c.accumulation > 1
     lw = c.layerwise
     base = {"weights": t.params, "optimizer_states": t.states, "projection_matrices": t.projection,
@@ -281,27 +284,33 @@ def _sharded(c: TrainConfig, par: Parallel) -> RankEstimate:
                   "all_gather_buffers": 2 * t.layer_all_gather if reshard else t.layer_all_gather,
                   "reduce_scatter_buffers": max(t.layer_reduce_scatter, t.root_reduce_scatter),
                   "unsharded_gradients": max(t.layer_unsharded + t.head_grad, t.root_grads), "ddp_buckets": 0}
-    return _finish(c, par, phases, components, logit, [GATHER_NOTE] if t.gathers else [])
+    return _finish(c, par, calib, phases, components, logit, [GATHER_NOTE] if t.gathers else [])
 
 
 def _total(parts: dict[str, int]) -> int:
     return sum(parts.values())
 
 
-def _finish(c: TrainConfig, par: Parallel, phases: dict, components: dict, logit: int,
+def nccl_bytes(par: Parallel | None) -> int:
+    """NCCL's communicator buffers of a rank (device memory outside PyTorch's allocator): none for one process."""
+    if par is None or par.gpus <= 1:
+        return 0
+    return (2 if par.strategy == "hsdp" else 1) * NCCL_BUFFER_BYTES
+
+
+def _finish(c: TrainConfig, par: Parallel, calib: Calibration, phases: dict, components: dict, logit: int,
             notes: list[str]) -> RankEstimate:
     peak_phase, peak = "model_built", -1
     for name, parts in phases.items():
         total = sum(parts.values())
         if total > peak:
             peak_phase, peak = name, total
-    reserved = cal.reserved_bytes(peak, logit)
-    communicators = 2 if par.strategy == "hsdp" else 1
-    used = reserved + cal.CUDA_CONTEXT_BYTES + communicators * NCCL_BUFFER_BYTES
+    reserved = calib.reserved_bytes(peak, logit)
+    used = calib.device_used_bytes(peak, logit) + nccl_bytes(par)
     notes = notes + [NCCL_NOTE]
     return RankEstimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
                         peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes,
-                        parallel=par)
+                        calibration=calib.source, parallel=par)
 
 
 def shard_bytes(c: TrainConfig, par: Parallel) -> dict[str, int]:

@@ -76,7 +76,7 @@ class BurstSettings:
     device: str = "auto"
     scale: float = 0.25
     warmup_fraction: float = 0.1
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    threads: int | None = None  # torch intra-op threads; None: `config.default_threads()`
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "val_windows"):
@@ -104,7 +104,7 @@ def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: 
                  seq: int = 256, dtype: str = "fp32", lr: float | None = None) -> tuple[list[BurstCase], list[str]]:
     """The sweep's cases and notes on the combinations left out: full-rank methods ignore rank and gap; methods
     that update every step by default and search no other gap (`MethodSpec.update_gaps == (1,)`) run at gap 1
-    only — other gaps would repeat it; ranks beyond a model's smallest weight dimension are skipped."""
+    only — other gaps would repeat it; ranks beyond every weight's smaller side are skipped."""
     cases, notes = [], []
     for name in models:
         cfg = load_model(name)
@@ -124,8 +124,9 @@ def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: 
                 notes.append(f"{spec.name} updates its projection every step: gap 1 only (skipped "
                              f"{', '.join(str(g) for g in sorted(set(gaps)) if g != 1)})")
             for rank in ranks:
-                if rank > cfg.min_weight_dim():
-                    notes.append(f"{name}: rank {rank} > smallest weight dimension {cfg.min_weight_dim()}, skipped")
+                if rank > cfg.rank_limit():
+                    notes.append(f"{name}: rank {rank} > every weight's smaller side (widest {cfg.rank_limit()}), "
+                                 f"skipped")
                     continue
                 cases.extend(case(rank, g) for g in use_gaps)
     return cases, list(dict.fromkeys(notes))
@@ -144,8 +145,8 @@ def fits_locally(case: BurstCase, settings: BurstSettings) -> bool:
 
 def proxy_config(config: TrainConfig, proxy: ModelConfig) -> TrainConfig:
     """`config` on a smaller `proxy` model with the same method, update gap and rank-to-width ratio:
-    rank' = max(1, round(rank · h' / h)), h the hidden size, capped at the proxy's smallest weight dimension."""
-    rank = None if config.rank is None else min(proxy.min_weight_dim(),
+    rank' = max(1, round(rank · h' / h)), h the hidden size, capped at the proxy's rank limit."""
+    rank = None if config.rank is None else min(proxy.rank_limit(),
                                                 max(1, round(config.rank * proxy.hidden / config.model.hidden)))
     return replace(config, model=proxy, rank=rank)
 
@@ -409,16 +410,48 @@ def run_bursts(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, 
     in `out` with a final status are returned from there, not rerun. Returns one row per case, in order:
     `val_loss`, `tokens_per_s`, `peak_tracked_bytes` (CPU) or `peak_allocated_bytes` (CUDA), `status`, the loss
     curves and the rest of the row. `progress`, if given, gets `advance(label)` once per training step."""
+    from subprof.measure.model import torch_threads
+
+    check_cases(cases, settings, corpus)
+    log = ResultLog(out, resume=resume) if out else None
+    with torch_threads(settings.threads):
+        return _run_all(cases, settings, corpus, log, progress)
+
+
+def check_cases(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus) -> None:
+    """Everything that can be refused before training starts: a sequence longer than the corpus splits or the
+    model's positions, a CPU burst that does not fit this machine's memory."""
     for case in cases:
         corpus.require(case.config.seq)
-    log = ResultLog(out, resume=resume) if out else None
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        return _run_all(cases, settings, corpus, log, progress)
-    finally:
-        torch.set_num_threads(threads)
+        if case.config.seq > case.config.model.max_positions:
+            raise SubprofError(f"--seq {case.config.seq} exceeds {case.config.model.name}'s max_position_embeddings "
+                               f"{case.config.model.max_positions}")
+        check_host_memory(case, settings, corpus)
+
+
+HOST_MARGIN = 1.25  # the CPU run needs its estimated peak plus room for Python, the corpus and the allocator
+
+
+def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) -> None:
+    """On the CPU, refuse a burst whose estimated peak (the memory model, on the corpus's vocabulary) does not fit
+    the memory this machine has available — before anything is allocated."""
+    from subprof.measure.model import available_host_memory
+    from subprof.plan.memory import estimate
+
+    if settings.device != "cpu":
+        return
+    available = available_host_memory()
+    if available is None:
+        return
+    model = replace(case.config.model, vocab=corpus.vocab_size, raw=dict(case.config.model.raw,
+                                                                          vocab_size=corpus.vocab_size))
+    est = estimate(replace(case.config, model=model))
+    need = est.peak_allocated_bytes - est.components["cuda_runtime"]
+    if need * HOST_MARGIN > available:
+        raise SubprofError(f"a {case.config.dtype} burst of {case.config.model.name} ({case.label}) on the CPU needs "
+                           f"≈ {need * HOST_MARGIN / 2**30:.1f} GiB (estimated peak {need / 2**30:.1f} GiB + 25%), "
+                           f"and this machine has {available / 2**30:.1f} GiB available: use a smaller model "
+                           f"(`subprof models`) or a GPU (--device cuda)")
 
 
 def _run_all(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, log: ResultLog | None,
