@@ -276,7 +276,8 @@ def plan(req: PlanRequest) -> Plan:
                                 continue
                             fitting.append(found)
                             b = (found.config.batch, found.config.accumulation)
-                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu)
+                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
+                                                   layout=getattr(found.estimate, "parallel", None))
                                         for gap in gaps[1:]]
     if fitting:
         fitting.sort(key=ranking_key(max(c.quality for c in fitting)))
@@ -323,10 +324,12 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
-               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False) -> Candidate:
+               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
+               layout: Parallel | None = None) -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and prior. On
     several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
-    alone (only `fits` is read then; throughput None)."""
+    alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
+    configuration (another update gap changes neither its memory nor its collectives much)."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
                       accumulation=batch[1])
@@ -334,7 +337,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     if req._layouts and bisecting:
         est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
     elif req._layouts:
-        est, tput = choose_layout(cfg, req._layouts, gpu, usable_bytes=req.usable_bytes,
+        est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
                                   utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
     else:
         est = estimate(cfg, req.calibration)
