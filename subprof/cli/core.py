@@ -105,8 +105,9 @@ def estimate(
 
 def plan(
     model: ModelOpt,
-    gpu_mem: Annotated[str, typer.Option("--gpu-mem", help="Memory budget: a size (24GB = 24·10^9 B, 24GiB, "
-                                                           "24000MiB) or a catalogue GPU (4090, h100-sxm).")],
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Memory budget per GPU: a size (24GB = 24·10^9 "
+                                                   "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
+                                                   "the --gpu card's memory.")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
@@ -164,7 +165,10 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
+    if gpu_mem is None and gpu is None:
+        raise SubprofError("give the memory budget: --gpu-mem 24GB (or a card: --gpu-mem 4090), or --gpu NAME for "
+                           "that card's memory")
+    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem or gpu), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,
