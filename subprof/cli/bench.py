@@ -23,7 +23,7 @@ def _gib(b: int | None) -> str:
 def render(rows: list[dict]) -> None:
     table = Table(title="bench: measured vs estimated peak allocated (GiB = 2^30 B)")
     for col in ("model", "method", "rank", "bits", "batch", "backend", "status", "measured", "estimated", "error %",
-                "step ms", "tokens/s"):
+                "step ms", "opt step ms", "opt / floor", "tokens/s"):
         table.add_column(col, justify="left" if col in ("model", "method", "backend", "status") else "right")
     for r in rows:
         err = r.get("estimate_error_pct")
@@ -35,12 +35,17 @@ def render(rows: list[dict]) -> None:
                       str(r.get("backend")), str(r.get("status")), _gib(comparable_peak(r)),
                       _gib(comparable_estimate(r)), "—" if err is None else f"{err:+.1f}",
                       "—" if r.get("median_step_s") is None else f"{1e3 * r['median_step_s']:.1f}",
+                      "—" if r.get("optimizer_step_s") is None else f"{1e3 * r['optimizer_step_s']:.1f}",
+                      "—" if r.get("step_over_floor") is None else f"{r['step_over_floor']:.2f}",
                       "—" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}")
     console.print(table)
     if any(r.get("backend") in ("trace", "cpu") for r in rows):
         console.print("trace and cpu rows see tensors only: they are compared with the model-side estimate (without "
                       "the CUDA runtime allocations calibrated on real GPUs); a trace is not a GPU measurement and has "
                       "no times.")
+    if any(r.get("step_over_floor") is not None for r in rows):
+        console.print("opt / floor: the optimizer step's median time over the floor of its arithmetic (its GEMMs and "
+                      "one Adam pass over the projected moments), timed in the same run (subprof/measure/floor.py).")
 
 
 def bench(

@@ -124,15 +124,18 @@ def _cpu(case: Case) -> dict:
             losses.append(float(loss.detach().float()))
             del loss, ids
     # times come from as many further steps without the tracker (its per-op Python hooks would dominate them)
+    opt_times = []
     for i in range(case.steps):
         ids = random_tokens(c.model, c.batch, c.seq, seed=case.seed + case.steps + i)
         t0 = time.perf_counter()
         with train_context(c.dtype, "cpu"):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
+        t1 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        opt_times.append(time.perf_counter() - t1)
         losses.append(float(loss.detach().float()))
     peak = _flat(tracker._peak_mem_snap)
     total = peak.pop("total", 0)
@@ -141,8 +144,24 @@ def _cpu(case: Case) -> dict:
               "optimizer_step": max(tracker.phase_peak[f"opt{i}"] for i in range(case.steps))}
     out = {"status": "ok" if _losses_ok(losses) else "diverged", "peak_allocated_bytes": total,
            "peak_reserved_bytes": None, "device_used_bytes": None, "categories": peak, "phases": phases,
-           "losses": losses, **step_times(times, case), "device": f"cpu ({torch.get_num_threads()} threads)"}
+           "losses": losses, **step_times(times, case), **optimizer_times(opt_times, model, case),
+           "device": f"cpu ({torch.get_num_threads()} threads)"}
     return out
+
+
+def optimizer_times(opt_times: list[float], model, case: Case) -> dict:
+    """The optimizer step's median time (later steps: the first one holds the first refresh), its floor measured now
+    on the same device (`subprof.measure.floor`), and their ratio. Per-layer updates run inside backward: their step
+    time cannot be separated and is not reported."""
+    from subprof.measure.floor import step_floor_seconds
+
+    if case.config.layerwise:
+        return {"optimizer_step_s": None, "step_floor_s": None, "step_over_floor": None}
+    later = sorted(opt_times[1:] or opt_times)
+    median = later[len(later) // 2]
+    floor = step_floor_seconds(model, case.config)
+    return {"optimizer_step_s": round(median, 6), "step_floor_s": round(floor, 6),
+            "step_over_floor": round(median / floor, 3) if floor else None}
 
 
 def _cuda(case: Case) -> dict:
@@ -171,8 +190,10 @@ def _cuda(case: Case) -> dict:
         phases[phase] = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         reserved = 0
+        opt_times = []
         for i, ids in enumerate(batches):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            mid = torch.cuda.Event(enable_timing=True)
             start.record()
             phase = "forward_backward"
             torch.cuda.reset_peak_memory_stats()
@@ -184,10 +205,12 @@ def _cuda(case: Case) -> dict:
             reserved = max(reserved, torch.cuda.max_memory_reserved())
             phase = "optimizer_step"
             torch.cuda.reset_peak_memory_stats()
+            mid.record()
             opt.step()
             opt.zero_grad(set_to_none=True)
             end.record()
             torch.cuda.synchronize()
+            opt_times.append(mid.elapsed_time(end) / 1e3)
             key = "projection_refresh" if i == 0 and c.rank else phase  # a projected method refreshes at step 1
             phases[key] = max(phases.get(key, 0), torch.cuda.max_memory_allocated())
             reserved = max(reserved, torch.cuda.max_memory_reserved())
@@ -202,8 +225,8 @@ def _cuda(case: Case) -> dict:
             "peak_allocated_bytes": max(v for k, v in phases.items() if k != "model_built"),
             "peak_reserved_bytes": reserved, "device_used_bytes": nvml.get("device_used_bytes"),
             "process_used_bytes": nvml.get("process_used_bytes"), "phases": phases, "losses": losses,
-            **step_times(times, case), "device": torch.cuda.get_device_name(dev),
-            "cuda": torch.version.cuda, "driver": nvml.get("driver")}
+            **step_times(times, case), **optimizer_times(opt_times, model, case),
+            "device": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda, "driver": nvml.get("driver")}
 
 
 def main(argv: list[str]) -> int:
