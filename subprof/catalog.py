@@ -298,6 +298,10 @@ class GpuSpec:
     aliases: tuple[str, ...] = ()
     sources: dict = field(default_factory=dict, compare=False, hash=False)
     notes: str = ""
+    intra_node_gbs: float = 0.0  # GB/s one GPU sends to peers in its node (NVLink / PCIe), one direction
+    intra_node_link: str = ""
+    inter_node_gbs: float = 0.0  # GB/s one GPU sends to other nodes (its share of the node's NICs), one direction
+    inter_node_link: str = ""
 
 
 @cache
@@ -318,6 +322,10 @@ def gpu_catalog() -> dict[str, GpuSpec]:
             aliases=tuple(row.get("aliases", ())),
             sources=dict(row.get("sources", {})),
             notes=row.get("notes", ""),
+            intra_node_gbs=float(row.get("intra_node_gbs", 0.0)),
+            intra_node_link=row.get("intra_node_link", ""),
+            inter_node_gbs=float(row.get("inter_node_gbs", 0.0)),
+            inter_node_link=row.get("inter_node_link", ""),
         )
     return gpus
 

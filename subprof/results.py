@@ -131,10 +131,13 @@ LEGACY_METHODS = {"galore-ref": ("galore", "galore-torch")}  # rows written befo
 
 
 def normalize(row: dict) -> dict:
-    """A row in today's schema: legacy method names become (method, implementation)."""
+    """A row in today's schema: legacy method names become (method, implementation); rows written before
+    `world_size` existed measured one process."""
     if row.get("method") in LEGACY_METHODS:
         method, impl = LEGACY_METHODS[row["method"]]
         row = {**row, "method": method, "implementation": impl}
+    if "world_size" not in row:
+        row = {**row, "world_size": 1, "nodes": 1, "strategy": None}
     return row
 
 

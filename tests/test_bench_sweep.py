@@ -163,3 +163,11 @@ def test_cuda_backend_reports_allocator_and_nvml_memory():
     assert row["peak_reserved_bytes"] >= row["peak_allocated_bytes"] > row["phases"]["model_built"] > 0
     assert row["device_used_bytes"] > row["peak_reserved_bytes"]  # NVML (nvidia-ml-py) is a dependency
     assert row["tokens_per_s"] > 0 and row["first_step_s"] > 0
+
+
+def test_cpu_rows_time_the_optimizer_step_apart_and_its_floor_in_the_same_run():
+    row = measure(case(method="ori", rank=8, backend="cpu", steps=3, dtype="fp32"))
+    assert row["optimizer_step_s"] > 0 and row["step_floor_s"] > 0
+    assert row["step_over_floor"] == pytest.approx(row["optimizer_step_s"] / row["step_floor_s"], rel=1e-2)
+    per_layer = measure(case(method="galore", rank=8, backend="cpu", steps=2, layerwise=True))
+    assert per_layer["optimizer_step_s"] is None  # inside backward: not separable

@@ -245,3 +245,9 @@ def test_the_default_thread_count_is_half_the_cores(monkeypatch):
 def test_estimate_refuses_a_rank_above_every_weight_side():
     with pytest.raises(SubprofError, match="widest is 2048"):
         TrainConfig(model=load_model(str(HF / "tinyllama.json")), method="galore", rank=4096)
+
+
+def test_plan_takes_the_budget_from_gpu_when_no_gpu_mem_is_given():
+    data = json.loads(invoke("plan", "--model", "1b", "--gpu", "4090", "--json").stdout)
+    assert data["budget_bytes"] == parse_budget("4090").bytes and data["throughput_gpu"] == "rtx-4090"
+    one_line_error(invoke("plan", "--model", "1b"), "--gpu-mem", "--gpu NAME")

@@ -23,23 +23,29 @@ def _gib(b: int | None) -> str:
 def render(rows: list[dict]) -> None:
     table = Table(title="bench: measured vs estimated peak allocated (GiB = 2^30 B)")
     for col in ("model", "method", "rank", "bits", "batch", "backend", "status", "measured", "estimated", "error %",
-                "step ms", "tokens/s"):
+                "step ms", "opt step ms", "opt / floor", "tokens/s"):
         table.add_column(col, justify="left" if col in ("model", "method", "backend", "status") else "right")
     for r in rows:
         err = r.get("estimate_error_pct")
         impl = r.get("implementation") or "subprof"
         table.add_row(str(r.get("model")), str(r.get("method")) + ("" if impl == "subprof" else f" ({impl})")
-                      + (" (per-layer)" if r.get("layerwise") else ""),
+                      + (" (per-layer)" if r.get("layerwise") else "")
+                      + (f" ({r.get('strategy')} × {r['world_size']})" if (r.get("world_size") or 1) > 1 else ""),
                       str(r.get("rank") or "—"), str(r.get("state_bits") or "—"), str(r.get("batch")),
                       str(r.get("backend")), str(r.get("status")), _gib(comparable_peak(r)),
                       _gib(comparable_estimate(r)), "—" if err is None else f"{err:+.1f}",
                       "—" if r.get("median_step_s") is None else f"{1e3 * r['median_step_s']:.1f}",
+                      "—" if r.get("optimizer_step_s") is None else f"{1e3 * r['optimizer_step_s']:.1f}",
+                      "—" if r.get("step_over_floor") is None else f"{r['step_over_floor']:.2f}",
                       "—" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}")
     console.print(table)
     if any(r.get("backend") in ("trace", "cpu") for r in rows):
         console.print("trace and cpu rows see tensors only: they are compared with the model-side estimate (without "
                       "the CUDA runtime allocations calibrated on real GPUs); a trace is not a GPU measurement and has "
                       "no times.")
+    if any(r.get("step_over_floor") is not None for r in rows):
+        console.print("opt / floor: the optimizer step's median time over the floor of its arithmetic (its GEMMs and "
+                      "one Adam pass over the projected moments), timed in the same run (subprof/measure/floor.py).")
 
 
 def bench(
@@ -68,6 +74,12 @@ def bench(
     resume: ResumeOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per case before it is a `timeout` row.",
                                            min=1)] = 900.0,
+    world_size: Annotated[int, typer.Option("--world-size", help="Ranks of a data-parallel job: trace rank 0 on a "
+                                                                 "fake process group (trace), or torchrun on the "
+                                                                 "local GPUs (cuda). --batch is per rank.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes of the job (hsdp replicates across them).")] = 1,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="ddp, fsdp (default with --world-size), "
+                                                                       "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure peak memory and step time per method × rank (one subprocess per case), next to the estimate."""
@@ -89,7 +101,8 @@ def bench(
                 checkpointing=checkpointing, update_gap=update_gap)
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
-                        backend=chosen, threads=threads)
+                        backend=chosen, threads=threads, world_size=world_size, nodes=nodes,
+                        strategy=strategy.strip().lower() if strategy else None)
     finished = 0
     try:
         with progress_bar(len(cases), f"bench [{chosen}]") as bar:

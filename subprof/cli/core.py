@@ -77,18 +77,26 @@ def estimate(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose calibration record applies "
                                                              "(default: the H100 reference rows).")] = None,
     calibration: CalibrationOpt = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs of a data-parallel job: the breakdown of rank 0 (batch "
+                                                    "per rank).")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="ddp, fsdp, fsdp-no-reshard or hsdp.")] = "fsdp",
     json_out: JsonOpt = False,
 ) -> None:
     """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
     from subprof.catalog import gpu_by_name, load_model
     from subprof.config import TrainConfig
     from subprof.plan.calibration import calibration_for
-    from subprof.plan.memory import estimate as run_estimate
+    from subprof.plan.distributed import estimate_rank
+    from subprof.plan.parallel import Parallel, check_shardable
 
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
                       checkpointing=checkpointing)
-    est = run_estimate(cfg, calibration_for(gpu_by_name(gpu).key if gpu else None, calibration))
+    par = Parallel(gpus=gpus, nodes=nodes, strategy=strategy.strip().lower()) if gpus > 1 or nodes > 1 else None
+    if par is not None:
+        check_shardable(cfg.model, par)
+    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu).key if gpu else None, calibration))
     if json_out:
         print_json(est.to_dict())
         return
@@ -97,8 +105,9 @@ def estimate(
 
 def plan(
     model: ModelOpt,
-    gpu_mem: Annotated[str, typer.Option("--gpu-mem", help="Memory budget: a size (24GB = 24·10^9 B, 24GiB, "
-                                                           "24000MiB) or a catalogue GPU (4090, h100-sxm).")],
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Memory budget per GPU: a size (24GB = 24·10^9 "
+                                                   "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
+                                                   "the --gpu card's memory.")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
@@ -119,6 +128,12 @@ def plan(
     proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
                                                        "GPU: their projection-update times replace the scaled H100 "
                                                        "rates where they cover the model's shapes.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job runs on (data parallel); memory is then per "
+                                                    "rank and tokens/s the whole job's.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over (equal GPUs per node).")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp (FSDP2, ZeRO-3-like), "
+                                                             "fsdp-no-reshard (ZeRO-2-like) or hsdp (shard within "
+                                                             "a node, replicate across).")] = "auto",
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
@@ -150,10 +165,14 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
+    if gpu_mem is None and gpu is None:
+        raise SubprofError("give the memory budget: --gpu-mem 24GB (or a card: --gpu-mem 4090), or --gpu NAME for "
+                           "that card's memory")
+    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem or gpu), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
-                      calibration=load_calibration(calibration) if calibration else None)
+                      calibration=load_calibration(calibration) if calibration else None,
+                      gpus=gpus, nodes=nodes, strategy=strategy.strip().lower())
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from subprof.cli import render_job
 from subprof.cli.ui import console
-from subprof.plan.memory import COMPONENTS, PHASES, Estimate
+from subprof.plan.memory import PHASES, Estimate
 from subprof.plan.planner import COMPRESSION, QUALITY_TOLERANCE, Candidate, Plan, ranks_for
 from subprof.units import gib
 
@@ -21,13 +22,14 @@ def _g(n: int | float) -> str:
 def estimate_table(est: Estimate) -> None:
     c = est.config
     phases = [p for p in PHASES if est.phases.get(p)]
-    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch} × seq {c.seq} · {c.dtype} "
+    job = f" · rank 0 of {est.parallel.label()}" if hasattr(est, "parallel") else ""
+    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch} × seq {c.seq} · {c.dtype}{job} "
                         f"(GiB = 2^30 B)")
     table.add_column("component")
     table.add_column("size", justify="right")
     for p in phases:
         table.add_column(PHASE_TITLES[p], justify="right")
-    for comp in COMPONENTS:
+    for comp in est.components:  # COMPONENTS order; a rank of a job adds FSDP's and DDP's buffers
         if not est.components.get(comp) and not any(est.phases[p].get(comp) for p in phases):
             continue
         table.add_row(comp.replace("_", " "), _g(est.components[comp]),
@@ -57,12 +59,12 @@ CAND_COLUMNS = ("method", "rank", "gap", "bits", "per-layer", "micro-batch", "se
                 "device GiB", "tokens/s", "proj share")
 
 
-def _cand_table(title: str, cands: list[Candidate]) -> Table:
+def _cand_table(title: str, cands: list[Candidate], job: bool = False) -> Table:
     table = Table(title=title)
-    for col in CAND_COLUMNS:
-        table.add_column(col, justify="left" if col == "method" else "right")
+    for col in render_job.JOB_COLUMNS if job else CAND_COLUMNS:
+        table.add_column(col, justify="left" if col in ("method", "strategy") else "right")
     for c in cands:
-        table.add_row(*_cand_row(c))
+        table.add_row(*(render_job.job_row(c) if job else _cand_row(c)))
     return table
 
 
@@ -75,6 +77,9 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
                   f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
                   f"{req.calibration.source}")
+    job = req.gpus > 1
+    if job:
+        console.print(render_job.job_header(req))
     rec = result.recommendation
     if rec is None:
         console.print("[bold red]nothing fits.[/] Rejected:")
@@ -88,7 +93,8 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"{gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device {gib(rec.estimate.device_used_bytes):.2f} "
                   f"GiB of {gib(req.usable_bytes):.2f} GiB usable (headroom "
                   f"{gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
-                  f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}")
+                  + (render_job.job_recommendation(rec) if job else
+                     f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}"))
     if not rec.keeps_requested_batch:
         console.print(f"[yellow]no configuration that keeps the requested {req.sequences_per_step} sequences per "
                       f"optimizer step fits[/]: the ones below step every micro-batch (per-layer updates free each "
@@ -98,8 +104,8 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
     if fast is not None and fast.throughput.tokens_per_s >= FASTER_BY * rec.throughput.tokens_per_s:
         console.print(f"fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s")
     best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
-    console.print(_cand_table("best configuration per method", best))
-    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top]))
+    console.print(_cand_table("best configuration per method", best, job))
+    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], job))
     if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):
         console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "
                       f"updates that step every micro-batch (accumulating would keep every gradient alive); they rank "
@@ -120,6 +126,8 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
                   f"measurements by memory bandwidth.[/]")
+    if job:
+        console.print(f"[dim]{render_job.job_assumptions(req, gpu)}[/]")
 
 
 def burst_tables(evidence: list) -> None:
@@ -189,4 +197,5 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
                     f"unit of the best by predicted tokens/s"),
         "ranks_searched": ranks_for(req.model),
         "burst": [e.to_dict() for e in evidence] if evidence else None,
+        **({"job": render_job.job_json(req, req.throughput_gpu)} if req.gpus > 1 else {}),
     }

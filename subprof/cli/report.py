@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from subprof.cli.options import DtypeOpt, JsonOpt, SeqOpt
-from subprof.cli.ui import err_console, guarded, parse_str_list, print_json, progress_bar
+from subprof.cli.ui import err_console, guarded, parse_int_list, parse_str_list, print_json, progress_bar
 from subprof.errors import SubprofError
 
 
@@ -69,6 +69,12 @@ def report(
     proj: Annotated[Optional[Path], typer.Option("--proj", help="`subprof proj` JSONL: projection-update "
                                                                 "timings.")] = None,
     burst: Annotated[Optional[Path], typer.Option("--burst", help="`subprof burst` JSONL: loss curves.")] = None,
+    gpus_per_node: Annotated[str, typer.Option("--gpus-per-node", help="GPU counts per node for the GPU type × "
+                                                                        "count matrix, e.g. 1,2,4,8.")] = "1",
+    nodes: Annotated[str, typer.Option("--nodes", help="Node counts for the matrix, e.g. 1,2.")] = "1",
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp, fsdp-no-reshard or hsdp.")] = "auto",
+    days: Annotated[Optional[float], typer.Option("--days", help="Deadline: the cheapest configuration that trains "
+                                                                 "--tokens within this many days.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("reports/procurement.html"),
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV per table into this "
                                                               "folder.")] = None,
@@ -80,6 +86,7 @@ def report(
     from subprof.methods import parse_methods
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
+    from subprof.report.scaling import gpu_counts
     from subprof.report.tables import ReportRequest
     from subprof.results import check_writable, read_result_files
     from subprof.units import parse_count
@@ -92,11 +99,14 @@ def report(
                         tokens=parse_count(tokens), margin=margin, utilization=utilization,
                         prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
                         proj_rows=read_result_files([proj] if proj else [], "--proj"),
-                        burst_rows=read_result_files([burst] if burst else [], "--burst"))
+                        burst_rows=read_result_files([burst] if burst else [], "--burst"),
+                        gpus_per_node=parse_int_list(gpus_per_node, "--gpus-per-node"),
+                        nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days)
     if out.suffix.lower() not in (".html", ".htm"):
         raise SubprofError(f"--out {str(out)!r}: the report is an HTML page; give a file name ending in .html")
     check_writable(out, example="procurement.html")
-    with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
+    cells = len(model_list) * len(gpu_list) * (1 + (len(gpu_counts(req)) if req.multi_gpu else 0))
+    with progress_bar(cells, "planning GPU × model" + (" × GPU count" if req.multi_gpu else "")) as bar:
         result = build_report(req, on_cell=bar.advance)
     path = write_html(result, out)
     written = write_csv(result, csv) if csv else []

@@ -28,10 +28,12 @@ from subprof.results import FINAL_STATUSES, ResultLog, case_key, error_pct, norm
 
 
 def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base: dict, steps: int, backend: str,
-                threads: int | None = None) -> list[Case]:
+                threads: int | None = None, world_size: int = 1, nodes: int = 1,
+                strategy: str | None = None) -> list[Case]:
     """method × rank cases (duplicates dropped), each validated by `TrainConfig` so a bad rank or dtype is one line.
     `base` holds the shared TrainConfig fields (batch, seq, dtype, state_bits, layerwise, checkpointing,
-    update_gap); full-rank methods get one case, projected methods one per rank (the default rank if none)."""
+    update_gap); full-rank methods get one case, projected methods one per rank (the default rank if none).
+    `world_size` > 1: one rank of a data-parallel job under `strategy` (default fsdp) on `nodes` nodes."""
     cfg = load_model(model)
     cases: list[Case] = []
     for name in methods:
@@ -43,8 +45,12 @@ def build_cases(*, model: str, methods: list[str], ranks: list[int] | None, base
                 raise SubprofError(f"--methods {name} implies --state-bits {forced}")
             config = TrainConfig(model=cfg, method=method, rank=rank, **{**base, "state_bits": forced or bits})
             case = Case(config=config, implementation=implementation, steps=steps, backend=backend,
-                        threads=threads)
+                        threads=threads, world_size=world_size, nodes=nodes, strategy=strategy)
             case.check_installed()
+            if backend == "cuda" and case.parallel is not None:
+                from subprof.measure.distributed_cuda import check_local_gpus
+
+                check_local_gpus(case)
             if case.key() not in {c.key() for c in cases}:
                 cases.append(case)
     if not cases:
@@ -67,10 +73,12 @@ class BudgetRule:
         return int(self.budget_bytes * (1 - self.margin))
 
     def device_used(self, peak: int, case: Case) -> int:
+        from subprof.plan.distributed import nccl_bytes
         from subprof.plan.memory import logits_bytes
 
         runtime = self.calibration.cuda_runtime_allocated_bytes if case.backend != "cuda" else 0
-        return self.calibration.device_used_bytes(peak + runtime, logits_bytes(case.config))
+        return self.calibration.device_used_bytes(peak + runtime, logits_bytes(case.config)) \
+            + nccl_bytes(case.parallel)
 
     def apply(self, row: dict, case: Case) -> None:
         peak = row.get("peak_allocated_bytes")
@@ -90,10 +98,11 @@ class BudgetRule:
 
 
 def estimate_fields(case: Case, calibration: Calibration | None = None) -> dict:
-    """The analytic estimate of a case (`subprof.plan.memory.estimate`), to store beside the measurement."""
-    from subprof.plan.memory import estimate
+    """The analytic estimate of a case (`subprof.plan.distributed.estimate_rank`: rank 0 of a data-parallel job,
+    `subprof.plan.memory.estimate` for one process), to store beside the measurement."""
+    from subprof.plan.distributed import estimate_rank
 
-    est = estimate(case.config, calibration)
+    est = estimate_rank(case.config, case.parallel, calibration)
     return {"estimated_peak_allocated_bytes": int(est.peak_allocated_bytes),
             "estimated_device_used_bytes": int(est.device_used_bytes),
             "estimated_cuda_runtime_bytes": int(est.components.get("cuda_runtime", 0)),
@@ -129,15 +138,21 @@ def sweep(cases: Iterable[Case], *, out: str, resume: bool, timeout: float, budg
 def run_case(case: Case, *, timeout: float) -> dict:
     """Run `case` in a fresh subprocess; always return a row (ok / oom / diverged / timeout / error).
     KeyboardInterrupt kills the child's process group and propagates (no row is written for it)."""
-    return run_worker("subprof.measure.worker", case.to_json(), timeout=timeout, base=base_row(case))
+    command = None
+    if case.backend == "cuda" and case.parallel is not None:  # a job on the local GPUs: torchrun, rank 0 reports
+        from subprof.measure.distributed_cuda import launch_command
+
+        command = launch_command(case)
+    return run_worker("subprof.measure.worker", case.to_json(), timeout=timeout, base=base_row(case),
+                      command=command)
 
 
-def run_worker(module: str, payload: str, *, timeout: float, base: dict) -> dict:
-    """`python -m <module> '<payload>'` in its own session; its one `SUBPROF_ROW <json>` line, or `base` with status
-    timeout / error. KeyboardInterrupt kills the child's process group and propagates."""
+def run_worker(module: str, payload: str, *, timeout: float, base: dict, command: list[str] | None = None) -> dict:
+    """`python -m <module> '<payload>'` (or `command`) in its own session; its one `SUBPROF_ROW <json>` line, or
+    `base` with status timeout / error. KeyboardInterrupt kills the child's process group and propagates."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", module, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(command or [sys.executable, "-m", module, payload], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -22,6 +22,7 @@ from typing import Any
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape, svd_flops)
 from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.spec import SVD_REFRESH_COMMS
 
 # Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
 ADAM_STATES = (
@@ -74,5 +75,6 @@ SPEC = MethodSpec(
     refresh_flops=svd_flops,
     default_lr=1e-2,
     lr_source="GaLore scripts/benchmark_c4/llama_60m–1b.sh (--lr 0.01, scale 0.25)",
+    comms=SVD_REFRESH_COMMS,  # per rank under FSDP: gather G to its owner, SVD there, broadcast P
     paper="Zhao et al. 2024, arXiv 2403.03507",
 )

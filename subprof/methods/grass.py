@@ -44,6 +44,7 @@ from subprof.methods.lazy import torch
 from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, recovery_workspace
 from subprof.methods.rule import SeededRule, orthonormal_columns, right_side, top_singular_basis
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape
+from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, SVD_FIRST_COMMS
 
 Tensor = Any
 
@@ -77,6 +78,17 @@ def layout_for_init(default_init: str):
         return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if init == "svd" else moves,
                            step_workspace=recovery_workspace(dict(options)))
     return layout
+
+
+def comms_for_init(default_init: str):
+    def comms(options: Mapping[str, Any]) -> tuple:
+        """Per rank under FSDP: an SVD start gathers G once; after it the same generator state on every rank draws
+        the same P, so a move sends nothing; recovery's norm limiter sums one value per step; a crossed weight
+        all-reduces R."""
+        init = "svd" if options.get("hybrid") else options["init"] or default_init
+        return ((CROSSED_PROJECTION,) + (SVD_FIRST_COMMS if init == "svd" else ())
+                + ((RECOVERY_NORM,) if options["recovery"] else ()))
+    return comms
 
 
 def _qr_flops(m: int, n: int, r: int) -> float:
@@ -215,6 +227,7 @@ GRASSWALK = MethodSpec(
     refresh_flops=_qr_flops,
     default_lr=1e-3,
     lr_source=LR_SOURCE,
+    comms=comms_for_init("svd"),
     paper="arXiv 2510.01878",
 )
 
@@ -231,6 +244,7 @@ GRASSJUMP = MethodSpec(
     refresh_flops=_qr_flops,
     default_lr=1e-3,
     lr_source=LR_SOURCE,
+    comms=comms_for_init("random"),
     paper="arXiv 2510.01878",
 )
 

@@ -40,6 +40,7 @@ from subprof.methods.moving import choice
 from subprof.methods.osd import oriented
 from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
+from subprof.methods.spec import STREAMING_COMMS, SVD_FIRST_COMMS
 
 DEFAULT_TOTAL_STEPS = 10_000  # the GaLore / SubTrack++ recipes' 60m–350m runs (--num_training_steps 10000)
 
@@ -181,5 +182,7 @@ SPEC = MethodSpec(
     quality_prior=1.0,
     default_lr=1e-2,
     lr_source="not published (Ori's code and paper body not reachable): the GaLore recipe's 1e-2 with scale 0.25",
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1; Oja++ moves ≤ r columns) per step
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if o["init"] == "svd" else ()),
     paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
 )

@@ -37,9 +37,9 @@ from typing import Any, Mapping
 
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
-from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape, moment_shape,
-                                  two_gemm_flops)
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.spec import (STREAMING_COMMS, SVD_FIRST_COMMS, Dtype, MethodSpec, Role, StateLayout, TensorSpec,
+                                  basis_shape, full_shape, moment_shape, two_gemm_flops)
 
 Tensor = Any
 
@@ -290,5 +290,7 @@ SPEC = MethodSpec(
     quality_prior=1.0,
     default_lr=1e-2,
     lr_source="OSD README, LLaMA-60M command (--lr 0.01 --galore_scale 0.25)",
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1) per step; an SVD start gathers G once
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if o["init"] == "svd" else ()),
     paper="Liang et al. 2024, arXiv 2408.12857",
 )

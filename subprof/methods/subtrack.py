@@ -32,6 +32,7 @@ Deviations:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
@@ -40,6 +41,7 @@ from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, 
 from subprof.methods.osd import covariance_product, oriented
 from subprof.methods.rule import orthonormal_columns, right_side, top_singular_basis
 from subprof.methods.spec import MethodSpec, StateLayout
+from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, STREAMING_COMMS, SVD_FIRST_COMMS, When
 
 Tensor = Any
 
@@ -128,6 +130,13 @@ def layout(options: Mapping[str, Any]) -> StateLayout:
     return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE, step_workspace=recovery_workspace(dict(options)))
 
 
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: the SVD start gathers G once; each geodesic move needs A·P = G̃(G̃ᵀP) summed over shards
+    (the streaming all-reduce, every update_gap steps); recovery's norm limiter sums one value per step."""
+    moves = tuple(c if c is CROSSED_PROJECTION else replace(c, when=When.REFRESH) for c in STREAMING_COMMS)
+    return SVD_FIRST_COMMS + moves + ((RECOVERY_NORM,) if options["recovery"] else ())
+
+
 SPEC = MethodSpec(
     name="subtrack",
     title="SubTrack++",
@@ -143,5 +152,6 @@ SPEC = MethodSpec(
     quality_prior=0.5,
     default_lr=1e-3,
     lr_source="SubTrack++ scripts/c4/llama_60m–350m.sh (--lr 1e-3, scale 0.25; 1b–7b: 1e-4)",
+    comms=comms,
     paper="Rajabi et al. 2025, arXiv 2502.01586",
 )

@@ -41,7 +41,9 @@ from subprof.methods.lazy import torch
 from subprof.methods.moving import RECOVERY_WORKSPACE, choice, recovery_term, rotate_moments
 from subprof.methods.osd import oriented
 from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
-from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape
+from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
+                                  moment_shape)
+from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, When
 
 Tensor = Any
 
@@ -175,7 +177,7 @@ STEP_WORKSPACE = (
     TensorSpec(name="moment_vh", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="orthogonalised", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="low_rank_update", shape=moment_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
-    TensorSpec(name="full_update", shape=lambda m, n, r: (m, n), dtype=Dtype.PARAM, role=Role.WORKSPACE),
+    TensorSpec(name="full_update", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
 )
 
 
@@ -197,6 +199,17 @@ def _refresh_flops(m: int, n: int, r: int) -> float:
     return 6.0 * m * n * ell + 4.0 * max(m, n) * ell * ell
 
 
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: the refresh as GaLore's (gather G to its owner, the randomized or exact SVD there,
+    broadcast P — an upper bound for the randomized one, which could instead all-reduce d×ℓ sketches); each step the
+    r×r Gram of the long-side-sharded moment is summed in fp64 for its orthogonalisation (aligned; a crossed moment
+    is whole); the paper's residual is local; Fira's norm limiter sums one value per step."""
+    gram = CommSpec(name="moment_gram", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (r, r), dtype=Dtype.FP64,
+                    when=When.STEP, layout="aligned")
+    fira = choice("residual", options["residual"], RESIDUALS) == "fira"
+    return SVD_REFRESH_COMMS + (gram,) + ((RECOVERY_NORM,) if fira else ())
+
+
 SPEC = MethodSpec(
     name="sumo",
     title="SUMO",
@@ -214,5 +227,6 @@ SPEC = MethodSpec(
     default_lr=1e-2,
     lr_source="not published for pretraining (paper: GLUE 1e-5–3e-5 only); the GaLore recipe's 1e-2, which the "
               "Moonlight update scale makes comparable",
+    comms=comms,
     paper="arXiv 2505.24749",
 )

@@ -29,7 +29,10 @@ from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
 from subprof.plan.calibration import Calibration, calibration_for
+from subprof.plan.comm import LEANEST_FIRST, choose_layout
+from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.memory import Estimate, estimate
+from subprof.plan.parallel import Parallel, check_shardable, strategies_for
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
 
 MIN_RANK = 16
@@ -53,7 +56,11 @@ class PlanRequest:
     utilization: float = 0.4
     proj_rows: list[dict] = field(default_factory=list)
     calibration: Calibration | None = None  # None: the record for the throughput GPU, else the H100 default
+    gpus: int = 1  # data-parallel ranks (plan/parallel.py); batch is per rank, the optimizer batch the whole job's
+    nodes: int = 1
+    strategy: str = "auto"
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
+    _layouts: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
@@ -75,6 +82,7 @@ class PlanRequest:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
         if self.calibration is None:
             self.calibration = calibration_for(self.throughput_gpu.key)
+        self._layouts = job_layouts(self)
 
     @property
     def global_tokens(self) -> int:
@@ -83,7 +91,7 @@ class PlanRequest:
         if self.tokens_per_step is not None:
             return self.tokens_per_step
         if self.batch is not None:
-            return self.batch * self.seq
+            return self.batch * self.seq * self.gpus
         return DEFAULT_GLOBAL_BATCH * self.seq
 
     @property
@@ -134,11 +142,12 @@ class Candidate:
     requested_sequences: int
     calibration: Calibration
     projection_source: str = "scaled from H100 measurements"
+    ranks: int = 1  # data-parallel ranks, each running the micro-batch
 
     @property
     def sequences_per_step(self) -> int:
-        """The optimizer batch of this candidate, in sequences (micro-batch × accumulation steps)."""
-        return self.config.batch * self.config.accumulation
+        """The optimizer batch of this candidate, in sequences (micro-batch × accumulation steps × ranks)."""
+        return self.config.batch * self.config.accumulation * self.ranks
 
     @property
     def keeps_requested_batch(self) -> bool:
@@ -168,6 +177,8 @@ class Candidate:
             "projection_share": round(self.throughput.projection_share, 4),
             "projection_source": self.projection_source, "quality_prior": round(self.quality, 3),
             "fits": self.fits,
+            **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
+               if isinstance(self.estimate, RankEstimate) else {}),
         }
 
 
@@ -231,7 +242,7 @@ def _batches(req: PlanRequest, layerwise: bool) -> list[list[tuple[int, int]]]:
     """Lists of (micro-batch, accumulation steps) to search, each largest micro-batch first: the ones that keep
     the requested optimizer batch, and for per-layer candidates also stepping every micro-batch (accumulating
     keeps every gradient alive and undoes their saving; stepping every micro-batch changes the optimizer batch)."""
-    seqs = req.sequences_per_step
+    seqs = req.sequences_per_step // req.gpus  # per rank
     if req.batch is not None:
         keep = [[(req.batch, seqs // req.batch)]]
         return keep + ([[(req.batch, 1)]] if layerwise and seqs != req.batch else [])
@@ -265,7 +276,8 @@ def plan(req: PlanRequest) -> Plan:
                                 continue
                             fitting.append(found)
                             b = (found.config.batch, found.config.accumulation)
-                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu)
+                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
+                                                   layout=getattr(found.estimate, "parallel", None))
                                         for gap in gaps[1:]]
     if fitting:
         fitting.sort(key=ranking_key(max(c.quality for c in fitting)))
@@ -293,37 +305,49 @@ def _saves_memory(cand: Candidate) -> bool:
     candidate less than the same configuration stepped globally (with accumulation it often saves nothing)."""
     c = cand.config
     used = cand.estimate.device_used_bytes
-    if c.layerwise and used >= estimate(replace(c, layerwise=False), cand.calibration).device_used_bytes:
+    par = getattr(cand.estimate, "parallel", None)  # several GPUs: held against the same strategy, per rank
+    if c.layerwise and used >= estimate_rank(replace(c, layerwise=False), par, cand.calibration).device_used_bytes:
         return False
     if not c.spec.project:
         return True
     return used < _full_rank_device_used(c.model, c.state_bits, c.layerwise, c.dtype, c.batch, c.seq, c.checkpointing,
-                                         c.accumulation, cand.calibration)
+                                         c.accumulation, cand.calibration, par)
 
 
 @lru_cache(maxsize=1024)
 def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype: str, batch: int, seq: int,
-                           ckpt: bool, accumulation: int, calibration: Calibration) -> int:
+                           ckpt: bool, accumulation: int, calibration: Calibration, par: Parallel | None) -> int:
     """Device memory of full-rank AdamW at these settings (cached: every low-rank candidate is held against it)."""
-    return estimate(TrainConfig(model=model, method="adamw", state_bits=bits, layerwise=layerwise, dtype=dtype,
-                                batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation),
-                    calibration).device_used_bytes
+    return estimate_rank(TrainConfig(model=model, method="adamw", state_bits=bits, layerwise=layerwise, dtype=dtype,
+                                     batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation),
+                         par, calibration).device_used_bytes
 
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
-               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec) -> Candidate:
-    """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and prior."""
+               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
+               layout: Parallel | None = None) -> Candidate:
+    """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and prior. On
+    several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
+    alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
+    configuration (another update gap changes neither its memory nor its collectives much)."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
                       accumulation=batch[1])
-    est = estimate(cfg, req.calibration)
     measured = req.measured_refresh_s(spec.name, rank, gap)
+    if req._layouts and bisecting:
+        est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
+    elif req._layouts:
+        est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
+                                  utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
+    else:
+        est = estimate(cfg, req.calibration)
+        tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured,
+                                  calibration=req.calibration,
+                                  states=est.components["optimizer_states"] + est.components["projection_matrices"])
     return Candidate(config=cfg, estimate=est, requested_sequences=req.sequences_per_step,
-                     calibration=req.calibration,
+                     calibration=req.calibration, ranks=req.gpus,
                      fits=est.device_used_bytes <= req.usable_bytes,
-                     throughput=predict_throughput(
-                         cfg, gpu, utilization=req.utilization, refresh_s=measured, calibration=req.calibration,
-                         states=est.components["optimizer_states"] + est.components["projection_matrices"]),
+                     throughput=tput,
                      quality=quality_prior(cfg, spec),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
@@ -335,7 +359,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
 
     def evaluate(i: int) -> Candidate:
-        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu)
+        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts))
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
@@ -351,6 +375,9 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             best, hi = cand, mid - 1
         else:
             lo = mid + 1
+    if req._layouts:  # several GPUs: weigh the strategies once, at the micro-batch found
+        best = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation),
+                          gpu)
     return best
 
 
@@ -379,6 +406,30 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         out.append(f"a bigger GPU: {g.name} ({g.memory_bytes / 2**30:.0f} GiB) fits {lean.config.label()} "
                    f"at batch 1 (needs {lean.estimate.device_used_bytes / 2**30:.1f} GiB)")
     else:
-        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard the "
-                   "model (FSDP/ZeRO) — outside what subprof plans")
+        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard it "
+                   "over several (--gpus 8: FSDP splits parameters, gradients and states)")
     return out
+
+
+def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
+    """The layouts a multi-GPU plan tries for every configuration (none for one GPU), leanest first: the strategy
+    asked for, or with `auto` each strategy that applies and that the model can be sharded for. One line when none
+    can."""
+    if req.gpus == 1 and req.nodes == 1 and req.strategy == "auto":
+        return ()
+    names = strategies_for(req.gpus, req.nodes, req.strategy)
+    if req.sequences_per_step < req.gpus:
+        raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.sequences_per_step} sequences of an "
+                           f"optimizer step: raise --tokens-per-step (each rank needs at least one sequence)")
+    layouts, reasons = [], []
+    for name in sorted(names, key=LEANEST_FIRST.index):  # the leanest first: the search bisects on it
+        par = Parallel(gpus=req.gpus, nodes=req.nodes, strategy=name)
+        try:
+            check_shardable(req.model, par)
+        except SubprofError as exc:
+            reasons.append(str(exc))
+            continue
+        layouts.append(par)
+    if not layouts:
+        raise SubprofError(reasons[0])
+    return tuple(layouts) if req.gpus > 1 else ()

@@ -217,7 +217,13 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
                       "corpus": ("corpus", None)},
     "burst": {"config": ("configuration", None), "kind": ("loss", None), "step": ("step", "{:.0f}".format),
               "loss": ("value", "{:.4f}".format), "status": ("status", None)},
+    "scaling": {"model": ("model", None), "gpu_name": ("GPU", None), "gpus": ("GPUs", _I), "nodes": ("nodes", _I),
+                "strategy": ("strategy", None), "config": ("configuration", None), "batch": ("micro-batch/rank", _I),
+                "device_used_gib": ("device/rank GiB", _G), "tokens_per_s": ("job tokens/s", "{:,.0f}".format),
+                "days": ("days", "{:,.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
+                "comm_share": ("comm share", "{:.1%}".format)},
 }
+TABLE_VIEWS["deadline"] = {**TABLE_VIEWS["scaling"], "meets_deadline": ("meets deadline", None)}
 
 
 def breakdown_wide(df: pd.DataFrame) -> pd.DataFrame:
@@ -316,12 +322,23 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
         else _missing("--burst FILE", "subprof burst")
     sections.append(_section("burst", "Short training runs (bursts)", "Training and validation loss by step for "
                              "each configuration, measured by subprof burst.", body))
+    if "scaling" in t:
+        from subprof.report.scaling import fig_scaling
+
+        body = "".join(fig_html(fig_scaling(t["scaling"], m.name)) for m in req.models)
+        if len(t["deadline"]):
+            body += _details(f"Cheapest within {req.days:g} days", html_table(t["deadline"], "deadline"))
+        sections.insert(3, _section("scaling", "GPU type × GPU count", "Each cell: the best configuration on that many "
+                                    "GPUs of that type (data parallel, the fastest strategy that fits), wall-clock "
+                                    "days and cost of the token budget, and the share of a step spent waiting on "
+                                    "communication.", body + _details("GPU count data", html_table(t["scaling"],
+                                                                                                   "scaling"))))
     if not figures:
         raise SubprofError("internal: the report has no figure to carry plotly.js")
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
     assume = "".join(f"<li>{html.escape(line)}</li>" for line in report.assumptions)
     nav = "".join(f'<a href="#{a}">{n}</a>' for a, n in (("summary", "Summary"), ("fit", "Fit"),
-                  ("breakdown", "Memory"), ("cost", "Cost"), ("measured", "Measured"), ("projection", "Projection"),
+                  ("breakdown", "Memory"), ("cost", "Cost"), ("scaling", "GPU count"), ("measured", "Measured"), ("projection", "Projection"),
                   ("burst", "Bursts"), ("assumptions", "Assumptions")))
     models = ", ".join(f"{m.name} ({fmt_count(m.params)})" for m in req.models)
     meta = (f"Models {models} · {len(req.gpus)} GPUs · seq {req.seq} · {req.dtype} · generated "

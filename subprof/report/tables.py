@@ -41,6 +41,10 @@ class ReportRequest:
     bench_rows: list[dict] = field(default_factory=list)
     proj_rows: list[dict] = field(default_factory=list)
     burst_rows: list[dict] = field(default_factory=list)
+    gpus_per_node: list[int] = field(default_factory=lambda: [1])  # the GPU-count matrix (report/scaling.py)
+    nodes: list[int] = field(default_factory=lambda: [1])
+    strategy: str = "auto"
+    days: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -49,9 +53,19 @@ class ReportRequest:
             raise SubprofError("--gpus is empty; give e.g. 4090,a100-80gb or all")
         if self.tokens <= 0:
             raise SubprofError(f"--tokens must be positive, got {self.tokens}")
+        if any(g < 1 for g in self.gpus_per_node) or any(n < 1 for n in self.nodes) or not self.gpus_per_node \
+                or not self.nodes:
+            raise SubprofError("--gpus-per-node and --nodes take counts of at least 1, e.g. 1,2,4,8")
+        if self.days is not None and not (self.days > 0 and math.isfinite(self.days)):
+            raise SubprofError(f"--days must be a positive number of days, got {self.days}")
         for key, usd in self.prices.items():
             if not (usd > 0 and math.isfinite(usd)):
                 raise SubprofError(f"--price {key}={usd}: a price must be a positive number of USD per hour")
+
+    @property
+    def multi_gpu(self) -> bool:
+        """Whether the report has the GPU-count matrix (more than one GPU anywhere, or a deadline)."""
+        return self.gpus_per_node != [1] or self.nodes != [1] or self.days is not None
 
     def price(self, gpu: GpuSpec) -> tuple[float, str]:
         """USD per GPU-hour and where it came from."""
