@@ -9,6 +9,9 @@ Golden tests: bit for bit equal to `GaLoreAdamW` (fp32, 20 steps, 3 refreshes); 
 moments as `GaLoreAdamW8bit` and weights equal to round-off (the learning rate is applied after the kernel, not in it).
 Deviations:
 - P is stored min(m, n)×r on both sides (galore-torch keeps Vh[:r] as r×n on the right side: the same numbers).
+- [`svd_signs`] "lapack" (default, galore-torch's) keeps LAPACK's column signs; "canonical" (variant
+  `canonical-signs`) fixes each column's largest entry positive, so runs whose gradients differ by round-off (a
+  sharded or data-parallel run against one process) keep the same basis (`rule.canonical_signs`).
 - 8 bits: no full-weight clone per step (`GaLoreAdamW8bit`'s `p.saved_data`, marked "suboptimal" there), and
   projected tensors under 4096 values do take bitsandbytes' fp32 path; galore-torch 1.0 with bitsandbytes ≥ 0.45
   freezes them (its positional arguments land in `max_unorm`, see tests/test_golden_8bit.py).
@@ -21,8 +24,10 @@ from typing import Any
 
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape, svd_flops)
-from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.rule import ProjectionRule
 from subprof.methods.spec import SVD_REFRESH_COMMS
+
+SVD_SIGNS = ("lapack", "canonical")
 
 # Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
 ADAM_STATES = (
@@ -45,12 +50,25 @@ SVD_WORKSPACE = (
 
 class GaLoreRule(ProjectionRule):
     """GaLore's projector: the top-r singular vectors of G (`top_singular_basis`), refreshed every `update_gap`
-    steps (step 0 included); moments stay where they are at a refresh (not rotated, not reset), as galore-torch."""
+    steps (step 0 included); moments stay where they are at a refresh (not rotated, not reset), as galore-torch.
+    Option svd_signs ("lapack" | "canonical")."""
+
+    defaults = {"svd_signs": "lapack"}
+
+    def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
+        super().__init__(rank=rank, update_gap=update_gap, **options)
+        check_signs(self.options["svd_signs"])
 
     def update_projection(self, state: dict, grad: Any, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
-        state["projector"] = top_singular_basis(grad, self.effective_rank(tuple(grad.shape)))
+        state["projector"] = self.svd_basis(grad, self.effective_rank(self.weight_shape(grad)))
+
+
+def check_signs(value: Any) -> str:
+    if value not in SVD_SIGNS:
+        raise ValueError(f"svd_signs must be one of {', '.join(map(repr, SVD_SIGNS))}; got {value!r}")
+    return value
 
 
 SPEC = MethodSpec(
@@ -69,6 +87,7 @@ SPEC = MethodSpec(
         ),
     ),
     rule=GaLoreRule,
+    variants={"canonical-signs": {"svd_signs": "canonical"}},
     refresh_cost="svd",
     default_update_gap=200,
     update_gaps=(50, 200, 500),

@@ -27,6 +27,8 @@ Deviations and choices:
   per move. Even at θ = π/2 a rank-1 move touches one of r directions: after K moves about (1 − sin²θ/r)^K of the
   start subspace's energy remains (1b, 50 moves: 94%) — walks explore slowly by construction; the hybrid's jumps
   renew the whole basis.
+- The SVD start keeps LAPACK's column signs [`svd_signs="lapack"`]; the walk draws Z in fixed coordinates, so the
+  start's signs steer it: `"canonical"` (as GaLore's option) makes runs whose gradients differ by round-off agree.
 - Random numbers come from a per-weight CPU generator (seed [`seed`] + weight order, state in `state["rng_state"]`)
   instead of the global torch / Python RNGs: resumable and the same on any device; the hybrid's coin is drawn from
   it too. The sketch's QR is sign-fixed and the moved P re-orthonormalised by a sign-fixed QR (the code does
@@ -39,10 +41,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
+from subprof.methods.galore import ADAM_STATES, SVD_SIGNS, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, recovery_workspace
-from subprof.methods.rule import SeededRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.rule import SeededRule, orthonormal_columns, right_side
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape
 from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, SVD_FIRST_COMMS
 
@@ -130,22 +132,23 @@ class _GrassRule(MovingSubspaceRule, SeededRule):
     """P from the SVD or a random draw at step 0, moved every `update_gap` steps by `move` (the subclass)."""
 
     defaults = {"init": None, "seed": 0, "moment_transfer": "reference", "recovery": "reference",
-                "growth_limit": 1.01}
+                "growth_limit": 1.01, "svd_signs": "lapack"}
     default_init = "svd"
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
         self.init = choice("init", self.options["init"] or self.default_init, ("svd", "random"))
+        choice("svd_signs", self.options["svd_signs"], SVD_SIGNS)
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
-        shape = tuple(grad.shape)
+        shape = self.weight_shape(grad)
         gen = self.generator(state)
         if "projector" not in state:
             r = self.effective_rank(shape)
             if self.init == "svd":
-                state["projector"] = top_singular_basis(grad, r)
+                state["projector"] = self.svd_basis(grad, r)
             else:
                 d, _ = basis_shape(shape[0], shape[1], r)
                 state["projector"] = random_basis(gen, d, r, right=right_side(shape), device=grad.device).to(grad.dtype)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from subprof.methods.lazy import torch
-from subprof.methods.rule import ProjectionRule, right_side
+from subprof.methods.rule import LOCAL, ProjectionRule, right_side
 from subprof.methods.spec import Dtype, Role, TensorSpec, full_shape
 
 Tensor = Any
@@ -82,18 +81,20 @@ def rotate_moments(rule: ProjectionRule, state: dict, p_old: Tensor, p_new: Tens
 
 
 def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, projector: Tensor, *,
-                  alpha: float, growth_limit: float) -> Tensor:
+                  alpha: float, growth_limit: float, ctx: Any = LOCAL) -> Tensor:
     """Fira's recovery term E (module docstring), in G's dtype; keeps the limited norm in state["recovery_norm"] (a
-    Python float, not a tensor: no declared memory)."""
-    right = right_side(grad.shape)
+    Python float, not a tensor: no declared memory). Sharded (`ctx`): E is this rank's shard (the scale factors run
+    along R's rank axis, so they are local) and ‖E‖ is summed over the ranks (one value)."""
+    shape = ctx.shape(grad)
+    right = right_side(shape)
     p = projector.to(grad.dtype)
     r = r_grad.to(grad.dtype)
-    residual = (r @ p.T if right else p @ r)  # one m×n tensor: the declared step workspace
+    residual = ctx.project_back(r, p, shape)  # one m×n tensor: the declared step workspace
     residual.mul_(-alpha).add_(grad)
     axis = 1 if right else 0  # the rank axis of R / N
     factor = r_update.float().norm(dim=axis) / (r_grad.float().norm(dim=axis) + 1e-8)
     residual.mul_((factor[:, None] if right else factor[None, :]).to(grad.dtype))
-    norm = float(torch.linalg.vector_norm(residual, dtype=torch.float32))
+    norm = ctx.norm(residual)
     previous = state.get("recovery_norm")
     if previous is not None:
         limiter = max(norm / (previous + 1e-8), growth_limit) / growth_limit
@@ -130,7 +131,7 @@ class MovingSubspaceRule(ProjectionRule):
             return None
         alpha = scale if self.recovery == "reference" else 1.0
         return recovery_term(state, grad, r_grad, r_update, state["projector"], alpha=alpha,
-                             growth_limit=self.growth_limit)
+                             growth_limit=self.growth_limit, ctx=self.ctx)
 
 
 def recovery_workspace(options: dict) -> tuple[TensorSpec, ...]:

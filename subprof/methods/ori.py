@@ -37,8 +37,8 @@ from typing import Any, Mapping
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.moving import choice
-from subprof.methods.osd import oriented
-from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
+from subprof.methods.osd import covariance_product, oriented
+from subprof.methods.rule import SeededRule, orthonormal_columns
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.spec import STREAMING_COMMS, SVD_FIRST_COMMS
 
@@ -122,9 +122,10 @@ class OriRule(SeededRule):
         return active_columns(rank, step, activation_epoch(rank, self.total_steps, self.activation_share))
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
-        r = self.effective_rank(tuple(grad.shape))
+        shape = self.weight_shape(grad)
+        r = self.effective_rank(shape)
         if "projector" not in state:
-            self._initial(state, grad, r, step)
+            self._initial(state, grad, shape, r, step)
         if not self.due(step):
             return
         p = state["projector"]
@@ -136,17 +137,22 @@ class OriRule(SeededRule):
             self.save_generator(state, gen)
             y = torch.cat([y, fresh], dim=1)
         fast = self.form == "fast"
-        moved = (oja_step if fast else oja_step_reference)(y, oriented(grad), self.step_size(step, r))
+        g, eta = oriented(grad, shape), self.step_size(step, r)
+        if self.ctx.sharded:  # G(GᵀP) and ‖G‖² summed over the shards: one all-reduce of d·k + 1 values
+            c, inv = covariance_product(g, y, self.ctx)
+            moved = y + c.mul_(inv * eta)
+        else:
+            moved = (oja_step if fast else oja_step_reference)(y, g, eta)
         p[:, :k].copy_(cholesky_qr(moved) if fast else orthonormal_columns(moved))
         state["active_columns"] = k
 
-    def _initial(self, state: dict, grad: Tensor, r: int, step: int) -> None:
+    def _initial(self, state: dict, grad: Tensor, shape: tuple[int, ...], r: int, step: int) -> None:
         """P_0: GaLore's SVD basis, or k_0 random orthonormal columns followed by r − k_0 zero (inactive) ones."""
         if self.init == "svd":
-            state["projector"] = top_singular_basis(grad, r)
+            state["projector"] = self.svd_basis(grad, r)
             state["active_columns"] = r
             return
-        d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
+        d, _ = basis_shape(shape[0], shape[1], r)
         k = self.active(r, step)
         gen = self.generator(state)
         p = torch.zeros(d, r, dtype=torch.float32)

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
-from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.rule import LOCAL, ProjectionRule, orthonormal_columns, right_side
 from subprof.methods.spec import (STREAMING_COMMS, SVD_FIRST_COMMS, Dtype, MethodSpec, Role, StateLayout, TensorSpec,
                                   basis_shape, full_shape, moment_shape, two_gemm_flops)
 
@@ -46,18 +46,23 @@ Tensor = Any
 # --- online-PCA primitives (also used by Ori and SubTrack) ---------------------------------------------------------
 
 
-def oriented(grad: Tensor) -> Tensor:
-    """G seen from the side P projects, as a d×n matrix (a view, no copy): G (m < n, P on the left) or Gᵀ (m ≥ n)."""
-    return grad.T if right_side(grad.shape) else grad
+def oriented(grad: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """G seen from the side P projects, as a d×n matrix (a view, no copy): G (m < n, P on the left) or Gᵀ (m ≥ n).
+    `shape`: the whole weight's (m, n) when `grad` is a shard of it (`ProjectionRule.weight_shape`)."""
+    return grad.T if right_side(grad.shape if shape is None else shape) else grad
 
 
-def covariance_product(g: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+def covariance_product(g: Tensor, p: Tensor, ctx: Any = LOCAL) -> tuple[Tensor, Tensor]:
     """(C, c) with C = G(GᵀP) in fp32 (the two d×n×r GEMMs, run in G's dtype) and c = 1/‖G‖_F² as a 0-d fp32
-    tensor (0 for a zero gradient), so that A P = G̃G̃ᵀP = c·C. `g` is d×n (see `oriented`), `p` d×r."""
-    c = g @ (g.T @ p.to(g.dtype))
-    sq = torch.linalg.vector_norm(g, dtype=torch.float32).square()
+    tensor (0 for a zero gradient), so that A P = G̃G̃ᵀP = c·C. `g` is d×n (see `oriented`), `p` d×r. Sharded
+    (`ctx`), both are sums over the ranks' shards: one all-reduce of d·r + 1 values (`ctx.covariance_product`)."""
+    if ctx.sharded:
+        c, sq = ctx.covariance_product(g, p)
+    else:
+        c = (g @ (g.T @ p.to(g.dtype))).float()
+        sq = torch.linalg.vector_norm(g, dtype=torch.float32).square()
     inv = torch.where(sq > 0, 1.0 / sq, torch.zeros_like(sq))
-    return c.float(), inv
+    return c, inv
 
 
 def random_orthonormal(d: int, r: int, *, seed: int) -> Tensor:
@@ -66,20 +71,11 @@ def random_orthonormal(d: int, r: int, *, seed: int) -> Tensor:
     return orthonormal_columns(torch.randn(d, r, generator=gen, dtype=torch.float32))
 
 
-def initial_basis(grad: Tensor, r: int, *, init: str, seed: int) -> Tensor:
-    """The step-0 projector of a streaming rule: GaLore's SVD basis (`init="svd"`) or a random orthonormal one
-    drawn from `seed`, in G's dtype and on its device."""
-    if init == "svd":
-        return top_singular_basis(grad, r)
-    d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
-    return random_orthonormal(d, r, seed=seed).to(device=grad.device, dtype=grad.dtype)
-
-
-def online_pca_grad(p: Tensor, g: Tensor, *, ortho_weight: float) -> Tensor:
+def online_pca_grad(p: Tensor, g: Tensor, *, ortho_weight: float, ctx: Any = LOCAL) -> Tensor:
     """∇L(P) in closed form (fp32, d×r): AP(2PᵀP − 4I) + P(2PᵀAP + 4λ(PᵀP − I)), with AP = c·G(GᵀP).
 
     `p` is the fp32 d×r basis, `g` the d×n gradient (any dtype). Cost: two d×n×r GEMMs + four d×r×r products."""
-    ap, inv = covariance_product(g, p)
+    ap, inv = covariance_product(g, p, ctx)
     r = p.shape[1]
     eye = torch.eye(r, dtype=torch.float32, device=p.device)
     s = p.T @ p
@@ -160,15 +156,19 @@ class OSDRule(ProjectionRule):
         self._lr = float(lr)
 
     def loss_grad(self, p: Tensor, g: Tensor) -> Tensor:
-        fn = online_pca_grad if self.form == "analytic" else online_pca_grad_autograd
-        return fn(p, g, ortho_weight=self.ortho_weight)
+        if self.form == "analytic":
+            return online_pca_grad(p, g, ortho_weight=self.ortho_weight, ctx=self.ctx)
+        if self.ctx.sharded:
+            raise ValueError("form='autograd' builds L on the whole gradient; a sharded weight needs "
+                             "form='analytic' (one all-reduce of d·r + 1 values)")
+        return online_pca_grad_autograd(p, g, ortho_weight=self.ortho_weight)
 
     def update_projection(self, state: dict, grad: Tensor, step: int, lr: float | None = None) -> None:
         if lr is not None:
             self.set_lr(lr)
         lr_w = self._lr if self._lr is not None else self.default_lr
         if "projector" not in state:
-            state["projector"] = self._initial(grad)
+            state["projector"] = self._initial(state, grad)
             if self.init == "svd":  # P_0 is optimal for G_0 (∇L = 0 up to round-off, which Adam would blow up to a
                 return              # full step); the code, too, creates P (and its optimizer) at step 0, steps from 1
         else:
@@ -176,15 +176,23 @@ class OSDRule(ProjectionRule):
         if not self.due(step):
             return
         lr_p = self._projector_lr(state, lr_w)
-        grad_p = self.loss_grad(state["projector"].float(), oriented(grad))
+        grad_p = self.loss_grad(state["projector"].float(), oriented(grad, self.weight_shape(grad)))
         self._record(state, grad_p, lr_p)
 
     # --- internals ------------------------------------------------------------------------------------------------
-    def _initial(self, grad: Tensor) -> Tensor:
-        p = initial_basis(grad, self.effective_rank(tuple(grad.shape)), init=self.init,
-                          seed=self.seed * 1_000_003 + self._streams)
-        self._streams += 1
-        return p
+    def _initial(self, state: dict, grad: Tensor) -> Tensor:
+        """P_0: GaLore's SVD basis, or a random orthonormal one seeded by the weight's stream (its position in the
+        optimizer, `state["stream"]`, else the order in which weights first reach the rule)."""
+        stream = state.get("stream")
+        if stream is None:
+            stream, self._streams = self._streams, self._streams + 1
+        m, n = self.weight_shape(grad)
+        r = self.effective_rank((m, n))
+        if self.init == "svd":
+            return self.svd_basis(grad, r)
+        d, _ = basis_shape(m, n, r)
+        return random_orthonormal(d, r, seed=self.seed * 1_000_003 + int(stream)).to(device=grad.device,
+                                                                                        dtype=grad.dtype)
 
     def _projector_lr(self, state: dict, lr_w: float, initial_lr: float | None = None) -> float:
         """η_P: α·η_W ("paper"), or (η_W/η_0)/code_gap ("code"; η_0 = option base_lr, else the group's

@@ -20,6 +20,14 @@ What the optimizer (`subprof.optim.SubspaceAdamW`) does with a rule, per project
     W ← W − lr·f·α·project_back(U)                  # α = group["scale"]
     W ← W·(1 − lr·λ)                                # decoupled weight decay after the update, as GaLoreAdamW
 
+Where the weight lives (`ctx`): the optimizer binds each call to a context for the weight being stepped —
+`LOCAL` (the whole weight in this process: one process, or DDP after its all-reduce) or, under FSDP2, a sharded
+context (`subprof.optim.distributed.ShardContext`) with the same methods. A rule takes the weight's geometry from it
+(`self.weight_shape(grad)`: never a shard's shape) and calls it for the only steps that are not local: the
+projection and back-projection (`ctx.project`, `ctx.project_back`), sums over ranks (`ctx.sum_`, `ctx.norm`,
+`ctx.covariance_product`) and work on the whole gradient (`ctx.whole`: at one owner rank, result broadcast). The
+`LOCAL` methods are the single-process code itself, so one process runs exactly what it ran before.
+
 Moments are stored in the format `state_bits` asks for (`subprof.methods.moments`); rules go through
 `read_moment` / `write_moment` (never touch `state["exp_avg"]` directly) so that every rule works at 32, 16 and 8
 bits.
@@ -32,9 +40,11 @@ knows its group's Adam betas (`self.betas`; SubTrack++'s moment rotation uses β
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 from subprof.methods.lazy import torch
+from subprof.methods.spec import basis_shape
 from subprof.methods.moments import (adam_correction, adam_direction, init_state_moment, read_state_moment,
                                       write_state_moment)
 
@@ -46,11 +56,46 @@ def right_side(shape: tuple[int, ...]) -> bool:
     return shape[0] >= shape[1]
 
 
+class LocalContext:
+    """The whole weight, here: every operation a rule delegates is the single-process computation itself (module
+    docstring). `sharded`: the weight is split over ranks; `crossed`: split on P's side, so R is a sum over ranks."""
+
+    sharded = False
+    crossed = False
+
+    def shape(self, grad: Tensor) -> tuple[int, ...]:
+        return tuple(grad.shape)
+
+    def project(self, grad: Tensor, p: Tensor) -> Tensor:
+        """R = G·P (m ≥ n) or Pᵀ·G (m < n), in G's dtype."""
+        return grad @ p if right_side(grad.shape) else p.T @ grad
+
+    def project_back(self, low_rank: Tensor, p: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """N·Pᵀ (m ≥ n) or P·N (m < n): the full-size update of a weight of `shape`."""
+        return low_rank @ p.T if right_side(shape) else p @ low_rank
+
+    def whole(self, grad: Tensor, fn: Any, shape: tuple[int, ...]) -> Tensor:
+        """fn(G) of the whole gradient (a `shape`-sized result in G's dtype, e.g. an SVD basis)."""
+        return fn(grad)
+
+    def norm(self, t: Tensor) -> float:
+        """‖t‖_F of a weight-sized tensor (fp32 accumulation)."""
+        return float(torch.linalg.vector_norm(t, dtype=torch.float32))
+
+    def sum_(self, t: Tensor) -> Tensor:
+        """The sum of `t` over the ranks holding the weight (nothing to add here)."""
+        return t
+
+
+LOCAL = LocalContext()
+
+
 class ProjectionRule:
     """Base class. Subclasses implement `update_projection`, list their options in `defaults`, and read them from
     `self.options`; most keep the default geometry and the default Adam update."""
 
     defaults: ClassVar[dict[str, Any]] = {}
+    ctx: Any = LOCAL  # the weight being stepped (the optimizer binds it with `acting_on`)
 
     def __init__(self, *, rank: int, update_gap: int, state_bits: int = 32,
                  betas: tuple[float, float] = (0.9, 0.999), **options: Any) -> None:
@@ -71,18 +116,42 @@ class ProjectionRule:
         self.options = {**self.defaults, **options}
 
     # --- geometry -------------------------------------------------------------------------------------------
+    @contextmanager
+    def acting_on(self, ctx: Any) -> Iterator[None]:
+        """Bind the context of the weight being stepped for the duration of its update (module docstring)."""
+        self.ctx = ctx
+        try:
+            yield
+        finally:
+            self.ctx = LOCAL
+
+    def weight_shape(self, grad: Tensor) -> tuple[int, ...]:
+        """(m, n) of the whole weight whose gradient (or gradient shard) `grad` is."""
+        return self.ctx.shape(grad)
+
     def effective_rank(self, shape: tuple[int, ...]) -> int:
         return min(self.rank, min(shape))
 
+    def svd_basis(self, grad: Tensor, rank: int) -> Tensor:
+        """GaLore's basis of the whole gradient (`top_singular_basis`) — at its owner rank, broadcast, when the
+        gradient is sharded — with the column signs of option `svd_signs` where the rule has it ("lapack": as
+        `torch.linalg.svd` returns them, galore-torch's; "canonical": `canonical_signs`)."""
+        m, n = self.weight_shape(grad)
+        canonical = self.options.get("svd_signs", "lapack") == "canonical"
+
+        def basis(g: Tensor) -> Tensor:
+            b = top_singular_basis(g, rank)
+            return canonical_signs(b) if canonical else b
+
+        return self.ctx.whole(grad, basis, basis_shape(m, n, rank))
+
     def project(self, state: dict, grad: Tensor) -> Tensor:
         """R = G·P (m ≥ n) or Pᵀ·G (m < n), in G's dtype."""
-        p = state["projector"]
-        return grad @ p if right_side(grad.shape) else p.T @ grad
+        return self.ctx.project(grad, state["projector"])
 
     def project_back(self, state: dict, low_rank: Tensor, shape: tuple[int, ...]) -> Tensor:
         """Full-size update of a weight of `shape` from a low-rank one: N·Pᵀ (m ≥ n) or P·N (m < n)."""
-        p = state["projector"]
-        return low_rank @ p.T if right_side(shape) else p @ low_rank
+        return self.ctx.project_back(low_rank, state["projector"], shape)
 
     # --- refresh ----------------------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -186,6 +255,17 @@ def orthonormal_columns(a: Tensor) -> Tensor:
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
     return q * signs
+
+
+def canonical_signs(basis: Tensor) -> Tensor:
+    """Each column flipped so that its largest-magnitude entry is positive. LAPACK's column signs are not a
+    continuous function of the input: a 1e-7 change of G (another summation order, e.g. a reduce-scatter) flipped 3
+    of 8 columns in our measurement (/work/notes/dist_optim.md §5), and GaLore keeps its moments across refreshes,
+    so a flip changes the run. Under this convention the basis follows the subspace, not the LAPACK path."""
+    idx = basis.abs().argmax(dim=0, keepdim=True)
+    signs = torch.sign(basis.gather(0, idx))
+    signs[signs == 0] = 1
+    return (basis * signs).contiguous()
 
 
 def top_singular_basis(grad: Tensor, rank: int) -> Tensor:

@@ -39,7 +39,7 @@ from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, recovery_workspace
 from subprof.methods.osd import covariance_product, oriented
-from subprof.methods.rule import orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.rule import LOCAL, orthonormal_columns, right_side
 from subprof.methods.spec import MethodSpec, StateLayout
 from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, STREAMING_COMMS, SVD_FIRST_COMMS, When
 
@@ -48,10 +48,10 @@ Tensor = Any
 STEP_SIZES = {"raw": 10.0, "scale_free": 0.5}
 
 
-def tangent(p: Tensor, g: Tensor, *, scale: float | None = None) -> Tensor:
+def tangent(p: Tensor, g: Tensor, *, scale: float | None = None, ctx: Any = LOCAL) -> Tensor:
     """Δ = −2 (AP − P(PᵀAP)) (fp32 d×r; `g` is d×n, `p` fp32 d×r) with AP = G(GᵀP) (`scale` None: the raw
-    gradient, as the code) or AP = scale·G(GᵀP)/‖G‖² (scale-free)."""
-    c, inv = covariance_product(g, p)
+    gradient, as the code) or AP = scale·G(GᵀP)/‖G‖² (scale-free); `ctx` sums AP over a sharded weight's ranks."""
+    c, inv = covariance_product(g, p, ctx)
     ap = c if scale is None else c.mul_(inv * scale)
     return ap.sub_(p @ (p.T @ ap)).mul_(-2.0)
 
@@ -104,10 +104,10 @@ class SubTrackRule(MovingSubspaceRule):
             raise ValueError(f"step_size must be positive, got {self.step_size}")
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
-        shape = tuple(grad.shape)
+        shape = self.weight_shape(grad)
         r = self.effective_rank(shape)
         if "projector" not in state:
-            state["projector"] = top_singular_basis(grad, r)
+            state["projector"] = self.svd_basis(grad, r)
             return
         if not self.due(step):
             return
@@ -115,7 +115,13 @@ class SubTrackRule(MovingSubspaceRule):
         if r >= p_old.shape[0]:  # P spans the whole side: nothing to track
             return
         scale = None if self.step_rule == "raw" else float(r)
-        delta = (tangent if self.form == "fast" else tangent_lstsq)(p_old, oriented(grad), scale=scale)
+        g = oriented(grad, shape)
+        if self.form == "fast":
+            delta = tangent(p_old, g, scale=scale, ctx=self.ctx)
+        elif self.ctx.sharded:
+            raise ValueError("form='lstsq' solves on the whole gradient; a sharded weight needs form='fast'")
+        else:
+            delta = tangent_lstsq(p_old, g, scale=scale)
         if self.tangent == "reference" and right_side(shape):
             delta = reference_tall_tangent(delta, p_old)
         cap = math.pi / 2 if self.step_rule == "scale_free" else None

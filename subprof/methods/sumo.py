@@ -40,7 +40,7 @@ from subprof.methods.galore import SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.moving import RECOVERY_WORKSPACE, choice, recovery_term, rotate_moments
 from subprof.methods.osd import oriented
-from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
+from subprof.methods.rule import SeededRule, orthonormal_columns, right_side
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape)
 from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, When
@@ -60,14 +60,36 @@ def orthogonalise(moment: Tensor, *, rtol: float = 1e-7) -> Tensor:
     return u[:, keep] @ vh[keep]
 
 
-def randomized_basis(grad: Tensor, rank: int, gen: Tensor, *, oversample: int, power_iters: int) -> Tensor:
+def sketch(gen: Tensor, m: int, n: int, rank: int, oversample: int) -> Tensor:
+    """Ω (N×ℓ, N = max(m, n), ℓ = min(rank + oversample, min(m, n))): the randomized SVD's Gaussian test matrix, from
+    the weight's generator. Drawn on every rank of a sharded weight, so their generators stay equal."""
+    return SeededRule.gaussian(gen, max(m, n), min(rank + oversample, min(m, n)))
+
+
+def orthogonalise_sharded(moment: Tensor, ctx: Any, *, rtol: float = 1e-7) -> Tensor:
+    """This rank's part of O = U Vᵀ of a moment M cut along its long side (r × N_local, or N_local × r): with the
+    r×r Gram K = Σ_ranks M_l M_lᵀ (one fp64 all-reduce of r² values, `methods/spec.py` "moment_gram"),
+    O = K^(-1/2) M over eigenvalues > (rtol·σ_max)², the same O as `orthogonalise` on the whole M (to 5e-6 in
+    fp32, /work/notes/dist_optim.md §4)."""
+    wide = moment.shape[0] <= moment.shape[1] if not ctx.sharded else not right_side(ctx.shape(moment))
+    small = moment.double() if wide else moment.double().T  # r × N_local
+    gram = ctx.sum_((small @ small.T).contiguous())
+    evals, evecs = torch.linalg.eigh(gram)
+    keep = evals > (rtol**2) * evals.max().clamp_min(torch.finfo(torch.float64).tiny)
+    inv_sqrt = (evecs[:, keep] * evals[keep].rsqrt()) @ evecs[:, keep].T
+    o = inv_sqrt @ small
+    return (o if wide else o.T).float()
+
+
+def randomized_basis(grad: Tensor, rank: int, gen: Tensor | None, *, oversample: int, power_iters: int,
+                     omega: Tensor | None = None) -> Tensor:
     """Top-`rank` left singular vectors of G̃ (G seen from the side P projects, d×N) by a randomized SVD: Ω (N×ℓ)
-    Gaussian, Y = G̃Ω, `power_iters` × (Q = qr(Y), Y = G̃(G̃ᵀQ)), Q = qr(Y), B = QᵀG̃ = Ũ Σ Vᵀ, basis Q Ũ[:, :r];
-    fp32 inside, returned in G's dtype."""
+    Gaussian (`omega`, else drawn from `gen`), Y = G̃Ω, `power_iters` × (Q = qr(Y), Y = G̃(G̃ᵀQ)), Q = qr(Y),
+    B = QᵀG̃ = Ũ Σ Vᵀ, basis Q Ũ[:, :r]; fp32 inside, returned in G's dtype."""
     g = oriented(grad).float()
-    d, big = g.shape
-    ell = min(rank + oversample, d)
-    omega = SeededRule.gaussian(gen, big, ell).to(g.device)
+    if omega is None:
+        omega = sketch(gen, grad.shape[0], grad.shape[1], rank, oversample)
+    omega = omega.to(g.device)
     y = g @ omega
     del omega
     for _ in range(power_iters):
@@ -102,21 +124,26 @@ class SumoRule(SeededRule):
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
-        r = self.effective_rank(tuple(grad.shape))
+        shape = self.weight_shape(grad)
+        r = self.effective_rank(shape)
         if self.subspace == "exact":
-            q_new = top_singular_basis(grad, r)
+            q_new = self.svd_basis(grad, r)
         else:
             gen = self.generator(state)
-            q_new = randomized_basis(grad, r, gen, oversample=self.oversample, power_iters=self.power_iters)
+            omega = sketch(gen, shape[0], shape[1], r, self.oversample)
             self.save_generator(state, gen)
+            q_new = self.ctx.whole(grad, lambda g: randomized_basis(g, r, None, oversample=self.oversample,
+                                                                    power_iters=self.power_iters, omega=omega),
+                                   basis_shape(shape[0], shape[1], r))
         if "projector" in state:
-            rotate_moments(self, state, state["projector"].float(), q_new.float(), tuple(grad.shape), second=False)
+            rotate_moments(self, state, state["projector"].float(), q_new.float(), shape, second=False)
         state["projector"] = q_new
 
     def shape_factor(self, r_grad: Tensor) -> float:
-        """c: 0.2·√max(m, n) (moonlight), √max(m, n) (shape) or 1; max(m, n) is R's long side."""
+        """c: 0.2·√max(m, n) (moonlight), √max(m, n) (shape) or 1; max(m, n) is R's long side (of the whole R: the
+        context's shape, as R's long side is the weight's)."""
         factor = UPDATE_SCALES[self.update_scale]
-        return 1.0 if factor is None else factor * math.sqrt(max(r_grad.shape))
+        return 1.0 if factor is None else factor * math.sqrt(max(self.ctx.shape(r_grad)))
 
     def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
         """M ← μ M + Ĝ (stored in the state_bits format); returns c·O, minus Ĝ/α when the paper's residual is on
@@ -125,7 +152,9 @@ class SumoRule(SeededRule):
             self.init_moment(state, "exp_avg", r_grad)
         moment = self.read_moment(state, "exp_avg").mul_(self.momentum).add_(r_grad.float())
         self.write_moment(state, "exp_avg", moment)
-        update = orthogonalise(moment).mul_(self.shape_factor(r_grad))
+        sharded = self.ctx.sharded and not self.ctx.crossed  # M is cut along its long side: its Gram is a sum
+        o = orthogonalise_sharded(moment, self.ctx) if sharded else orthogonalise(moment)
+        update = o.mul_(self.shape_factor(r_grad))
         scale = group.get("scale", 1.0)
         if self.residual == "paper" and scale > 0:
             update.sub_(r_grad.float(), alpha=1.0 / scale)
@@ -142,7 +171,7 @@ class SumoRule(SeededRule):
                 return grad
             return grad - self.project_back(state, r_grad, tuple(grad.shape))
         return recovery_term(state, grad, r_grad, r_update, state["projector"], alpha=1.0,
-                             growth_limit=self.growth_limit)
+                             growth_limit=self.growth_limit, ctx=self.ctx)
 
 
 STATES = (

@@ -15,6 +15,7 @@ import torch
 from subprof.config import DEFAULT_RANK
 from subprof.errors import SubprofError
 from subprof.methods import forced_state_bits, get_method
+from subprof.optim.distributed import check_parameters
 from subprof.optim.layerwise import LayerwiseOptimizer
 from subprof.optim.nonfinite import install_nonfinite_guard
 from subprof.optim.subspace import SubspaceAdamW
@@ -79,6 +80,7 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     everything = {**projected, **plain}
     if not everything:
         raise SubprofError("the model has no trainable parameters")
+    sharded = check_parameters(everything)  # FSDP2 (DTensors) or not; a mixed or foreign layout is refused here
     dtype = next(iter(everything.values())).dtype
     name, bits = _resolve(method, state_bits, dtype)
     names = {id(p): n for n, p in everything.items()}
@@ -97,18 +99,25 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
         return _make(name, spec, params, projected, lr=lr, weight_decay=weight_decay, bits=bits, rank=rank,
                      update_gap=update_gap, scale=spec.default_scale if scale is None else scale,
                      options=method_options, nonfinite=nonfinite, names=names, guard=not layerwise,
-                     foreach=foreach)
+                     foreach=foreach, sharded=sharded)
 
     params = list(everything.values())
     if layerwise:
+        ddp = model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
         return LayerwiseOptimizer(make(params), accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm,
-                                  nonfinite=nonfinite, param_names=names)
+                                  nonfinite=nonfinite, param_names=names, ddp=ddp)
     return make(params)
 
 
 def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dict, *, lr: float,
           weight_decay: float, bits: int, rank: int | None, update_gap: int | None, scale: float, options: dict,
-          nonfinite: str, names: dict[int, str], guard: bool, foreach: bool | None) -> torch.optim.Optimizer:
+          nonfinite: str, names: dict[int, str], guard: bool, foreach: bool | None,
+          sharded: bool) -> torch.optim.Optimizer:
+    if not spec.project and bits == 8 and sharded:
+        # bitsandbytes' optimizers do not step DTensors (bitsandbytes #89): the same blockwise 8-bit Adam kernel on
+        # each rank's shard, through SubspaceAdamW's plain-Adam path (bit for bit AdamW8bit's on whole tensors)
+        return SubspaceAdamW([{"params": params}], lr=lr, weight_decay=weight_decay, state_bits=8,
+                             nonfinite=nonfinite, param_names=names)
     if not spec.project:
         if bits == 8:
             import bitsandbytes as bnb
@@ -122,7 +131,7 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
                                    f"(model.to(torch.bfloat16) for 16) or use state_bits=8")
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=foreach)
         if guard:  # per-layer updates check each gradient in their hook instead
-            install_nonfinite_guard(opt, nonfinite, names)
+            install_nonfinite_guard(opt, nonfinite, names, agree=sharded)
         return opt
     ids = {id(p) for p in projected.values()}
     groups = [{"params": [p for p in params if id(p) in ids], "method": name, "rank": rank,

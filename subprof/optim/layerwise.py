@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from subprof.errors import SubprofError
+from subprof.optim.distributed import grad_norm
 from subprof.optim.nonfinite import NonFiniteGradientError, check_policy, nonfinite_message, tracing
 from subprof.optim.subspace import SubspaceAdamW
 
@@ -42,9 +43,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def __init__(self, inner: torch.optim.Optimizer, *, accumulation_steps: int = 1,
                  max_grad_norm: float | None = None, nonfinite: str = "raise",
-                 param_names: dict[int, str] | None = None) -> None:
+                 param_names: dict[int, str] | None = None, ddp: Any = None) -> None:
         if accumulation_steps < 1:
             raise SubprofError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+        if ddp is not None and accumulation_steps != 1:
+            raise SubprofError("per-layer updates under DDP step in its communication hook, which runs once per "
+                               "synchronised backward: accumulate under model.no_sync() and keep "
+                               "accumulation_steps=1")
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise SubprofError(f"max_grad_norm must be positive, got {max_grad_norm}")
         check_policy(nonfinite)
@@ -62,7 +67,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.skipped_updates = 0
         self._sq_norm = 0.0
         self._params = params
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params if p.requires_grad]
+        self._stepped: set[int] = set()  # DDP: weights stepped in the communication hook since the last step()
+        if ddp is not None:  # its post-accumulate-grad hooks would see this rank's unreduced gradient
+            self._handles = []
+            ddp.register_comm_hook(ddp.process_group, self._on_bucket)
+        else:
+            self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params if p.requires_grad]
 
     # --- hooks ---------------------------------------------------------------------------------------------------
     def _on_grad(self, p: torch.Tensor) -> None:
@@ -70,6 +80,23 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.pending[id(p)] = count
         if count >= self.accumulation_steps:
             self._update(p)
+
+    def _on_bucket(self, group: Any, bucket: Any) -> Any:
+        """DDP's communication hook: the bucket's mean over the ranks (all-reduced synchronously — on gloo a
+        future's callback would run on the communication thread while autograd goes on), then each of its weights
+        stepped from its view of the reduced bucket (/work/notes/dist_optim.md §10)."""
+        import torch.distributed as dist
+
+        buf = bucket.buffer()
+        dist.all_reduce(buf, group=group)
+        buf.div_(dist.get_world_size(group))
+        for p, g in zip(bucket.parameters(), bucket.gradients()):
+            p.grad = g
+            self._on_grad(p)
+            self._stepped.add(id(p))
+        done = torch.futures.Future()
+        done.set_result(buf)
+        return done
 
     @torch.no_grad()
     def _update(self, p: torch.Tensor) -> None:
@@ -80,7 +107,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._step_one(p)
             p.grad = None
             return
-        norm = float(torch.linalg.vector_norm(p.grad).float())
+        norm = grad_norm(p.grad)  # sharded: summed over the ranks, so every rank decides alike
         if not math.isfinite(norm):
             if self.nonfinite == "raise":
                 raise NonFiniteGradientError(nonfinite_message(self.param_names.get(id(p), "a parameter"),
@@ -127,8 +154,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for p in self._params:
-            if self.pending.get(id(p), 0) > 0 or (p.grad is not None and p.requires_grad):
+            if id(p) in self._stepped:  # DDP wrote the reduced bucket back into .grad after the hook stepped it
+                p.grad = None
+            elif self.pending.get(id(p), 0) > 0 or (p.grad is not None and p.requires_grad):
                 self._update(p)
+        self._stepped.clear()
         self.last_grad_norm = math.sqrt(self._sq_norm)
         self._sq_norm = 0.0
         return loss
@@ -137,6 +167,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for p in self._params:
             p.grad = None
         self.pending.clear()
+        self._stepped.clear()
 
     def remove_hooks(self) -> None:
         """Detach from the model (the hooks keep stepping otherwise)."""

@@ -33,18 +33,26 @@ def tracing() -> bool:
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
-def check_finite(params: list[torch.Tensor], names: dict[int, str]) -> str | None:
+def check_finite(params: list[torch.Tensor], names: dict[int, str], *, agree: bool = False) -> str | None:
     """None if every gradient is finite, else the name of the first tensor with a NaN/inf (one host sync).
-    Under a fake-tensor trace there are no values to check: None."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads or tracing():
-        return None
-    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
-    bad = ~torch.isfinite(norms)
-    if not bool(bad.any()):
-        return None
-    first = int(bad.nonzero()[0, 0])
+    Sharded gradients (FSDP2 DTensors) are checked on this rank's shards; `agree` then makes every rank take the
+    same decision and name the same tensor, whichever rank's shard holds the NaN (one all-reduce of one int64,
+    `distributed.agree_first`). Under a fake-tensor trace there are no values to check: None."""
+    from subprof.optim.distributed import agree_first, local
+
     with_grad = [p for p in params if p.grad is not None]
+    if tracing():
+        return None
+    first = len(with_grad)
+    if with_grad:
+        norms = torch.stack([n.float() for n in torch._foreach_norm([local(p.grad) for p in with_grad])])
+        bad = ~torch.isfinite(norms)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+    if agree:
+        first = agree_first(first)
+    if first >= len(with_grad):
+        return None
     return names.get(id(with_grad[first]), f"parameter {first}")
 
 
@@ -54,15 +62,17 @@ def nonfinite_message(where: str, step: int | None) -> str:
             f"learning rate, check the data/loss scaling, or pass nonfinite='skip' to skip such steps")
 
 
-def install_nonfinite_guard(optimizer: torch.optim.Optimizer, policy: str, names: dict[int, str]) -> None:
+def install_nonfinite_guard(optimizer: torch.optim.Optimizer, policy: str, names: dict[int, str], *,
+                            agree: bool = False) -> None:
     """For optimizers we don't own (torch AdamW, bitsandbytes AdamW8bit): a step pre-hook that raises on a
-    non-finite gradient, or drops every gradient (so the step updates nothing) and counts `skipped_steps`."""
+    non-finite gradient, or drops every gradient (so the step updates nothing) and counts `skipped_steps`; `agree`
+    as in `check_finite` (sharded parameters)."""
     check_policy(policy)
     optimizer.skipped_steps = 0
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        bad = check_finite(params, names)
+        bad = check_finite(params, names, agree=agree)
         if bad is None:
             return
         if policy == "raise":

@@ -21,6 +21,7 @@ from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.methods.moments import adam_correction, adam_direction, init_state_moment
 from subprof.methods.rule import ProjectionRule
+from subprof.optim.distributed import check_parameters, context_for, local
 from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
 
 EPS = 1e-6  # GaLoreAdamW's (galore-torch 1.0 adamw.py)
@@ -57,10 +58,13 @@ class SubspaceAdamW(torch.optim.Optimizer):
                         state_bits=state_bits, method=method, rank=rank, update_gap=update_gap,
                         method_options=dict(method_options or {}))
         self._rules: dict[tuple, ProjectionRule] = {}
+        self._contexts: dict[int, Any] = {}  # id(param) → where it lives (`distributed.context_for`)
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self.param_names = dict(param_names or {})
         super().__init__(params, defaults)
+        self.sharded = check_parameters({self.param_names.get(id(p), f"parameter {i}"): p for i, p in
+                                         enumerate(q for g in self.param_groups for q in g["params"])})
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -104,7 +108,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        bad = check_finite(params, self.param_names)
+        bad = check_finite(params, self.param_names, agree=self.sharded)
         if bad is not None:
             if self.nonfinite == "raise":
                 step = next((self.state[p].get("step") for p in params if p in self.state), 0)
@@ -121,32 +125,43 @@ class SubspaceAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step_parameter(self, p: torch.Tensor, group: dict) -> None:
-        """One weight's update from its `.grad` (no finiteness check: `step` or the per-layer hook does it)."""
-        state, grad = self.state[p], p.grad
+        """One weight's update from its `.grad` (no finiteness check: `step` or the per-layer hook does it). Under
+        FSDP2 everything runs on this rank's shards (`local`) and the rule calls the weight's context for the rest
+        (`subprof.optim.distributed`); the state holds this rank's tensors."""
+        state, grad, w = self.state[p], local(p.grad), local(p)
         step = state.get("step", 0)
         lr, rule = group["lr"], self.rule(group)
         decayed = False
         if rule is None:
-            decayed = self._plain_adam(p, grad, state, group, step)
+            decayed = self._plain_adam(w, grad, state, group, step)
         else:
             if step == 0:  # the weight's position: random rules seed its stream from it (`SeededRule`)
                 state.setdefault("stream", self._position(p))
-            rule.update_projection(state, grad, step)
-            r_grad = rule.project(state, grad)
-            update = rule.low_rank_update(state, r_grad, group, step)
-            extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
-            del r_grad
-            step_size = lr * rule.step_factor(state, group, step)
-            if extra is not None:
-                p.add_(extra, alpha=-step_size)
-                del extra
-            full = rule.project_back(state, update.to(grad.dtype), tuple(p.shape))
+            with rule.acting_on(self.context(p)):
+                rule.update_projection(state, grad, step)
+                r_grad = rule.project(state, grad)
+                update = rule.low_rank_update(state, r_grad, group, step)
+                extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
+                del r_grad
+                step_size = lr * rule.step_factor(state, group, step)
+                if extra is not None:
+                    w.add_(extra, alpha=-step_size)
+                    del extra
+                full = rule.project_back(state, update.to(grad.dtype), tuple(p.shape))
             del update
-            p.add_(full.mul_(group["scale"]), alpha=-step_size)
+            w.add_(full.mul_(group["scale"]), alpha=-step_size)
             del full
         if group["weight_decay"] > 0 and not decayed:
-            p.add_(p, alpha=-lr * group["weight_decay"])
+            w.add_(w, alpha=-lr * group["weight_decay"])
         state["step"] = step + 1
+
+    def context(self, p: torch.Tensor) -> Any:
+        """Where `p` lives: `LOCAL` (one process, DDP) or its FSDP2 `ShardContext` (`distributed.context_for`)."""
+        ctx = self._contexts.get(id(p))
+        if ctx is None:
+            ctx = self._contexts[id(p)] = context_for(p, self.param_names.get(id(p), "a parameter"),
+                                                      self._position(p))
+        return ctx
 
     def _position(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
