@@ -61,10 +61,13 @@ def test_an_svd_refresh_gathers_the_gradient_to_its_owner_and_broadcasts_p():
 
 
 @pytest.mark.parametrize("name", ["osd", "ori"])
-def test_streaming_updates_all_reduce_one_small_matrix_per_step(name):
+def test_streaming_updates_all_reduce_one_small_matrix_per_projector_update(name):
     m, n = 11008, 4096
-    got = get_method(name).comm_bytes(m, n, R, ranks=8, when=When.STEP, param_bytes=2)
+    spec = get_method(name)
+    got = spec.comm_bytes(m, n, R, ranks=8, when=When.REFRESH, param_bytes=2)
     assert got == {"all_reduce": 4 * (min(m, n) * R + 1)}  # A·P = g(gᵀP) and ‖G‖², fp32, never the gradient
+    assert spec.comm_bytes(m, n, R, ranks=8, when=When.STEP, param_bytes=2) == {}  # between updates (gap > 1)
+    assert spec.default_update_gap == 1  # ... which by default is every step
 
 
 @pytest.mark.parametrize("name", ["grasswalk", "grassjump"])

@@ -43,6 +43,11 @@ def burst(
                                                                  "uint32.")] = "uint16",
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)] = 8192,
     threads: ThreadsOpt = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train each case data-parallel over N local processes "
+                                       "(gloo on the CPU, NCCL with a GPU each), the --batch sequences of each step "
+                                       "split over them: the same data order as one process.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="With --nproc: fsdp (FSDP2, each weight sharded as "
+                                          "its method declares) or ddp.")] = "fsdp",
     seed: Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/burst.jsonl"),
@@ -60,7 +65,7 @@ def burst(
     if not cases:
         raise SubprofError("no cases to run: " + "; ".join(notes))
     settings = BurstSettings(steps=steps, eval_every=eval_every, device=device, seed=seed, data_seed=seed,
-                             threads=threads)
+                             threads=threads, nproc=nproc, strategy=strategy.strip().lower())
     corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
     corpus.require(seq)
     if not json_out:
@@ -73,7 +78,12 @@ def burst(
     check_cases(cases, settings, corpus)
     try:
         with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
-            rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+            if nproc > 1:
+                from subprof.train.parallel import run_bursts_parallel
+
+                rows = run_bursts_parallel(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+            else:
+                rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: every finished case is kept in {out}; rerun the same command with --resume "
                           f"to run only the rest")
@@ -85,6 +95,7 @@ def burst(
         return
     console.print(burst_table(best, title=f"burst on {corpus.name} ({corpus.tokens:,} tokens), {steps} steps × "
                                           f"{batch}×{seq} tokens, device {settings.device}"
+                                          + (f", {nproc} processes ({settings.strategy})" if nproc > 1 else "")
                                           + (f", best of {lr_grid} learning rates per configuration" if lr_grid
                                              else "")))
     if lr_grid:

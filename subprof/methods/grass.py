@@ -99,9 +99,11 @@ def _qr_flops(m: int, n: int, r: int) -> float:
 
 def random_basis(gen: Tensor, d: int, r: int, *, right: bool, device: Any) -> Tensor:
     """GrassJump's draw as the authors' `get_random_orthogonal_matrix` makes it: Q of the reduced QR (no sign fix)
-    of an r×d Gaussian transposed (right side, P stored r×n there) or of a d×r one (left side), on the CPU."""
+    of an r×d Gaussian transposed (right side, P stored r×n there) or of a d×r one (left side), on the CPU; row-major
+    (LAPACK hands Q back column-major, and a checkpoint restores tensors row-major: the next products must not
+    change with the layout)."""
     z = SeededRule.gaussian(gen, r, d).T if right else SeededRule.gaussian(gen, d, r)
-    return torch.linalg.qr(z, mode="reduced")[0].to(device)
+    return torch.linalg.qr(z, mode="reduced")[0].contiguous().to(device)
 
 
 def randomized_rank_k(a: Tensor, k: int, gen: Tensor, *, oversample: int = 8,

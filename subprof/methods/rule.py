@@ -250,11 +250,12 @@ class SeededRule(ProjectionRule):
 
 
 def orthonormal_columns(a: Tensor) -> Tensor:
-    """Q of a thin QR, with signs fixed so that diag(R) ≥ 0 (deterministic across LAPACK builds)."""
+    """Q of a thin QR, with signs fixed so that diag(R) ≥ 0 (deterministic across LAPACK builds), row-major (see
+    `grass.random_basis`)."""
     q, r = torch.linalg.qr(a, mode="reduced")
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
-    return q * signs
+    return (q * signs).contiguous()
 
 
 def canonical_signs(basis: Tensor) -> Tensor:

@@ -68,17 +68,20 @@ class TensorSpec:
     def nbytes(self, m: int, n: int, r: int, *, state_bits: int, param_bytes: int) -> int:
         return tensor_bytes(self.numel(m, n, r), self.dtype, state_bits=state_bits, param_bytes=param_bytes)
 
+    def shard_dim(self, m: int, n: int, r: int, weight_dim: int) -> int | None:
+        """The dim of this tensor that follows the weight's sharded dim (0: rows "m", 1: columns "n"), or None when
+        the tensor is whole on every rank that holds it."""
+        side = "m" if weight_dim == 0 else "n"
+        axes = (self.axes or _SHAPE_AXES.get(self.shape, replicated))(m, n, r)
+        return next((i for i, label in enumerate(axes) if label == side), None)
+
     def rank_numel(self, m: int, n: int, r: int, shard: "WeightShard") -> int:
         """Values rank 0 holds when the weight is sharded as `shard`: the dim that follows the sharded side is cut
         to ⌈length / ranks⌉ (torch.chunk: rank 0 gets a full chunk, so it holds the most); other tensors whole."""
         shape = list(self.shape(m, n, r))
-        if shard.ranks > 1:
-            side = "m" if shard.dim == 0 else "n"
-            axes = (self.axes or _SHAPE_AXES.get(self.shape, replicated))(m, n, r)
-            for i, label in enumerate(axes):
-                if label == side:
-                    shape[i] = -(-shape[i] // shard.ranks)
-                    break
+        dim = self.shard_dim(m, n, r, shard.dim) if shard.ranks > 1 else None
+        if dim is not None:
+            shape[dim] = -(-shape[dim] // shard.ranks)
         return math.prod(shape)
 
     def rank_nbytes(self, m: int, n: int, r: int, shard: "WeightShard", *, state_bits: int,
@@ -403,8 +406,8 @@ class Collective(Enum):
 
 class When(Enum):
     STEP = "step"  # every optimizer step
-    REFRESH = "refresh"  # every update_gap steps
-    FIRST = "first"  # once, at the first step (an SVD initialisation)
+    REFRESH = "refresh"  # every update_gap steps (step 0 too, unless the method declares a FIRST: then that)
+    FIRST = "first"  # once, at the first step (an SVD initialisation), in place of that step's refresh
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -452,15 +455,16 @@ SVD_GATHER = CommSpec(name="gradient", op=Collective.GATHER, shape=full_shape, d
 SVD_BROADCAST = CommSpec(name="projector", op=Collective.BROADCAST, shape=basis_shape, dtype=Dtype.PARAM,
                          when=When.REFRESH)
 SVD_REFRESH_COMMS = (SVD_GATHER, SVD_BROADCAST, CROSSED_PROJECTION)
-# A·P = g(gᵀP) and ‖G‖²: one all-reduce of d·r + 1 fp32 values when aligned; crossed: gᵀP (N·r + 1) is the sum,
-# then the rows of g(gᵀP) are all-gathered (d·r)
+# A·P = g(gᵀP) and ‖G‖² at each P update (every update_gap steps; the streaming methods' default gap is 1): one
+# all-reduce of d·r + 1 fp32 values when aligned; crossed: gᵀP (N·r + 1) is the sum, then the rows of g(gᵀP) are
+# all-gathered (d·r). Ori's Oja++ moves only its active columns (r/2 at first): d·r + 1 is its bound
 STREAMING_COMMS = (
     CommSpec(name="covariance_product", op=Collective.ALL_REDUCE, shape=_dr_plus_one, dtype=Dtype.FP32,
-             when=When.STEP, layout="aligned"),
+             when=When.REFRESH, layout="aligned"),
     CommSpec(name="gradient_t_projector", op=Collective.ALL_REDUCE, shape=_long_r_plus_one, dtype=Dtype.FP32,
-             when=When.STEP, layout="crossed"),
+             when=When.REFRESH, layout="crossed"),
     CommSpec(name="covariance_rows", op=Collective.ALL_GATHER, shape=basis_shape, dtype=Dtype.FP32,
-             when=When.STEP, layout="crossed"),
+             when=When.REFRESH, layout="crossed"),
     CROSSED_PROJECTION,
 )
 # SVD at step 0 only (SubTrack's initialisation; OSD/Ori with init="svd")
@@ -471,3 +475,11 @@ SVD_FIRST_COMMS = (CommSpec(name="gradient", op=Collective.GATHER, shape=full_sh
 # the norm of the recovery residual (its growth limiter), summed over shards: one value per step
 RECOVERY_NORM = CommSpec(name="recovery_norm", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (1,),
                          dtype=Dtype.FP32, when=When.STEP)
+# Once per optimizer step for the whole optimizer (not per weight) when parameters are sharded: the index of the
+# first non-finite gradient, agreed over the ranks (all-reduce MIN of one int64), so every rank raises or skips alike.
+# Per-layer updates agree per parameter instead, on ‖G‖² (one fp32 value per trainable parameter, all-reduced per
+# FSDP unit), which also gives the lagged clipping's global norm.
+NONFINITE_AGREEMENT = CommSpec(name="nonfinite_index", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (1,),
+                               dtype=Dtype.FP64, when=When.STEP)
+LAYERWISE_GRAD_NORM = CommSpec(name="grad_norm_sq", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (1,),
+                               dtype=Dtype.FP32, when=When.STEP)

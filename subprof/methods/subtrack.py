@@ -32,7 +32,6 @@ Deviations:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Mapping
 
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
@@ -41,7 +40,7 @@ from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, 
 from subprof.methods.osd import covariance_product, oriented
 from subprof.methods.rule import LOCAL, orthonormal_columns, right_side
 from subprof.methods.spec import MethodSpec, StateLayout
-from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, STREAMING_COMMS, SVD_FIRST_COMMS, When
+from subprof.methods.spec import RECOVERY_NORM, STREAMING_COMMS, SVD_FIRST_COMMS
 
 Tensor = Any
 
@@ -139,8 +138,7 @@ def layout(options: Mapping[str, Any]) -> StateLayout:
 def comms(options: Mapping[str, Any]) -> tuple:
     """Per rank under FSDP: the SVD start gathers G once; each geodesic move needs A·P = G̃(G̃ᵀP) summed over shards
     (the streaming all-reduce, every update_gap steps); recovery's norm limiter sums one value per step."""
-    moves = tuple(c if c is CROSSED_PROJECTION else replace(c, when=When.REFRESH) for c in STREAMING_COMMS)
-    return SVD_FIRST_COMMS + moves + ((RECOVERY_NORM,) if options["recovery"] else ())
+    return SVD_FIRST_COMMS + STREAMING_COMMS + ((RECOVERY_NORM,) if options["recovery"] else ())
 
 
 SPEC = MethodSpec(

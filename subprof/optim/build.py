@@ -15,7 +15,7 @@ import torch
 from subprof.config import DEFAULT_RANK
 from subprof.errors import SubprofError
 from subprof.methods import forced_state_bits, get_method
-from subprof.optim.distributed import check_parameters
+from subprof.optim.distributed import check_parameters, fsdp_units, local
 from subprof.optim.layerwise import LayerwiseOptimizer
 from subprof.optim.nonfinite import install_nonfinite_guard
 from subprof.optim.subspace import SubspaceAdamW
@@ -105,7 +105,8 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     if layerwise:
         ddp = model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
         return LayerwiseOptimizer(make(params), accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm,
-                                  nonfinite=nonfinite, param_names=names, ddp=ddp)
+                                  nonfinite=nonfinite, param_names=names, ddp=ddp,
+                                  units=fsdp_units(model) if sharded else None)
     return make(params)
 
 
@@ -143,9 +144,10 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
 
 
 def state_tensor_bytes(state: dict) -> int:
-    """Bytes of one weight's optimizer state as the memory model declares it: every tensor except the step counter,
+    """Bytes of one weight's optimizer state on this rank (a DTensor's local part) as the memory model declares it
+    (`MethodSpec.rank_state_bytes`): every tensor except the step counter,
     a generator's state (`rng_state`) and bitsandbytes' shared 256-entry code maps (`qmap1`, `qmap2`, one per
     optimizer, not per weight)."""
     skip = {"step", "rng_state", "qmap1", "qmap2"}
-    return sum(v.numel() * v.element_size() for k, v in state.items()
+    return sum(local(v).numel() * v.element_size() for k, v in state.items()
                if isinstance(v, torch.Tensor) and k not in skip)

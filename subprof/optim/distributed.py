@@ -196,7 +196,7 @@ def check_parameters(named: dict[str, Any]) -> bool:
         raise SubprofError(f"{plain[0]} is a plain tensor while {next(iter(sharded))} is sharded (an FSDP2 DTensor): "
                            f"its gradient would never be reduced across ranks — apply fully_shard to the module that "
                            f"holds it (usually fully_shard(model) on the root after the layers)")
-    meshes = {id(p.device_mesh) for p in sharded.values()}
+    meshes = {p.device_mesh for p in sharded.values()}
     if len(meshes) > 1:
         raise SubprofError(f"the sharded parameters live on {len(meshes)} device meshes; the optimizer needs one")
     return bool(sharded)
@@ -212,6 +212,33 @@ def agree_first(index: int) -> int:
     t = torch.tensor([index], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t)
+
+
+def grad_norms(grads: list[Any]) -> list[float]:
+    """`grad_norm` of several gradients sharded on one mesh with one all-reduce of their local ‖G_l‖²."""
+    from torch.distributed.tensor import DTensor
+
+    if not grads or not isinstance(grads[0], DTensor):
+        return [grad_norm(g) for g in grads]
+    sq = torch.stack([torch.linalg.vector_norm(g.to_local(), dtype=torch.float32).square() for g in grads])
+    mesh_dim = next(i for i, pl in enumerate(grads[0].placements) if pl.is_shard())
+    dist.all_reduce(sq, group=grads[0].device_mesh.get_group(mesh_dim))
+    return sq.sqrt().tolist()
+
+
+def fsdp_units(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
+    """The parameters of each FSDP2 unit (each module `fully_shard` was applied to, without those of units inside
+    it): FSDP2 reduces them together and then runs their post-accumulate-grad hooks one after another."""
+    from torch.distributed.fsdp import FSDPModule
+
+    def own(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+        out = list(module.parameters(recurse=False))
+        for child in module.children():
+            if not isinstance(child, FSDPModule):
+                out += own(child)
+        return out
+
+    return [own(m) for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def grad_norm(grad: Any) -> float:

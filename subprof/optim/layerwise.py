@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from subprof.errors import SubprofError
-from subprof.optim.distributed import grad_norm
+from subprof.optim.distributed import grad_norm, grad_norms
 from subprof.optim.nonfinite import NonFiniteGradientError, check_policy, nonfinite_message, tracing
 from subprof.optim.subspace import SubspaceAdamW
 
@@ -43,7 +43,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def __init__(self, inner: torch.optim.Optimizer, *, accumulation_steps: int = 1,
                  max_grad_norm: float | None = None, nonfinite: str = "raise",
-                 param_names: dict[int, str] | None = None, ddp: Any = None) -> None:
+                 param_names: dict[int, str] | None = None, ddp: Any = None,
+                 units: list[list[torch.Tensor]] | None = None) -> None:
         if accumulation_steps < 1:
             raise SubprofError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
         if ddp is not None and accumulation_steps != 1:
@@ -68,6 +69,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._sq_norm = 0.0
         self._params = params
         self._stepped: set[int] = set()  # DDP: weights stepped in the communication hook since the last step()
+        # FSDP2: the parameters of each unit (`fully_shard` module) reach their hooks together, after the unit's
+        # reduce-scatter; they are stepped together, with one all-reduce of their ‖G‖² (`_flush`)
+        self._unit_of = {id(p): i for i, unit in enumerate(units or ()) for p in unit}
+        self._unit_size = [sum(q.requires_grad for q in unit) for unit in units or ()]
+        self._queue: list[torch.Tensor] = []
         if ddp is not None:  # its post-accumulate-grad hooks would see this rank's unreduced gradient
             self._handles = []
             ddp.register_comm_hook(ddp.process_group, self._on_bucket)
@@ -78,10 +84,30 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _on_grad(self, p: torch.Tensor) -> None:
         count = self.pending.get(id(p), 0) + 1
         self.pending[id(p)] = count
-        if count >= self.accumulation_steps:
-            self._update(p)
+        if count < self.accumulation_steps:
+            return
+        unit = self._unit_of.get(id(p))
+        if unit is None:
+            self._update(p, None if tracing() else grad_norm(p.grad))
+            return
+        if self._queue and self._unit_of[id(self._queue[0])] != unit:
+            self._flush()
+        self._queue.append(p)
+        if len(self._queue) == self._unit_size[unit]:
+            self._flush()
 
-    def _on_bucket(self, group: Any, bucket: Any) -> Any:
+    def _flush(self) -> None:
+        """Step the queued parameters of one FSDP2 unit: their ‖G‖² summed over the ranks in one all-reduce, so
+        every rank takes the same decision on each (`distributed.grad_norms`)."""
+        queued, self._queue = self._queue, []
+        with_grad = [p for p in queued if p.grad is not None]
+        norms = [None] * len(with_grad) if tracing() else grad_norms([p.grad for p in with_grad])
+        for p in queued:
+            self.pending[id(p)] = 0
+        for p, norm in zip(with_grad, norms):
+            self._update(p, norm)
+
+    def _on_bucket(self, group, bucket):  # no annotations: DDP checks them (a string "Any" is refused)
         """DDP's communication hook: the bucket's mean over the ranks (all-reduced synchronously — on gloo a
         future's callback would run on the communication thread while autograd goes on), then each of its weights
         stepped from its view of the reduced bucket (/work/notes/dist_optim.md §10)."""
@@ -99,15 +125,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return done
 
     @torch.no_grad()
-    def _update(self, p: torch.Tensor) -> None:
+    def _update(self, p: torch.Tensor, norm: float | None) -> None:
+        """Step `p` given its gradient's norm over every rank (None under a fake-tensor trace: no values, so no
+        check and no clipping)."""
         self.pending[id(p)] = 0
         if p.grad is None:
             return
-        if tracing():  # fake tensors have no values: no check, no clipping
+        if norm is None:
             self._step_one(p)
             p.grad = None
             return
-        norm = grad_norm(p.grad)  # sharded: summed over the ranks, so every rank decides alike
         if not math.isfinite(norm):
             if self.nonfinite == "raise":
                 raise NonFiniteGradientError(nonfinite_message(self.param_names.get(id(p), "a parameter"),
@@ -153,11 +180,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._queue:
+            self._flush()
         for p in self._params:
             if id(p) in self._stepped:  # DDP wrote the reduced bucket back into .grad after the hook stepped it
                 p.grad = None
             elif self.pending.get(id(p), 0) > 0 or (p.grad is not None and p.requires_grad):
-                self._update(p)
+                self._update(p, None if tracing() or p.grad is None else grad_norm(p.grad))
         self._stepped.clear()
         self.last_grad_norm = math.sqrt(self._sq_norm)
         self._sq_norm = 0.0
@@ -168,6 +197,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             p.grad = None
         self.pending.clear()
         self._stepped.clear()
+        self._queue = []
 
     def remove_hooks(self) -> None:
         """Detach from the model (the hooks keep stepping otherwise)."""

@@ -63,8 +63,11 @@ class SubspaceAdamW(torch.optim.Optimizer):
         self.skipped_steps = 0
         self.param_names = dict(param_names or {})
         super().__init__(params, defaults)
-        self.sharded = check_parameters({self.param_names.get(id(p), f"parameter {i}"): p for i, p in
-                                         enumerate(q for g in self.param_groups for q in g["params"])})
+        params = [q for g in self.param_groups for q in g["params"]]
+        self.sharded = check_parameters({self.param_names.get(id(p), f"parameter {i}"): p
+                                         for i, p in enumerate(params)})
+        for p in params if self.sharded else ():  # an unsupported layout is refused now, not at the first step
+            self.context(p)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)

@@ -10,7 +10,8 @@ reduce dtype; checked against the collectives a traced rank issues, `bench --bac
 - hsdp: fsdp inside a node, plus an all-reduce of each reduce-scattered shard (P·b_r / g) across the nodes;
 - ddp: one all-reduce of every gradient per step (P·b, accumulation under `no_sync`);
 - the optimizer's own collectives, per projected weight, from the method's declaration (`MethodSpec.comms`): per
-  step, and per refresh amortised over the update gap (SVD refreshes: gather G to the owner, broadcast P).
+  step, and per refresh amortised over the update gap (SVD refreshes: gather G to the owner, broadcast P), plus
+  the ranks' agreement on non-finite gradients (one int64 per step; per-layer updates: one fp32 per parameter).
 Payload bytes are the tensors each collective moves; a ring sends (g−1)/g of the payload per rank for all-gather,
 reduce-scatter and gather, 2(g−1)/g for all-reduce, and ≈ the payload for a broadcast.
 
@@ -29,7 +30,7 @@ from functools import lru_cache
 from subprof.catalog import GpuSpec, ModelConfig
 from subprof.config import TrainConfig, param_bytes
 from subprof.methods import get_method
-from subprof.methods.spec import When
+from subprof.methods.spec import LAYERWISE_GRAD_NORM, NONFINITE_AGREEMENT, When
 from subprof.plan.distributed import (RankEstimate, _layer_params, _root_params, estimate_rank, local_numel,
                                       shard_terms)
 from subprof.plan.calibration import Calibration
@@ -97,7 +98,7 @@ class CommPlan:
 def step_comm(c: TrainConfig, par: Parallel) -> CommPlan:
     """Every collective of one optimizer step of rank 0 (module docstring)."""
     return _step_comm(c.model, c.method, c.rank, c.update_gap, c.dtype, c.accumulation,
-                      tuple(sorted(c.method_options.items())), par)
+                      tuple(sorted(c.method_options.items())), par, c.layerwise)
 
 
 @lru_cache(maxsize=8192)
@@ -108,7 +109,7 @@ def _comm_seconds(comm: CommPlan, gpu: GpuSpec) -> tuple[float, float]:
 
 @lru_cache(maxsize=4096)
 def _step_comm(model: ModelConfig, method: str, rank: int | None, update_gap: int | None, dtype: str,
-               accumulation: int, options: tuple, par: Parallel) -> CommPlan:
+               accumulation: int, options: tuple, par: Parallel, layerwise: bool = False) -> CommPlan:
     if par.gpus <= 1:
         return CommPlan()
     b = param_bytes(dtype)
@@ -134,7 +135,24 @@ def _step_comm(model: ModelConfig, method: str, rank: int | None, update_gap: in
                             payload_bytes=a * padded * br / W, group=par.replicas, spans_nodes=True,
                             overlapped=True))
     out += _method_transfers(model, method, rank, update_gap, dtype, options, W, spans)
+    out.append(_agreement(model, layerwise, par))
     return CommPlan(transfers=tuple(out))
+
+
+def _agreement(model: ModelConfig, layerwise: bool, par: Parallel) -> Transfer:
+    """How the ranks agree on non-finite gradients (`methods.spec.NONFINITE_AGREEMENT`): one int64 all-reduce over
+    every rank per step; per-layer updates instead all-reduce ‖G‖² of each parameter (`LAYERWISE_GRAD_NORM`, also
+    the lagged clipping's norm) over the shard group, one call per FSDP unit (each decoder layer and the root).
+    Latency-bound, inside the step."""
+    if not layerwise:
+        nbytes = NONFINITE_AGREEMENT.nbytes(1, 1, 1, param_bytes=0)
+        return Transfer(name="optimizer non-finite agreement", op="all_reduce", payload_bytes=nbytes,
+                        group=par.gpus, spans_nodes=par.nodes > 1, overlapped=False, calls=1.0)
+    count = model.layers * len(_layer_params(model)) + len(_root_params(model))
+    nbytes = LAYERWISE_GRAD_NORM.nbytes(1, 1, 1, param_bytes=0)
+    return Transfer(name="optimizer per-layer gradient norms", op="all_reduce", payload_bytes=count * nbytes,
+                    group=par.shard_ranks, spans_nodes=par.strategy != "hsdp" and par.nodes > 1, overlapped=False,
+                    calls=float(model.layers + 1))
 
 
 @lru_cache(maxsize=1024)

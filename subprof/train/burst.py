@@ -43,7 +43,7 @@ from subprof.train.corpus import Corpus
 from subprof.train.lrgrid import lr_grid as grid_around
 
 KEY_FIELDS = ("model", "method", "rank", "update_gap", "lr", "steps", "batch", "seq", "seed", "data_seed", "dtype",
-              "corpus_key")
+              "corpus_key", "nproc", "strategy")
 FINAL = ("ok", "diverged")
 CPU_PARAM_LIMIT = 25_000_000  # bursts on a CPU: models up to the 20m preset finish 200 steps in minutes
 
@@ -86,8 +86,14 @@ class BurstSettings:
     scale: float = 0.25
     warmup_fraction: float = 0.1
     threads: int | None = None  # torch intra-op threads; None: `config.default_threads()`
+    nproc: int = 1  # data-parallel processes (`subprof.train.parallel`): the global batch split over them
+    strategy: str = "fsdp"  # with nproc > 1: fsdp (FSDP2, the declared layout) or ddp
 
     def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise SubprofError(f"--nproc must be at least 1, got {self.nproc}")
+        if self.strategy not in ("fsdp", "ddp"):
+            raise SubprofError(f"--strategy {self.strategy!r}: a burst runs fsdp or ddp")
         for name in ("steps", "eval_every", "val_windows"):
             if getattr(self, name) <= 0:
                 raise SubprofError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -359,12 +365,15 @@ def case_row(case: BurstCase, settings: BurstSettings, corpus: Corpus) -> dict:
             "seq": c.seq, "seed": settings.seed, "data_seed": settings.data_seed, "dtype": c.dtype,
             "device": settings.device, "eval_every": settings.eval_every, "val_windows": settings.val_windows,
             **corpus.summary(), "params": c.model.params, "torch": torch.__version__, "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "date": now_iso()}
+            "threads": torch.get_num_threads(), "date": now_iso(),
+            **({"nproc": settings.nproc, "strategy": settings.strategy} if settings.nproc > 1 else {})}
 
 
 def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
-              on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train one case for `settings.steps` steps; returns its result row (status ok or diverged)."""
+              on_step: Callable[[int, float], None] | None = None, replica: Any = None) -> dict:
+    """Train one case for `settings.steps` steps; returns its result row (status ok or diverged). `replica`: this
+    process's place in a data-parallel burst (`subprof.train.parallel.Replica`): the model wrapped, each global
+    batch's rows split over the processes, losses averaged over them; None: one process."""
     c = case.config
     corpus.require(c.seq)
     row = case_row(case, settings, corpus)
@@ -373,9 +382,12 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
     row["data_order"] = data_order_hash(offsets)
     cuda = settings.device.startswith("cuda")
     if not cuda:
-        row["peak_tracked_bytes"] = traced_first_step_peak(case, settings, corpus, offsets)
+        row["peak_tracked_bytes"] = traced_first_step_peak(case, settings, corpus, offsets) if replica is None \
+            else None
     model = build_model(c, corpus.vocab_size, settings)
     row["params"] = sum(p.numel() for p in model.parameters())
+    if replica is not None:
+        model = replica.wrap(model, c.method)
     opt = build_case_optimizer(model, case, settings)
     sched = build_scheduler(opt, settings)
     if cuda:
@@ -387,9 +399,11 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
     with projection_timer(settings.device) as proj_calls:
         for step in range(settings.steps):
             x, y = windows(corpus.train, offsets[step], c.seq, settings.device)
+            if replica is not None:
+                x, y = replica.rows(x), replica.rows(y)
             t0 = time.perf_counter()
             loss = loss_of(model, x, y)
-            value = loss.item()
+            value = loss.item() if replica is None else replica.mean(loss.item())
             if not math.isfinite(value):
                 status, detail = "diverged", f"training loss {value} at step {step}"
                 break
