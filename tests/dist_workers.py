@@ -11,6 +11,7 @@ moments across a refresh or walks from its SVD start (`svd_signs`, see `subprof.
 from __future__ import annotations
 
 import hashlib
+import time
 import types
 from dataclasses import dataclass, replace
 
@@ -31,15 +32,18 @@ class Run:
     model: str = "tiny"
     steps: int = 3
     gap: int = 2
+    clip: float | None = None  # global-norm clipping: clip_grad_norm_ (global step) or lagged (per-layer)
 
     @property
     def key(self) -> str:
-        return f"{self.method}-{self.bits}{'-lw' if self.layerwise else ''}-{self.strategy}-{self.model}"
+        return (f"{self.method}-{self.bits}{'-lw' if self.layerwise else ''}-{self.strategy}-{self.model}"
+                + (f"-clip{self.clip}" if self.clip else ""))
 
     @property
     def reference_key(self) -> tuple:
-        """Runs with equal keys compute the same thing in one process (per-layer = global step, bit for bit)."""
-        return self.method, self.bits, self.model, self.steps, self.gap
+        """Runs with equal keys compute the same thing in one process (per-layer = global step, bit for bit, unless
+        clipping: per-layer clipping lags one step)."""
+        return self.method, self.bits, self.model, self.steps, self.gap, self.clip, bool(self.clip and self.layerwise)
 
 
 # ------------------------------------------------------------------------------------------------ models and data
@@ -118,13 +122,15 @@ def method_options(method: str) -> dict:
     return options
 
 
-def optimizer(model: torch.nn.Module, run: Run) -> torch.optim.Optimizer:
+def optimizer(model: torch.nn.Module, run: Run, accumulation_steps: int = 1) -> torch.optim.Optimizer:
     from subprof.methods import get_method
     from subprof.optim import build_optimizer
 
     spec = get_method(run.method)
     extra = dict(rank=RANK, update_gap=run.gap if spec.default_update_gap > 1 else None,
                  **method_options(run.method)) if spec.project else {}
+    if run.layerwise:
+        extra.update(accumulation_steps=accumulation_steps, max_grad_norm=run.clip)
     return build_optimizer(model, run.method, state_bits=run.bits, layerwise=run.layerwise, **extra)
 
 
@@ -152,6 +158,8 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, run: Run, rank: in
     for step in range(start, start + (run.steps if steps is None else steps)):
         x = batch(step, run.model, rank, world)
         model(input_ids=x, labels=x).loss.backward()
+        if run.clip and not run.layerwise:  # FSDP2: the global norm over DTensor gradients (one all-reduce)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
         if on_step is None:
             opt.step()
         else:
@@ -165,12 +173,16 @@ def train_one_process(model: torch.nn.Module, opt: torch.optim.Optimizer, run: R
     each rank's rows backpropagated in turn (autograd adds), then divided by the rank count — so the optimizer gets
     the reduced gradient's bits (2 ranks: a + b in either order, ÷2 exact) and any difference left comes from the
     optimizer."""
+    lagged = bool(run.clip and run.layerwise)  # per-layer with clipping: its hooks accumulate the parts
     for step in range(start, start + (run.steps if steps is None else steps)):
         for k in range(world):
             x = batch(step, run.model, k, world)
-            model(input_ids=x, labels=x).loss.backward()
-        for p in model.parameters():
-            p.grad.div_(world)
+            (model(input_ids=x, labels=x).loss / (world if lagged else 1)).backward()  # ÷2: exact
+        if not lagged:
+            for p in model.parameters():
+                p.grad.div_(world)
+            if run.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -200,7 +212,8 @@ def reference(run: Run, world: int) -> dict:
     """Weights and (initial, final) evaluation loss of `train_one_process` (the global step: per-layer updates
     compute the same bits)."""
     model = build(run.model)
-    opt = optimizer(model, replace(run, layerwise=False))
+    lagged = bool(run.clip and run.layerwise)
+    opt = optimizer(model, run if lagged else replace(run, layerwise=False), accumulation_steps=world)
     before = eval_loss(model, run)
     train_one_process(model, opt, run, world)
     return {"weights": full_weights(model), "loss": (before, eval_loss(model, run))}
@@ -233,6 +246,7 @@ def train_runs(rank: int, world: int, runs: list[Run], references: str) -> dict:
     refs = torch.load(references, weights_only=False) if rank == 0 else None
     out = {}
     for run in runs:
+        started = time.perf_counter()
         model = wrap(build(run.model), run)
         opt = optimizer(model, run)
         comm: list[dict[str, int]] = []
@@ -249,7 +263,8 @@ def train_runs(rank: int, world: int, runs: list[Run], references: str) -> dict:
         held = state_bytes(opt, model)  # before eval_loss: FSDP2 keeps the root unsharded after a no-grad forward
         out[run.key] = {"digest": digest(weights), "state_bytes": held, "loss": eval_loss(model, run),
                         "comm": comm, "ref_loss": ref["loss"] if ref else None,
-                        "deviations": deviations(weights, ref["weights"], refs[("init", run.model)]) if ref else None}
+                        "deviations": deviations(weights, ref["weights"], refs[("init", run.model)]) if ref else None,
+                        "seconds": time.perf_counter() - started}
     return out
 
 
@@ -336,8 +351,13 @@ def ci_job(rank: int, world: int, runs: list[Run], references: str, checkpoint_r
            burst: tuple | None = None) -> dict:
     """Everything the 2-rank tests need from one spawned job; `burst` = (case, settings, corpus): one case of
     `burst --nproc` as its ranks run it."""
-    out = {"runs": train_runs(rank, world, runs, references),
-           "checkpoints": checkpoint_save(rank, world, checkpoint_runs, folder), "errors": bad_inputs(rank, world)}
+    started = time.perf_counter()
+    out = {"runs": train_runs(rank, world, runs, references)}
+    out["seconds"] = {"runs": time.perf_counter() - started}
+    out["checkpoints"] = checkpoint_save(rank, world, checkpoint_runs, folder)
+    out["seconds"]["checkpoints"] = time.perf_counter() - started
+    out["errors"] = bad_inputs(rank, world)
+    out["seconds"]["errors"] = time.perf_counter() - started
     if burst is not None:
         from subprof.train.parallel import Replica
         from subprof.train.burst import run_burst
@@ -345,6 +365,7 @@ def ci_job(rank: int, world: int, runs: list[Run], references: str, checkpoint_r
         case, settings, corpus = burst
         out["burst"] = run_burst(case, settings, corpus, replica=Replica(rank=rank, world=world, strategy="fsdp",
                                                                           device="cpu"))
+    out["seconds"]["burst"] = time.perf_counter() - started
     return out
 
 

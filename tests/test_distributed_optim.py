@@ -56,7 +56,8 @@ def bits(method: str, requested: int) -> int:
 CI_RUNS = ([w.Run(m, bits(m, 16)) for m in METHODS]
            + [w.Run(m, 8, layerwise=True) for m in ("adamw", "galore", "ori", "sumo")]
            + [w.Run(m, bits(m, 16), layerwise=True, strategy="ddp") for m in ("galore", "osd")]
-           + [w.Run("grasswalk", 8, strategy="ddp")])
+           + [w.Run("grasswalk", 8, strategy="ddp")]
+           + [w.Run("galore", 32, clip=0.5), w.Run("ori", 32, layerwise=True, clip=0.5)])
 SLOW_RUNS = [w.Run(m, bits(m, b), lw, strategy, steps=20, gap=5) for m in METHODS for b in (32, 16, 8)
              for lw in (False, True) for strategy in ("fsdp", "ddp")]
 SLOW_RUNS = list(dict.fromkeys(SLOW_RUNS)) + [w.Run(m, 16, strategy="fsdp-default", steps=20, gap=5)
@@ -106,8 +107,8 @@ def two_ranks(tmp_path_factory, corpus):
 
 
 def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> None:
-    """The tolerance of the module docstring for one run."""
-    if run.strategy == "ddp" or exact(run.method):
+    """The tolerance of the module docstring for one run (clipping: the global norm is a sum over the ranks)."""
+    if run.strategy == "ddp" or (exact(run.method) and not run.clip):
         assert got["digest"] == w.digest(ref["weights"])  # bit for bit
     elif run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
@@ -175,7 +176,7 @@ def declared_comm(method: str, step: int, gap: int) -> dict[str, int]:
 def test_collectives_per_step_equal_the_declaration(two_ranks, method):
     """Bytes through the process group inside each `opt.step()` (a dispatch mode counting c10d ops, global FSDP2
     runs). Ori's Oja++ moves only its active columns until every one is active (step 3 here): from then on."""
-    run = next(r for r in CI_RUNS if r.method == method and r.strategy == "fsdp" and not r.layerwise)
+    run = next(r for r in CI_RUNS if r.method == method and r.strategy == "fsdp" and not r.layerwise and not r.clip)
     for rank in two_ranks["ranks"]:
         for step, measured in enumerate(rank["runs"][run.key]["comm"]):
             if method == "ori" and step < 3:

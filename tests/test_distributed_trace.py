@@ -11,7 +11,7 @@ import torch
 
 from subprof.catalog import load_model
 from subprof.config import TrainConfig
-from subprof.errors import SubprofError
+from subprof.methods.spec import NONFINITE_AGREEMENT
 from subprof.measure.case import Case
 from subprof.plan import calibration as cal
 from subprof.plan.comm import step_comm
@@ -73,11 +73,17 @@ def test_ddp_keeps_a_bucket_copy_of_every_gradient():
     assert res.categories["ddp_buckets"] >= case.config.model.params * 2
 
 
-def test_a_projected_method_says_it_waits_for_the_distributed_optimizer(one_thread):
+def test_a_projected_method_traces_its_declared_shards_and_collectives(one_thread):
+    """GaLore on FSDP2 (the distributed optimizer on fake tensors): rank 0 holds exactly the sharding arithmetic,
+    and its last step's optimizer collectives are the declared per-step ones (none between refreshes for an aligned
+    weight) plus the ranks' agreement on non-finite gradients."""
     from subprof.measure.distributed_trace import trace_rank
 
-    with pytest.raises(SubprofError, match="distributed optimizer"):
-        trace_rank(_case(2, "fsdp", method="galore", rank=16))
+    case = _case(2, "fsdp", method="galore", rank=16)
+    res = trace_rank(case)
+    assert res.shard_bytes == shard_bytes(case.config, case.parallel)
+    assert {k.split("[")[0]: v["bytes"] for k, v in res.comms["optimizer_step"].items()} == \
+        {"allreduce": NONFINITE_AGREEMENT.nbytes(1, 1, 1, param_bytes=2)}
 
 
 @pytest.mark.gpu

@@ -189,22 +189,11 @@ def _wrap_ddp(model, tracker: DDPRankTracker):
 
 def shard_model(model, case: Case, par: Parallel, mesh) -> None:
     """fully_shard on every decoder layer, then the root; projected weights on the side their method declares
-    (the trace and the `cuda` job wrap the model with this one function)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from torch.distributed.tensor import Shard
+    (the trace and the `cuda` job wrap the model with this one function: `subprof.optim.sharding.shard_model`)."""
+    from subprof.optim.sharding import shard_model as shard
 
-    from subprof.optim.build import split_parameters
-
-    spec = case.config.spec
-    projected, _ = split_parameters(model)
-    sides = {id(p): spec.weight_shard(p.shape[0], p.shape[1], par.shard_ranks).dim for p in projected.values()}
-    kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": par.reshard_after_forward,
-                          "shard_placement_fn": lambda p: Shard(sides.get(id(p), 0))}
-    if case.config.dtype == "mixed":
-        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, **kw)
-    fully_shard(model, **{**kw, "reshard_after_forward": None if par.reshard_after_forward else False})
+    shard(model, case.config.method, mesh, reshard_after_forward=par.reshard_after_forward,
+          mixed=case.config.dtype == "mixed")
 
 
 def _storage_bytes(tensors) -> int:
@@ -282,7 +271,7 @@ def trace_rank(case: Case) -> RankTraceResult:
                 fwbw_refresh, tracker.decomposed = tracker.decomposed, False
                 shard_bytes["gradients"] = _storage_bytes(p.grad for p in model.parameters() if p.grad is not None)
                 with tracker.in_phase(f"opt{i}"):
-                    _step(opt, case)
+                    opt.step()
                     opt.zero_grad(set_to_none=True)
                 steps.append({"step": i + 1, "forward_backward_peak_bytes": tracker.phase_peak[f"fwbw{i}"],
                               "optimizer_step_peak_bytes": tracker.phase_peak[f"opt{i}"],
@@ -313,25 +302,7 @@ def trace_rank(case: Case) -> RankTraceResult:
 
 
 def _optimizer(model, case: Case):
-    try:
-        return make_optimizer(model, case, lr=1e-3, trace=True)
-    except RuntimeError as exc:
-        raise _needs_distributed_optimizer(case, exc) from None
-
-
-def _step(opt, case: Case) -> None:
-    try:
-        opt.step()
-    except (RuntimeError, AssertionError) as exc:
-        if case.config.spec.project and case.parallel.sharded:
-            raise _needs_distributed_optimizer(case, exc) from None
-        raise
-
-
-def _needs_distributed_optimizer(case: Case, exc: BaseException) -> SubprofError:
-    return SubprofError(f"{case.config.method} under {case.strategy}: subprof's optimizer does not step FSDP2 "
-                        f"(DTensor) parameters yet — the distributed optimizer (issue 15) is needed "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    return make_optimizer(model, case, lr=1e-3, trace=True)
 
 
 def _merge_phases(tracker, name: str, *parts: str) -> None:

@@ -68,6 +68,14 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     (`max_grad_norm`; see there). `nonfinite`: "raise" or "skip" (`subprof.optim.nonfinite`). `foreach` goes to
     torch's AdamW (None: torch's default for the device — foreach on CUDA, the per-tensor loop on CPU; the trace
     passes True to reproduce CUDA).
+
+    Data-parallel models work unchanged: wrapped by FSDP2 (`fully_shard`; its parameters are DTensors — ideally
+    placed as the method declares, `subprof.optim.sharding.shard_model`; every rank steps its shards,
+    `subprof.optim.distributed`) or by DDP (pass the `DistributedDataParallel` module itself, so that per-layer
+    updates can step in its communication hook). 8-bit AdamW on FSDP2 is `SubspaceAdamW`'s blockwise 8-bit kernel
+    per shard (bitsandbytes' optimizers do not step DTensors). A layout it cannot step — trainable parameters partly
+    sharded and partly not, FSDP1's flat parameters, a DTensor placement other than FSDP2's or HSDP's, a Shard(1)
+    that does not split evenly — is one `SubprofError` naming the parameter.
     """
     if lr is None:  # the method's published learning rate (MethodSpec.default_lr, with its source)
         lr = get_method(method.strip().lower()).default_lr

@@ -206,12 +206,13 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def agree_first(index: int) -> int:
+def agree_first(index: int, *, read: bool = True) -> int:
     """The smallest `index` over all ranks (one all-reduce of one int64): every rank then names the same first
-    non-finite gradient and takes the same decision, whichever rank's shard holds the NaN."""
+    non-finite gradient and takes the same decision, whichever rank's shard holds the NaN. `read=False` (a
+    fake-tensor trace: no values) issues the collective and returns `index`."""
     t = torch.tensor([index], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t)
+    return int(t) if read else index
 
 
 def grad_norms(grads: list[Any]) -> list[float]:

@@ -19,6 +19,16 @@ which step at every backward), this one:
   update; "skip" drops that weight's gradient and leaves its weight and state untouched. Weights stepped earlier in
   the same backward stay updated — per-layer updates cannot be rolled back; `skipped_updates` counts the skips.
 
+Data-parallel (`build_optimizer` passes what it found in the model):
+- FSDP2: FSDP2 itself runs the hooks on the sharded parameters, after each unit's reduce-scatter. The parameters of
+  one unit are stepped together once its last hook fired, after one all-reduce of their local ‖G‖² over the shard
+  group, so every rank decides alike on NaN/inf and clips by the same global norm (a DTensor norm's `float()` would
+  be this rank's part only). Accumulating with `set_requires_gradient_sync(False)` fires the hooks only on the synced
+  backward: keep `accumulation_steps=1` then.
+- DDP: its post-accumulate-grad hooks see the rank's unreduced gradient, so the updates run in DDP's communication
+  hook instead: each bucket is all-reduced, averaged, and its weights stepped from it. Accumulate under
+  `model.no_sync()` with `accumulation_steps=1`.
+
 The object is a `torch.optim.Optimizer` sharing the inner optimizer's `param_groups` and `state` (so LR schedulers
 and `transformers.Trainer(optimizers=(opt, scheduler))` work); with Trainer, pass the same `accumulation_steps` as
 its `gradient_accumulation_steps`, and Trainer's own clipping sees no gradients (they are consumed in the hooks):

@@ -41,17 +41,16 @@ def check_finite(params: list[torch.Tensor], names: dict[int, str], *, agree: bo
     from subprof.optim.distributed import agree_first, local
 
     with_grad = [p for p in params if p.grad is not None]
-    if tracing():
-        return None
+    values = not tracing()
     first = len(with_grad)
-    if with_grad:
+    if with_grad and values:
         norms = torch.stack([n.float() for n in torch._foreach_norm([local(p.grad) for p in with_grad])])
         bad = ~torch.isfinite(norms)
         if bool(bad.any()):
             first = int(bad.nonzero()[0, 0])
-    if agree:
-        first = agree_first(first)
-    if first >= len(with_grad):
+    if agree:  # under a trace too: the collective is part of the step (its value is not read)
+        first = agree_first(first, read=values)
+    if not values or first >= len(with_grad):
         return None
     return names.get(id(with_grad[first]), f"parameter {first}")
 
