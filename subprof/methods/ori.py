@@ -146,6 +146,7 @@ SPEC = MethodSpec(
         ),
     ),
     rule=OriRule,
+    subspace="tracked",
     refresh_cost="gemm",
     default_update_gap=1,
     update_gaps=(1,),

@@ -264,6 +264,7 @@ SPEC = MethodSpec(
         ),
     ),
     rule=OSDRule,
+    subspace="tracked",
     refresh_cost="gemm",
     default_update_gap=1,
     update_gaps=(1,),

@@ -121,6 +121,7 @@ SPEC = MethodSpec(
     project=True,
     layout=layout,
     rule=SubTrackRule,
+    subspace="tracked",
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=lambda m, n, r: 4.0 * m * n * r + 14.0 * min(m, n) * r * r,
