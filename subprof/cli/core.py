@@ -113,6 +113,9 @@ def plan(
     proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
                                                        "GPU: their projection-update times replace the scaled H100 "
                                                        "rates where they cover the model's shapes.")] = None,
+    probe: Annotated[Optional[str], typer.Option("--probe", help="`subprof probe` rows (JSONL): rank candidates by "
+                                                 "the captured gradient energy they predict instead of the "
+                                                 "published-results prior.")] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
@@ -131,6 +134,7 @@ def plan(
     """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
     from subprof.catalog import gpu_by_name, load_model, parse_budget
     from subprof.methods import parse_methods
+    from subprof.plan.evidence import probe_quality
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
 
@@ -143,7 +147,8 @@ def plan(
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
     req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
-                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows)
+                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
+                      evidence=probe_quality(probe) if probe else None)
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

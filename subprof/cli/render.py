@@ -101,12 +101,18 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
     if evidence:
         burst_tables(evidence)
         return
-    console.print(f"[dim]Ranking is a prior, not a measurement: full rank best, then higher rank at equal method, "
-                  f"every-step streaming refresh (osd, ori) ahead of a stale SVD at low rank, 8-bit states slightly "
-                  f"behind. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
+    evidence_lines(req.evidence)
+    console.print(f"[dim]Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
                   f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
                   f"measurements.[/]")
+
+
+def evidence_lines(quality) -> None:
+    """Which evidence ranked the candidates (`subprof.plan.evidence`), in what unit, and its notes."""
+    console.print(f"[bold]quality[/] = {quality.unit}; evidence: {quality.source}")
+    for note in quality.notes:
+        console.print(f"[dim]  • {note}[/]")
 
 
 def burst_tables(evidence: list) -> None:
@@ -168,6 +174,7 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "rejected": result.rejected,
         "suggestions": result.suggestions,
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
-                    "prior (no burst measurements): full rank > higher rank > streaming refresh at low rank"),
+                    f"quality ({req.evidence.unit}), then tokens/s"),
+        "evidence": req.evidence.describe(),
         "burst": [e.to_dict() for e in evidence] if evidence else None,
     }

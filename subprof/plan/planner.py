@@ -17,6 +17,7 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.evidence import QualityModel, default_quality
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
 
@@ -38,6 +39,7 @@ class PlanRequest:
     gpu: GpuSpec | None = None
     utilization: float = 0.4
     proj_rows: list[dict] = field(default_factory=list)
+    evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
 
     def __post_init__(self) -> None:
@@ -55,6 +57,8 @@ class PlanRequest:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
         if not 0 < self.utilization <= 1:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
+        if self.evidence is None:
+            self.evidence = default_quality()
 
     @property
     def global_tokens(self) -> int:
@@ -110,7 +114,7 @@ class Candidate:
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
             "tokens_per_s": round(self.throughput.tokens_per_s, 1),
             "projection_share": round(self.throughput.projection_share, 4),
-            "projection_source": self.projection_source, "quality_prior": round(self.quality, 3),
+            "projection_source": self.projection_source, "quality": round(self.quality, 6),
             "fits": self.fits,
         }
 
@@ -224,7 +228,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                          throughput=predict_throughput(
                              cfg, gpu, utilization=req.utilization, refresh_s=measured,
                              states=est.components["optimizer_states"] + est.components["projection_matrices"]),
-                         quality=quality_prior(cfg, spec),
+                         quality=req.evidence.quality(cfg),
                          projection_source="measured (--proj)" if measured is not None else
                          "scaled from H100 measurements")
 
