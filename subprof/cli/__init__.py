@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from subprof.cli import bench, burst, core, proj, report
+from subprof.cli import bench, burst, core, probe, proj, report
 from subprof.cli.ui import err_console
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ def _root() -> None:
 
 
 # --- command registry: one line per command module ---------------------------------------------------------------
-for _module in (core, proj, bench, burst, report):
+for _module in (core, proj, bench, burst, probe, report):
     _module.register(app)
 
 
