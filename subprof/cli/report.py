@@ -83,6 +83,8 @@ def report(
     proj: Annotated[Optional[Path], typer.Option("--proj", help="`subprof proj` JSONL: projection-update "
                                                                 "timings.")] = None,
     burst: Annotated[Optional[Path], typer.Option("--burst", help="`subprof burst` JSONL: loss curves.")] = None,
+    probe: Annotated[Optional[Path], typer.Option("--probe", help="`subprof probe` JSONL: energy and staleness "
+                                                  "curves; also ranks each cell's configurations by it.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("reports/procurement.html"),
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV per table into this "
                                                               "folder.")] = None,
@@ -92,6 +94,7 @@ def report(
     time and cost of a token budget, and measured results when given."""
     from subprof.catalog import load_model
     from subprof.methods import parse_methods
+    from subprof.plan.evidence import probe_quality
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
     from subprof.report.tables import ReportRequest
@@ -106,7 +109,9 @@ def report(
                         tokens=parse_count(tokens), margin=margin, utilization=utilization,
                         prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
                         proj_rows=read_result_files([proj] if proj else [], "--proj"),
-                        burst_rows=read_result_files([burst] if burst else [], "--burst"))
+                        burst_rows=read_result_files([burst] if burst else [], "--burst"),
+                        probe_rows=read_result_files([probe] if probe else [], "--probe"),
+                        evidence=probe_quality(probe) if probe else None)
     _check_out(out)
     with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
         result = build_report(req, on_cell=bar.advance)
