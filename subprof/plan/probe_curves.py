@@ -320,3 +320,26 @@ def rotation_rate(curve: dict[int, float], rank: int, side: int, energy: float) 
         num += gap * theta
         den += gap * gap
     return num / den if den else None
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def probe_summary(run: ProbeRun) -> dict:
+    """Per layer type (and "all"): the side d, the knee, E at each rank, the rank reaching 50/80/90% of the energy,
+    and per rank the staleness curve, the gap where it falls below 90/80% and the effective rotation rate."""
+    out: dict[str, dict] = {}
+    for kind in [*run.types, None]:
+        side = run.side(kind)
+        curve = run.energy_curve(kind)
+        entry: dict = {"side": side, "knee": run.knee(kind), "energy": curve,
+                       **{f"rank_at_{round(level * 100)}": rank_reaching(curve, level, side)
+                          for level in LEVELS_ENERGY}, "staleness": {}}
+        for rank in (r for r in run.stale_ranks(kind) if r < side):
+            stale = run.staleness_curve(rank, kind)
+            entry["staleness"][rank] = {
+                "curve": stale, "drift": run.drift_curve(rank, kind),
+                **{f"gap_below_{round(level * 100)}": gap_below(stale, level) for level in LEVELS_STALE},
+                "rotation_rate": rotation_rate(stale, rank, side, energy_at(curve, rank, side))}
+        out[kind or "all"] = entry
+    return out
