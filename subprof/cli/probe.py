@@ -10,15 +10,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import BatchOpt, DeviceOpt, JsonOpt, ModelOpt, ResumeOpt
+from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, ResumeOpt, SeedOpt,
+                                 ThreadsOpt, VocabOpt)
 from subprof.cli.ui import console, err_console, guarded, parse_int_list, print_json, progress_bar
 
 
 def probe(
     model: ModelOpt,
-    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Text files/folders, or nanoGPT-style .bin "
-                                                       "token files (repeatable). Default: the Python standard "
-                                                       "library's sources.")] = None,
+    data: DataOpt = None,
     steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = 200,
     ranks: Annotated[Optional[str], typer.Option("--ranks", help="Candidate ranks, comma-separated (default: powers "
                                                  "of two from 8 to half the widest weight's smaller side).")] = None,
@@ -35,13 +34,11 @@ def probe(
                                                 "1e-2 with scale 0.25, as burst).")] = None,
     batch: BatchOpt = 8,
     seq: Annotated[int, typer.Option("--seq", help="Sequence length in tokens.")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")] = 0,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (1 avoids "
-                                                   "oversubscription on a shared machine).")] = None,
-    data_dtype: Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 or "
-                                                                 "uint32.")] = "uint16",
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.")] = 8192,
+    threads: ThreadsOpt = None,
+    data_dtype: DataDtypeOpt = "uint16",
+    vocab_size: VocabOpt = 8192,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/probe.jsonl"),
     resume: ResumeOpt = False,

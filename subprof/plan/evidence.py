@@ -35,6 +35,7 @@ rate. 8-bit states and per-layer stepping do not change the subspace and are not
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -181,12 +182,18 @@ class ProbeQuality(QualityModel):
         spec = config.spec
         if not spec.project:
             return 1.0
+        key = (config.model, spec.name, config.rank, config.update_gap)
+        if key not in self._shares:
+            self._shares[key] = self._captured(config.model, spec, config.rank, config.update_gap)
+        return self._shares[key]
+
+    def _captured(self, model: ModelConfig, spec, rank: int, update_gap: int) -> float:
         total = weights = 0.0
-        for s in config.model.linear_shapes():
+        for s in model.linear_shapes():
             d = min(s.m, s.n)
-            r = min(config.rank, d)
+            r = min(rank, d)
             kind = TYPE_OF.get(s.name.split(".")[-1])
-            share = 1.0 if r >= d else self._share(kind, r / d, config.update_gap, spec.subspace, spec.name)
+            share = 1.0 if r >= d else self._share(kind, r / d, update_gap, spec.subspace, spec.name)
             w = s.count * s.m * s.n
             total += w * share
             weights += w
@@ -222,7 +229,10 @@ class ProbeQuality(QualityModel):
         measured = [r for r in self.run.stale_ranks(kind) if r < self.run.side(kind)]
         if not measured or interval <= 1:
             return 1.0
-        return interp_log({r: self.staleness_model(kind, r).mean_over(interval) for r in measured}, rank)
+        below = [r for r in measured if r <= rank] or measured[:1]
+        above = [r for r in measured if r >= rank] or measured[-1:]
+        near = {below[-1], above[0]}  # only the bracketing ranks matter for the interpolation
+        return interp_log({r: self.staleness_model(kind, r).mean_over(interval) for r in near}, rank)
 
     def lag(self, method: str) -> float:
         """A tracker's lag L: measured when the probe ran `method` and recorded its tracking — the interval x with
@@ -377,11 +387,16 @@ def reference_probe_path() -> Path:
     """The committed probe of the largest model (`profiles/measured/probe_*.jsonl`)."""
     best: tuple[int, Path] | None = None
     for path in sorted((profiles_dir() / "measured").glob("probe_*.jsonl")):
-        for row in read_rows(path):
-            if row.get("kind") == "probe_run" and row.get("model") == row.get("target_model"):
-                size = int(row.get("params") or 0)
-                if best is None or size > best[0]:
-                    best = (size, path)
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()  # a probe file starts with its `probe_run` header
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "probe_run" and row.get("model") == row.get("target_model"):
+            size = int(row.get("params") or 0)
+            if best is None or size > best[0]:
+                best = (size, path)
     if best is None:
         raise SubprofError("no committed probe in profiles/measured/probe_*.jsonl: the published prior needs one")
     return best[1]

@@ -19,6 +19,7 @@ of the fresh basis's share.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from subprof.errors import SubprofError
 TYPES = ("q", "k", "v", "o", "gate", "up", "down")
 LEVELS_ENERGY = (0.5, 0.8, 0.9)
 LEVELS_STALE = (0.9, 0.8)
+EXACT_SUM_STEPS = 64  # S̄(T) sums s(k) exactly up to here, integrates beyond
 
 
 @dataclass(kw_only=True)
@@ -41,6 +43,12 @@ class ProbeRun:
     stale: list[dict] = field(default_factory=list)
     tracking: list[dict] = field(default_factory=list)
     end: dict | None = None
+    _memo: dict = field(default_factory=dict, repr=False)  # curves are read many times by plan: computed once
+
+    def _once(self, key: tuple, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @classmethod
     def from_rows(cls, rows: list[dict], source: str = "probe rows") -> "ProbeRun":
@@ -100,7 +108,8 @@ class ProbeRun:
 
     def side(self, layer_type: str | None = None) -> int:
         """The projected side d of that type's weights (the smallest, if they differ)."""
-        return min(int(r["side"]) for r in self._rows(self.energy, layer_type))
+        return self._once(("side", layer_type),
+                          lambda: min(int(r["side"]) for r in self._rows(self.energy, layer_type)))
 
     def decompositions(self) -> list[str]:
         return sorted({row.get("svd", "exact") for row in self.energy})
@@ -114,11 +123,12 @@ class ProbeRun:
     # --- curves ----------------------------------------------------------------------------------------------
     def energy_curve(self, layer_type: str | None = None) -> dict[int, float]:
         """{rank: E(rank)}, size-weighted mean over weights and sampled steps."""
-        return _weighted(self._rows(self.energy, layer_type), "energy")
+        return self._once(("energy", layer_type), lambda: _weighted(self._rows(self.energy, layer_type), "energy"))
 
     def staleness_curve(self, rank: int, layer_type: str | None = None) -> dict[int, float]:
         """{gap: s(gap)} at `rank` (one of the probe's ranks below d)."""
-        return _by_gap(self._rows(self.stale, layer_type), "staleness", rank)
+        return self._once(("staleness", rank, layer_type),
+                          lambda: _by_gap(self._rows(self.stale, layer_type), "staleness", rank))
 
     def drift_curve(self, rank: int, layer_type: str | None = None) -> dict[int, float]:
         return _by_gap(self._rows(self.stale, layer_type), "drift", rank)
@@ -128,8 +138,10 @@ class ProbeRun:
         return statistics.median(int(r["knee"]) for r in self._rows(self.energy, layer_type))
 
     def stale_ranks(self, layer_type: str | None = None) -> list[int]:
-        rows = self._rows(self.stale, layer_type) if self.stale else []
-        return sorted({int(r) for row in rows for r in row["staleness"]})
+        def compute() -> list[int]:
+            rows = self._rows(self.stale, layer_type) if self.stale else []
+            return sorted({int(r) for row in rows for r in row["staleness"]})
+        return self._once(("stale_ranks", layer_type), compute)
 
     def tracking_ratio(self) -> float | None:
         """Mean over rows of (share captured by the method's own basis) / (share of the fresh top-r basis)."""
@@ -236,7 +248,7 @@ def gap_below(curve: dict[int, float], level: float) -> float | None:
 # ------------------------------------------------------------------------------------------------ staleness model
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True)
 class StalenessModel:
     """s(k): the measured points (log-interpolated, s(0) = 1), a stretched exponential beyond the last one."""
 
@@ -244,6 +256,7 @@ class StalenessModel:
     floor: float
     tau: float
     beta: float
+    _prefix: list[float] = field(default_factory=lambda: [0.0], repr=False)  # Σ_{k<n} s(k), grown on demand
 
     @classmethod
     def fit(cls, curve: dict[int, float], floor: float) -> "StalenessModel":
@@ -272,7 +285,13 @@ class StalenessModel:
             return 1.0 + (first_v - 1.0) * gap / first_gap
         last_gap, last_v = self.points[-1]
         if gap <= last_gap:
-            return interp_log(dict(self.points), gap)
+            i = bisect.bisect_left(self.points, (gap, -1.0))
+            hi_g, hi_v = self.points[i]
+            if hi_g == gap or i == 0:
+                return hi_v
+            lo_g, lo_v = self.points[i - 1]
+            t = (math.log(gap) - math.log(lo_g)) / (math.log(hi_g) - math.log(lo_g))
+            return lo_v + t * (hi_v - lo_v)
         ref = self._model(last_gap) - self.floor
         if ref <= 1e-12:
             return last_v
@@ -281,19 +300,26 @@ class StalenessModel:
     def _model(self, gap: float) -> float:
         return self.floor + (1 - self.floor) * math.exp(-((gap / self.tau) ** self.beta))
 
+    def _sum_below(self, n: int) -> float:
+        """Σ_{k<n} s(k), from prefix sums kept up to the largest n asked so far."""
+        while len(self._prefix) <= n:
+            k = len(self._prefix) - 1
+            self._prefix.append(self._prefix[-1] + self.at(k))
+        return self._prefix[n]
+
     def mean_over(self, interval: float) -> float:
-        """S̄(T) = (1/T) Σ_{k=0}^{T−1} s(k) (T may be fractional: the mean of s over [0, T) on a unit grid)."""
+        """S̄(T) = (1/T) Σ_{k=0}^{T−1} s(k) (T may be fractional: the mean of s over [0, T) on a unit grid). Beyond
+        the first 64 steps the sum is the integral ∫ s over [63.5, T − 0.5] (midpoint rule; s is smooth there),
+        by the trapezoid rule on a 64-point log grid."""
         if interval <= 1:
             return 1.0
         n = int(math.floor(interval))
-        if n <= 2000:
-            total = sum(self.at(k) for k in range(n))
-            frac = interval - n
-            return (total + frac * self.at(n)) / interval
-        # long intervals: trapezoid on a log grid (s varies smoothly there)
-        grid = sorted({0.0, *[math.exp(math.log(1) + i * (math.log(interval) / 200)) for i in range(201)]})
-        area = sum((b - a) * (self.at(a) + self.at(b)) / 2 for a, b in zip(grid, grid[1:]))
-        return area / interval
+        if n <= EXACT_SUM_STEPS:
+            return (self._sum_below(n) + (interval - n) * self.at(n)) / interval
+        lo, hi = EXACT_SUM_STEPS - 0.5, interval - 0.5
+        grid = [lo * (hi / lo) ** (i / 64) for i in range(65)]
+        tail = sum((b - a) * (self.at(a) + self.at(b)) / 2 for a, b in zip(grid, grid[1:]))
+        return (self._sum_below(EXACT_SUM_STEPS) + tail) / interval
 
 
 def staleness_floor(rank: int, side: int, energy: float) -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import statistics
 import time
@@ -36,7 +35,7 @@ from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.results import ResultLog, now_iso
 from subprof.train.burst import (BurstCase, BurstSettings, build_case_optimizer, build_model, build_scheduler,
-                                 fits_locally, loss_of, proxy_case, train_offsets, windows)
+                                 fits_locally, loss_and_backward, proxy_case, train_offsets, windows)
 from subprof.train.corpus import Corpus
 from subprof.train.subspace import EXACT_MAX_SIDE, ProbeSchedule, SubspaceProbe, WeightInfo, captured_share, row_key
 
@@ -236,12 +235,10 @@ def _train(case: BurstCase, burst: BurstSettings, settings: ProbeSettings, ranks
     for step in range(settings.steps):
         x, y = windows(corpus.train, offsets[step], c.seq, burst.device)
         t0 = time.perf_counter()
-        loss = loss_of(model, x, y)
-        value = loss.item()
-        if not math.isfinite(value):
-            status, detail = "diverged", f"training loss {value} at step {step}"
+        value, detail = loss_and_backward(model, x, y, step)
+        if detail:
+            status = "diverged"
             break
-        loss.backward()
         t1 = time.perf_counter()
         sampled = schedule.decomposed(step)
         if sampled:
