@@ -157,3 +157,8 @@ def test_plan_probe_bad_file_is_one_line_and_exit_2(tmp_path, content, message):
         path.write_text(content)
     result = CliRunner().invoke(app, ["plan", "--model", "7b", "--gpu-mem", "24GB", "--probe", str(path)])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_no_method_carries_a_hand_set_quality_score():
+    for spec in REGISTRY.values():
+        assert not hasattr(spec, "quality_prior"), spec.name

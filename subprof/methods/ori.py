@@ -152,6 +152,5 @@ SPEC = MethodSpec(
     update_gaps=(1,),
     timing_options={"oja_pp": False},  # time the Oja step with every column active
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
-    quality_prior=1.0,
     paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
 )

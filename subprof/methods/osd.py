@@ -270,6 +270,5 @@ SPEC = MethodSpec(
     update_gaps=(1,),
     timing_variants={"osd-autograd": {"form": "autograd"}},
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 8.0 * min(m, n) * r * r,
-    quality_prior=1.0,
     paper="Liang et al. 2024, arXiv 2408.12857",
 )

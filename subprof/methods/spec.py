@@ -138,7 +138,6 @@ class MethodSpec:
     default_update_gap: int = 200
     update_gaps: tuple[int, ...] = (50, 200, 500)
     default_scale: float = 0.25
-    quality_prior: float = 0.0
     paper: str = ""
     state_bits_supported: tuple[int, ...] = (32, 16, 8)
     timing_options: Mapping[str, Any] = field(default_factory=dict)

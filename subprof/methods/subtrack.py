@@ -125,6 +125,5 @@ SPEC = MethodSpec(
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=lambda m, n, r: 4.0 * m * n * r + 14.0 * min(m, n) * r * r,
-    quality_prior=0.5,
     paper="Rajabi et al. 2025, arXiv 2502.01586",
 )

@@ -115,6 +115,5 @@ SPEC = MethodSpec(
     refresh_cost="svd",
     default_update_gap=200,
     refresh_flops=svd_flops,
-    quality_prior=0.5,
     paper="arXiv 2505.24749",
 )

@@ -1,16 +1,15 @@
 """`plan`: search method × rank × update gap × state bits × per-layer × micro-batch × checkpointing for the
 configurations whose estimated device memory fits a budget, predict their throughput and rank them.
 
-Ranking without measurements is a prior, stated as such in the output: full-rank AdamW is the quality reference;
-at equal method a higher rank is better (OSD's rank sweep, arXiv 2408.12857 Fig. 4); every-step streaming refresh
-(OSD, Ori) beats a stale SVD at low rank (OSD Table 2, Ori); 8-bit states cost a little. Among equal quality the
-faster configuration wins. `plan --burst` replaces the prior with measured validation loss per unit time.
+Quality comes from evidence, named in the output (`subprof.plan.evidence`): a `subprof probe` file (`--probe`,
+predicted captured gradient energy) or, without one, published results with the committed reference probe's shape
+(predicted loss gap to full rank). Among equal quality the faster configuration wins. `plan --burst` replaces both
+with measured validation loss per unit time.
 Pure Python: no torch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
@@ -140,23 +139,6 @@ def ranks_for(model: ModelConfig) -> list[int]:
         ranks.append(r)
         r *= 2
     return ranks or [limit]
-
-
-def quality_prior(c: TrainConfig, spec: MethodSpec) -> float:
-    """A stated heuristic, higher is better: full rank = log2(min dim) + 2; a projected method scores log2(rank)
-    plus its declared streaming bonus (`quality_prior`, counted fully at rank ≤ 1/8 of the width, half above);
-    SVD refresh staler than every 200 steps loses 0.25 per doubling; 8-bit states lose 0.1."""
-    width = c.model.min_weight_dim()
-    if not spec.project:
-        score = math.log2(width) + 2.0
-    else:
-        bonus = spec.quality_prior if c.rank * 8 <= width else spec.quality_prior / 2
-        score = math.log2(c.rank) + bonus
-        if c.update_gap > 200:
-            score -= 0.25 * math.log2(c.update_gap / 200)
-    if c.state_bits == 8:
-        score -= 0.1
-    return score
 
 
 def _batches(req: PlanRequest, layerwise: bool) -> list[tuple[int, int]]:
