@@ -161,7 +161,8 @@ class ProbeQuality(QualityModel):
                                    else "")
         source = (f"probe {label}: {where}, {h.get('method')} for {h.get('steps')} steps on {h.get('corpus')}, "
                   f"{h.get('device')}, {str(h.get('date', ''))[:10]}")
-        notes = []
+        notes = [f"read at the candidate's rank-to-side ratio r/d on the {run.model} curves of each layer type "
+                 "(a probe of another model stands in for the target by that ratio)"]
         if not run.finished:
             notes.append("the probe run is unfinished: its rows so far are used")
         if not run.stale:

@@ -198,8 +198,9 @@ def interp_log(points: dict[int, float], x: float) -> float:
 
 def energy_at(curve: dict[int, float], rank: float, side: int) -> float:
     """E(rank) from a measured curve: log-interpolated between measured ranks; below the smallest, proportional to
-    rank (E(0) = 0); above the largest, linear towards E(d) = 1."""
-    pts = {r: v for r, v in curve.items() if r < side}
+    rank (E(0) = 0); above the largest, linear towards E(d) = 1. Measured shares are clipped to [0, 1] (a sum of
+    float σ² over ‖G‖² can land a few ulps above 1)."""
+    pts = {r: min(1.0, max(0.0, v)) for r, v in curve.items() if r < side}
     pts[side] = 1.0
     lo = min(pts)
     if rank <= 0:
