@@ -5,7 +5,8 @@ For every pair of burst configurations of one model (same steps, batch, seq, lr,
 differ by more than `--tie` nats, each predictor either orders the pair as the losses do (agree), the other way
 (disagree), or scores both the same (tie: no prediction). Predictors: the removed hand-set prior (reproduced below
 exactly as it stood in subprof/plan/planner.py before the evidence issue), the published-results prior and the
-model's own probe (`subprof.plan.evidence`).
+model's own probe (`subprof.plan.evidence`). Two cuts: every low-rank configuration (method, rank, gap), and GaLore's
+(rank, gap) alone.
 
     python scripts/probe_vs_prior.py --burst profiles/measured/burst_cpu_*.jsonl \
         --probe tiny=profiles/measured/probe_cpu_tiny_2026-12-01.jsonl --probe 20m=... [--json OUT]
@@ -86,11 +87,13 @@ def main() -> None:
         pairs = list(itertools.combinations(low, 2))
         if not pairs:
             continue
-        entry = {"group": dict(zip(("model", "steps", "batch", "seq", "lr", "seed"), key)), "configs": len(low),
-                 "old_prior": concordance(pairs, old_prior, args.tie),
-                 "published_prior": concordance(pairs, prior.quality, args.tie)}
-        if key[0] in probes:
-            entry["probe"] = concordance(pairs, probes[key[0]].quality, args.tie)
+        entry = {"group": dict(zip(("model", "steps", "batch", "seq", "lr", "seed"), key)), "configs": len(low)}
+        cuts = {"all": pairs, "galore": [p for p in pairs if p[0][0].method == p[1][0].method == "galore"]}
+        for cut, chosen in cuts.items():
+            entry[cut] = {"old_prior": concordance(chosen, old_prior, args.tie),
+                          "published_prior": concordance(chosen, prior.quality, args.tie)}
+            if key[0] in probes:
+                entry[cut]["probe"] = concordance(chosen, probes[key[0]].quality, args.tie)
         entry["losses"] = [{"config": c.label(), "val_loss": round(v, 4), "old_prior": round(old_prior(c), 3),
                             "published_prior": round(prior.quality(c), 6),
                             **({"probe": round(probes[key[0]].quality(c), 4)} if key[0] in probes else {})}
@@ -99,10 +102,9 @@ def main() -> None:
     for e in report:
         g = e["group"]
         print(f"{g['model']} {g['steps']} steps lr {g['lr']} seed {g['seed']}: {e['configs']} configurations")
-        for name in ("old_prior", "published_prior", "probe"):
-            if name in e:
-                c = e[name]
-                print(f"  {name:16s} agree {c['agree']:3d}  disagree {c['disagree']:3d}  tie {c['tie']:3d}  "
+        for cut in ("all", "galore"):
+            for name, c in e[cut].items():
+                print(f"  {cut:6s} {name:16s} agree {c['agree']:3d}  disagree {c['disagree']:3d}  tie {c['tie']:3d}  "
                       f"(of {c['pairs']} pairs apart by > {args.tie} nats)")
     if args.json:
         with open(args.json, "w") as f:

@@ -79,7 +79,8 @@ def probe(
                     "summary": _jsonable(summary)})
         return
     render_summary(run, summary)
-    console.print(f"rows appended to {out}")
+    console.print(f"rows already in {out} (finished earlier)" if run.end and run.end.get("resumed") else
+                  f"rows appended to {out}")
 
 
 def _jsonable(value):
