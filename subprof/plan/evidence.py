@@ -254,7 +254,7 @@ class ProbeQuality(QualityModel):
                 if mean(hi) > ratio:
                     lag = hi / h["update_gap"]
                 else:
-                    for _ in range(60):
+                    for _ in range(24):
                         mid = math.sqrt(lo * hi)
                         lo, hi = (mid, hi) if mean(mid) > ratio else (lo, mid)
                     lag = math.sqrt(lo * hi) / h["update_gap"]
@@ -316,7 +316,7 @@ def calibrate_tracker_lag(quality: ProbeQuality, evidence: list[EvidenceFile]) -
                 lag, how = 1e4, "the energy model closes more even with L = 10⁴: L = 10⁴"
             else:
                 lo, hi = 1e-3, 1e4
-                for _ in range(50):
+                for _ in range(24):  # log-bisection over 10⁷: 24 halvings pin L to 0.1%
                     mid = math.sqrt(lo * hi)
                     lo, hi = (mid, hi) if lost_at(mid) < target else (lo, mid)
                 lag, how = math.sqrt(lo * hi), f"L = {math.sqrt(lo * hi):.2f}"
