@@ -8,8 +8,14 @@ exactly as it stood in subprof/plan/planner.py before the evidence issue), the p
 model's own probe (`subprof.plan.evidence`). Two cuts: every low-rank configuration (method, rank, gap), and GaLore's
 (rank, gap) alone.
 
-    python scripts/probe_vs_prior.py --burst profiles/measured/burst_cpu_*.jsonl \
-        --probe tiny=profiles/measured/probe_cpu_tiny_2026-12-01.jsonl --probe 20m=... [--json OUT]
+    python scripts/probe_vs_prior.py \
+        --burst profiles/measured/burst_cpu_2026-11-23.jsonl profiles/measured/burst_cpu_probe_2026-12-01.jsonl \
+        --probe tiny=profiles/measured/probe_cpu_tiny_2026-12-01.jsonl \
+        --probe 20m=profiles/measured/probe_cpu_20m_2026-12-01.jsonl \
+        --json profiles/measured/ordering_agreement_2026-12-01.json
+
+(`burst_cpu_2026-12-01.jsonl` is another experiment — every method at its own learning-rate grid — and is not an
+equal-lr comparison.)
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ OLD_BONUS = {"osd": 1.0, "ori": 1.0, "subtrack": 0.5, "sumo": 0.5}  # the remove
 def old_prior(c: TrainConfig) -> float:
     """planner.quality_prior as it stood: log2(rank) + streaming bonus (full at rank ≤ width/8, half above), −0.25
     per doubling of an SVD gap beyond 200, −0.1 for 8-bit states; full rank log2(width) + 2."""
-    width = c.model.min_weight_dim()
+    width = min(min(s.m, s.n) for s in c.model.linear_shapes())  # the smallest weight side, as it stood
     if not c.spec.project:
         score = math.log2(width) + 2.0
     else:

@@ -1,9 +1,9 @@
-"""Model and GPU catalogues: LLaMA configs (HF `config.json`) and `profiles/gpus.toml`. Pure Python, no torch.
+"""Model and GPU catalogues: LLaMA-shaped configs (HF `config.json`) and `profiles/gpus.toml`. Pure Python, no torch.
 
-A model is any LLaMA-architecture `config.json`: the presets in `profiles/models/` (GaLore-paper sizes, LLaMA-2 13b,
-`tiny`) or a user's path. Parameter counts follow transformers' `LlamaForCausalLM` exactly (tested on the meta
-device): embeddings V·h, per layer q/o h·(H·d), k/v h·(KV·d), gate/up/down 3·h·I, two RMSNorm weights h,
-a final norm h, and `lm_head` V·h unless the embeddings are tied.
+A model is any LLaMA-shaped `config.json` (model_type llama, mistral or qwen2): the presets in `profiles/models/`
+(GaLore-paper sizes, LLaMA-2 13b, `tiny`) or a user's path. Parameter counts follow transformers' models exactly
+(tested on the meta device): embeddings V·h, per layer q/o h·(H·d), k/v h·(KV·d), gate/up/down 3·h·I, two RMSNorm
+weights h, a final norm h, `lm_head` V·h unless the embeddings are tied, and biases where the family has them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ class ModelConfig:
     head_dim: int
     tied: bool = False
     attention_bias: bool = False
+    qkv_bias: bool = False
     mlp_bias: bool = False
+    sliding_window: int | None = None
+    family: str = "llama"
     max_positions: int = 2048
     source: str = ""
     preset: bool = False
@@ -94,9 +97,11 @@ class ModelConfig:
                 seen.append((s.m, s.n))
         return seen
 
-    def min_weight_dim(self) -> int:
-        """The smallest side of any projected weight: the largest rank that makes sense."""
-        return _min_weight_dim(self)
+    def rank_limit(self) -> int:
+        """The largest rank any projected weight can use: the widest weight's smaller side. Each weight uses
+        min(rank, m, n), so with grouped-query attention k and v stop at their own width while q, o and the MLP go
+        on (TinyLlama: k/v 256×2048, q 2048×2048 → limit 2048)."""
+        return _rank_limit(self)
 
     # --- parameter counts ---------------------------------------------------------------------------------------
     @property
@@ -107,6 +112,7 @@ class ModelConfig:
     def bias_params(self) -> int:
         L = self.layers
         attn = (self.q_dim + 2 * self.kv_dim + self.hidden) * L if self.attention_bias else 0
+        attn += (self.q_dim + 2 * self.kv_dim) * L if self.qkv_bias else 0
         mlp = (2 * self.intermediate + self.hidden) * L if self.mlp_bias else 0
         return attn + mlp
 
@@ -140,6 +146,8 @@ class ModelConfig:
             sizes.append(self.lm_head_params)
         if self.attention_bias:
             sizes += [self.q_dim, self.kv_dim, self.kv_dim, self.hidden] * self.layers
+        if self.qkv_bias:
+            sizes += [self.q_dim, self.kv_dim, self.kv_dim] * self.layers
         if self.mlp_bias:
             sizes += [self.intermediate, self.intermediate, self.hidden] * self.layers
         return sizes
@@ -148,7 +156,8 @@ class ModelConfig:
         """Matmul FLOPs of one forward pass per token: 2·(weights used) plus attention scores 2·2·L·S·H·d (causal
         halves it; we count the full square as the kernels largely do — nanoGPT's estimate_mfu / PaLM appendix B)."""
         weights = self.projected_params + self.vocab * self.hidden
-        attention = 2 * self.layers * seq * self.q_dim
+        span = min(seq, self.sliding_window) if self.sliding_window else seq  # keys a query attends to (at most)
+        attention = 2 * self.layers * span * self.q_dim
         return 2 * weights + 2 * attention
 
 
@@ -167,8 +176,8 @@ def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
 
 
 @cache
-def _min_weight_dim(m: ModelConfig) -> int:
-    return min(min(s.m, s.n) for s in _linear_shapes(m))
+def _rank_limit(m: ModelConfig) -> int:
+    return max(min(s.m, s.n) for s in _linear_shapes(m))
 
 
 @cache
@@ -181,16 +190,32 @@ def model_names() -> list[str]:
     return sorted(names, key=lambda n: load_model(n).params)
 
 
-def _from_hf(name: str, cfg: dict, source: str, preset: bool = False) -> ModelConfig:
+# LLaMA-shaped decoders: pre-norm RMSNorm, rotary attention with q/k/v/o projections (grouped-query allowed), a
+# SwiGLU MLP with gate/up/down — the layer shapes and saved activations the memory model counts. What differs:
+# Qwen2 puts biases on q, k and v; Mistral may attend within a sliding window (attention cost only).
+FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def _family(cfg: dict, source: str) -> str:
     model_type = str(cfg.get("model_type", "")).lower()
-    archs = [str(a).lower() for a in cfg.get("architectures") or []]
-    if model_type != "llama" and not any("llama" in a for a in archs):
-        raise SubprofError(f"{source} is not a LLaMA config (model_type={cfg.get('model_type')!r}); "
-                           "subprof models LLaMA-architecture decoders")
+    if model_type in FAMILIES:
+        return model_type
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    for family, arch in FAMILIES.items():
+        if arch in archs:
+            return family
+    found = f"model_type {cfg.get('model_type')!r}" if cfg.get("model_type") else "no model_type"
+    raise SubprofError(f"{source} has {found}: subprof plans LLaMA-shaped decoders only — model_type "
+                       f"{', '.join(FAMILIES)} (RMSNorm, rotary attention with q/k/v/o projections, a SwiGLU MLP "
+                       f"with gate/up/down), whose layer shapes and saved activations its memory model counts")
+
+
+def _from_hf(name: str, cfg: dict, source: str, preset: bool = False) -> ModelConfig:
+    family = _family(cfg, source)
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                            "vocab_size") if k not in cfg]
     if missing:
-        raise SubprofError(f"{source} lacks {', '.join(missing)}: not a complete LLaMA config.json")
+        raise SubprofError(f"{source} lacks {', '.join(missing)}: not a complete {family} config.json")
     try:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
@@ -205,15 +230,26 @@ def _from_hf(name: str, cfg: dict, source: str, preset: bool = False) -> ModelCo
             vocab=int(cfg["vocab_size"]),
             head_dim=int(head_dim),
             tied=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            attention_bias=family == "llama" and bool(cfg.get("attention_bias", False)),
+            qkv_bias=family == "qwen2",
+            mlp_bias=family == "llama" and bool(cfg.get("mlp_bias", False)),
+            sliding_window=_window(family, cfg),
+            family=family,
             max_positions=int(cfg.get("max_position_embeddings") or 2048),
             source=source,
             preset=preset,
             raw=cfg,
         )
     except (TypeError, ValueError) as exc:
-        raise SubprofError(f"{source}: malformed LLaMA config ({exc})") from None
+        raise SubprofError(f"{source}: malformed {family} config ({exc})") from None
+
+
+def _window(family: str, cfg: dict) -> int | None:
+    """The attention window: Mistral's `sliding_window` (None = full), Qwen2's when `use_sliding_window`."""
+    window = cfg.get("sliding_window")
+    if family == "mistral" or (family == "qwen2" and cfg.get("use_sliding_window")):
+        return int(window) if window else None
+    return None
 
 
 @cache
@@ -262,6 +298,10 @@ class GpuSpec:
     aliases: tuple[str, ...] = ()
     sources: dict = field(default_factory=dict, compare=False, hash=False)
     notes: str = ""
+    intra_node_gbs: float = 0.0  # GB/s one GPU sends to peers in its node (NVLink / PCIe), one direction
+    intra_node_link: str = ""
+    inter_node_gbs: float = 0.0  # GB/s one GPU sends to other nodes (its share of the node's NICs), one direction
+    inter_node_link: str = ""
 
 
 @cache
@@ -282,6 +322,10 @@ def gpu_catalog() -> dict[str, GpuSpec]:
             aliases=tuple(row.get("aliases", ())),
             sources=dict(row.get("sources", {})),
             notes=row.get("notes", ""),
+            intra_node_gbs=float(row.get("intra_node_gbs", 0.0)),
+            intra_node_link=row.get("intra_node_link", ""),
+            inter_node_gbs=float(row.get("inter_node_gbs", 0.0)),
+            inter_node_link=row.get("inter_node_link", ""),
         )
     return gpus
 
@@ -316,6 +360,7 @@ class Budget:
     bytes: int
     described: str
     gpu: GpuSpec | None = None
+    text: str = ""
 
 
 def parse_budget(text: str) -> Budget:
@@ -324,7 +369,7 @@ def parse_budget(text: str) -> Budget:
     gpu = find_gpu(text)
     if gpu is not None:
         return Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / 2**30:.2f} GiB as the driver reports "
-                                        f"({gpu.memory_label} on the label)", gpu)
+                                        f"({gpu.memory_label} on the label)", gpu, text.strip())
     if not text.strip()[:1].isdigit() and text.strip()[:1] not in "+-.":
         keys = list(gpu_catalog())
         close = difflib.get_close_matches(text.lower(), keys, n=3, cutoff=0.4)
@@ -332,6 +377,9 @@ def parse_budget(text: str) -> Budget:
         raise SubprofError(f"--gpu-mem {text!r} is neither a size (24GB, 24GiB, 24000MiB) nor a GPU from "
                            f"`subprof gpus`{hint}")
     size = parse_size(text)
+    if size.unit == "B" and not text.strip().lower().endswith("b"):
+        raise SubprofError(f"--gpu-mem {text.strip()!r} has no unit: write e.g. {text.strip()}GB (10^9 bytes) or "
+                           f"{text.strip()}GiB (2^30 bytes), or a GPU from `subprof gpus`")
     base = "2^n" if "i" in size.unit else "10^n"
     return Budget(size.bytes, f"{size.text} = {size.bytes:,} B ({size.unit}, {base} bytes) = "
-                              f"{size.bytes / 2**30:.2f} GiB")
+                              f"{size.bytes / 2**30:.2f} GiB", None, size.text)

@@ -55,15 +55,29 @@ def read_result_files(paths: Iterable[str | Path], flag: str) -> list[dict]:
     return rows
 
 
-class ResultLog:
-    """An append-only JSONL file. `append` writes one row and makes it durable before returning."""
+def check_writable(path: str | Path, flag: str = "--out", example: str = "results.jsonl") -> Path:
+    """Fail before any work when a result file cannot be written: a folder, an unwritable file or folder. Creates
+    the parent folder (as writing would); never leaves an empty file behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise SubprofError(f"{flag} {str(path)!r} is a folder; give a file name inside it, e.g. "
+                           f"{str(path / example)!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SubprofError(f"{flag} {str(path)!r}: cannot create its folder: {exc.strerror or exc}") from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise SubprofError(f"{flag} {str(path)!r} is not writable (no write permission on {str(target)!r})")
+    return path
 
-    def __init__(self, path: str | Path, *, resume: bool = False) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SubprofError(f"cannot create folder for {str(self.path)!r}: {exc.strerror}") from None
+
+class ResultLog:
+    """An append-only JSONL file. `append` writes one row and makes it durable before returning. The path is
+    checked at construction (`check_writable`), before any case runs."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False, flag: str = "--out") -> None:
+        self.path = check_writable(path, flag)
         self.existing = read_rows(self.path) if resume else []
         if resume:
             self._repair_tail()
@@ -117,10 +131,13 @@ LEGACY_METHODS = {"galore-ref": ("galore", "galore-torch")}  # rows written befo
 
 
 def normalize(row: dict) -> dict:
-    """A row in today's schema: legacy method names become (method, implementation)."""
+    """A row in today's schema: legacy method names become (method, implementation); rows written before
+    `world_size` existed measured one process."""
     if row.get("method") in LEGACY_METHODS:
         method, impl = LEGACY_METHODS[row["method"]]
         row = {**row, "method": method, "implementation": impl}
+    if "world_size" not in row:
+        row = {**row, "world_size": 1, "nodes": 1, "strategy": None}
     return row
 
 

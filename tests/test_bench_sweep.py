@@ -26,11 +26,9 @@ cli = CliRunner()
 BASE = dict(batch=2, seq=16, dtype="bf16", state_bits=None, layerwise=False, checkpointing=False, update_gap=None)
 
 
-def case(model: str = "tiny", backend: str = "trace", steps: int = 3, budget_bytes: int | None = None,
-         **config) -> Case:
+def case(model: str = "tiny", backend: str = "trace", steps: int = 3, **config) -> Case:
     config = {"batch": 1, "seq": 16, **config}
-    return Case(config=TrainConfig(model=load_model(model), **config), backend=backend, steps=steps,
-                budget_bytes=budget_bytes)
+    return Case(config=TrainConfig(model=load_model(model), **config), backend=backend, steps=steps)
 
 
 def fake_row(case: Case, *, timeout: float) -> dict:
@@ -102,9 +100,17 @@ def test_a_nan_gradient_is_a_diverged_row_not_an_error(monkeypatch):
 
 
 def test_trace_over_budget_is_an_oom_row_at_the_crossing_phase():
-    row = measure(case(method="adamw", steps=1, budget_bytes=10**6))
+    from subprof.measure.runner import BudgetRule
+    from subprof.plan.calibration import Calibration
+
+    bare = Calibration(source="test: no GPU-side terms", cuda_runtime_allocated_bytes=0, cuda_context_bytes=0,
+                       reserve_per_logits_byte=0.0)
+    c = case(method="adamw", steps=1)
+    row = measure(c)
+    BudgetRule(budget_bytes=10**6, margin=0.0, calibration=bare).apply(row, c)
     assert row["status"] == "oom" and row["oom_phase"] == "model_built"  # the weights alone exceed 1 MB
-    ok = measure(case(method="adamw", steps=1, budget_bytes=10**12))
+    ok = measure(c)
+    BudgetRule(budget_bytes=10**12, margin=0.0, calibration=bare).apply(ok, c)
     assert ok["status"] == "ok"
 
 
@@ -157,3 +163,11 @@ def test_cuda_backend_reports_allocator_and_nvml_memory():
     assert row["peak_reserved_bytes"] >= row["peak_allocated_bytes"] > row["phases"]["model_built"] > 0
     assert row["device_used_bytes"] > row["peak_reserved_bytes"]  # NVML (nvidia-ml-py) is a dependency
     assert row["tokens_per_s"] > 0 and row["first_step_s"] > 0
+
+
+def test_cpu_rows_time_the_optimizer_step_apart_and_its_floor_in_the_same_run():
+    row = measure(case(method="ori", rank=8, backend="cpu", steps=3, dtype="fp32"))
+    assert row["optimizer_step_s"] > 0 and row["step_floor_s"] > 0
+    assert row["step_over_floor"] == pytest.approx(row["optimizer_step_s"] / row["step_floor_s"], rel=1e-2)
+    per_layer = measure(case(method="galore", rank=8, backend="cpu", steps=2, layerwise=True))
+    assert per_layer["optimizer_step_s"] is None  # inside backward: not separable

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from subprof.train import burst
 from subprof.train.burst import BurstCase, BurstSettings, expand_cases, proxy_case, run_bursts, train_offsets
+from subprof.train.lrgrid import best_rows, lr_grid
 from subprof.catalog import load_model
 from subprof.train.corpus import load_corpus
 from subprof.errors import SubprofError
@@ -141,13 +142,50 @@ def test_resume_skips_finished_cases_and_runs_the_rest(corpus, tmp_path, monkeyp
     assert len(Path(out).read_text().splitlines()) == 2
 
 
-def test_streaming_methods_run_at_gap_one_only_and_say_so():
+def test_streaming_methods_run_only_the_gaps_they_search_and_say_so():
     cases, notes = expand_cases(["tiny"], ["adamw", "galore", "osd"], [16, 64], [1, 50, 200])
     labels = [c.label for c in cases]
     assert labels.count("adamw") == 1
     assert sum(lab.startswith("galore") for lab in labels) == 6
     assert [lab for lab in labels if lab.startswith("osd")] == ["osd r16 T1", "osd r64 T1"]
-    assert any("osd" in n and "gap 1 only" in n for n in notes)
+    assert any("osd" in n and "skipped 50, 200" in n for n in notes)
+    only_long, _ = expand_cases(["tiny"], ["osd"], [16], [200])  # none it searches: its default gap
+    assert [c.label for c in only_long] == ["osd r16 T1"]
+    assert [c.label for c in expand_cases(["tiny"], ["ori"], [16], [1, 5, 50])[0]] == ["ori r16 T1", "ori r16 T5"]
+
+
+def test_without_an_lr_every_method_trains_at_its_published_default():
+    cases, _ = expand_cases(["tiny"], sorted(REGISTRY), [16], [50])
+    for c in cases:
+        spec = REGISTRY[c.config.method]
+        assert c.effective_lr() == spec.default_lr and c.lr_source == "default" and spec.lr_source
+    lrs = {c.config.method: c.effective_lr() for c in cases}
+    assert lrs["adamw"] == 1e-3 and lrs["galore"] == 1e-2 and lrs["subtrack"] == 1e-3
+
+
+def test_lr_grid_is_half_decades_around_the_default_or_the_given_lr():
+    assert lr_grid(1e-2, 3) == [0.00316, 0.01, 0.0316]
+    assert lr_grid(1e-3, 1) == [1e-3] and lr_grid(1e-3, 2) == [1e-3, 0.00316]
+    assert lr_grid(0.0316, 3) == [0.01, 0.0316, 0.1]  # a grid around a grid point shares its lattice
+    cases, _ = expand_cases(["tiny"], ["adamw", "galore"], [16], [50], lr_grid=3)
+    assert [(c.config.method, c.effective_lr(), c.lr_source) for c in cases] == [
+        ("adamw", 0.000316, "grid"), ("adamw", 0.001, "grid"), ("adamw", 0.00316, "grid"),
+        ("galore", 0.00316, "grid"), ("galore", 0.01, "grid"), ("galore", 0.0316, "grid")]
+    given, _ = expand_cases(["tiny"], ["galore"], [16], [50], lr=2e-3, lr_grid=3)
+    assert [c.effective_lr() for c in given] == [0.000632, 0.002, 0.00632]
+
+
+def test_best_rows_keep_the_lowest_validation_loss_per_configuration_and_flag_the_grid_edge():
+    def row(method, lr, val, status="ok"):
+        return {"model": "tiny", "method": method, "rank": 16, "update_gap": 50, "lr": lr, "val_loss": val,
+                "status": status}
+
+    rows = [row("galore", 1e-3, 5.2), row("galore", 1e-2, 5.0), row("galore", 3e-2, None, "diverged"),
+            row("sumo", 1e-3, 5.5), row("sumo", 1e-2, 5.3), row("sumo", 3e-2, 5.1)]
+    best = {r["method"]: r for r in best_rows(rows)}
+    assert best["galore"]["lr"] == 1e-2 and not best["galore"]["lr_at_edge"]
+    assert best["galore"]["lr_tried"] == [[1e-3, 5.2], [1e-2, 5.0], [3e-2, None]]
+    assert best["sumo"]["lr"] == 3e-2 and best["sumo"]["lr_at_edge"]  # the optimum may lie beyond the grid
 
 
 def test_rank_beyond_the_smallest_weight_dimension_is_skipped_with_a_note():
@@ -179,8 +217,24 @@ def test_cli_burst_json_appends_rows(corpus, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert [r["method"] for r in payload["rows"]] == ["adamw", "ori"]
+    assert [(r["lr"], r["lr_source"]) for r in payload["rows"]] == [(1e-3, "default"), (1e-2, "default")]
     assert payload["corpus"]["corpus_tokens"] == corpus.tokens
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_cli_burst_lr_grid_reports_every_lr_and_the_best_per_method(corpus, tmp_path, monkeypatch):
+    from subprof.cli import app
+
+    monkeypatch.setattr("subprof.train.corpus.load_corpus", lambda *a, **k: corpus)
+    args = ["burst", "--methods", "adamw", "--lr-grid", "2", "--steps", "2", "--batch", "2", "--seq", "32",
+            "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "b.jsonl")]
+    payload = json.loads(CliRunner().invoke(app, args + ["--json"]).stdout)
+    assert [(r["lr"], r["lr_source"], r["lr_grid"]) for r in payload["rows"]] == [
+        (1e-3, "grid", [1e-3, 0.00316]), (0.00316, "grid", [1e-3, 0.00316])]
+    (best,) = payload["best"]
+    assert best["lr"] == min(payload["rows"], key=lambda r: r["val_loss"])["lr"] and len(best["lr_tried"]) == 2
+    text = CliRunner().invoke(app, args + ["--resume"]).output  # the table, from the finished rows
+    assert "learning rates tried" in text and "0.00316: " in text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -200,3 +254,14 @@ def test_seq_beyond_the_models_positions_is_refused(corpus):
     with pytest.raises(SubprofError, match="max_position_embeddings"):
         burst.build_model(case("adamw", seq=4096).config, corpus.vocab_size, BurstSettings(device="cpu"))
 
+
+
+def test_a_rule_that_schedules_over_the_run_is_told_the_bursts_length():
+    import torch
+
+    model = torch.nn.Module()
+    model.attn = torch.nn.Linear(32, 64, bias=False)
+    opt = burst.build_case_optimizer(model, case("ori"), BurstSettings(steps=7, device="cpu"))
+    assert opt.rule(opt.param_groups[0]).total_steps == 7  # Ori's Oja++ activation ends at 10% of 7 steps
+    opt = burst.build_case_optimizer(model, case("galore"), BurstSettings(steps=7, device="cpu"))
+    assert "total_steps" not in opt.param_groups[0]["method_options"]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,12 +14,16 @@ def test_param_counts_match_the_paper_table(name, expected):
     assert abs(load_model(name).params - expected) / expected < 0.0005
 
 
+HF = Path(__file__).resolve().parent / "data" / "hf"  # real Hugging Face configs (values as published)
+
+
 def _transformers_count(raw: dict) -> int:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "torch_dtype")}
     with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**raw))
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(raw.get("model_type", "llama"), **kwargs))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -63,11 +68,22 @@ def test_missing_config_path(tmp_path):
         load_model(str(tmp_path / "nope" / "config.json"))
 
 
-def test_non_llama_config(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
-    with pytest.raises(SubprofError, match="not a LLaMA config"):
-        load_model(str(path))
+@pytest.mark.parametrize("name", ["tinyllama", "llama-3.2-1b", "llama-3-8b", "mistral-7b", "qwen2-0.5b"])
+def test_hugging_face_llama_shaped_configs_count_as_transformers_does(name):
+    cfg = load_model(str(HF / f"{name}.json"))
+    assert cfg.params == _transformers_count(json.loads((HF / f"{name}.json").read_text()))
+
+
+def test_qwen2_has_qkv_biases_and_mistral_its_window():
+    qwen, mistral = load_model(str(HF / "qwen2-0.5b.json")), load_model(str(HF / "mistral-7b.json"))
+    assert qwen.qkv_bias and qwen.tied and qwen.bias_params == (896 + 2 * 128) * 24
+    assert mistral.sliding_window == 4096
+    assert mistral.forward_flops_per_token(8192) < mistral.forward_flops_per_token(4096) * 1.5  # window caps it
+
+
+def test_other_architectures_are_refused_saying_why(tmp_path):
+    with pytest.raises(SubprofError, match=r"model_type 'gpt2'.*LLaMA-shaped decoders only.*llama, mistral, qwen2"):
+        load_model(str(HF / "gpt2.json"))
 
 
 def test_incomplete_llama_config(tmp_path):

@@ -68,7 +68,7 @@ def test_non_llama_config_is_rejected(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
     out = run("estimate", "--model", str(path))
-    assert out.returncode == 2 and "not a LLaMA config" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "LLaMA-shaped decoders only" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_plan_and_estimate_import_neither_torch_nor_transformers():

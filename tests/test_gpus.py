@@ -18,7 +18,8 @@ from subprof.units import parse_size
 REQUIRED = ["rtx-3090", "rtx-4090", "rtx-5090", "rtx-a6000", "l4", "l40s", "a10g", "a100-40gb", "a100-80gb",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x"]
 FIGURES = {"memory": "memory_label", "memory_bytes": "memory_bytes", "bandwidth": "bandwidth_gbs",
-           "bf16_tflops": "bf16_tflops", "price": "price_per_hour"}
+           "bf16_tflops": "bf16_tflops", "price": "price_per_hour", "intra_node": "intra_node_gbs",
+           "inter_node": "inter_node_gbs"}
 
 
 def _raw() -> dict:
@@ -126,3 +127,11 @@ def test_parse_budget_gib_is_binary():
 def test_parse_budget_rejects(text):
     with pytest.raises(SubprofError):
         parse_budget(text)
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_every_gpu_has_its_links_with_sources(key):
+    g, raw = gpu_catalog()[key], _raw()[key]
+    assert g.intra_node_gbs > 0 and g.inter_node_gbs > 0 and g.intra_node_link and g.inter_node_link
+    assert raw["sources"]["intra_node"] and raw["sources"]["inter_node"]
+    assert g.inter_node_gbs < g.intra_node_gbs  # a node's NIC share is slower than its NVLink/PCIe

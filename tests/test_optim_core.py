@@ -123,16 +123,21 @@ def test_galore_equals_galore_torch_step_by_step():
 # --- declared bytes == bytes in optimizer.state --------------------------------------------------------------------
 
 
+VARIANTS = [(m, v) for m in METHODS for v in ("default", *REGISTRY[m].variants)]
+
+
 @pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])
 @pytest.mark.parametrize("bits", [32, 16, 8])
-@pytest.mark.parametrize("method", METHODS)
-def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, shape):
-    """Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32 at 8 bits) exercise both regimes."""
+@pytest.mark.parametrize("method,variant", VARIANTS)
+def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, variant, bits, shape):
+    """Every method in every named variant. Moments r×max(m, n) = 5120 values (8-bit) and P = 96×16 (< 4096: fp32
+    at 8 bits) exercise both regimes."""
     spec, (m, n), r = REGISTRY[method], shape, 16
+    options = dict(spec.variants.get(variant, {}))
     dtype = torch.bfloat16 if bits == 16 else torch.float32
     torch.manual_seed(0)
     model = Block(tall=shape).to(dtype)
-    opt = build_optimizer(model, method, rank=r, update_gap=1, state_bits=bits, lr=1e-3)
+    opt = build_optimizer(model, method, rank=r, update_gap=1, state_bits=bits, lr=1e-3, **options)
     data = batches(2, dim=n)
     for batch in data:
         opt.zero_grad()
@@ -140,7 +145,7 @@ def test_declared_state_bytes_equal_the_bytes_in_optimizer_state(method, bits, s
         opt.step()
     pb = 2 if dtype == torch.bfloat16 else 4
     for weight, (wm, wn) in ((model.attn.weight, (m, n)), (model.mlp.weight, (n, m))):
-        declared = sum(spec.state_bytes(wm, wn, r, state_bits=bits, param_bytes=pb).values())
+        declared = sum(spec.state_bytes(wm, wn, r, state_bits=bits, param_bytes=pb, options=options).values())
         assert state_tensor_bytes(opt.state[weight]) == declared, sorted(opt.state[weight])
     for p in (model.norm, model.head.weight, model.head.bias):  # plain AdamW tensors, as memory.state_bytes counts
         assert state_tensor_bytes(opt.state[p]) == 2 * tensor_bytes(p.numel(), Dtype.STATE, state_bits=bits,
@@ -313,6 +318,12 @@ def test_bad_arguments_raise_one_clear_error(kwargs, match):
         make("galore", **kwargs)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_without_an_lr_the_optimizer_takes_the_methods_published_one(method):
+    opt = build_optimizer(Block(), method, rank=4)
+    assert {g["lr"] for g in opt.param_groups} == {REGISTRY[method].default_lr}
+
+
 def test_adamw_state_bits_must_match_the_parameter_dtype():
     with pytest.raises(SubprofError, match="parameter dtype"):
         make("adamw", state_bits=16)
@@ -368,3 +379,33 @@ def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, 
             opt.step()
     declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize)
     assert trace.peak == declared
+
+
+@pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])
+@pytest.mark.parametrize("method,variant", [(m, v) for m, v in VARIANTS if REGISTRY[m].project])
+def test_a_refresh_allocates_no_more_than_its_declared_workspace(method, variant, shape):
+    """Every projection update (step 0's start, then a move) of every variant, traced at the dispatch
+    level (so `torch.linalg.svd`'s internal copy, declared, is not seen): the peak stays within the declaration.
+    fp32 weights and states (at 16/8 bits the moment rotation reads fp32 copies, which are not declared)."""
+    spec, (m, n), r = REGISTRY[method], shape, 16
+    options = dict(spec.variants.get(variant, {}))
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(m, n))
+    opt = SubspaceAdamW([{"params": [weight], "method": method, "rank": r, "update_gap": 1,
+                          "method_options": options}], lr=1e-3)
+    rule = opt.rule(opt.param_groups[0])
+    peaks = []
+    real = rule.update_projection
+
+    def traced(state, grad, step):
+        existing = [weight, grad] + [v for v in state.values() if torch.is_tensor(v)]
+        with TransientPeak(existing) as trace:
+            real(state, grad, step)
+        peaks.append(trace.peak)
+
+    rule.update_projection = traced
+    for _ in range(2):  # the start, then a move
+        weight.grad = torch.randn(m, n)
+        opt.step()
+    declared = spec.workspace_bytes(m, n, r, state_bits=32, param_bytes=4, options=options)
+    assert max(peaks) <= declared, (peaks, declared)

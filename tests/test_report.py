@@ -284,3 +284,43 @@ def test_headless_chromium_draws_every_figure_without_js_errors(tmp_path, page):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     shutil.rmtree(tmp_path / "profile-dom", ignore_errors=True)
     shutil.rmtree(tmp_path / "profile-shot", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- GPU type × GPU count
+
+
+@pytest.fixture(scope="module")
+def scaled():
+    return build_report(request(models=[load_model("7b")], gpus=[gpu_by_name("4090"), gpu_by_name("h100-sxm")],
+                                methods=parse_methods("adamw,galore"), gpus_per_node=[1, 8], nodes=[1, 2],
+                                days=20.0, bench_rows=[], proj_rows=[], burst_rows=[]))
+
+
+def test_scaling_has_a_row_per_gpu_type_and_count(scaled):
+    got = scaled.tables["scaling"]
+    assert sorted(set(zip(got["gpus"], got["nodes"]))) == [(1, 1), (2, 2), (8, 1), (16, 2)]
+    assert len(got) == 2 * 4
+
+
+def test_scaling_cost_counts_every_gpu_for_the_wall_clock_hours(scaled):
+    for r in scaled.tables["scaling"].dropna(subset=["hours"]).to_dict(orient="records"):
+        assert r["hours"] == pytest.approx(10**10 / r["tokens_per_s"] / 3600, rel=1e-3)  # tokens/s rounded to 0.1
+        assert r["cost_usd"] == pytest.approx(r["hours"] * r["gpus"] * r["usd_per_gpu_hour"])
+
+
+def test_deadline_picks_the_cheapest_configuration_within_the_days(scaled):
+    table, pick = scaled.tables["scaling"], scaled.tables["deadline"].iloc[0]
+    within = table[table["days"].astype(float) <= 20.0]
+    assert pick["meets_deadline"] and pick["cost_usd"] == within["cost_usd"].min()
+    assert any("cheapest within 20 days" in line for line in scaled.summary)
+
+
+def test_scaling_section_and_its_assumption_are_on_the_page(scaled):
+    page = render_html(scaled)
+    assert 'id="scaling"' in page and "GPU count data" in page and "Cheapest within 20 days" in page
+    assert any("Communication:" in line for line in scaled.assumptions)
+
+
+def test_bad_gpu_counts_are_a_subprof_error():
+    with pytest.raises(SubprofError, match="--gpus-per-node"):
+        request(gpus_per_node=[0])

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from subprof.methods import REGISTRY
-from subprof.methods.grass import GrassJumpRule, GrassWalkRule, randomized_rank_k, rotate_moments
-from subprof.methods.rule import orthonormal_columns
-from subprof.methods.sumo import SumoRule, orthogonalise
+from subprof.methods.grass import GrassJumpRule, GrassWalkRule, randomized_rank_k, walk_angles
+from subprof.methods.moving import rotate_moments
+from subprof.methods.rule import orthonormal_columns, top_singular_basis
+from subprof.methods.sumo import SumoRule, orthogonalise, randomized_basis
 
 SHAPES = [(48, 32), (24, 40)]  # tall (P right, n×r) and wide (P left, m×r)
 RANDOM_RULES = [GrassJumpRule, GrassWalkRule]
@@ -98,8 +99,8 @@ def test_rng_state_round_trips_through_a_saved_state(cls):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_grasswalk_moves_by_the_stated_geodesic_step(shape):
-    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.3)
+def test_grasswalk_with_the_normalised_angle_moves_by_exactly_walk_step(shape):
+    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.3, angle="normalised")
     _, history = run(rule, shape, 8)
     for old, new in zip(history, history[1:]):
         angle = max_principal_angle(old, new)
@@ -114,7 +115,7 @@ def test_grassjump_jumps_far(shape):
 
 
 def test_grasswalk_rank_k_geodesic_length():
-    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.4, walk_rank=3)
+    rule = GrassWalkRule(rank=6, update_gap=1, walk_step=0.4, walk_rank=3, angle="normalised")
     _, history = run(rule, (60, 50), 4)
     for old, new in zip(history, history[1:]):
         cos = torch.linalg.svdvals(old.T.double() @ new.double()).clamp(max=1.0)
@@ -127,6 +128,38 @@ def test_randomized_rank_k_recovers_a_dominant_direction():
     a = 10 * u @ v.T + 0.01 * torch.randn(50, 8)
     uk, s, vk = randomized_rank_k(a, 1, gen)
     assert abs(float(uk.T @ u)) > 0.999 and abs(float(vk.T @ v)) > 0.999 and abs(float(s[0]) - 10) < 0.1
+
+
+def test_walk_step_keeps_every_catalogue_shape_below_a_right_angle():
+    """The measurement behind GrassWalk's default η = 0.02 (grass.py): θ = η·σ at the papers' ranks."""
+    rows = walk_angles([("tiny", 128, 16), ("60m", 512, 128), ("1b", 2048, 512), ("7b", 4096, 1024)])
+    thetas = [row["theta"] for row in rows]
+    assert thetas == sorted(thetas) and 0.2 < thetas[0] and thetas[-1] < math.pi / 2
+    assert [round(t, 2) for t in thetas] == [0.26, 0.49, 0.94, 1.33]  # as the docstring states
+
+
+def test_grasswalk_starts_from_the_svd_and_grassjump_from_a_draw():
+    g = grads((40, 30), 1)[0]
+    walk, jump = {}, {}
+    GrassWalkRule(rank=4, update_gap=5).update_projection(walk, g, 0)
+    GrassJumpRule(rank=4, update_gap=5).update_projection(jump, g, 0)
+    torch.testing.assert_close(walk["projector"], top_singular_basis(g, 4))
+    assert max_principal_angle(jump["projector"], top_singular_basis(g, 4)) > 0.5
+    random_walk = {}
+    GrassWalkRule(rank=4, update_gap=5, init="random").update_projection(random_walk, g, 0)
+    assert max_principal_angle(random_walk["projector"], top_singular_basis(g, 4)) > 0.5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sumo_randomized_basis_finds_a_dominant_subspace(shape):
+    gen = torch.Generator().manual_seed(0)
+    d, big = min(shape), max(shape)
+    u = orthonormal_columns(torch.randn(d, 4, generator=gen))
+    g = u @ (torch.tensor([8.0, 6.0, 5.0, 4.0])[:, None] * torch.randn(4, big, generator=gen)) / math.sqrt(big)
+    g = g + 0.05 * torch.randn(d, big, generator=gen) / math.sqrt(big)
+    g = g.T.contiguous() if shape[0] >= shape[1] else g
+    basis = randomized_basis(g, 4, torch.Generator().manual_seed(1), oversample=10, power_iters=2)
+    assert basis.shape == (d, 4) and max_principal_angle(basis, u) < 0.05
 
 
 @pytest.mark.parametrize("shape", [(5, 40), (40, 5)])
@@ -174,7 +207,7 @@ def test_moment_transfer_is_exact_when_the_subspace_is_unchanged(shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sumo_refresh_keeps_the_moment_when_the_subspace_is_unchanged(shape):
-    rule = SumoRule(rank=4, update_gap=2)
+    rule = SumoRule(rank=4, update_gap=2, subspace="exact")
     g = torch.randn(*shape)
     state = {}
     rule.update_projection(state, g, 0)
@@ -185,7 +218,7 @@ def test_sumo_refresh_keeps_the_moment_when_the_subspace_is_unchanged(shape):
 
 
 def test_sumo_step_accumulates_momentum_and_returns_orthogonal_update():
-    rule = SumoRule(rank=4, update_gap=10, momentum=0.5)
+    rule = SumoRule(rank=4, update_gap=10, momentum=0.5, update_scale=None, residual=None)
     g1, g2 = torch.randn(20, 30), torch.randn(20, 30)
     state = {}
     rule.update_projection(state, g1, 0)
@@ -221,7 +254,7 @@ def test_recovery_is_off_when_asked():
     g = torch.randn(30, 20)
     rule.update_projection(state, g, 0)
     assert rule.recovery_term(state, g, rule.project(state, g), rule.project(state, g)) is None
-    assert SumoRule(rank=4, update_gap=1).recovery_term(state, g, None, None) is None
+    assert SumoRule(rank=4, update_gap=1, residual=None).recovery_term(state, g, None, None) is None
 
 
 # --- through the optimizer core ----------------------------------------------------------------------------------
@@ -239,7 +272,7 @@ class TinyBlock(torch.nn.Module):
         return self.head(self.mlp(torch.tanh(self.attn(x))))
 
 
-LRS = {"grasswalk": 1e-2, "grassjump": 1e-2, "sumo": 1e-1}  # SUMO's O has spectral norm 1: a Muon-like, larger lr
+LRS = {"grasswalk": 1e-2, "grassjump": 1e-2, "sumo": 5e-2}  # SUMO: RMS 0.2 per step where Adam takes ~1 here
 
 
 def regression(seed=0):
@@ -285,7 +318,8 @@ def test_save_load_continue_equals_an_uninterrupted_run(method):
 
     def build(model):
         seed = {"seed": 5} if "seed" in REGISTRY[method].option_defaults else {}
-        return optim.build_optimizer(model, method, rank=4, update_gap=3, lr=LRS[method], recovery=True, **seed)
+        extra = {"residual": "fira"} if method == "sumo" else {"recovery": "reference"}
+        return optim.build_optimizer(model, method, rank=4, update_gap=3, lr=LRS[method], **extra, **seed)
 
     model, x, y = regression()
     opt = build(model)

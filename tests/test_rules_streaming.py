@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from subprof.methods.spec import basis_shape
-from subprof.methods.ori import OriRule, active_columns, cholesky_qr, oja_step, oja_step_reference
+from subprof.methods.ori import OriRule, activation_epoch, active_columns, cholesky_qr, oja_step, oja_step_reference
 from subprof.methods.osd import (OSDRule, online_pca_grad, online_pca_grad_autograd, online_pca_loss, oriented)
 from subprof.methods.rule import orthonormal_columns, top_singular_basis
-from subprof.methods.subtrack import SubTrackRule, tangent, tangent_reference
+from subprof.methods.subtrack import SubTrackRule, tangent, tangent_lstsq
 
 SHAPES = [(64, 96), (96, 64)]  # wide (P on the left, m×r) and tall (P on the right, n×r)
 RANK, STEPS, OMEGA, NOISE = 4, 400, 0.003, 0.3
@@ -107,9 +107,10 @@ def test_ori_fast_step_equals_reference_step(shape):
 def test_subtrack_fast_tangent_equals_least_squares_residual_form(shape):
     g = random_grads(shape, 1)[0]
     p = torch.linalg.qr(torch.randn(min(shape), 6))[0]
-    torch.testing.assert_close(tangent(p, oriented(g), scale=6.0), tangent_reference(p, oriented(g), scale=6.0),
-                               atol=1e-5, rtol=1e-5)
-    rules = [SubTrackRule(rank=RANK, update_gap=2, form=f) for f in ("fast", "reference")]
+    for scale in (6.0, None):  # scale-free and raw
+        torch.testing.assert_close(tangent(p, oriented(g), scale=scale), tangent_lstsq(p, oriented(g), scale=scale),
+                                   atol=1e-4, rtol=1e-4)
+    rules = [SubTrackRule(rank=RANK, update_gap=2, form=f, step_rule="scale_free") for f in ("fast", "lstsq")]
     states = [{}, {}]
     for step, gi in enumerate(random_grads(shape, 12)):
         for rule, state in zip(rules, states):
@@ -132,9 +133,11 @@ def test_osd_paper_variant_is_adam_on_the_online_pca_loss_with_lr_alpha_times_lr
     reference, opt = None, None
     for step, g in enumerate(random_grads(shape, 8)):
         rule.update_projection(state, g, step)
-        if reference is None:  # P_0 is the rule's random draw
+        if reference is None:  # P_0 is the SVD of the first gradient, as the authors' code starts; no step at 0
+            torch.testing.assert_close(state["projector"], top_singular_basis(g, RANK))
             reference = state["projector"].clone().requires_grad_(True)
             opt = torch.optim.Adam([reference], lr=5 * 2e-3, betas=(0.9, 0.999), eps=1e-8)
+            continue
         torch.testing.assert_close(state["projector"], reference.detach(), atol=1e-5, rtol=0)
         opt.zero_grad()
         osd_loss(reference, oriented(g), 0.1).backward()
@@ -165,14 +168,15 @@ def test_osd_takes_the_learning_rate_from_the_optimizer_group():
     model.add_module("mlp", torch.nn.Linear(48, 32, bias=False))
     opt = build_optimizer(model, "osd", rank=RANK, lr=4e-4)
     x = torch.randn(8, 48)
-    for lr in (4e-4, 1e-4):
+    for step, lr in enumerate((4e-4, 4e-4, 1e-4)):
         for group in opt.param_groups:
             group["lr"] = lr
         model(x).square().mean().backward()
         opt.step()
         opt.zero_grad()
         state = opt.state[model.mlp.weight]
-        assert state["projector_pending_lr"] == pytest.approx(5 * lr)  # η_P = α·η_W of this very step
+        if step:  # no P step at step 0 (P_0 is the SVD of G_0)
+            assert state["projector_pending_lr"] == pytest.approx(5 * lr)  # η_P = α·η_W of this very step
 
 
 def test_osd_code_variant_scales_its_step_by_the_lr_ratio_to_the_first_lr():
@@ -208,10 +212,10 @@ def test_osd_step_lowers_the_online_pca_loss():
 
 def test_osd_with_sgd_keeps_only_the_pending_gradient():
     rule, state = OSDRule(rank=RANK, projector_optimizer="sgd", lr=1e-2), {}
-    for step, g in enumerate(random_grads((64, 96), 3)):
+    for step, g in enumerate(random_grads((64, 96), 4)):
         before = state["projector"].clone() if "projector" in state else None
         rule.update_projection(state, g, step)
-        if before is not None:
+        if step >= 2:  # the first P step is taken on G_1 and applied at step 2
             assert not torch.equal(before, state["projector"])
     assert "projector_exp_avg" in state and "projector_exp_avg_sq" not in state
 
@@ -270,10 +274,51 @@ def test_oja_pp_activates_half_then_three_quarters_then_all_columns():
     assert active_columns(1, 0, 10) == 1
 
 
+@pytest.mark.parametrize("rank,total,share", [(8, 200, 0.1), (128, 10_000, 0.1), (16, 1000, 0.5)])
+def test_oja_pp_activation_ends_at_the_stated_share_of_training(rank, total, share):
+    epoch = activation_epoch(rank, total, share)
+    full = next(step for step in range(total) if active_columns(rank, step, epoch) == rank)
+    assert share * total - int(math.log2(rank)) < full <= share * total  # all active just before the share is reached
+    assert active_columns(rank, full - 1, epoch) < rank
+
+
+def test_ori_keeps_inactive_columns_out_of_the_projection():
+    """Oja++ from a random start at rank 8 over 200 steps: 4 active columns at step 0, the other 4 zero in P, so the
+    projected gradient and Adam's moments are zero there until they join (all 8 from step 20 = 10% of 200)."""
+    from subprof.optim import SubspaceAdamW
+
+    weight = torch.nn.Parameter(torch.randn(64, 96))
+    opt = SubspaceAdamW([{"params": [weight], "method": "ori", "rank": 8, "update_gap": 1,
+                          "method_options": {"total_steps": 200}}], lr=1e-3)
+    for step, g in enumerate(random_grads((64, 96), 25)):
+        weight.grad = g
+        opt.step()
+        state = opt.state[weight]
+        k = active_columns(8, step, activation_epoch(8, 200, 0.1))
+        p = state["projector"]
+        assert state["active_columns"] == k
+        assert torch.count_nonzero(p[:, k:]) == 0 and torch.count_nonzero(state["exp_avg"][k:]) == 0
+        torch.testing.assert_close(p[:, :k].T @ p[:, :k], torch.eye(k), atol=1e-5, rtol=0)
+    assert k == 8
+
+
+@pytest.mark.parametrize("make", [lambda gap: OSDRule(rank=RANK, lr=1e-3, update_gap=gap),
+                                  lambda gap: OriRule(rank=RANK, update_gap=gap, oja_pp=False)])
+def test_streaming_rules_move_their_projector_only_around_due_steps(make):
+    """Every `update_gap` steps: Ori moves P at a due step, OSD the step after it (P_{t+1} from G_t; none at step 0,
+    where P is the SVD of G_0)."""
+    rule, state, history = make(3), {}, []
+    for step, g in enumerate(random_grads((64, 96), 10)):
+        rule.update_projection(state, g, step)
+        history.append(state["projector"].clone())
+    changed = [step for step in range(1, 10) if not torch.equal(history[step], history[step - 1])]
+    assert changed == ([4, 7] if isinstance(rule, OSDRule) else [3, 6, 9])
+
+
 def test_subtrack_moves_the_right_side_subspace():
     """Tall weight (m ≥ n): P is n×r; a gradient whose row space lies outside span(P) must rotate P towards it."""
     gen = torch.Generator().manual_seed(0)
-    rule, state = SubTrackRule(rank=2, update_gap=1), {}
+    rule, state = SubTrackRule(rank=2, update_gap=1, step_rule="scale_free"), {}
     basis = torch.linalg.qr(torch.randn(32, 4, generator=gen))[0]
     rule.update_projection(state, torch.randn(80, 2, generator=gen) @ basis[:, :2].T, 0)
     target = math.cos(1.0) * basis[:, :2] + math.sin(1.0) * basis[:, 2:]  # 1 rad away from span(P)
@@ -285,11 +330,11 @@ def test_subtrack_moves_the_right_side_subspace():
 
 # --- tracking a rotating planted subspace ----------------------------------------------------------------------------
 
-TRACKERS = {
-    "osd": (lambda: OSDRule(rank=RANK, lr=1e-3), 5e-2),  # λ keeps PᵀP ≈ I only approximately
-    "osd-sgd": (lambda: OSDRule(rank=RANK, projector_optimizer="sgd", lr=0.1), 5e-2),
-    "ori": (lambda: OriRule(rank=RANK), 1e-3),
-    "subtrack": (lambda: SubTrackRule(rank=RANK, update_gap=1), 1e-3),
+TRACKERS = {  # random starts where the rule offers one: passing must come from tracking, not from the step-0 SVD
+    "osd": (lambda: OSDRule(rank=RANK, lr=1e-3, init="random"), 5e-2),  # λ keeps PᵀP ≈ I only approximately
+    "osd-sgd": (lambda: OSDRule(rank=RANK, projector_optimizer="sgd", lr=0.1, init="random"), 5e-2),
+    "ori": (lambda: OriRule(rank=RANK, oja_pp=False), 1e-3),
+    "subtrack": (lambda: SubTrackRule(rank=RANK, update_gap=1, step_rule="scale_free"), 1e-3),
 }
 
 

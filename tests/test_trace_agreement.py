@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from subprof.plan import calibration as cal
+from subprof.plan.calibration import DEFAULT
 from subprof.catalog import load_model
 from subprof.config import TrainConfig
 from subprof.plan.memory import estimate
@@ -35,5 +35,5 @@ def test_estimate_within_3_percent_of_traced_peak(row):
                                layerwise=row.get("layerwise", False), checkpointing=row.get("checkpointing", False),
                                dtype=row.get("dtype", "bf16"), batch=row["batch"], seq=row["seq"]))
     # a trace sees tensors only: compare without the GPU-side runtime allocations calibrated on real H100 rows
-    model_side = est.peak_allocated_bytes - cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    model_side = est.peak_allocated_bytes - DEFAULT.cuda_runtime_allocated_bytes
     assert abs(model_side / row["peak_allocated_bytes"] - 1) <= 0.03

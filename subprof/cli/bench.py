@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt,
-                                 ResumeOpt, SeqOpt)
+                                 ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
                             progress_bar)
+from subprof.errors import SubprofError
 from subprof.results import comparable_estimate, comparable_peak
 
 
@@ -22,23 +23,29 @@ def _gib(b: int | None) -> str:
 def render(rows: list[dict]) -> None:
     table = Table(title="bench: measured vs estimated peak allocated (GiB = 2^30 B)")
     for col in ("model", "method", "rank", "bits", "batch", "backend", "status", "measured", "estimated", "error %",
-                "step ms", "tokens/s"):
+                "step ms", "opt step ms", "opt / floor", "tokens/s"):
         table.add_column(col, justify="left" if col in ("model", "method", "backend", "status") else "right")
     for r in rows:
         err = r.get("estimate_error_pct")
         impl = r.get("implementation") or "subprof"
         table.add_row(str(r.get("model")), str(r.get("method")) + ("" if impl == "subprof" else f" ({impl})")
-                      + (" (per-layer)" if r.get("layerwise") else ""),
+                      + (" (per-layer)" if r.get("layerwise") else "")
+                      + (f" ({r.get('strategy')} × {r['world_size']})" if (r.get("world_size") or 1) > 1 else ""),
                       str(r.get("rank") or "—"), str(r.get("state_bits") or "—"), str(r.get("batch")),
                       str(r.get("backend")), str(r.get("status")), _gib(comparable_peak(r)),
                       _gib(comparable_estimate(r)), "—" if err is None else f"{err:+.1f}",
                       "—" if r.get("median_step_s") is None else f"{1e3 * r['median_step_s']:.1f}",
+                      "—" if r.get("optimizer_step_s") is None else f"{1e3 * r['optimizer_step_s']:.1f}",
+                      "—" if r.get("step_over_floor") is None else f"{r['step_over_floor']:.2f}",
                       "—" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}")
     console.print(table)
     if any(r.get("backend") in ("trace", "cpu") for r in rows):
         console.print("trace and cpu rows see tensors only: they are compared with the model-side estimate (without "
                       "the CUDA runtime allocations calibrated on real GPUs); a trace is not a GPU measurement and has "
                       "no times.")
+    if any(r.get("step_over_floor") is not None for r in rows):
+        console.print("opt / floor: the optimizer step's median time over the floor of its arithmetic (its GEMMs and "
+                      "one Adam pass over the projected moments), timed in the same run (subprof/measure/floor.py).")
 
 
 def bench(
@@ -56,26 +63,46 @@ def bench(
     steps: Annotated[int, typer.Option("--steps", help="Training steps per case.", min=1)] = 3,
     backend: Annotated[str, typer.Option("--backend", help="auto (cuda if a GPU is visible, else trace), cuda, "
                                                            "trace (fake tensors) or cpu (small models).")] = "auto",
-    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Budget: a traced peak above it is an "
-                                                                     "`oom` row (24GB, 24GiB, 4090).")] = None,
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Budget (24GB, 24GiB, 4090): a traced "
+                                                   "configuration whose device memory (as `plan` computes it from the "
+                                                   "peak) exceeds it less --margin is an `oom` row.")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of --gpu-mem "
+                                                           "(as in plan).")] = 0.05,
+    threads: ThreadsOpt = None,
+    calibration: CalibrationOpt = None,
     out: Annotated[str, typer.Option("--out", "-o", help="JSONL file rows are appended to.")] = "reports/bench.jsonl",
     resume: ResumeOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per case before it is a `timeout` row.",
                                            min=1)] = 900.0,
+    world_size: Annotated[int, typer.Option("--world-size", help="Ranks of a data-parallel job: trace rank 0 on a "
+                                                                 "fake process group (trace), or torchrun on the "
+                                                                 "local GPUs (cuda). --batch is per rank.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes of the job (hsdp replicates across them).")] = 1,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="ddp, fsdp (default with --world-size), "
+                                                                       "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure peak memory and step time per method × rank (one subprocess per case), next to the estimate."""
     from subprof.catalog import parse_budget
     from subprof.measure.case import Case, resolve_backend
-    from subprof.measure.runner import build_cases, sweep
+    from subprof.measure.runner import BudgetRule, build_cases, sweep
+    from subprof.plan.calibration import calibration_for
 
-    budget = parse_budget(gpu_mem).bytes if gpu_mem else None
+    from subprof.results import check_writable
+
+    budget = parse_budget(gpu_mem) if gpu_mem else None
+    if not 0 <= margin < 1:
+        raise SubprofError(f"--margin {margin} must be in [0, 1)")
+    calib = calibration_for(budget.gpu.key if budget and budget.gpu else None, calibration)
+    rule = BudgetRule(budget_bytes=budget.bytes, margin=margin, calibration=calib) if budget else None
+    check_writable(out)
     chosen = resolve_backend(backend.strip().lower())
     base = dict(batch=batch, seq=seq, dtype=dtype, state_bits=state_bits, layerwise=layerwise,
                 checkpointing=checkpointing, update_gap=update_gap)
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
-                        backend=chosen, budget_bytes=budget)
+                        backend=chosen, threads=threads, world_size=world_size, nodes=nodes,
+                        strategy=strategy.strip().lower() if strategy else None)
     finished = 0
     try:
         with progress_bar(len(cases), f"bench [{chosen}]") as bar:
@@ -86,7 +113,8 @@ def bench(
                 finished += row is not None
                 bar.advance(f"{case.label()}: {row['status'] if row else 'done before (resume)'}")
 
-            rows = sweep(cases, out=out, resume=resume, timeout=timeout, on_row=advance)
+            rows = sweep(cases, out=out, resume=resume, timeout=timeout, budget=rule, calibration=calib,
+                         on_row=advance)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: {finished} finished case(s) kept in {out}; rerun with --resume")
         raise typer.Exit(130) from None
@@ -94,7 +122,7 @@ def bench(
         print_json(rows)
         return
     render(rows)
-    console.print(f"rows appended to {out}")
+    console.print(f"rows appended to {out}; estimates calibrated by {calib.source}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
 """`subprof burst`: short real training runs per method × rank × update gap on the default corpus or `--data`,
-ranked by validation loss with throughput and memory beside it. The work is `subprof.burst.run_bursts`."""
+ranked by validation loss with throughput and memory beside it, each method at its own learning rate (its published
+default, or the best of `--lr-grid K` around it). The work is `subprof.train.burst.run_bursts`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, Dty
 from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
                             progress_bar)
 from subprof.errors import SubprofError
+from subprof.train.lrgrid import best_rows
 
 
 def burst(
@@ -26,8 +28,11 @@ def burst(
     steps: Annotated[int, typer.Option("--steps", help="Training steps per case.", min=1)] = 200,
     batch: BatchOpt = 8,
     seq: Annotated[int, typer.Option("--seq", help="Sequence length in tokens.", min=2)] = 256,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate for every case (default: AdamW "
-                                                "1e-3, low-rank methods 1e-2 with scale 0.25).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate for every case (default: each "
+                                                "method's published lr; scale 0.25).")] = None,
+    lr_grid: Annotated[Optional[int], typer.Option("--lr-grid", help="Train each configuration at K learning rates "
+                                                   "in half-decade steps around its default (or --lr) and keep the "
+                                                   "best validation loss.", min=1)] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validation loss every K steps (and at the "
                                                                  "end).", min=1)] = 50,
     device: DeviceOpt = "auto",
@@ -43,12 +48,13 @@ def burst(
     json_out: JsonOpt = False,
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
-    from subprof.train.burst import BurstSettings, expand_cases, run_bursts
+    from subprof.results import check_writable
+    from subprof.train.burst import BurstSettings, check_cases, expand_cases, run_bursts
     from subprof.train.corpus import load_corpus
 
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
                                 parse_int_list(update_gaps, "--update-gaps"), batch=batch, seq=seq, dtype=dtype,
-                                lr=lr)
+                                lr=lr, lr_grid=lr_grid)
     if not cases:
         raise SubprofError("no cases to run: " + "; ".join(notes))
     settings = BurstSettings(steps=steps, eval_every=eval_every, device=device, seed=seed, data_seed=seed,
@@ -61,15 +67,35 @@ def burst(
                           + (" [cached]" if corpus.cache_hit else ""))
         for note in notes:
             err_console.print(f"note: {note}")
-    with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
-        rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+    check_writable(out)
+    check_cases(cases, settings, corpus)
+    try:
+        with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
+            rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: every finished case is kept in {out}; rerun the same command with --resume "
+                          f"to run only the rest")
+        raise typer.Exit(130) from None
+    best = best_rows(rows) if lr_grid else rows
     if json_out:
         print_json({"corpus": corpus.summary() | {"description": corpus.description}, "notes": notes,
-                    "out": str(out), "rows": rows})
+                    "out": str(out), "rows": rows, "best": best if lr_grid else None})
         return
-    console.print(burst_table(rows, title=f"burst on {corpus.name} ({corpus.tokens:,} tokens), {steps} steps × "
-                                          f"{batch}×{seq} tokens, device {settings.device}"))
-    console.print("val loss: mean next-token cross-entropy (nats) on fixed held-out windows after the last step; "
+    console.print(burst_table(best, title=f"burst on {corpus.name} ({corpus.tokens:,} tokens), {steps} steps × "
+                                          f"{batch}×{seq} tokens, device {settings.device}"
+                                          + (f", best of {lr_grid} learning rates per configuration" if lr_grid
+                                             else "")))
+    if lr_grid:
+        console.print("learning rates tried (final validation loss; * best at the edge of its grid — the optimum may "
+                      "lie beyond it):")
+        for r in best:
+            tried = " · ".join(f"{lr:.3g}: {v:.4f}" if v is not None else f"{lr:.3g}: diverged"
+                               for lr, v in r["lr_tried"])
+            console.print(f"  {r['method']} {'r' + str(r['rank']) if r['rank'] else 'full'}"
+                          f"{' T' + str(r['update_gap']) if r['update_gap'] else ''}: {tried}"
+                          + (" *" if r["lr_at_edge"] else ""))
+    console.print("lr: peak learning rate (default: the method's published one, `subprof.methods` lr_source); "
+                  "val loss: mean next-token cross-entropy (nats) on fixed held-out windows after the last step; "
                   "peak: CUDA max_memory_allocated, or on a CPU the MemTracker-traced peak of the first two steps "
                   "(state creation and first projection, then a step with the state resident); proj. share: time "
                   "in projection updates / step time.")
@@ -77,12 +103,13 @@ def burst(
 
 
 def burst_table(rows: list[dict], *, title: str) -> Table:
-    """Cases ranked by final validation loss (diverged last), with the gap to full-rank AdamW, time and memory."""
+    """Cases ranked by final validation loss (diverged last), with the lr each used (* at the edge of its grid),
+    the gap to full-rank AdamW, time and memory."""
     ref = min((r["val_loss"] for r in rows if r["method"] == "adamw" and r.get("val_loss") is not None),
               default=None)
     ranked = sorted(rows, key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
     table = Table(title=title)
-    for col in ("#", "method", "rank", "gap", "val loss", "Δ adamw", "train loss", "tokens/s", "proj. share",
+    for col in ("#", "method", "rank", "gap", "lr", "val loss", "Δ adamw", "train loss", "tokens/s", "proj. share",
                 "peak MiB", "state MiB", "time s", "status"):
         table.add_column(col, justify="left" if col in ("method", "status") else "right")
     for i, r in enumerate(ranked, 1):
@@ -90,6 +117,7 @@ def burst_table(rows: list[dict], *, title: str) -> Table:
         peak = r.get("peak_allocated_bytes") or r.get("peak_tracked_bytes")
         table.add_row(
             str(i), r["method"], str(r["rank"] or "full"), str(r["update_gap"] or "–"),
+            f"{r['lr']:.3g}" + ("*" if r.get("lr_at_edge") else ""),
             f"{val:.4f}" if val is not None else "–",
             f"{val - ref:+.4f}" if val is not None and ref is not None else "–",
             f"{r['final_train_loss']:.4f}" if r.get("final_train_loss") is not None else "–",

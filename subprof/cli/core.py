@@ -9,7 +9,7 @@ from rich.table import Table
 
 from subprof.cli import render
 from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt, RankOpt,
-                                 SeqOpt)
+                                 SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import console, guarded, print_json
 from subprof.errors import SubprofError
 
@@ -74,17 +74,29 @@ def estimate(
     state_bits: BitsOpt = None,
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = False,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose calibration record applies "
+                                                             "(default: the H100 reference rows).")] = None,
+    calibration: CalibrationOpt = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs of a data-parallel job: the breakdown of rank 0 (batch "
+                                                    "per rank).")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="ddp, fsdp, fsdp-no-reshard or hsdp.")] = "fsdp",
     json_out: JsonOpt = False,
 ) -> None:
     """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
-    from subprof.catalog import load_model
+    from subprof.catalog import gpu_by_name, load_model
     from subprof.config import TrainConfig
-    from subprof.plan.memory import estimate as run_estimate
+    from subprof.plan.calibration import calibration_for
+    from subprof.plan.distributed import estimate_rank
+    from subprof.plan.parallel import Parallel, check_shardable
 
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
                       checkpointing=checkpointing)
-    est = run_estimate(cfg)
+    par = Parallel(gpus=gpus, nodes=nodes, strategy=strategy.strip().lower()) if gpus > 1 or nodes > 1 else None
+    if par is not None:
+        check_shardable(cfg.model, par)
+    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu).key if gpu else None, calibration))
     if json_out:
         print_json(est.to_dict())
         return
@@ -93,14 +105,17 @@ def estimate(
 
 def plan(
     model: ModelOpt,
-    gpu_mem: Annotated[str, typer.Option("--gpu-mem", help="Memory budget: a size (24GB = 24·10^9 B, 24GiB, "
-                                                           "24000MiB) or a catalogue GPU (4090, h100-sxm).")],
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Memory budget per GPU: a size (24GB = 24·10^9 "
+                                                   "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
+                                                   "the --gpu card's memory.")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
-                                                                       "largest that fits).")] = None,
-    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", help="Tokens per optimizer step; "
-                                                           "micro-batches accumulate to it.")] = None,
+                                                 "largest that fits). Alone it is also the optimizer batch; with "
+                                                 "--tokens-per-step micro-batches accumulate to that.")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", help="Tokens per optimizer step "
+                                                           "(default: 512 sequences); micro-batches accumulate to "
+                                                           "it.")] = None,
     dtype: DtypeOpt = "bf16",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of the "
                                                            "budget.")] = 0.05,
@@ -116,6 +131,12 @@ def plan(
     probe: Annotated[Optional[str], typer.Option("--probe", help="`subprof probe` rows (JSONL): rank candidates by "
                                                  "the captured gradient energy they predict instead of the "
                                                  "published-results prior.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job runs on (data parallel); memory is then per "
+                                                    "rank and tokens/s the whole job's.")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over (equal GPUs per node).")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp (FSDP2, ZeRO-3-like), "
+                                                             "fsdp-no-reshard (ZeRO-2-like) or hsdp (shard within "
+                                                             "a node, replicate across).")] = "auto",
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
@@ -129,11 +150,14 @@ def plan(
                                                                "(default: the Python standard library).")] = None,
     burst_out: Annotated[str, typer.Option("--burst-out", help="JSONL the burst rows are appended to "
                                                                "(resumable).")] = "reports/plan_burst.jsonl",
+    threads: ThreadsOpt = None,
+    calibration: CalibrationOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
     from subprof.catalog import gpu_by_name, load_model, parse_budget
     from subprof.methods import parse_methods
+    from subprof.plan.calibration import load as load_calibration
     from subprof.plan.evidence import probe_quality
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
@@ -145,9 +169,14 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem), methods=parse_methods(methods),
+    if gpu_mem is None and gpu is None:
+        raise SubprofError("give the memory budget: --gpu-mem 24GB (or a card: --gpu-mem 4090), or --gpu NAME for "
+                           "that card's memory")
+    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem or gpu), methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
+                      calibration=load_calibration(calibration) if calibration else None,
+                      gpus=gpus, nodes=nodes, strategy=strategy.strip().lower(),
                       evidence=probe_quality(probe) if probe else None)
     result = run_plan(req)
     evidence = None
@@ -156,7 +185,7 @@ def plan(
         from subprof.train.confirm import confirm_with_bursts
 
         evidence = confirm_with_bursts(result, top=burst_top, steps=burst_steps, burst_model=burst_model,
-                                       data=data, out=burst_out, seq=min(seq, 256),
+                                       data=data, out=burst_out, seq=min(seq, 256), threads=threads,
                                        progress_factory=None if json_out else progress_bar)
     if json_out:
         print_json(render.plan_json(result, evidence))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from subprof.config import DTYPE_HELP
+from subprof.config import DTYPE_HELP, default_threads
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name (see `subprof models`) or a path to a "
@@ -31,6 +31,10 @@ DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="Text file
 DataDtypeOpt = Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 (nanoGPT) or "
                                                                 "uint32.")]
 VocabOpt = Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's; 1 "
-                                                   "avoids oversubscription on a shared machine).", min=1)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: half the "
+                                                   f"cores, {default_threads()} here; on a busy machine fewer threads "
+                                                   "run faster).")]
+CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A calibration record written by `subprof "
+                                                       "calibrate` (default: the newest record for the target GPU, "
+                                                       "else the H100 reference rows).")]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import DeviceOpt, JsonOpt, ModelOpt
+from subprof.cli.options import DeviceOpt, JsonOpt, ModelOpt, ResumeOpt, ThreadsOpt
 from subprof.cli.ui import console, err_console, guarded, parse_int_list, print_json, progress_bar
 from subprof.errors import SubprofError
 
@@ -35,10 +35,13 @@ def proj(
                                                   "e.g. 2048x5461 (the per-step sum then needs all of them).")] = None,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/proj.jsonl"),
+    resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Time projection updates (SVD, randomized SVD, streaming steps) on the model's weight shapes."""
     from subprof.catalog import load_model
+    from subprof.measure.model import torch_threads
     from subprof.measure.timing import FLOOR, parse_methods, parse_shapes, resolve_device, run_proj, torch_dtype
     from subprof.results import ResultLog
 
@@ -50,15 +53,21 @@ def proj(
     torch_dtype(dtype)
     dev = resolve_device(device)
     shape_list = parse_shapes(shapes, cfg)
-    log = ResultLog(out)
-    total = len(shape_list) * len(rank_list) * (len(method_list) + 1)
-    if not json_out:
-        err_console.print(f"timing {len(method_list)} methods + the {FLOOR} on {len(shape_list)} shapes of {cfg.name} × "
-                          f"ranks {', '.join(map(str, rank_list))} on {dev} ({dtype}), {warmup} warm-up + "
-                          f"{repeats} timed calls each")
-    with progress_bar(total, "proj", quiet=json_out) as bar:
-        result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats, warmup=warmup,
-                          update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
+    log = ResultLog(out, resume=resume)
+    total = sum(len({min(r, m, n) for r in rank_list}) for m, n in shape_list) * (len(method_list) + 1)
+    with torch_threads(threads) as used_threads:
+        if not json_out:
+            err_console.print(f"timing {len(method_list)} updates + the {FLOOR} on {len(shape_list)} shapes of "
+                              f"{cfg.name} × ranks {', '.join(map(str, rank_list))} on {dev} ({dtype}, "
+                              f"{used_threads} threads), {warmup} warm-up + {repeats} timed calls each")
+        try:
+            with progress_bar(total, "proj", quiet=json_out) as bar:
+                result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats,
+                                  warmup=warmup, update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: every finished timing is kept in {out}; rerun the same command with "
+                              f"--resume to time only the rest")
+            raise typer.Exit(130) from None
     if json_out:
         print_json({"model": cfg.name, "device": dev, "dtype": dtype, "out": str(out), **result})
         return
@@ -66,6 +75,14 @@ def proj(
                                                      f"({result['rows'][0]['device_name']}), {dtype}"))
     console.print(per_step_table(result["per_step"], title=f"projection time per optimizer step, all projected "
                                                           f"layers of {cfg.name}"))
+    noisy = [r for r in result["rows"] if r.get("noisy")]
+    if noisy:
+        console.print(f"[yellow]warning:[/] {len(noisy)} of {len(result['rows'])} timings vary by more than half "
+                      f"their median between calls (a busy machine?); rerun with --repeats {max(20, 4 * repeats)} "
+                      f"and fewer --threads, and compare ratios only within one run")
+    if any(r.get("degenerate") for r in result["rows"]):
+        console.print("ranks marked 'spans' equal the shape's smaller side: P spans that side, so tracking methods "
+                      "have nothing to update and no ratio is given")
     console.print(f"rows appended to {out}")
 
 
@@ -82,9 +99,11 @@ def timing_table(rows: list[dict], *, title: str) -> Table:
         if r["status"] != "ok":
             table.add_row(shape, str(r["rank"]), r["method"], f"[red]{r['error']}[/]", "", "", "")
             continue
-        table.add_row(shape, str(r["rank"]), r["method"], _fmt(r["median_ms"], ".3f"), _fmt(r["spread_ms"], ".3f"),
+        rank = f"{r['rank']} spans" if r.get("degenerate") else str(r["rank"])
+        spread = _fmt(r["spread_ms"], ".3f") + (" !" if r.get("noisy") else "")
+        table.add_row(shape, rank, r["method"], _fmt(r["median_ms"], ".3f"), spread,
                       _fmt(r["svd_over_method"], ".1f"), _fmt(r["method_over_floor"], ".2f"))
-    table.caption = "spread = max − min over the timed calls; ratios from this same run"
+    table.caption = "spread = max − min over the timed calls (! : more than half the median); ratios from this run"
     return table
 
 

@@ -7,14 +7,13 @@ per table.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from subprof.cli.options import DtypeOpt, JsonOpt, SeqOpt
-from subprof.cli.ui import err_console, guarded, parse_str_list, print_json, progress_bar
+from subprof.cli.ui import err_console, guarded, parse_int_list, parse_str_list, print_json, progress_bar
 from subprof.errors import SubprofError
 
 
@@ -50,19 +49,6 @@ def select_gpus(text: str) -> list:
     return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
 
 
-def _check_out(out: Path) -> None:
-    """Fail before planning when the page cannot be written (without leaving an empty file behind)."""
-    if out.is_dir():
-        raise SubprofError(f"--out {str(out)!r} is a folder; give a file name such as reports/procurement.html")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SubprofError(f"--out {str(out)!r}: cannot create its folder: {exc.strerror or exc}") from None
-    target = out if out.exists() else out.parent
-    if not os.access(target, os.W_OK):
-        raise SubprofError(f"--out {str(out)!r} is not writable (no write permission on {str(target)!r})")
-
-
 def report(
     models: Annotated[str, typer.Option("--models", help="Comma-separated catalogue models or config.json paths, "
                                                          "e.g. 1b,7b.")],
@@ -85,6 +71,12 @@ def report(
     burst: Annotated[Optional[Path], typer.Option("--burst", help="`subprof burst` JSONL: loss curves.")] = None,
     probe: Annotated[Optional[Path], typer.Option("--probe", help="`subprof probe` JSONL: energy and staleness "
                                                   "curves; also ranks each cell's configurations by it.")] = None,
+    gpus_per_node: Annotated[str, typer.Option("--gpus-per-node", help="GPU counts per node for the GPU type × "
+                                                                        "count matrix, e.g. 1,2,4,8.")] = "1",
+    nodes: Annotated[str, typer.Option("--nodes", help="Node counts for the matrix, e.g. 1,2.")] = "1",
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp, fsdp-no-reshard or hsdp.")] = "auto",
+    days: Annotated[Optional[float], typer.Option("--days", help="Deadline: the cheapest configuration that trains "
+                                                                 "--tokens within this many days.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("reports/procurement.html"),
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV per table into this "
                                                               "folder.")] = None,
@@ -97,8 +89,9 @@ def report(
     from subprof.plan.evidence import probe_quality
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
+    from subprof.report.scaling import gpu_counts
     from subprof.report.tables import ReportRequest
-    from subprof.results import read_result_files
+    from subprof.results import check_writable, read_result_files
     from subprof.units import parse_count
 
     model_list = [load_model(name) for name in parse_str_list(models)]
@@ -111,9 +104,14 @@ def report(
                         proj_rows=read_result_files([proj] if proj else [], "--proj"),
                         burst_rows=read_result_files([burst] if burst else [], "--burst"),
                         probe_rows=read_result_files([probe] if probe else [], "--probe"),
-                        evidence=probe_quality(probe) if probe else None)
-    _check_out(out)
-    with progress_bar(len(model_list) * len(gpu_list), "planning GPU × model") as bar:
+                        evidence=probe_quality(probe) if probe else None,
+                        gpus_per_node=parse_int_list(gpus_per_node, "--gpus-per-node"),
+                        nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SubprofError(f"--out {str(out)!r}: the report is an HTML page; give a file name ending in .html")
+    check_writable(out, example="procurement.html")
+    cells = len(model_list) * len(gpu_list) * (1 + (len(gpu_counts(req)) if req.multi_gpu else 0))
+    with progress_bar(cells, "planning GPU × model" + (" × GPU count" if req.multi_gpu else "")) as bar:
         result = build_report(req, on_cell=bar.advance)
     path = write_html(result, out)
     written = write_csv(result, csv) if csv else []

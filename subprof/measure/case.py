@@ -14,6 +14,7 @@ from typing import Any
 
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
+from subprof.plan.parallel import Parallel, check_shardable
 
 BACKENDS = ("auto", "cuda", "trace", "cpu")
 IMPLEMENTATIONS = {"subprof": None, "galore-torch": "galore"}  # implementation → the one method it implements
@@ -21,22 +22,38 @@ PACKAGES = {"galore-torch": "galore_torch"}  # implementation → the module it 
 REFERENCE_NAMES = {"galore-ref": ("galore", "galore-torch")}  # what a user types → (method, implementation)
 # what identifies a finished row for `--resume`
 KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch", "seq", "dtype", "state_bits",
-              "layerwise", "checkpointing", "backend", "steps")
+              "layerwise", "checkpointing", "backend", "steps", "world_size", "nodes", "strategy")
 
 
 @dataclass(kw_only=True, slots=True)
 class Case:
-    """One measurement: a training configuration, the backend that measures it and for how many steps.
-    `budget_bytes` (trace only) turns a peak over budget into `oom`."""
+    """One measurement: a training configuration, the backend that measures it and for how many steps. `threads`:
+    torch CPU threads (None: the default). `world_size` > 1 measures one rank of a data-parallel job under
+    `strategy` (default fsdp) on `nodes` nodes: `batch` is the micro-batch per rank."""
 
     config: TrainConfig
     backend: str = "trace"
     steps: int = 3
     implementation: str = "subprof"
-    budget_bytes: int | None = None
     seed: int = 0
+    threads: int | None = None
+    world_size: int = 1
+    nodes: int = 1
+    strategy: str | None = None
 
     def __post_init__(self) -> None:
+        if self.world_size > 1 and self.strategy is None:
+            self.strategy = "fsdp"
+        if self.world_size == 1 and (self.strategy is not None or self.nodes != 1):
+            raise SubprofError("--strategy and --nodes describe a data-parallel job: give --world-size 2 or more")
+        if self.world_size > 1:
+            if self.strategy == "auto":
+                raise SubprofError("bench measures one strategy: give --strategy ddp, fsdp, fsdp-no-reshard or hsdp")
+            check_shardable(self.config.model, Parallel(gpus=self.world_size, nodes=self.nodes,
+                                                        strategy=self.strategy))
+            if self.backend == "cpu":
+                raise SubprofError("--world-size needs --backend trace (one rank on a fake process group) or cuda "
+                                   "(torchrun on the local GPUs)")
         if self.backend not in BACKENDS[1:]:
             raise SubprofError(f"--backend {self.backend!r} unknown: use one of {', '.join(BACKENDS)}")
         if self.steps < 1:
@@ -58,6 +75,13 @@ class Case:
                                f"pip install 'subprof[reference]' (or pip install {self.implementation})")
 
     @property
+    def parallel(self) -> Parallel | None:
+        """The job's data-parallel layout, or None for one process."""
+        if self.world_size == 1:
+            return None
+        return Parallel(gpus=self.world_size, nodes=self.nodes, strategy=self.strategy or "fsdp")
+
+    @property
     def method_label(self) -> str:
         """The method as a user names it on the command line (`galore-ref` for galore-torch's GaLore)."""
         for name, (method, impl) in REFERENCE_NAMES.items():
@@ -71,19 +95,21 @@ class Case:
     def row_fields(self) -> dict[str, Any]:
         """The identifying fields every result row of this case carries, whatever happened."""
         return {**self.config.to_dict(), "model": self.config.model.name, "implementation": self.implementation,
-                "backend": self.backend, "steps": self.steps}
+                "backend": self.backend, "steps": self.steps, "world_size": self.world_size, "nodes": self.nodes,
+                "strategy": self.strategy}
 
     def label(self) -> str:
         c = self.config
         r = f" r{c.rank}" if c.rank else ""
         extra = "".join(s for s, on in ((" per-layer", c.layerwise), (" ckpt", c.checkpointing)) if on)
-        return (f"{c.model.name} {self.method_label}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq} "
+        par = f" {self.parallel.label()}" if self.parallel else ""
+        return (f"{c.model.name} {self.method_label}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq}{par} "
                 f"[{self.backend}]")
 
     def to_json(self) -> str:
         return json.dumps({"config": self.config.to_dict(), "backend": self.backend, "steps": self.steps,
-                           "implementation": self.implementation, "budget_bytes": self.budget_bytes,
-                           "seed": self.seed})
+                           "implementation": self.implementation, "seed": self.seed, "threads": self.threads,
+                           "world_size": self.world_size, "nodes": self.nodes, "strategy": self.strategy})
 
     @classmethod
     def from_json(cls, text: str) -> "Case":
@@ -92,11 +118,17 @@ class Case:
 
 
 def resolve_backend(backend: str) -> str:
-    """`auto` → `cuda` when a GPU is present, else `trace` (asks torch only when it must)."""
+    """`auto` → `cuda` when a GPU is present, else `trace`; `cuda` without a GPU is a one-line error now, before any
+    case runs (asks torch only when it must)."""
     if backend not in BACKENDS:
         raise SubprofError(f"--backend {backend!r} unknown: use one of {', '.join(BACKENDS)}")
-    if backend != "auto":
+    if backend in ("trace", "cpu"):
         return backend
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "trace"
+    if torch.cuda.is_available():
+        return "cuda"
+    if backend == "cuda":
+        raise SubprofError("--backend cuda needs a CUDA GPU and none is visible here; use --backend trace (fake "
+                           "tensors, any model) or --backend cpu (real steps, small models)")
+    return "trace"

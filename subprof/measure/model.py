@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from subprof.catalog import ModelConfig
-from subprof.config import param_bytes
+from subprof.config import default_threads, param_bytes
 
 
 def param_dtype(dtype: str) -> torch.dtype:
@@ -30,12 +30,13 @@ def param_dtype(dtype: str) -> torch.dtype:
 
 
 def hf_config(cfg: ModelConfig):
-    """A transformers `LlamaConfig` from the catalogue entry's raw `config.json`, with sdpa attention."""
-    from transformers import LlamaConfig
+    """The transformers config of the model's family (`LlamaConfig`, `MistralConfig`, `Qwen2Config`) from its raw
+    `config.json`, with sdpa attention and no KV cache."""
+    from transformers import AutoConfig
 
     raw = {k: v for k, v in cfg.raw.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")}
     raw["use_cache"] = False  # training: no KV cache
-    config = LlamaConfig(**raw)
+    config = AutoConfig.for_model(cfg.family, **raw)
     config._attn_implementation = "sdpa"
     return config
 
@@ -52,15 +53,16 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def build_model(cfg: ModelConfig, *, dtype: str = "bf16", device: str | torch.device = "cpu",
                 checkpointing: bool = False, seed: int = 0) -> torch.nn.Module:
-    """`LlamaForCausalLM` built on `device` in the training dtype, in train mode, random init with `seed`.
+    """The family's causal LM (`LlamaForCausalLM` for the catalogue) built on `device` in the training dtype, in
+    train mode, random init with `seed`.
 
     With `checkpointing`, transformers' gradient checkpointing (non-reentrant `torch.utils.checkpoint` around each
     decoder layer) keeps only each layer's input during forward and recomputes the rest in backward."""
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     with default_dtype(param_dtype(dtype)), torch.device(device):
-        model = LlamaForCausalLM(hf_config(cfg))
+        model = AutoModelForCausalLM.from_config(hf_config(cfg))
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -80,3 +82,28 @@ def random_tokens(cfg: ModelConfig, batch: int, seq: int, *, device: str | torch
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, cfg.vocab, (batch, seq), generator=gen)
     return ids.to(device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run with `n` torch CPU threads (None: `config.default_threads()`), restoring the previous count after."""
+    before = torch.get_num_threads()
+    chosen = n or default_threads()
+    torch.set_num_threads(chosen)
+    try:
+        yield chosen
+    finally:
+        torch.set_num_threads(before)
+
+
+def available_host_memory() -> int | None:
+    """Bytes of host memory available to a new allocation now (`MemAvailable` in /proc/meminfo), or None where the
+    system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

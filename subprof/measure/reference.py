@@ -17,7 +17,9 @@ class Bnb8bitAdamWTrace(torch.optim.Optimizer):
     """bitsandbytes `AdamW8bit`'s memory, for fake tensors (its CUDA kernels cannot run there). Per parameter:
     `state1`/`state2` uint8 of the parameter's shape + fp32 `absmax1`/`absmax2` of ⌈numel/256⌉ blocks, or fp32
     `state1`/`state2` when numel < 4096 (bitsandbytes 0.4x `Optimizer2State.init_state`); the two 256-entry qmaps
-    are shared. The update is in place, like the fused blockwise kernel: no temporaries."""
+    are shared. The update is in place, like the fused blockwise kernel: no temporaries. A sharded (DTensor)
+    parameter gets states of its local shard, quantised in blocks of the local values — how an 8-bit optimizer
+    keeps states under FSDP2 (the declared per-rank layout: `TensorSpec.rank_nbytes`)."""
 
     def __init__(self, params, lr: float = 1e-3, min_8bit_size: int = 4096, blocksize: int = 256) -> None:
         super().__init__(params, {"lr": lr})
@@ -31,16 +33,17 @@ class Bnb8bitAdamWTrace(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 st = self.state[p]
+                local = p.to_local() if hasattr(p, "to_local") else p
                 if not st:
-                    if p.numel() < self.min_8bit_size:
-                        st["state1"] = torch.zeros_like(p, dtype=torch.float32)
-                        st["state2"] = torch.zeros_like(p, dtype=torch.float32)
+                    if local.numel() < self.min_8bit_size:
+                        st["state1"] = torch.zeros_like(local, dtype=torch.float32)
+                        st["state2"] = torch.zeros_like(local, dtype=torch.float32)
                     else:
                         if not self.qmaps:
                             self.qmaps = [torch.zeros(256, device=p.device, dtype=torch.float32) for _ in range(2)]
-                        blocks = -(-p.numel() // self.blocksize)
-                        st["state1"] = torch.zeros_like(p, dtype=torch.uint8)
-                        st["state2"] = torch.zeros_like(p, dtype=torch.uint8)
+                        blocks = -(-local.numel() // self.blocksize)
+                        st["state1"] = torch.zeros_like(local, dtype=torch.uint8)
+                        st["state2"] = torch.zeros_like(local, dtype=torch.uint8)
                         st["absmax1"] = torch.zeros(blocks, device=p.device, dtype=torch.float32)
                         st["absmax2"] = torch.zeros(blocks, device=p.device, dtype=torch.float32)
                 p.add_(p.grad, alpha=-group["lr"])  # stands for the in-place fused kernel

@@ -201,15 +201,22 @@ def parse_shapes(text: str | None, model: Any) -> list[tuple[int, int]]:
     return out
 
 
+NOISY_SPREAD = 0.5  # a timing whose max − min exceeds half its median is flagged (`noisy`)
+
+
 def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "fp32", device: str = "cpu",
              repeats: int = 5, warmup: int = 1, update_gap: int | None = None, shapes: list | None = None,
              log: Any = None, progress: Any = None) -> dict:
     """Time `methods` (and the floor) on every distinct weight shape of `model` at every rank.
 
-    Per (shape, rank) the floor is timed first, then `svd` when asked, then the rest, so each row carries its ratios
-    from this same run: `svd_over_method` = svd median / method median, `method_over_floor` = method median / floor
-    median. Each row goes to `log` (a `results.ResultLog`) the moment it exists. Returns {"rows", "per_step"}: the
-    per-step summary has, per method and rank, seconds per optimizer step over all projected layers."""
+    Ranks are capped per shape at min(m, n) and each effective rank is timed once. Per (shape, rank) the floor is
+    timed first, then `svd` when asked, then the rest, so each row carries its ratios from this same run:
+    `svd_over_method` = svd median / method median, `method_over_floor` = method median / floor median. A rank equal
+    to the shape's smaller side is `degenerate` (P spans that side: tracking methods have nothing to do; no ratios);
+    a timing whose spread exceeds half its median is `noisy`. Each row goes to `log` (a `results.ResultLog`) the
+    moment it exists; rows already in a resumed log (same model, device, dtype) are reused, not timed again.
+    Returns {"rows", "per_step"}: per method and requested rank, seconds per optimizer step over all projected
+    layers."""
     from subprof.plan.throughput import projection_seconds_per_step, timings_from_rows
     from subprof.results import now_iso
 
@@ -219,42 +226,43 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
         raise SubprofError("ranks must be positive")
     tdtype = torch_dtype(dtype)
     order = [FLOOR] + [m for m in ("svd",) if m in methods] + [m for m in methods if m != "svd"]
-    held = 2 if "svd" in methods else 1
     common = {"model": model.name, "device": device, "device_name": device_name(device), "dtype": dtype,
               "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
               "torch": str(torch.__version__)}
+    earlier = {(tuple(r["shape"]), r["rank"], r["method"]): r for r in (log.existing if log is not None else [])
+               if r.get("kind") == "proj" and r.get("status") == "ok" and r.get("model") == model.name
+               and r.get("device") == device and r.get("dtype") == dtype}
     rows: list[dict] = []
     for m, n in shapes or model.distinct_shapes():
         grad = random_gradient((m, n), dtype=tdtype, device=device)
-        for rank in ranks:
-            r = min(rank, m, n)
+        for r in sorted({min(rank, m, n) for rank in ranks}):
             medians: dict[str, float] = {}
-            pending: list[dict] = []  # the floor and svd rows (first in `order`) wait for each other: both ratios
+            held: list[dict] = []  # the floor row waits for the svd row: it carries both ratios
             for method in order:
-                row = {"kind": "proj", "method": method, "shape": [m, n], "rank": r, "requested_rank": rank,
-                       **common, "date": now_iso()}
-                try:
-                    timing = time_update(method, grad, r, repeats=repeats, warmup=warmup, device=device)
-                except Exception as exc:  # one failing method must not end the sweep
-                    row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300], "median_ms": None,
-                            "spread_ms": None}
+                row = earlier.get(((m, n), r, method))
+                if row is None:
+                    row = _timed_row(method, grad, r, repeats=repeats, warmup=warmup, device=device)
+                    row = {"kind": "proj", "method": method, "shape": [m, n], "rank": r, **common,
+                           "date": now_iso(), **row, "degenerate": r >= min(m, n)}
+                    new = True
                 else:
-                    medians[method] = timing.median_s
-                    row |= {"status": "ok", "median_ms": timing.median_s * 1e3, "spread_ms": timing.spread_s * 1e3,
-                            "samples_ms": [s * 1e3 for s in timing.samples]}
-                pending.append(row)
-                if len(pending) < held and not any(g["shape"] == [m, n] and g["rank"] == r for g in rows):
+                    row, new = dict(row, resumed=True), False
+                if row["status"] == "ok":
+                    medians[method] = row["median_ms"]
+                held.append((row, new))
+                if method == FLOOR and "svd" in methods:
                     continue
-                for done in pending:
+                for done, is_new in held:
                     median = medians.get(done["method"]) if done["status"] == "ok" else None
-                    done["svd_over_method"] = _ratio(medians.get("svd"), median)
-                    done["method_over_floor"] = _ratio(median, medians.get(FLOOR))
+                    ratios = not done["degenerate"]
+                    done["svd_over_method"] = _ratio(medians.get("svd"), median) if ratios else None
+                    done["method_over_floor"] = _ratio(median, medians.get(FLOOR)) if ratios else None
                     rows.append(done)
-                    if log is not None:
+                    if log is not None and is_new:
                         log.append(done)
                     if progress is not None:
                         progress.advance(f"{m}×{n} r{r} {done['method']}")
-                pending = []
+                held = []
         del grad
     per_step = []
     for method in methods:
@@ -268,6 +276,18 @@ def run_proj(model: Any, ranks: list[int], methods: list[str], *, dtype: str = "
             if log is not None:
                 log.append(row)
     return {"rows": rows, "per_step": per_step}
+
+
+def _timed_row(method: str, grad: Any, rank: int, *, repeats: int, warmup: int, device: str) -> dict:
+    """The measured fields of one row: median and spread in ms (and the samples), or the error."""
+    try:
+        timing = time_update(method, grad, rank, repeats=repeats, warmup=warmup, device=device)
+    except Exception as exc:  # one failing method must not end the sweep
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300], "median_ms": None,
+                "spread_ms": None}
+    median, spread = timing.median_s * 1e3, timing.spread_s * 1e3
+    return {"status": "ok", "median_ms": median, "spread_ms": spread, "samples_ms": [t * 1e3 for t in timing.samples],
+            "noisy": spread > NOISY_SPREAD * median}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -44,10 +44,13 @@ from subprof.measure.reference import make_optimizer
 
 CUDA_MIN_ALLOCATION = 512  # bytes: the caching allocator's rounding unit (c10/cuda/CUDACachingAllocator.cpp)
 
-# MemTracker's categories → our names
+# MemTracker's categories → our names (FSDPMemTracker's own categories for one rank of a sharded job)
 CATEGORIES = {
     "Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Activation": "activations",
     "Temp": "temporaries", "Optstate": "optimizer", "Other": "inputs",
+    "Sharded Param": "parameters", "Unsharded Param": "unsharded_parameters", "Sharded Grad": "gradients",
+    "Unsharded Grad": "unsharded_gradients", "All Gather": "all_gather", "Reduce Scatter": "reduce_scatter",
+    "OptState": "optimizer", "Inputs": "inputs",
 }
 # aten ops that mark a projection refresh (matched on the op's base name: "sqrt" must not match "qr")
 DECOMPOSITIONS = frozenset({"linalg_svd", "_linalg_svd", "svd", "linalg_qr", "geqrf", "orgqr", "linalg_eigh",
@@ -91,11 +94,11 @@ def cuda_rounding() -> Iterator[None]:
         cls._calculate_mem_consumed = original
 
 
-class PhaseTracker(_mt.MemTracker):
-    """MemTracker that also keeps the peak (and its breakdown) per named phase and notes decomposition ops."""
+class PhaseMixin:
+    """On top of MemTracker (or FSDPMemTracker): the peak and its breakdown per named phase, decomposition ops
+    noted, host reads of fake values answered. Call `_init_phases()` in `__init__`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def _init_phases(self) -> None:
         self.phase = "idle"
         self.phase_peak: dict[str, int] = {}
         self.phase_snap: dict[str, dict[str, int]] = {}
@@ -105,6 +108,13 @@ class PhaseTracker(_mt.MemTracker):
 
     def current_total(self) -> int:
         return sum(s.get(_mt._TOTAL_KEY, 0) for s in self._curr_mem_snap.values())
+
+    def reset_peaks(self) -> None:
+        """torch.cuda.reset_peak_memory_stats(): the overall and every phase's peak start again from now."""
+        self._peak_mem = {}
+        self._peak_mem_snap = {}
+        self.phase_peak.clear()
+        self.phase_snap.clear()
 
     def _update_peak_stats(self, peak_state) -> None:
         # MemTracker's own version also walks every module's stats on every op (its per-module peaks, which we
@@ -142,6 +152,14 @@ class PhaseTracker(_mt.MemTracker):
             yield
         finally:
             self.phase = "idle"
+
+
+class PhaseTracker(PhaseMixin, _mt.MemTracker):
+    """MemTracker with per-phase peaks (`PhaseMixin`): the single-process trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_phases()
 
 
 # A fake tensor has no values, so a host read (`.item()`, `bool(t)`, `float(t)`) gets a stand-in: False for

@@ -9,6 +9,9 @@ Backends (DESIGN.md, "Measurement backends"):
   phase, no times. With a budget, a traced peak over budget is reported as `oom` at the phase that crossed.
 - `cpu`: real steps on the CPU for small models: MemTracker-tracked tensor peak (per category and phase), step
   times, real losses.
+A case with `world_size` > 1 is one rank of a data-parallel job: `trace` traces rank 0 on a fake process group
+(`distributed_trace.trace_rank`); `cuda` runs under `torchrun` on the local GPUs (`distributed_cuda`), and rank 0
+prints the row with every rank's peaks.
 Statuses: `ok`, `oom` (and `oom_phase`), `diverged` (a NaN/inf loss or gradient), `error` (with the message).
 """
 
@@ -22,6 +25,7 @@ import time
 
 from subprof.errors import SubprofError
 from subprof.measure.case import Case
+from subprof.measure.readings import nvml_used, step_times
 from subprof.results import now_iso
 
 ROW_MARK = "SUBPROF_ROW "
@@ -37,11 +41,15 @@ def measure(case: Case) -> dict:
     import torch
     import transformers
 
+    from subprof.measure.model import torch_threads
+
     row = base_row(case)
     row.update(torch=torch.__version__, transformers=transformers.__version__)
     try:
         run = {"trace": _trace, "cpu": _cpu, "cuda": _cuda}[case.backend]
-        row.update(run(case))
+        with torch_threads(case.threads) as threads:
+            row["threads"] = threads
+            row.update(run(case) or {})  # None: a rank other than 0 of a torchrun job
     except FloatingPointError as exc:  # the optimizer refused a NaN/inf gradient: a result, not a failure
         row.update(status="diverged", error=str(exc).splitlines()[0][:300])
     except SubprofError as exc:
@@ -51,28 +59,24 @@ def measure(case: Case) -> dict:
 
 def _trace(case: Case) -> dict:
     """Trace backend: tensor-exact peaks; no device memory, no times (`peak_reserved_bytes` etc. stay None)."""
-    from subprof.measure.trace import trace_case
+    if case.parallel is not None:
+        from subprof.measure.distributed_trace import trace_rank
 
-    res = trace_case(case)
+        res = trace_rank(case)
+    else:
+        from subprof.measure.trace import trace_case
+
+        res = trace_case(case)
     out = {"status": "ok", "peak_allocated_bytes": res.peak_allocated_bytes, "peak_reserved_bytes": None,
            "device_used_bytes": None, "categories": res.categories, "phases": res.phases,
            "phase_categories": res.phase_categories, "optimizer_state_bytes": res.optimizer_state_bytes,
            "param_bytes": res.param_bytes, "attention_kernel": res.sdpa_kernel, "step_peaks": res.steps,
            "trace_seconds": round(res.trace_seconds, 2), "host_max_rss_bytes": res.host_max_rss_bytes,
            "device": "trace (fake tensors, CUDA choices reproduced)"}
-    if case.budget_bytes is not None and res.peak_allocated_bytes > case.budget_bytes:
-        out.update(status="oom", oom_phase=_crossing_phase(res.phases, case.budget_bytes),
-                   error=f"traced peak {res.peak_allocated_bytes / 2**30:.2f} GiB > budget "
-                         f"{case.budget_bytes / 2**30:.2f} GiB")
+    if case.parallel is not None:
+        out.update(device="trace of rank 0 (fake tensors, fake process group)", parallel=res.parallel,
+                   comms=res.comms, shard_bytes=res.shard_bytes)
     return out
-
-
-def _crossing_phase(phases: dict, budget: int) -> str | None:
-    """The first phase, in the order a step runs them, whose peak exceeds the budget."""
-    for name in ("model_built", "projection_refresh", "forward_backward", "optimizer_step"):
-        if (phases.get(name) or 0) > budget:
-            return name
-    return None
 
 
 def _losses_ok(losses: list[float]) -> bool:
@@ -120,15 +124,18 @@ def _cpu(case: Case) -> dict:
             losses.append(float(loss.detach().float()))
             del loss, ids
     # times come from as many further steps without the tracker (its per-op Python hooks would dominate them)
+    opt_times = []
     for i in range(case.steps):
         ids = random_tokens(c.model, c.batch, c.seq, seed=case.seed + case.steps + i)
         t0 = time.perf_counter()
         with train_context(c.dtype, "cpu"):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
+        t1 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        opt_times.append(time.perf_counter() - t1)
         losses.append(float(loss.detach().float()))
     peak = _flat(tracker._peak_mem_snap)
     total = peak.pop("total", 0)
@@ -137,16 +144,24 @@ def _cpu(case: Case) -> dict:
               "optimizer_step": max(tracker.phase_peak[f"opt{i}"] for i in range(case.steps))}
     out = {"status": "ok" if _losses_ok(losses) else "diverged", "peak_allocated_bytes": total,
            "peak_reserved_bytes": None, "device_used_bytes": None, "categories": peak, "phases": phases,
-           "losses": losses, **_times(times, case), "device": f"cpu ({torch.get_num_threads()} threads)"}
+           "losses": losses, **step_times(times, case), **optimizer_times(opt_times, model, case),
+           "device": f"cpu ({torch.get_num_threads()} threads)"}
     return out
 
 
-def _times(times: list[float], case: Case) -> dict:
-    """first-step time, median of the later steps (all steps if there is one), tokens/s from the median."""
-    later = sorted(times[1:] or times)
-    median = later[len(later) // 2] if len(later) % 2 else sum(later[len(later) // 2 - 1:len(later) // 2 + 1]) / 2
-    return {"step_times_s": [round(t, 5) for t in times], "first_step_s": round(times[0], 5),
-            "median_step_s": round(median, 5), "tokens_per_s": round(case.config.tokens / median, 1)}
+def optimizer_times(opt_times: list[float], model, case: Case) -> dict:
+    """The optimizer step's median time (later steps: the first one holds the first refresh), its floor measured now
+    on the same device (`subprof.measure.floor`), and their ratio. Per-layer updates run inside backward: their step
+    time cannot be separated and is not reported."""
+    from subprof.measure.floor import step_floor_seconds
+
+    if case.config.layerwise:
+        return {"optimizer_step_s": None, "step_floor_s": None, "step_over_floor": None}
+    later = sorted(opt_times[1:] or opt_times)
+    median = later[len(later) // 2]
+    floor = step_floor_seconds(model, case.config)
+    return {"optimizer_step_s": round(median, 6), "step_floor_s": round(floor, 6),
+            "step_over_floor": round(median / floor, 3) if floor else None}
 
 
 def _cuda(case: Case) -> dict:
@@ -158,6 +173,10 @@ def _cuda(case: Case) -> dict:
 
     if not torch.cuda.is_available():
         raise SubprofError("--backend cuda needs a CUDA GPU; none is visible (use --backend trace)")
+    if case.parallel is not None:
+        from subprof.measure.distributed_cuda import measure_rank
+
+        return measure_rank(case)
     c = case.config
     dev = torch.device("cuda")
     phase = "model_built"
@@ -171,8 +190,10 @@ def _cuda(case: Case) -> dict:
         phases[phase] = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         reserved = 0
+        opt_times = []
         for i, ids in enumerate(batches):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            mid = torch.cuda.Event(enable_timing=True)
             start.record()
             phase = "forward_backward"
             torch.cuda.reset_peak_memory_stats()
@@ -184,10 +205,12 @@ def _cuda(case: Case) -> dict:
             reserved = max(reserved, torch.cuda.max_memory_reserved())
             phase = "optimizer_step"
             torch.cuda.reset_peak_memory_stats()
+            mid.record()
             opt.step()
             opt.zero_grad(set_to_none=True)
             end.record()
             torch.cuda.synchronize()
+            opt_times.append(mid.elapsed_time(end) / 1e3)
             key = "projection_refresh" if i == 0 and c.rank else phase  # a projected method refreshes at step 1
             phases[key] = max(phases.get(key, 0), torch.cuda.max_memory_allocated())
             reserved = max(reserved, torch.cuda.max_memory_reserved())
@@ -197,33 +220,13 @@ def _cuda(case: Case) -> dict:
     except torch.cuda.OutOfMemoryError as exc:
         return {"status": "oom", "oom_phase": phase, "error": str(exc).splitlines()[0][:300], "phases": phases,
                 "device": torch.cuda.get_device_name(dev)}
-    nvml = _nvml_used(dev.index or 0)
+    nvml = nvml_used(dev.index or 0)
     return {"status": "ok" if _losses_ok(losses) else "diverged",
             "peak_allocated_bytes": max(v for k, v in phases.items() if k != "model_built"),
             "peak_reserved_bytes": reserved, "device_used_bytes": nvml.get("device_used_bytes"),
             "process_used_bytes": nvml.get("process_used_bytes"), "phases": phases, "losses": losses,
-            **_times(times, case), "device": torch.cuda.get_device_name(dev),
-            "cuda": torch.version.cuda, "driver": nvml.get("driver")}
-
-
-def _nvml_used(index: int) -> dict:
-    """NVML used memory of the whole device and of this process (nvidia-smi's figures), if pynvml is present."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        out = {"device_used_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
-               "driver": str(pynvml.nvmlSystemGetDriverVersion())}
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                out["process_used_bytes"] = int(proc.usedGpuMemory)
-        pynvml.nvmlShutdown()
-        return out
-    except pynvml.NVMLError:
-        return {}
+            **step_times(times, case), **optimizer_times(opt_times, model, case),
+            "device": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda, "driver": nvml.get("driver")}
 
 
 def main(argv: list[str]) -> int:
@@ -234,6 +237,8 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # the worker reports every failure as a row; the parent never sees a traceback
         row = base_row(case)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (it holds every rank's peaks)
+        return 0
     sys.stdout.write(ROW_MARK + json.dumps(row, default=str) + "\n")
     sys.stdout.flush()
     return 0

@@ -17,5 +17,8 @@ SPEC = MethodSpec(
         TensorSpec(name="exp_avg", shape=full_shape, dtype=Dtype.STATE, role=Role.MOMENT),
         TensorSpec(name="exp_avg_sq", shape=full_shape, dtype=Dtype.STATE, role=Role.MOMENT),
     )),
+    default_lr=1e-3,
+    lr_source="the full-rank AdamW baseline of the GaLore paper's 60m–350m runs (App. C, as quoted in our earlier "
+              "notes; the GaLore repository ships no AdamW script)",
     paper="Loshchilov & Hutter 2019, arXiv 1711.05101",
 )

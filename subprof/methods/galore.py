@@ -1,19 +1,20 @@
-"""GaLore (Zhao et al. 2024, arXiv 2403.03507; reference package galore-torch 1.0).
+"""GaLore (Zhao et al. 2024, arXiv 2403.03507; code jiaweizzhao/GaLore@2cc66f8 = galore-torch 1.0).
 
-Every `update_gap` steps (step 0 included) P is refreshed from `torch.linalg.svd(G.float(), full_matrices=False)`:
-the top-r singular vectors of the projected side, cast back to G's dtype. Adam runs on R (moments not reset at a
-refresh), the update is projected back and scaled by α (`scale`).
+    every T steps (step 0 included): P = top-r singular vectors of G (`torch.linalg.svd(G.float())`, cast back)
+    R = PᵀG (or G P);  Adam on R (moments kept across refreshes);  W ← W − lr·α·P N  (or N Pᵀ);  W ← W(1 − lr·λ)
 
-`GaLoreRule` (torch) with `subprof.optim.SubspaceAdamW` reproduces galore-torch 1.0's `GaLoreAdamW` (proj_type
-"std") step by step: the projector is refreshed when `step % update_gap == 0` with the 0-based step count of the
-weight, Adam runs on R with eps 1e-6 and GaLore's bias correction, the update is α·P N (or α·N Pᵀ), and decoupled
-weight decay is applied after the update. Differences: P is stored as min(m, n)×r in both cases (galore-torch
-keeps Vh[:r] as r×n on the right side — the same numbers, transposed), and 8-bit states go through the same
-bitsandbytes blockwise kernel as `GaLoreAdamW8bit` but without its parameter swap (see `subprof.quant8`).
+Defaults, from the authors' scripts (`scripts/benchmark_c4/llama_{60m,130m,350m,1b}.sh`): T = 200, α = 0.25,
+lr 1e-2 (7b: 5e-3, T 500); ε 1e-6 (`GaLoreAdamW`), 1e-8 at 8 bits (`GaLoreAdamW8bit`, bitsandbytes' default).
+Golden tests: bit for bit equal to `GaLoreAdamW` (fp32, 20 steps, 3 refreshes); at 8 bits the same quantised
+moments as `GaLoreAdamW8bit` and weights equal to round-off (the learning rate is applied after the kernel, not in it).
+Deviations:
+- P is stored min(m, n)×r on both sides (galore-torch keeps Vh[:r] as r×n on the right side: the same numbers).
+- 8 bits: no full-weight clone per step (`GaLoreAdamW8bit`'s `p.saved_data`, marked "suboptimal" there), and
+  projected tensors under 4096 values do take bitsandbytes' fp32 path; galore-torch 1.0 with bitsandbytes ≥ 0.45
+  freezes them (its positional arguments land in `max_unorm`, see tests/test_golden_8bit.py).
 
-Step workspace (what an ordinary step allocates on top of the states, per weight, one weight at a time): R = G·P
-(r×max(m, n), G's dtype) then U, Adam's direction of R's shape and dtype; R is freed before the back-projection,
-whose m×n result (G's dtype) is scaled and added to W in place — so the peak is U + the m×n update.
+Step workspace (one weight at a time): U, Adam's direction of R's shape, then the m×n back-projection scaled and
+added in place. Refresh workspace: the fp32 copy of G, the SVD's internal copy of it, and U, S, Vh.
 """
 
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape, svd_flops)
 from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.spec import SVD_REFRESH_COMMS
 
 # Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
 ADAM_STATES = (
@@ -31,6 +33,9 @@ ADAM_STATES = (
 SVD_WORKSPACE = (
     # G.float(): the fp32 copy of the gradient handed to the SVD
     TensorSpec(name="svd_input", shape=full_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    # torch.linalg.svd clones its input (LAPACK gesdd / cuSOLVER overwrite it): one more m×n fp32 inside the call,
+    # which a trace of torch's dispatched ops does not see
+    TensorSpec(name="svd_input_clone", shape=full_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     # U (m×k), S (k), Vh (k×n), k = min(m, n), all fp32
     TensorSpec(name="svd_u", shape=lambda m, n, r: (m, min(m, n)), dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="svd_s", shape=lambda m, n, r: (min(m, n),), dtype=Dtype.FP32, role=Role.WORKSPACE),
@@ -68,5 +73,8 @@ SPEC = MethodSpec(
     default_update_gap=200,
     update_gaps=(50, 200, 500),
     refresh_flops=svd_flops,
+    default_lr=1e-2,
+    lr_source="GaLore scripts/benchmark_c4/llama_60m–1b.sh (--lr 0.01, scale 0.25)",
+    comms=SVD_REFRESH_COMMS,  # per rank under FSDP: gather G to its owner, SVD there, broadcast P
     paper="Zhao et al. 2024, arXiv 2403.03507",
 )

@@ -1,254 +1,234 @@
-"""GrassWalk and GrassJump (Rajabi, Nonta, Vajpayee, Rambhatla 2025, arXiv 2510.01878): random subspaces instead of
-SVD, refreshed every T steps, coupled with a subspace-aware Adam and recovery of the gradient outside the subspace.
+"""GrassWalk and GrassJump (Rajabi, Nonta, Vajpayee & Rambhatla 2025, arXiv 2510.01878): random subspaces instead of
+SVD, moved every T steps, with SubTrack++'s subspace-aware Adam and recovery scaling (`subprof.methods.moving`).
 
-What we followed (the paper's text beyond its abstract was not reachable here; the public implementation by the same
-authors, saharsamr/StructuredVSRandomizedDP `low_rank_projector.py`, was read, and SubTrack++'s criticalml-uw/SubTrack
-`adamw.py` for the moment transfer and recovery scaling):
-- GrassJump: every T steps (step 0 included) a fresh P = Q of the thin QR of a d×r standard Gaussian (reference:
-  `get_random_orthogonal_matrix`), signs fixed so diag(R) ≥ 0.
-- GrassWalk: step 0 draws P as GrassJump does (choice: the reference's hybrid mode starts from an SVD, but
-  METHODS.md's "no SVD at all" and the declared workspace say random); then every T steps Z ~ N(0, 1) of P's shape,
-  tangent Δ = Z − P PᵀZ, a randomized rank-k SVD Δ ≈ U diag(σ) Vᵀ (reference `random_rank_k_matrix_estimation`:
-  Gaussian sketch with 8 extra columns, no power iterations; k = `walk_rank` = 1) and the Grassmannian geodesic
-      P ← P V diag(cos θ) Vᵀ + U diag(sin θ) Vᵀ + P (I − V Vᵀ)     (Edelman, Arias & Smith 1998, Thm 2.3)
-  — SubTrack's step with a random tangent. Choice: θ = `walk_step` · σ / ‖σ‖₂, i.e. the geodesic length
-  ‖θ‖₂ of every move is exactly `walk_step` radians, whatever the shape (the reference multiplies σ by a raw step
-  size, so the angle grows with √d; its `step_size_tuning` flag normalises the same way we do). The paper's step
-  size was not found; default `walk_step` = 0.5 rad, our choice. The new P is re-orthonormalised by a sign-fixed
-  thin QR (a near-identity clean-up that keeps PᵀP = I to fp32 round-off over thousands of moves).
-- Subspace-aware moments (SubTrack++ §3.2): with C = P_newᵀ P_old (r×r), the first moment moves into the new basis,
-  m ← C m on the left side (R = PᵀG) or m ← m Cᵀ on the right side (R = G P); the second moment is carried as the
-  second moment of the rotated gradient with the cross-covariances approximated by the mean: v ← |C∘C (v − m²) +
-  (C m)²| (transposed on the right side). Choice: the SubTrack code multiplies that by (1 − β₂), which would shrink
-  v a thousandfold at every refresh and blow up the following steps; we leave it out. Option `moment_transfer=False`
-  keeps the moments untouched (GaLore's behaviour).
-- Recovery (Fira, Chen et al. 2025; SubTrack++ "recovery scaling"): on by default (`recovery=True`), as the paper
-  couples both methods with it. The residual G − P PᵀG is scaled per row/column by ‖N‖/‖R‖ along the rank axis
-  (N: the low-rank Adam update, R: the low-rank gradient) and limited in norm growth: if its norm exceeds
-  γ = `growth_limit` = 1.01 times the previous step's, it is scaled back to γ times that (SubTrack++/Fira default).
-  The previous norm is kept as a Python float in `state["recovery_norm"]` (not a tensor: no declared memory).
-- Randomness: one CPU `torch.Generator` per projected weight, seeded from option `seed` (default 0) plus the order in
-  which weights first reach this rule; its state lives in `state["rng_state"]` (uint8), so state_dict round-trips and
-  a resumed run draws the same P. Gaussian draws come from the CPU generator in fp32 (so a run draws the same
-  numbers on any device) and are moved to the weight's device, where the QR, sketch and geodesic are computed.
+    GrassJump: every T steps P ← Q of the reduced QR of a d×r standard Gaussian
+    GrassWalk: every T steps Z ~ N(0, 1) of P's shape, Δ = Z − P PᵀZ, rank-1 randomized SVD Δ ≈ u σ vᵀ, θ = η·σ,
+               P ← (P v cos θ − u sin θ) vᵀ + P (I − v vᵀ)          (the Grassmann geodesic, Edelman et al. 1998)
+    then the moments are rotated into the new basis and the recovery term is added (both as in SubTrack++)
+
+Defaults follow the authors' projector (saharsamr/StructuredVSRandomizedDP@aee0363
+`dpgrape/dpgrape/low_rank_torch/low_rank_projector.py`, the SubTrack group's later version; the paper's body was not
+reachable — only its abstract, which pairs both walks with the subspace-aware optimizer and recovery):
+- start [`init`]: GrassWalk from the SVD of the first gradient (`random_init=False`), GrassJump from a random draw
+  (`random_projection=True`); `init="random"` / `"svd"` switch.
+- walk: Z drawn in the projector's storage layout (r×n on the right side, m×r on the left), randomized rank-1 SVD of
+  it with 8 oversampling columns and no power iterations [`oversample`, `power_iters`, `walk_rank`], θ = η·σ raw
+  [`angle="raw"`]; `angle="normalised"` is the code's `step_size_tuning` (θ = η·σ/‖σ‖, = η for rank 1). No cap on θ.
+- hybrid [`hybrid=False`, `jump_probability=0.3`]: at each move, a jump with probability 0.3, else a walk; the
+  step-0 basis is the SVD (as the code forces in hybrid mode).
+- moments [`moment_transfer="reference"`] and recovery [`recovery="reference"`, γ 1.01]: SubTrack++'s code forms,
+  see `subprof.methods.moving`; scale α 0.25 and lr 1e-3 from SubTrack++'s c4 scripts (the same authors' optimizer).
+Deviations and choices:
+- η [`walk_step`] = 0.02: the code has no default and the paper's value was not found. θ = η·σ grows with the
+  width (σ of the rank-1 sketch of a d×r Gaussian tangent is 75–90% of its top singular value ≈ √(d−r) + √r: the
+  sketch has no power iterations). Measured on the catalogue shapes at the papers' ranks (`walk_angles`, checked by
+  a test), η = 0.02 gives θ ≈ 0.26 rad (tiny, r 16), 0.49 (60m, r 128), 0.94 (1b, r 512), 1.33 (7b, r 1024):
+  every move stays below π/2 (beyond it the angle folds back) while the large models turn most of one direction
+  per move. Even at θ = π/2 a rank-1 move touches one of r directions: after K moves about (1 − sin²θ/r)^K of the
+  start subspace's energy remains (1b, 50 moves: 94%) — walks explore slowly by construction; the hybrid's jumps
+  renew the whole basis.
+- Random numbers come from a per-weight CPU generator (seed [`seed`] + weight order, state in `state["rng_state"]`)
+  instead of the global torch / Python RNGs: resumable and the same on any device; the hybrid's coin is drawn from
+  it too. The sketch's QR is sign-fixed and the moved P re-orthonormalised by a sign-fixed QR (the code does
+  neither; both leave the subspace and the geodesic unchanged). The moment rotation runs at the move, with
+  C = P_newᵀ P_old (see `subprof.methods.subtrack` for the SubTrack++ code's timing).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
-from subprof.methods.galore import ADAM_STATES
+from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
-from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
-                                  moment_shape)
-from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side
+from subprof.methods.moving import MOVING_VARIANTS, MovingSubspaceRule, choice, recovery_workspace
+from subprof.methods.rule import SeededRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape
+from subprof.methods.spec import CROSSED_PROJECTION, RECOVERY_NORM, SVD_FIRST_COMMS
 
 Tensor = Any
 
-WORKSPACE = (
-    # on the weight's device, fp32, at the refresh's peak (the moment transfer): P_old upcast (a copy for 16-bit
-    # weights) and the new P (d×r each); the rotated m, the centred v − m² and the rotated v (r × max(m, n) each).
-    # The draw phase before it (Z or the moved P, its QR and sign fix: 3·d·r) is smaller, as d ≤ max(m, n).
-    # Not declared: at state_bits 16/8 `read_moment` returns fp32 copies of m and v (2 more r × max(m, n)).
+WALK_STEP = 0.02
+LR_SOURCE = ("SubTrack++ scripts/c4/llama_60m–350m.sh (--lr 1e-3, scale 0.25): the same authors' optimizer; the "
+             "GrassWalk paper's values were not reachable")
+
+MOVE_WORKSPACE = (
+    # on the weight's device, fp32, at a move's peak (the moment rotation): P_old upcast and the new P (d×r each);
+    # the rotated m, the centred v − m² and the rotated v (r × max(m, n) each). The draw phase before it (Z or the
+    # moved P, its QR) is smaller, as d ≤ max(m, n). Not declared: at state_bits 16/8 `read_moment` returns fp32
+    # copies of m and v (2 more r × max(m, n)).
     TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="new_projector", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="centred_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="rotated_moment_sq", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
 )
-# without the moment transfer the refresh holds only the draw: Z (or the moved P), its QR's Q and the sign fix
+# without the moment transfer a move holds only the draw: Z (or the moved P), its QR's Q and the clean-up
 DRAW_WORKSPACE = tuple(TensorSpec(name=name, shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)
                        for name in ("draw", "qr_q", "signed_q"))
-# recovery (on by default): the residual G − P PᵀG (m×n, in the gradient's dtype), held through the step
-RECOVERY_WORKSPACE = (TensorSpec(name="residual", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),)
 
 
-def layout(options: Mapping[str, Any]) -> StateLayout:
-    """Adam's moments and P; the refresh workspace depends on the moment transfer, the step workspace on recovery."""
-    return StateLayout(states=ADAM_STATES, workspace=WORKSPACE if options["moment_transfer"] else DRAW_WORKSPACE,
-                       step_workspace=RECOVERY_WORKSPACE if options["recovery"] else ())
+def layout_for_init(default_init: str):
+    def layout(options: Mapping[str, Any]) -> StateLayout:
+        """Adam's moments and P. Refresh workspace: step 0's full SVD when the walk starts from it (it dominates the
+        later moves' workspace while r ≤ d/2), else a move's; the step workspace holds recovery's m×n residual."""
+        init = "svd" if options.get("hybrid") else options["init"] or default_init  # hybrid starts from the SVD
+        moves = MOVE_WORKSPACE if choice("moment_transfer", options["moment_transfer"],
+                                         ("reference", "unscaled", None)) else DRAW_WORKSPACE
+        return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if init == "svd" else moves,
+                           step_workspace=recovery_workspace(dict(options)))
+    return layout
+
+
+def comms_for_init(default_init: str):
+    def comms(options: Mapping[str, Any]) -> tuple:
+        """Per rank under FSDP: an SVD start gathers G once; after it the same generator state on every rank draws
+        the same P, so a move sends nothing; recovery's norm limiter sums one value per step; a crossed weight
+        all-reduces R."""
+        init = "svd" if options.get("hybrid") else options["init"] or default_init
+        return ((CROSSED_PROJECTION,) + (SVD_FIRST_COMMS if init == "svd" else ())
+                + ((RECOVERY_NORM,) if options["recovery"] else ()))
+    return comms
 
 
 def _qr_flops(m: int, n: int, r: int) -> float:
     return 4.0 * min(m, n) * r * r
 
 
-# --- shared torch helpers (also used by SUMO) -----------------------------------------------------------------------
+def random_basis(gen: Tensor, d: int, r: int, *, right: bool, device: Any) -> Tensor:
+    """GrassJump's draw as the authors' `get_random_orthogonal_matrix` makes it: Q of the reduced QR (no sign fix)
+    of an r×d Gaussian transposed (right side, P stored r×n there) or of a d×r one (left side), on the CPU."""
+    z = SeededRule.gaussian(gen, r, d).T if right else SeededRule.gaussian(gen, d, r)
+    return torch.linalg.qr(z, mode="reduced")[0].to(device)
 
 
-def _read(rule: ProjectionRule, state: dict, name: str) -> Tensor | None:
-    """A moment as an fp32 tensor, or None before the optimizer created it."""
-    if name not in state:
-        return None
-    return rule.read_moment(state, name)
+def randomized_rank_k(a: Tensor, k: int, gen: Tensor, *, oversample: int = 8,
+                      power_iters: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k SVD of `a` by a Gaussian sketch (Halko, Martinsson & Tropp 2011, Alg. 4.1/4.3 + 5.1), as the authors'
+    `random_rank_k_matrix_estimation`: ℓ = min(k + oversample, min(a.shape)), Ω (cols×ℓ) from `gen`, Y = A Ω,
+    `power_iters` times Y = A (Aᵀ Y), Q = qr(Y), QᵀA = Ũ Σ Vᵀ, U = Q Ũ. Returns U (rows×k), σ (k), V (cols×k)."""
+    ell = min(k + oversample, min(a.shape))
+    omega = SeededRule.gaussian(gen, a.shape[1], ell).to(device=a.device, dtype=a.dtype)
+    y = a @ omega
+    for _ in range(power_iters):
+        y = a @ (a.T @ y)
+    q = orthonormal_columns(y)
+    ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
+    return (q @ ub)[:, :k], s[:k], vh[:k].T
 
 
-def rotate_moments(rule: ProjectionRule, state: dict, p_old: Tensor, p_new: Tensor, shape: tuple[int, ...],
-                   *, second: bool) -> None:
-    """Carry exp_avg (and exp_avg_sq when `second`) from the basis p_old into p_new (both d×r, fp32).
-
-    C = P_newᵀ P_old. Left (R = PᵀG): m ← C m, v ← |C∘C (v − m²) + (C m)²|. Right (R = G P): the transposes,
-    m ← m Cᵀ, v ← |(v − m²)(C∘C)ᵀ + (m Cᵀ)²|. Exact for m when the subspace is unchanged (C orthogonal)."""
-    c = p_new.T @ p_old
-    right = right_side(shape)
-    m = _read(rule, state, "exp_avg")
-    if m is None:
-        return
-    m_new = m @ c.T if right else c @ m
-    if second:
-        v = _read(rule, state, "exp_avg_sq")
-        if v is not None:
-            centred = v - m.square()
-            v_new = centred @ c.square().T if right else c.square() @ centred
-            del centred
-            v_new.addcmul_(m_new, m_new).abs_()
-            rule.write_moment(state, "exp_avg_sq", v_new)
-    rule.write_moment(state, "exp_avg", m_new)
+def geodesic(p: Tensor, u: Tensor, theta: Tensor, v: Tensor) -> Tensor:
+    """P moved against the rank-k tangent direction u diag(θ) vᵀ: P + P v diag(cos θ − 1) vᵀ − u diag(sin θ) vᵀ,
+    i.e. (P v cos θ − u sin θ) vᵀ + P (I − v vᵀ) (the authors' sign: the basis turns towards −u)."""
+    moved = p.clone()
+    moved.addmm_(p @ v, (torch.cos(theta) - 1.0)[:, None] * v.T)
+    moved.addmm_(u, -torch.sin(theta)[:, None] * v.T)
+    return moved
 
 
-def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, projector: Tensor, *,
-                  growth_limit: float) -> Tensor:
-    """Fira-style recovery: (G − P PᵀG) scaled along the non-rank axis by ‖N‖/‖R‖, then norm-growth limited.
+class _GrassRule(MovingSubspaceRule, SeededRule):
+    """P from the SVD or a random draw at step 0, moved every `update_gap` steps by `move` (the subclass)."""
 
-    Returned in G's dtype, to be added to the back-projected update before the learning rate is applied."""
-    right = right_side(grad.shape)
-    p = projector.to(grad.dtype)
-    r = r_grad.to(grad.dtype)
-    residual = (r @ p.T if right else p @ r).neg_().add_(grad)  # one m×n tensor: the declared step workspace
-    axis = 1 if right else 0  # the rank axis of R / N
-    factor = r_update.float().norm(dim=axis) / (r_grad.float().norm(dim=axis) + 1e-8)
-    residual.mul_((factor[:, None] if right else factor[None, :]).to(grad.dtype))
-    norm = float(torch.linalg.vector_norm(residual, dtype=torch.float32))
-    previous = state.get("recovery_norm")
-    if previous is not None and norm > growth_limit * previous:
-        residual.mul_(growth_limit * previous / norm)
-        norm = growth_limit * previous
-    state["recovery_norm"] = norm
-    return residual
-
-
-class _RandomRule(ProjectionRule):
-    """A rule that draws P from a per-weight CPU generator kept in state["rng_state"]."""
-
-    defaults = {"seed": 0, "moment_transfer": True, "recovery": True, "growth_limit": 1.01}
+    defaults = {"init": None, "seed": 0, "moment_transfer": "reference", "recovery": "reference",
+                "growth_limit": 1.01}
+    default_init = "svd"
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        o = self.options
-        self.seed = int(o["seed"])
-        self.moment_transfer = bool(o["moment_transfer"])
-        self.recovery = bool(o["recovery"])
-        self.growth_limit = float(o["growth_limit"])
-        if self.growth_limit < 1.0:
-            raise ValueError(f"growth_limit must be ≥ 1, got {self.growth_limit}")
-        self._streams = 0  # weights seen so far: gives each weight its own seed at step 0
-
-    def generator(self, state: dict) -> Tensor:
-        gen = torch.Generator(device="cpu")
-        if "rng_state" in state:
-            gen.set_state(state["rng_state"].cpu())
-        else:
-            gen.manual_seed(self.seed * 1_000_003 + self._streams)
-            self._streams += 1
-        return gen
-
-    def save_generator(self, state: dict, gen: Tensor) -> None:
-        state["rng_state"] = gen.get_state()
-
-    def gaussian(self, gen: Tensor, rows: int, cols: int, device: Any) -> Tensor:
-        """A rows×cols standard Gaussian from the CPU generator, fp32, moved to `device`."""
-        return torch.randn(rows, cols, generator=gen, dtype=torch.float32).to(device)
-
-    def random_basis(self, gen: Tensor, d: int, r: int, device: Any) -> Tensor:
-        """GrassJump's draw: Q of the sign-fixed thin QR of a d×r standard Gaussian (fp32)."""
-        return orthonormal_columns(self.gaussian(gen, d, r, device))
+        self.init = choice("init", self.options["init"] or self.default_init, ("svd", "random"))
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
-        d, r = basis_shape(grad.shape[0], grad.shape[1], self.effective_rank(tuple(grad.shape)))
+        shape = tuple(grad.shape)
         gen = self.generator(state)
         if "projector" not in state:
-            state["projector"] = self.random_basis(gen, d, r, grad.device).to(grad.dtype)
+            r = self.effective_rank(shape)
+            if self.init == "svd":
+                state["projector"] = top_singular_basis(grad, r)
+            else:
+                d, _ = basis_shape(shape[0], shape[1], r)
+                state["projector"] = random_basis(gen, d, r, right=right_side(shape), device=grad.device).to(grad.dtype)
         else:
             p_old = state["projector"].float()
-            p_new = self.move(gen, p_old)
-            if self.moment_transfer:
-                rotate_moments(self, state, p_old, p_new, tuple(grad.shape), second=True)
+            p_new = self.move(gen, p_old, right_side(shape))
+            self.transfer(state, p_old, p_new, shape)
             del p_old
             state["projector"].copy_(p_new)
         self.save_generator(state, gen)
 
-    def move(self, gen: Tensor, p: Tensor) -> Tensor:
+    def move(self, gen: Tensor, p: Tensor, right: bool) -> Tensor:
         raise NotImplementedError
 
-    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
-        """The out-of-subspace term to add to the back-projected update (None when `recovery=False`)."""
-        if not self.recovery:
-            return None
-        return recovery_term(state, grad, r_grad, r_update, state["projector"], growth_limit=self.growth_limit)
+
+class GrassJumpRule(_GrassRule):
+    """GrassJump: a fresh random orthonormal P every `update_gap` steps (see the module docstring for options)."""
+
+    default_init = "random"
+
+    def move(self, gen: Tensor, p: Tensor, right: bool) -> Tensor:
+        return random_basis(gen, p.shape[0], p.shape[1], right=right, device=p.device)
 
 
-class GrassJumpRule(_RandomRule):
-    """GrassJump: a fresh random orthonormal P every `update_gap` steps. Options: seed (0), moment_transfer (True),
-    recovery (True), growth_limit (1.01)."""
+class GrassWalkRule(_GrassRule):
+    """GrassWalk: a random geodesic step every `update_gap` steps, optionally mixed with jumps (`hybrid`)."""
 
-    def move(self, gen: Tensor, p: Tensor) -> Tensor:
-        return self.random_basis(gen, p.shape[0], p.shape[1], p.device)
-
-
-class GrassWalkRule(_RandomRule):
-    """GrassWalk: a geodesic step of length `walk_step` rad (0.5) along the rank-`walk_rank` (1) part of a random
-    tangent, every `update_gap` steps. Other options as GrassJump."""
-
-    defaults = {**_RandomRule.defaults, "walk_step": 0.5, "walk_rank": 1, "oversample": 8}
+    defaults = {**_GrassRule.defaults, "walk_step": WALK_STEP, "angle": "raw", "walk_rank": 1, "oversample": 8,
+                "power_iters": 0, "hybrid": False, "jump_probability": 0.3}
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.walk_step = float(self.options["walk_step"])
-        self.walk_rank = int(self.options["walk_rank"])
-        self.oversample = int(self.options["oversample"])
-        if not 0.0 < self.walk_step <= 3.2:
-            raise ValueError(f"walk_step is an angle in radians in (0, π], got {self.walk_step}")
-        if self.walk_rank <= 0:
-            raise ValueError(f"walk_rank must be positive, got {self.walk_rank}")
+        o = self.options
+        self.walk_step = float(o["walk_step"])
+        self.angle = choice("angle", o["angle"], ("raw", "normalised"))
+        self.walk_rank = int(o["walk_rank"])
+        self.oversample = int(o["oversample"])
+        self.power_iters = int(o["power_iters"])
+        self.hybrid = bool(o["hybrid"])
+        self.jump_probability = float(o["jump_probability"])
+        if self.hybrid:
+            self.init = "svd"  # the code forces the SVD start in hybrid mode
+        if self.walk_step <= 0 or self.walk_rank <= 0 or self.oversample < 0 or self.power_iters < 0:
+            raise ValueError("walk_step and walk_rank must be positive, oversample and power_iters ≥ 0")
+        if not 0.0 <= self.jump_probability <= 1.0:
+            raise ValueError(f"jump_probability must lie in [0, 1], got {self.jump_probability}")
 
-    def move(self, gen: Tensor, p: Tensor) -> Tensor:
+    def move(self, gen: Tensor, p: Tensor, right: bool) -> Tensor:
         d, r = p.shape
+        if self.hybrid and float(torch.rand(1, generator=gen)) <= self.jump_probability:
+            return random_basis(gen, d, r, right=right, device=p.device)
         if r >= d:  # P spans everything: no direction to move into
             return p
-        tangent = self.gaussian(gen, d, r, p.device)
-        tangent.sub_(p @ (p.T @ tangent))
-        u, sigma, v = randomized_rank_k(tangent, min(self.walk_rank, r, d - r), gen, oversample=self.oversample)
-        del tangent
-        theta = self.walk_step * sigma / sigma.norm()
-        moved = p.clone()
-        moved.addmm_(p @ v, (torch.cos(theta) - 1.0)[:, None] * v.T)
-        moved.addmm_(u, torch.sin(theta)[:, None] * v.T)
-        return orthonormal_columns(moved)
-
-
-def randomized_rank_k(a: Tensor, k: int, gen: Tensor, *, oversample: int = 8) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-k SVD of `a` (d×r) by a Gaussian sketch (Halko, Martinsson & Tropp 2011, Alg. 4.1 + 5.1, no power
-    iterations): Y = A Ω, Q = qr(Y), B = QᵀA = Ũ Σ Vᵀ, U = Q Ũ. Returns U (d×k), σ (k), V (r×k)."""
-    ell = min(k + oversample, min(a.shape))
-    omega = torch.randn(a.shape[1], ell, generator=gen, dtype=torch.float32).to(device=a.device, dtype=a.dtype)
-    q = orthonormal_columns(a @ omega)
-    ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
-    return (q @ ub)[:, :k], s[:k], vh[:k].T
+        # Z in the reference's storage layout (r×d on the right side), then seen as d×r
+        z = (self.gaussian(gen, r, d).T if right else self.gaussian(gen, d, r)).to(p.device)
+        z.sub_(p @ (p.T @ z))
+        k = min(self.walk_rank, r, d - r)
+        if right:  # the code sketches its r×d store: Ω has d rows; swap its (u, v) back to our d×r view
+            v, sigma, u = randomized_rank_k(z.T, k, gen, oversample=self.oversample, power_iters=self.power_iters)
+        else:
+            u, sigma, v = randomized_rank_k(z, k, gen, oversample=self.oversample, power_iters=self.power_iters)
+        del z
+        if self.angle == "normalised":
+            sigma = sigma / sigma.norm()
+        return orthonormal_columns(geodesic(p, u, self.walk_step * sigma, v))
 
 
 GRASSWALK = MethodSpec(
     name="grasswalk",
     title="GrassWalk",
-    summary="random geodesic walk of P on the Grassmannian every T steps (no SVD)",
+    summary="random geodesic walk of P on the Grassmannian every T steps, from the SVD basis",
     project=True,
-    layout=layout,
+    layout=layout_for_init("svd"),
     rule=GrassWalkRule,
     subspace="random",
+    variants={"random-start": {"init": "random"}, "hybrid": {"hybrid": True},
+              "normalised-angle": {"angle": "normalised"}, **MOVING_VARIANTS},
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=_qr_flops,
+    default_lr=1e-3,
+    lr_source=LR_SOURCE,
+    comms=comms_for_init("svd"),
     paper="arXiv 2510.01878",
 )
 
@@ -257,11 +237,32 @@ GRASSJUMP = MethodSpec(
     title="GrassJump",
     summary="fresh random orthonormal P every T steps (no SVD)",
     project=True,
-    layout=layout,
+    layout=layout_for_init("random"),
     rule=GrassJumpRule,
     subspace="random",
+    variants={"svd-start": {"init": "svd"}, **MOVING_VARIANTS},
     refresh_cost="gemm",
     default_update_gap=200,
     refresh_flops=_qr_flops,
+    default_lr=1e-3,
+    lr_source=LR_SOURCE,
+    comms=comms_for_init("random"),
     paper="arXiv 2510.01878",
 )
+
+
+def walk_angles(shapes: list[tuple[str, int, int]], step: float = WALK_STEP, seed: int = 0) -> list[dict]:
+    """The measurement behind `walk_step`: σ of the rank-1 sketch of a d×r Gaussian tangent and θ = η·σ per shape
+    (name, d, r), one draw each (CPU, fp32)."""
+    out = []
+    for name, d, r in shapes:
+        gen = torch.Generator().manual_seed(seed)
+        p = orthonormal_columns(torch.randn(d, r, generator=gen))
+        z = torch.randn(d, r, generator=gen)
+        z -= p @ (p.T @ z)
+        _, sigma, _ = randomized_rank_k(z, 1, gen)
+        theta = step * float(sigma[0])
+        out.append({"shape": name, "d": d, "r": r, "sigma": float(sigma[0]), "theta": theta,
+                    "retained_after_50_moves": (1 - math.sin(min(theta, math.pi / 2)) ** 2 / r) ** 50})
+    return out
+

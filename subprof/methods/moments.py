@@ -72,10 +72,12 @@ def init_state_moment(state: dict, name: str, like: Tensor, state_bits: int) -> 
 
 
 def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps: float, t: int,
-                   corrected: bool = True) -> Tensor:
+                   corrected: bool = True, eps_after_correction: bool = False) -> Tensor:
     """Update `exp_avg`/`exp_avg_sq` in place with `grad` and return Adam's direction U (a new tensor of grad's
     shape and dtype, the only allocation besides what the 8-bit kernel needs): U = m / (√v + ε), times
     √(1−β₂ᵗ)/(1−β₁ᵗ) when `corrected`, computed as GaLoreAdamW does (moments in their own dtype, in place).
+    `eps_after_correction`: U = m / (√v + ε·√(1−β₂ᵗ)) instead — bitsandbytes' 32-bit Adam kernel, i.e. ε added to
+    the bias-corrected √v̂ (what an 8-bit optimizer does with tensors under 4096 values, which it keeps in fp32).
     8-bit moments: bitsandbytes' kernel, always corrected, U = m̂ / (√v̂ + ε)."""
     beta1, beta2 = betas
     m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -89,7 +91,7 @@ def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps
     v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
     out = torch.empty_like(grad)
     torch.sqrt(v, out=out)
-    out.add_(eps)
+    out.add_(eps * math.sqrt(1.0 - beta2**t) if eps_after_correction else eps)
     torch.div(m, out, out=out)
     return out.mul_(adam_correction(betas, t)) if corrected else out
 

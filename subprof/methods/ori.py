@@ -1,45 +1,48 @@
-"""Ori: streaming k-PCA tracking of the gradient subspace (ICLR 2026 submission 21959), in the style of Oja++
-(Allen-Zhu & Li 2017, "First Efficient Convergence for Streaming k-PCA", arXiv 1607.07837).
+"""Ori: streaming k-PCA tracking of the gradient subspace (ICLR 2026 submission 21959, "Ori: Capturing Gradient
+Subspace Drift via Streaming k-PCA for Very Low-Rank LLM Training"), in the style of Oja++ (Allen-Zhu & Li 2017,
+arXiv 1607.07837). NOT VERIFIED: Ori's code is anonymous and was not reachable, nor was its paper's body or the
+Oja++ paper's text (only their abstracts) — every choice below is ours, written from METHODS.md's summary.
 
-Every step (update_gap 1), for P d×r on the side it projects and G̃ = G/‖G‖_F (d×n):
+    every T steps (default every step), on the k active columns P_k (d×k) and G̃ = G/‖G‖_F seen from P's side:
+    P_k ← QR(P_k + η_t · G̃ (G̃ᵀ P_k))          (Oja's block step; sign-fixed thin QR, so PᵀP = I on the active part)
 
-    P ← QR(P + η_t · G̃ (G̃ᵀ P))          (Oja's block step; sign-fixed thin QR, so PᵀP = I to fp32 round-off)
-
-What we followed and where we chose (`OriRule` options in brackets):
-- Ori's own code is anonymous and unreachable, and the text of arXiv 1607.07837 was not reachable from here either;
-  what follows is the Oja / Oja++ scheme as summarised in METHODS.md (unverified against the paper — say so when
-  citing). Oja (Alg. 1 there): Q_0 a d×k standard Gaussian, Q_t = QR((I + η_t x_t x_tᵀ) Q_{t−1}); we feed the whole
-  normalised gradient, x x_tᵀ → G̃G̃ᵀ (a rank-n sample of the gradient covariance). Oja++: start with k/2 random
-  columns and add k/4, k/8, … fresh random columns at epoch boundaries.
-- Column activation [`oja_pp`, True]: P always has r orthonormal columns (the optimizer's moments are r-wide from
-  step 0), drawn from a seeded Gaussian [`seed`] at step 0. Only the first k_e columns take the Oja step, with
-  k_e = r − ⌊r / 2^(e+1)⌋ in epoch e = ⌊t / E⌋ (r/2, then 3r/4, 7r/8, …, all r after ⌈log2 r⌉ epochs) and E =
-  [`epoch_steps`, 10] steps per epoch (our choice: the paper's epochs are set by its rate analysis, which needs
-  the eigengap we do not know). The not-yet-active columns stay the random directions they were drawn as; the QR of
-  [active | inactive] keeps the active span and re-orthogonalises the rest against it. `oja_pp=False` is plain Oja
-  (all r columns from step 0). [`init="svd"`] starts from GaLore's SVD basis instead (all columns active).
-- Step size [`eta`, 1.0; `schedule`]: η_t = eta · r · s(t). The factor r makes it scale-free: with ‖G̃‖_F = 1 and the
-  gradient's energy spread over ~r directions, each direction's eigenvalue of G̃G̃ᵀ is ~1/r, so η_t λ ≈ eta — one
-  step moves a tracked direction by a fixed fraction of its error (with eta = 1 the signal directions are amplified
-  ~2× against the noise per step). s(t) = 1 by default (`constant`: tracking a drifting subspace needs a step that
-  does not vanish — the point of Ori); `inv_sqrt` gives classic Oja's s(t) = 1/√(t+1).
-- Order: the step uses this step's gradient before it is projected (Oja's Q_t sees x_t); a zero gradient leaves
-  the active columns unchanged.
-- Forms [`form`]: `fast` = `oja_step` (one fused addmm, G̃ never formed, 1/‖G‖² folded into the small GᵀP) and
-  `cholesky_qr` (CholeskyQR2, BLAS-3); `reference` = `oja_step_reference` (explicit G̃ and products) and the
-  sign-fixed Householder QR. Both QRs give the unique Q with diag(R) > 0; tests hold the forms equal to 1e-5 (fp32).
+Choices (`OriRule` options in brackets):
+- Oja++ column activation [`oja_pp`, True]: k/2 random columns at step 0, then at epoch boundaries fresh random
+  columns are appended, k_e = r − ⌊r/2^(e+1)⌋ active in epoch e (r/2, 3r/4, 7r/8, …, all r at epoch ⌊log2 r⌋). The
+  epochs are tied to a share of training [`activation_share`, 0.1]: E = ⌊share · total_steps / ⌊log2 r⌋⌋ steps, so
+  every column is active after the first 10% of training — the warm-up share of the GaLore/SubTrack recipes (1000 of
+  10000 steps). total_steps [`total_steps`]: the run's length (burst passes it); unknown → 10,000, the length of those
+  recipes' 60m–350m runs.
+- Inactive columns are kept out of the projection: they are zero in P, so R = PᵀG (or G P) is zero there, Adam's
+  moments stay zero and the update has no component along them. The moments keep their full r width (the declared
+  memory does not change); a column activated at step t starts from zero moments, so its first updates are up to ~3×
+  an ordinary Adam step (the bias correction counts the weight's steps, not the column's).
+- Step size [`eta`, 1.0; `schedule`]: η_t = eta · r · s(t). The factor r makes it scale-free: ‖G̃‖_F = 1 spread over
+  ~r directions gives eigenvalues of G̃G̃ᵀ ~1/r, so η_t λ ≈ eta — each step moves a tracked direction by a fixed
+  fraction of its error. s(t) = 1 [`constant`, default: tracking a drifting subspace needs a step that does not
+  vanish]; `inv_sqrt` gives classic Oja's s(t) = 1/√(t+1).
+- Start [`init`]: random (Gaussian + QR, per-weight generator [`seed`], state in `state["rng_state"]`); "svd" starts
+  from GaLore's basis with every column active. Update gap [`update_gap`]: every T steps like any streaming method
+  (plan searches 1, 2, 5, 10). lr 1e-2, α 0.25: the GaLore recipe, which Ori's Adam on R shares (Ori's own values
+  were not reachable).
+- Forms [`form`]: "fast" = `oja_step` (one fused addmm, G̃ never formed) + CholeskyQR2; "reference" = explicit G̃
+  and the Householder QR. Tests hold them equal to 1e-5 (fp32).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from subprof.methods.galore import ADAM_STATES
+from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
+from subprof.methods.moving import choice
+from subprof.methods.osd import oriented
+from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
 from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
-from subprof.methods.osd import initial_basis, oriented
-from subprof.methods.rule import ProjectionRule, orthonormal_columns
+from subprof.methods.spec import STREAMING_COMMS, SVD_FIRST_COMMS
+
+DEFAULT_TOTAL_STEPS = 10_000  # the GaLore / SubTrack++ recipes' 60m–350m runs (--num_training_steps 10000)
 
 Tensor = Any
 
@@ -79,78 +82,107 @@ def active_columns(rank: int, step: int, epoch_steps: int) -> int:
     return rank if e >= 62 else rank - (rank >> (e + 1))
 
 
-class OriRule(ProjectionRule):
-    """Ori's every-step Oja++ tracking of P. Options: eta (1.0), schedule ("constant" | "inv_sqrt"), oja_pp (True),
-    epoch_steps (10), init ("random" | "svd"), seed (0), form ("fast" | "reference")."""
+def activation_epoch(rank: int, total_steps: int, share: float) -> int:
+    """Steps per activation epoch: E = ⌊share · total_steps / ⌊log2 r⌋⌋ (≥ 1), so all r columns are active from step
+    ⌊log2 r⌋ · E ≤ share · total_steps on (less than ⌊log2 r⌋ steps before it)."""
+    epochs = max(1, rank.bit_length() - 1)
+    return max(1, math.floor(share * total_steps / epochs))
 
-    defaults = {"eta": 1.0, "schedule": "constant", "oja_pp": True, "epoch_steps": 10, "init": "random", "seed": 0,
-                "form": "fast"}
+
+class OriRule(SeededRule):
+    """Ori's Oja++ tracking of P (see the module docstring). Options: eta (1.0), schedule ("constant" | "inv_sqrt"),
+    oja_pp (True), activation_share (0.1), total_steps (None: 10,000), init ("random" | "svd"), seed (0),
+    form ("fast" | "reference")."""
+
+    defaults = {"eta": 1.0, "schedule": "constant", "oja_pp": True, "activation_share": 0.1, "total_steps": None,
+                "init": "random", "seed": 0, "form": "fast"}
 
     def __init__(self, *, rank: int, update_gap: int = 1, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
         o = self.options
         self.eta = float(o["eta"])
-        self.schedule = str(o["schedule"])
+        self.schedule = choice("schedule", o["schedule"], ("constant", "inv_sqrt"))
         self.oja_pp = bool(o["oja_pp"])
-        self.epoch_steps = int(o["epoch_steps"])
-        self.init = str(o["init"])
-        self.seed = int(o["seed"])
-        self.form = str(o["form"])
-        if self.eta <= 0 or self.epoch_steps <= 0:
-            raise ValueError("eta and epoch_steps must be positive")
-        if self.schedule not in ("constant", "inv_sqrt"):
-            raise ValueError(f"schedule must be 'constant' or 'inv_sqrt', got {self.schedule!r}")
-        if self.init not in ("random", "svd"):
-            raise ValueError(f"init must be 'random' or 'svd', got {self.init!r}")
-        if self.form not in ("fast", "reference"):
-            raise ValueError(f"form must be 'fast' or 'reference', got {self.form!r}")
-        self._streams = 0
+        self.activation_share = float(o["activation_share"])
+        self.total_steps = int(o["total_steps"] or DEFAULT_TOTAL_STEPS)
+        self.init = choice("init", o["init"], ("random", "svd"))
+        self.form = choice("form", o["form"], ("fast", "reference"))
+        if self.eta <= 0 or self.total_steps <= 0 or not 0.0 < self.activation_share <= 1.0:
+            raise ValueError("eta and total_steps must be positive and activation_share in (0, 1]")
 
     def step_size(self, step: int, rank: int) -> float:
         """η_t = eta · r · s(t), s = 1 (constant) or 1/√(t+1) (inv_sqrt)."""
         s = 1.0 if self.schedule == "constant" else 1.0 / math.sqrt(step + 1)
         return self.eta * rank * s
 
+    def active(self, rank: int, step: int) -> int:
+        """How many columns take part at this step (all unless Oja++ activation from a random start)."""
+        if self.init == "svd" or not self.oja_pp:
+            return rank
+        return active_columns(rank, step, activation_epoch(rank, self.total_steps, self.activation_share))
+
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         r = self.effective_rank(tuple(grad.shape))
         if "projector" not in state:
-            state["projector"] = self._initial(grad, r)
+            self._initial(state, grad, r, step)
         if not self.due(step):
             return
-        p = state["projector"].float()
-        k = r if (self.init == "svd" or not self.oja_pp) else active_columns(r, step, self.epoch_steps)
+        p = state["projector"]
+        k_old, k = int(state.get("active_columns", r)), self.active(r, step)
+        y = p[:, :k_old].float()
+        if k > k_old:  # Oja++: fresh random columns join (scaled to unit length, so the QR stays well conditioned)
+            gen = self.generator(state)
+            fresh = self.gaussian(gen, p.shape[0], k - k_old, y.device).div_(math.sqrt(p.shape[0]))
+            self.save_generator(state, gen)
+            y = torch.cat([y, fresh], dim=1)
         fast = self.form == "fast"
-        moved = (oja_step if fast else oja_step_reference)(p[:, :k], oriented(grad), self.step_size(step, r))
-        if k < r:
-            moved = torch.cat([moved, p[:, k:]], dim=1)
-        state["projector"].copy_(cholesky_qr(moved) if fast else orthonormal_columns(moved))
+        moved = (oja_step if fast else oja_step_reference)(y, oriented(grad), self.step_size(step, r))
+        p[:, :k].copy_(cholesky_qr(moved) if fast else orthonormal_columns(moved))
+        state["active_columns"] = k
 
-    def _initial(self, grad: Tensor, r: int) -> Tensor:
-        p = initial_basis(grad, r, init=self.init, seed=self.seed * 1_000_003 + self._streams)
-        self._streams += 1
-        return p
+    def _initial(self, state: dict, grad: Tensor, r: int, step: int) -> None:
+        """P_0: GaLore's SVD basis, or k_0 random orthonormal columns followed by r − k_0 zero (inactive) ones."""
+        if self.init == "svd":
+            state["projector"] = top_singular_basis(grad, r)
+            state["active_columns"] = r
+            return
+        d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
+        k = self.active(r, step)
+        gen = self.generator(state)
+        p = torch.zeros(d, r, dtype=torch.float32)
+        p[:, :k] = orthonormal_columns(self.gaussian(gen, d, k))
+        self.save_generator(state, gen)
+        state["projector"] = p.to(device=grad.device, dtype=grad.dtype)
+        state["active_columns"] = k
+
+
+def layout(options: Mapping[str, Any]) -> StateLayout:
+    """Adam's moments (always r wide) and P (d×r, inactive columns zero). Refresh: the SVD when P starts from it, else
+    an Oja step's GᵀP (r × max(m, n)), P + η G̃G̃ᵀP and its Q (d×r each) and CholeskyQR2's r×r Gram factor, fp32."""
+    return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if options["init"] == "svd" else (
+        TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+        TensorSpec(name="gram", shape=lambda m, n, r: (r, r), dtype=Dtype.FP32, role=Role.WORKSPACE)))
 
 
 SPEC = MethodSpec(
     name="ori",
     title="Ori (streaming k-PCA, Oja++)",
-    summary="P tracked every step by an Oja step and a thin QR",
+    summary="P tracked every T steps (default every step) by an Oja step and a thin QR, columns activated Oja++-style",
     project=True,
-    layout=StateLayout(
-        states=ADAM_STATES,
-        workspace=(
-            # GᵀP (r × max(m, n)), P + η G̃G̃ᵀP (d×r) and the thin QR's Q (d×r), fp32
-            TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="qr_q", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        ),
-    ),
+    layout=layout,
     rule=OriRule,
     subspace="tracked",
+    variants={"svd-start": {"init": "svd"}, "plain-oja": {"oja_pp": False}, "inv-sqrt": {"schedule": "inv_sqrt"}},
     refresh_cost="gemm",
     default_update_gap=1,
-    update_gaps=(1,),
+    update_gaps=(1, 2, 5, 10),
     timing_options={"oja_pp": False},  # time the Oja step with every column active
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
+    default_lr=1e-2,
+    lr_source="not published (Ori's code and paper body not reachable): the GaLore recipe's 1e-2 with scale 0.25",
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1; Oja++ moves ≤ r columns) per step
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if o["init"] == "svd" else ()),
     paper="ICLR 2026 submission 21959; Allen-Zhu & Li 2017, arXiv 1607.07837",
 )

@@ -1,46 +1,45 @@
-"""Online Subspace Descent (Liang, Liu, Chen & Liu 2024, arXiv 2408.12857, NeurIPS 2024), Algorithm 1.
+"""Online Subspace Descent (Liang, Liu, Chen & Liu 2024, arXiv 2408.12857, NeurIPS 2024; code
+kyleliang919/Online-Subspace-Descent@e694775, `galore_torch/galore_projector.py`, proj_type "continuous").
 
-W is updated as GaLore does (Adam on R = PᵀG, projected back); P is updated **every step** by one optimizer step on
-the online-PCA loss of this step's gradient, written for the side P projects (P: d×r, G̃ = G/‖G‖_F, d×n):
+W is updated as GaLore does (Adam on R = PᵀG, projected back); every `update_gap` steps P takes one optimizer step
+on the online-PCA loss of that step's gradient, for the side P projects (P: d×r, G̃ = G/‖G‖_F, d×n):
 
     L(P) = ‖P PᵀG̃ − G̃‖² + λ‖PᵀP − I‖²
     ∇L   = 2(A P (PᵀP) + P (Pᵀ A P)) − 4 A P + 4λ P (PᵀP − I),    A P = G̃ (G̃ᵀ P)   (A = G̃G̃ᵀ is never formed)
 
-What we followed and where we chose (`OSDRule` options in brackets):
-- Variant `paper` (default) — Algorithm 1 as printed: P_{t+1} = P_t + η_P (Δ_P − λ_P P_t) where Δ_P is the Adam
-  (betas 0.9/0.999, eps 1e-8, bias-corrected) direction of ∇L at P_t on G_t, η_P = α·η_W with α = 5 [`alpha`],
-  λ = 0.1 [`ortho_weight`], λ_P = λ_W [`projector_weight_decay`, 0 — GaLore's runs use no weight decay]. SGD instead
-  of Adam [`projector_optimizer="sgd"`]: P ← P − η_P ∇L (no momentum; the paper's 7B run used SGD for P, momentum
-  not stated). P_0 is not specified in what we could read; we draw a random orthonormal P_0 (Gaussian + sign-fixed
-  QR, seeded [`seed`]) so the method needs no SVD at all [`init="svd"` starts from GaLore's SVD basis instead].
-- Variant `code` [`variant="code"`] — the authors' repository (kyleliang919/Online-Subspace-Descent,
-  `galore_projector.py`, proj_type "continuous"): P from the SVD at step 0 and no P step then; from step 1 a torch
-  AdamW step (weight_decay 0.01, eps 1e-8) on ‖P PᵀG̃ − G̃‖² **without** the λ term, with lr_P =
-  (1/gap)·(lr_t/lr_0) where gap is their `update_proj_gap` [`code_gap`, 200: the GaLore scripts' value].
-- Order: in both, G_t is projected with P_t and the P step computed from G_t gives P_{t+1}. Our optimizer calls
-  `update_projection` *before* projecting, so the rule defers the step: it updates P's moments (Adam) or keeps the
-  gradient (SGD, in `projector_exp_avg`) at step t and applies the parameter move at the start of step t+1. This is
-  exact (the Adam direction depends only on the moments) and needs no memory beyond the declared states; the
-  learning rate of the pending move is kept as a float (`projector_pending_lr`).
-- Learning rate: η_W is the current group lr, which the optimizer hands over in `step_factor(state, group, step)`
-  (called after `update_projection` each step; the pending step's η_P is set there). Used standalone (timing,
-  tests), the rule takes it from `set_lr(lr)` or the `lr` keyword of `update_projection`, else option `lr` (1e-3).
-- Forms [`form`]: `analytic` (default) evaluates ∇L in closed form: two d×n×r GEMMs (GᵀP, then G·(GᵀP)) on the
-  unnormalised G with the 1/‖G‖² folded into r×r factors, plus PᵀP, Pᵀ(AP) and two d×r×r products — G̃ is never
-  materialised. `autograd` is the paper's code path: build L on G̃ = G/‖G‖, `backward()` (about six d×n×r GEMMs).
-  Tests hold the two equal to 1e-5 in fp32. The big GEMMs run in G's dtype (bf16 under pure-bf16 training, as GaLore
-  projects); everything d×r is fp32. P is not re-orthonormalised: the λ term only keeps PᵀP ≈ I (no 1e-3 promise).
+Variants [`variant`]:
+- "paper" (default), Algorithm 1 as printed: P ← P + η_P(Δ_P − λ_P P) with Δ_P the Adam direction (0.9/0.999,
+  eps 1e-8, bias-corrected) of ∇L, η_P = α·η_W, α = 5 [`alpha`], λ = 0.1 [`ortho_weight`], λ_P = 0
+  [`projector_weight_decay`; GaLore-style runs use no decay]; SGD instead of Adam [`projector_optimizer="sgd"`,
+  no momentum; the paper's 7B run used SGD]. P_0 from the SVD of the first gradient, as the authors' code does
+  (the paper only asks for "proper initialization"), and like the code no P step at step 0 (∇L at the SVD basis of
+  G_0 is zero up to round-off, which Adam would turn into a full-size step) [`init="random"`: a seeded random
+  orthonormal P_0, no SVD, P stepped from step 0].
+- "code": the repository's rule — SVD start and no P step at step 0, then a torch AdamW step (weight_decay 0.01,
+  eps 1e-8) on ‖P PᵀG̃ − G̃‖² without λ, lr_P = (1/gap)·(lr_t/lr_0), gap their `update_proj_gap` [`code_gap`, 200].
+Defaults: lr 1e-2, α_W = 0.25 (the README's 60M command: `--lr 0.01 --galore_scale 0.25 --update_proj_gap 200`);
+`update_gap` 1 (both the paper and the code step P every step; plan also searches 2, 5 and 10).
+Choices and deviations:
+- Order: G_t is projected with P_t and the P step from G_t gives P_{t+1}. Our optimizer refreshes *before*
+  projecting, so the rule folds ∇L into P's moments at a due step t and applies the move at the start of step t+1
+  (exact: the Adam direction depends only on the moments); the pending move's lr is a float (`projector_pending_lr`).
+  η_W is the group lr of step t, handed over in `step_factor` (standalone: `set_lr`, the `lr` keyword or option `lr`).
+- Forms [`form`]: "analytic" (default) evaluates ∇L in closed form — two d×n×r GEMMs on the unnormalised G, the
+  1/‖G‖² folded into r×r factors; "autograd" builds L on G̃ and calls `backward()` (the code's way, ~six GEMMs).
+  Equal to 1e-5 in tests. Big GEMMs in G's dtype, everything d×r in fp32. P is not re-orthonormalised (the λ term
+  keeps PᵀP ≈ I only approximately).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from subprof.methods.galore import ADAM_STATES
+from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
-from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, two_gemm_flops
 from subprof.methods.rule import ProjectionRule, orthonormal_columns, right_side, top_singular_basis
+from subprof.methods.spec import (STREAMING_COMMS, SVD_FIRST_COMMS, Dtype, MethodSpec, Role, StateLayout, TensorSpec,
+                                  basis_shape, full_shape, moment_shape, two_gemm_flops)
 
 Tensor = Any
 
@@ -117,12 +116,12 @@ class OSDRule(ProjectionRule):
     """Online Subspace Descent's P update (see the module docstring for every choice).
 
     Options: variant ("paper" | "code"), projector_optimizer ("adam" | "sgd"), alpha (5.0), ortho_weight (0.1),
-    projector_weight_decay (0.0; "code": 0.01), form ("analytic" | "autograd"), init ("random" | "svd"; "code": svd),
+    projector_weight_decay (0.0; "code": 0.01), form ("analytic" | "autograd"), init ("svd" | "random"),
     seed (0), lr (1e-3, used only when no learning rate was handed over), base_lr ("code": lr_0, default the first
     non-zero lr seen), code_gap (200), betas ((0.9, 0.999)), eps (1e-8)."""
 
     defaults = {"variant": "paper", "projector_optimizer": "adam", "alpha": 5.0, "ortho_weight": 0.1,
-                "projector_weight_decay": None, "form": "analytic", "init": None, "seed": 0, "lr": 1e-3,
+                "projector_weight_decay": None, "form": "analytic", "init": "svd", "seed": 0, "lr": 1e-3,
                 "base_lr": None, "code_gap": 200, "betas": (0.9, 0.999), "eps": 1e-8}
 
     def __init__(self, *, rank: int, update_gap: int = 1, **options: Any) -> None:
@@ -138,7 +137,7 @@ class OSDRule(ProjectionRule):
         self.form = str(o["form"])
         if self.form not in ("analytic", "autograd"):
             raise ValueError(f"form must be 'analytic' or 'autograd', got {self.form!r}")
-        self.init = str(o["init"] or ("svd" if code else "random"))
+        self.init = str(o["init"])
         if self.init not in ("random", "svd"):
             raise ValueError(f"init must be 'random' or 'svd', got {self.init!r}")
         self.alpha = float(o["alpha"])
@@ -170,10 +169,12 @@ class OSDRule(ProjectionRule):
         lr_w = self._lr if self._lr is not None else self.default_lr
         if "projector" not in state:
             state["projector"] = self._initial(grad)
-            if self.variant == "code":  # the code creates P (and its optimizer) at step 0 and steps from step 1
-                return
+            if self.init == "svd":  # P_0 is optimal for G_0 (∇L = 0 up to round-off, which Adam would blow up to a
+                return              # full step); the code, too, creates P (and its optimizer) at step 0, steps from 1
         else:
-            self._apply_pending(state)
+            self._apply_pending(state)  # the move computed at the last due step, applied the step after it
+        if not self.due(step):
+            return
         lr_p = self._projector_lr(state, lr_w)
         grad_p = self.loss_grad(state["projector"].float(), oriented(grad))
         self._record(state, grad_p, lr_p)
@@ -244,31 +245,52 @@ class OSDRule(ProjectionRule):
             state["projector"].copy_(p)
 
 
+STREAMING_WORKSPACE = (
+    # analytic step: GᵀP (r × max(m, n)), AP = G(GᵀP) and P in fp32, ∇L, Adam's denominator (d×r each)
+    TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="ap", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="grad_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="denom_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+)
+# the autograd form builds L on G̃: measured peak 5.2 m×n fp32 with fp32 gradients, 6.2 with bf16 ones (the G.float()
+# copy); declared as six m×n fp32 tensors (the bf16 case; one too many at fp32) plus the small ones above
+AUTOGRAD_WORKSPACE = tuple(TensorSpec(name=name, shape=full_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)
+                           for name in ("g_fp32", "g_normalised", "reconstruction", "residual", "residual_sq",
+                                        "residual_grad")) + STREAMING_WORKSPACE
+PROJECTOR_ADAM = (
+    TensorSpec(name="projector_exp_avg", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+    TensorSpec(name="projector_exp_avg_sq", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+)
+
+
+def layout(options: Mapping[str, Any]) -> StateLayout:
+    """W's Adam moments and P, plus P's optimizer state: Adam's two d×r moments, or with SGD the one d×r gradient
+    kept for the deferred move. Refresh: the autograd form's m×n tensors (they exceed an SVD's), else step 0's SVD
+    when P starts from it (it dominates an analytic step's d×r and r × max(m, n) tensors), else the analytic step's."""
+    sgd = options["projector_optimizer"] == "sgd"
+    workspace = (AUTOGRAD_WORKSPACE if options["form"] == "autograd" else
+                 SVD_WORKSPACE if options["init"] == "svd" else STREAMING_WORKSPACE)
+    return StateLayout(states=ADAM_STATES + (PROJECTOR_ADAM[:1] if sgd else PROJECTOR_ADAM), workspace=workspace)
+
+
 SPEC = MethodSpec(
     name="osd",
     title="Online Subspace Descent",
-    summary="P updated every step by one Adam step on the online-PCA loss",
+    summary="P updated every T steps (default every step) by one Adam step on the online-PCA loss, from the SVD",
     project=True,
-    layout=StateLayout(
-        states=ADAM_STATES + (
-            TensorSpec(name="projector_exp_avg", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-            TensorSpec(name="projector_exp_avg_sq", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-        ),
-        workspace=(
-            # analytic step: GᵀP (r × max(m, n)), AP = G(GᵀP) and P in fp32, ∇L, Adam's denominator (d×r each)
-            TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="ap", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="projector_fp32", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="grad_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-            TensorSpec(name="denom_p", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
-        ),
-    ),
+    layout=layout,
     rule=OSDRule,
     subspace="tracked",
+    variants={"code": {"variant": "code"}, "random-start": {"init": "random"}, "sgd": {"projector_optimizer": "sgd"}},
     refresh_cost="gemm",
     default_update_gap=1,
-    update_gaps=(1,),
+    update_gaps=(1, 2, 5, 10),
     timing_variants={"osd-autograd": {"form": "autograd"}},
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 8.0 * min(m, n) * r * r,
+    default_lr=1e-2,
+    lr_source="OSD README, LLaMA-60M command (--lr 0.01 --galore_scale 0.25)",
+    # per rank under FSDP: one all-reduce of A·P (d·r + 1) per step; an SVD start gathers G once
+    comms=lambda o: STREAMING_COMMS + (SVD_FIRST_COMMS if o["init"] == "svd" else ()),
     paper="Liang et al. 2024, arXiv 2408.12857",
 )

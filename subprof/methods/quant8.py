@@ -71,10 +71,11 @@ def dequantize(codes: torch.Tensor, absmax: torch.Tensor, *, signed: bool) -> to
 
 
 def adam_step(grad: torch.Tensor, target: torch.Tensor, state: dict, *, betas: tuple[float, float], eps: float,
-              t: int, lr: float) -> None:
+              t: int, lr: float, weight_decay: float = 0.0) -> None:
     """bitsandbytes' blockwise 8-bit Adam on `state["exp_avg"]`/`state["exp_avg_sq"]` (uint8 + `_absmax`):
-    target ← target − lr · m̂ / (√v̂ + ε), t the 1-based step; no weight decay (the optimizer applies it after)."""
+    target ← target·(1 − lr·λ) − lr · m̂ / (√v̂ + ε), t the 1-based step, the decay inside the kernel before the
+    step (as `bnb.optim.AdamW8bit`; projected weights pass λ = 0 and the optimizer decays after the update)."""
     _bnb_functional().optimizer_update_8bit_blockwise(
         "adam", grad.contiguous(), target, state["exp_avg"], state["exp_avg_sq"], betas[0], betas[1], 0.0, 0.0,
         eps, t, lr, dynamic_map(True, grad.device), dynamic_map(False, grad.device), state["exp_avg_absmax"],
-        state["exp_avg_sq_absmax"], 0.0, 1.0, False)
+        state["exp_avg_sq_absmax"], weight_decay, 1.0, False)

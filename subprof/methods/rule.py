@@ -3,7 +3,8 @@
 A rule keeps no per-weight data: everything it keeps lives in the optimizer's per-parameter state dict under the names its
 `MethodSpec` declares (`projector`, `projector_exp_avg`, …), so `Optimizer.state_dict()` round-trips it and the
 memory model's declaration can be checked against `optimizer.state` byte for byte. Randomized rules keep their
-generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory).
+generator state in `state["rng_state"]` (a uint8 tensor, not counted as memory), seeded from `state["stream"]`, the
+weight's position in the optimizer (an int the optimizer sets at the weight's first step).
 
 Convention (GaLore "std"): for W of shape (m, n), if m ≥ n then P is n×r and R = G·P (m×r), else P is m×r and
 R = Pᵀ·G (r×n). P is stored in the gradient's dtype; the rules compute in fp32 where precision matters.
@@ -13,7 +14,7 @@ What the optimizer (`subprof.optim.SubspaceAdamW`) does with a rule, per project
     rule.update_projection(state, G, t)             # every step; the rule decides whether P moves
     R = rule.project(state, G)                      # G's dtype
     U = rule.low_rank_update(state, R, group, t)    # default: Adam on R (below); SUMO overrides
-    E = rule.recovery_term(state, G, R, U)          # default None; Fira-style out-of-subspace term
+    E = rule.recovery_term(state, G, R, U, scale=α) # default None; Fira-style out-of-subspace term
     f = rule.step_factor(state, group, t)           # default: Adam's bias correction (1 for overriding rules)
     W ← W − lr·f·E                                  # if E is not None; E is not multiplied by α
     W ← W − lr·f·α·project_back(U)                  # α = group["scale"]
@@ -25,7 +26,8 @@ bits.
 
 Options: a rule declares its options and their defaults in the class attribute `defaults` — the one place they are
 stated. `MethodSpec.resolve_options` and the rule's constructor both merge given options over them and reject
-unknown names, so the memory declaration (which may depend on an option) and the rule never disagree.
+unknown names, so the memory declaration (which may depend on an option) and the rule never disagree. A rule also
+knows its group's Adam betas (`self.betas`; SubTrack++'s moment rotation uses β₂).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class ProjectionRule:
 
     defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, *, rank: int, update_gap: int, state_bits: int = 32, **options: Any) -> None:
+    def __init__(self, *, rank: int, update_gap: int, state_bits: int = 32,
+                 betas: tuple[float, float] = (0.9, 0.999), **options: Any) -> None:
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
         if update_gap <= 0:
@@ -64,6 +67,7 @@ class ProjectionRule:
         self.rank = rank
         self.update_gap = update_gap
         self.state_bits = state_bits
+        self.betas = (float(betas[0]), float(betas[1]))
         self.options = {**self.defaults, **options}
 
     # --- geometry -------------------------------------------------------------------------------------------
@@ -117,11 +121,13 @@ class ProjectionRule:
             m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  U = m / (√v + ε),  f = √(1−β₂ᵗ) / (1−β₁ᵗ),  t = step + 1.
         At 8 bits (tensors ≥ 4096 values) the update is bitsandbytes' blockwise 8-bit Adam kernel (fused on CUDA,
         dequantise–update–requantise on CPU), which returns the corrected U = m̂ / (√v̂ + ε) (ε on the
-        bias-corrected √v̂, as bitsandbytes' Adam) and f = 1."""
+        bias-corrected √v̂, as bitsandbytes' Adam) and f = 1; smaller tensors keep fp32 moments, as bitsandbytes
+        does, with its 32-bit kernel's arithmetic U = m / (√v + ε·√(1−β₂ᵗ)) (the same ε placement)."""
         if "exp_avg" not in state:
             self.init_moment(state, "exp_avg", r_grad)
             self.init_moment(state, "exp_avg_sq", r_grad)
-        return adam_direction(state, r_grad, betas=group["betas"], eps=group["eps"], t=step + 1, corrected=False)
+        return adam_direction(state, r_grad, betas=group["betas"], eps=group["eps"], t=step + 1, corrected=False,
+                              eps_after_correction=self.state_bits == 8)
 
     def step_factor(self, state: dict, group: dict, step: int) -> float:
         """Multiplier of lr for this step's update (low-rank and recovery terms). Default: Adam's bias correction
@@ -133,10 +139,45 @@ class ProjectionRule:
             return 1.0
         return adam_correction(group["betas"], step + 1)
 
-    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
+    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, *,
+                      scale: float = 1.0) -> Tensor | None:
         """A full-size term added to the step outside the subspace (Fira-style recovery), or None (default).
-        The optimizer applies W ← W − lr·E (not multiplied by α) before the low-rank update."""
+        `scale` is the group's α (Fira's residual is G − α·P PᵀG). The optimizer applies W ← W − lr·f·E (not
+        multiplied by α again) before the low-rank update."""
         return None
+
+
+class SeededRule(ProjectionRule):
+    """A rule that draws random numbers: one CPU `torch.Generator` per projected weight, seeded from option `seed`
+    and the weight's stream — `state["stream"]`, the weight's position in the optimizer (set by `SubspaceAdamW`, so
+    per-layer and global stepping draw alike), else the order in which weights first reach the rule. Its state is
+    kept in `state["rng_state"]` (uint8, not counted as memory) so that `state_dict()` round-trips and a resumed run
+    draws the same numbers. Draws are fp32 on the CPU (the same numbers on any device), moved to where they are
+    used."""
+
+    def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
+        super().__init__(rank=rank, update_gap=update_gap, **options)
+        self.seed = int(self.options.get("seed", 0))
+        self._streams = 0  # weights seen so far: each weight gets its own stream
+
+    def generator(self, state: dict) -> Tensor:
+        gen = torch.Generator(device="cpu")
+        if "rng_state" in state:
+            gen.set_state(state["rng_state"].cpu())
+            return gen
+        stream = state.get("stream")
+        if stream is None:
+            stream, self._streams = self._streams, self._streams + 1
+        gen.manual_seed(self.seed * 1_000_003 + int(stream))
+        return gen
+
+    def save_generator(self, state: dict, gen: Tensor) -> None:
+        state["rng_state"] = gen.get_state()
+
+    @staticmethod
+    def gaussian(gen: Tensor, rows: int, cols: int, device: Any = "cpu") -> Tensor:
+        """A rows×cols standard Gaussian from the CPU generator (row-major fill), fp32, moved to `device`."""
+        return torch.randn(rows, cols, generator=gen, dtype=torch.float32).to(device)
 
 
 def orthonormal_columns(a: Tensor) -> Tensor:

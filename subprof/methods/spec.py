@@ -7,6 +7,11 @@ equal to the bytes found in `optimizer.state`. No torch here: `plan` and `estima
 
 Projection convention (GaLore "std", METHODS.md): if m ≥ n, P is n × r and R = G·P is m × r; if m < n, P is
 m × r and R = Pᵀ·G is r × n. So moments on R hold r·max(m, n) numbers and P holds min(m, n)·r.
+
+Per rank under FSDP2 (the end of this file): which dim of each declared tensor follows the weight's sharded dim
+(`TensorSpec.axes`), how a projected weight is sharded (`weight_sharding`) and what a method communicates per step
+and per refresh (`MethodSpec.comms`). The per-rank memory model, the communication model, the distributed trace
+and the distributed optimizer all read these.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Dtype(Enum):
     STATE = "state"  # follows state_bits: 32 → fp32, 16 → bf16, 8 → blockwise 8-bit
     PARAM = "param"  # the weight's own dtype (bf16 in pure-bf16 training, fp32 with mixed precision)
     FP32 = "fp32"  # always fp32 (e.g. the SVD input upcast, small factors)
+    FP64 = "fp64"  # always fp64 (e.g. a Gram matrix all-reduced for an accurate eigendecomposition)
 
 
 class Role(Enum):
@@ -43,18 +49,43 @@ class Role(Enum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TensorSpec:
-    """One tensor: a name as it appears in `optimizer.state[p]`, a shape rule (m, n, r) → shape, a dtype rule."""
+    """One tensor: a name as it appears in `optimizer.state[p]`, a shape rule (m, n, r) → shape, a dtype rule.
+
+    `axes` (m, n, r) → one label per dim: "m" or "n" when that dim runs along the weight's rows or columns (so it is
+    sharded when the weight is sharded on that side), None otherwise. Left out, it follows the shape rule:
+    `moment_shape` names its long side, `full_shape` both sides, every other rule (P, r×r factors, the SVD's
+    factors) none — such a tensor is whole on every rank that holds it."""
 
     name: str
     shape: ShapeRule
     dtype: Dtype
     role: Role
+    axes: "AxesRule | None" = None
 
     def numel(self, m: int, n: int, r: int) -> int:
         return math.prod(self.shape(m, n, r))
 
     def nbytes(self, m: int, n: int, r: int, *, state_bits: int, param_bytes: int) -> int:
         return tensor_bytes(self.numel(m, n, r), self.dtype, state_bits=state_bits, param_bytes=param_bytes)
+
+    def rank_numel(self, m: int, n: int, r: int, shard: "WeightShard") -> int:
+        """Values rank 0 holds when the weight is sharded as `shard`: the dim that follows the sharded side is cut
+        to ⌈length / ranks⌉ (torch.chunk: rank 0 gets a full chunk, so it holds the most); other tensors whole."""
+        shape = list(self.shape(m, n, r))
+        if shard.ranks > 1:
+            side = "m" if shard.dim == 0 else "n"
+            axes = (self.axes or _SHAPE_AXES.get(self.shape, replicated))(m, n, r)
+            for i, label in enumerate(axes):
+                if label == side:
+                    shape[i] = -(-shape[i] // shard.ranks)
+                    break
+        return math.prod(shape)
+
+    def rank_nbytes(self, m: int, n: int, r: int, shard: "WeightShard", *, state_bits: int,
+                    param_bytes: int) -> int:
+        """Bytes on rank 0 (8-bit states quantise the local shard in blocks of 256, as `nbytes` does the whole)."""
+        return tensor_bytes(self.rank_numel(m, n, r, shard), self.dtype, state_bits=state_bits,
+                            param_bytes=param_bytes)
 
 
 def tensor_bytes(numel: int, dtype: Dtype, *, state_bits: int, param_bytes: int) -> int:
@@ -64,6 +95,8 @@ def tensor_bytes(numel: int, dtype: Dtype, *, state_bits: int, param_bytes: int)
     """
     if dtype is Dtype.FP32:
         return 4 * numel
+    if dtype is Dtype.FP64:
+        return 8 * numel
     if dtype is Dtype.PARAM:
         return param_bytes * numel
     if state_bits == 8:
@@ -102,6 +135,7 @@ class StateLayout:
 
 
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
+CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
 SUBSPACE_KINDS = ("svd", "tracked", "random")
 
@@ -124,6 +158,11 @@ class MethodSpec:
     - defaults: the update gap and the gaps `plan` searches, the scale α, the state precisions it supports.
     - `timing_options`: rule options used when `proj` times one update; `timing_variants`: further named timed
       forms (name → options), e.g. OSD's autograd form.
+    - `variants`: named alternatives to the defaults (name → options), each a documented deviation or the
+      authors' other setting; tests run every one (declared bytes == `optimizer.state`).
+    - `default_lr` and `lr_source`: the peak learning rate the method's authors publish for LLaMA pretraining at
+      the small end (60m–350m), and where it comes from; used when no lr is given (burst) and as the centre of a
+      burst's lr grid.
     """
 
     name: str
@@ -138,10 +177,14 @@ class MethodSpec:
     default_update_gap: int = 200
     update_gaps: tuple[int, ...] = (50, 200, 500)
     default_scale: float = 0.25
+    default_lr: float = 1e-3
+    lr_source: str = ""
     paper: str = ""
     state_bits_supported: tuple[int, ...] = (32, 16, 8)
     timing_options: Mapping[str, Any] = field(default_factory=dict)
     timing_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    comms: "tuple[CommSpec, ...] | CommRule" = ()
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
@@ -150,6 +193,12 @@ class MethodSpec:
             raise ValueError(f"{self.name}: subspace must be one of {SUBSPACE_KINDS}, got {self.subspace!r}")
         if self.project and self.rule is None:
             raise ValueError(f"{self.name}: a projected method needs its rule class")
+        if self.default_lr <= 0:
+            raise ValueError(f"{self.name}: default_lr must be positive, got {self.default_lr}")
+        for name, options in self.variants.items():
+            unknown = sorted(set(options) - set(self.option_defaults))
+            if unknown:
+                raise ValueError(f"{self.name}: variant {name!r} sets unknown option(s) {', '.join(unknown)}")
 
     # --- options ------------------------------------------------------------------------------------------------
     @property
@@ -197,6 +246,77 @@ class MethodSpec:
         return sum(t.nbytes(m, n, r, state_bits=state_bits, param_bytes=param_bytes)
                    for t in self.layout_for(options).step_workspace)
 
+    # --- per rank under FSDP2 (see the end of this file) ----------------------------------------------------------
+    def weight_shard(self, m: int, n: int, ranks: int) -> "WeightShard":
+        """How FSDP2 shards one of this method's projected weights over `ranks`: projected methods on the long side
+        (so R, its moments and the update stay local), full-rank baselines on dim 0 (FSDP2's default)."""
+        return weight_sharding(m, n, ranks, long_side=self.project)
+
+    def rank_state_bytes(self, m: int, n: int, r: int, *, ranks: int, state_bits: int, param_bytes: int,
+                         options: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """`state_bytes` on rank 0 when the weight is sharded over `ranks` (1: identical to `state_bytes`)."""
+        shard = self.weight_shard(m, n, ranks)
+        out: dict[str, int] = {}
+        for t in self.layout_for(options).states:
+            out[t.role.value] = out.get(t.role.value, 0) + t.rank_nbytes(m, n, r, shard, state_bits=state_bits,
+                                                                          param_bytes=param_bytes)
+        return out
+
+    def rank_step_workspace_bytes(self, m: int, n: int, r: int, *, ranks: int, state_bits: int, param_bytes: int,
+                                  options: Mapping[str, Any] | None = None) -> int:
+        """The step workspace on rank 0, plus the receive buffers of the step's gathers."""
+        shard = self.weight_shard(m, n, ranks)
+        local = sum(t.rank_nbytes(m, n, r, shard, state_bits=state_bits, param_bytes=param_bytes)
+                    for t in self.layout_for(options).step_workspace)
+        return local + self._receive_bytes(m, n, r, shard, (When.STEP,), param_bytes, options)
+
+    def rank_workspace_bytes(self, m: int, n: int, r: int, *, ranks: int, state_bits: int, param_bytes: int,
+                             options: Mapping[str, Any] | None = None) -> int:
+        """The refresh workspace on the rank that refreshes. A refresh that gathers the gradient (an SVD) runs on
+        the whole gathered G at its owner rank: the whole declared workspace + the gathered G; otherwise the
+        declared tensors are cut as their axes say."""
+        shard = self.weight_shard(m, n, ranks)
+        whole = WeightShard(dim=shard.dim, ranks=1) if self.gathers_at_refresh(m, n, ranks, options) else shard
+        declared = sum(t.rank_nbytes(m, n, r, whole, state_bits=state_bits, param_bytes=param_bytes)
+                       for t in self.layout_for(options).workspace)
+        return declared + self._receive_bytes(m, n, r, shard, (When.REFRESH, When.FIRST), param_bytes, options)
+
+    def comms_for(self, options: Mapping[str, Any] | None = None) -> "tuple[CommSpec, ...]":
+        """The declared collectives under these options (`comms` may be a function of them, like `layout`)."""
+        if isinstance(self.comms, tuple):
+            return self.comms
+        return self.comms(self.resolve_options(options))
+
+    def gathers_at_refresh(self, m: int, n: int, ranks: int, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether a refresh needs the whole gradient of the weight on one rank (ranks > 1 and a declared GATHER)."""
+        if ranks <= 1:
+            return False
+        shard = self.weight_shard(m, n, ranks)
+        return any(c.op is Collective.GATHER and c.when is not When.STEP and c.applies(m, n, shard)
+                   for c in self.comms_for(options))
+
+    def comm_bytes(self, m: int, n: int, r: int, *, ranks: int, when: "When", param_bytes: int,
+                   options: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """Payload bytes per collective kind for one weight at `when` (the whole tensor each collective moves; the
+        wire bytes each rank sends follow from the algorithm, `subprof.plan.comm`). Nothing when ranks == 1: the
+        whole gradient is on every rank (one GPU, or DDP after its all-reduce)."""
+        out: dict[str, int] = {}
+        if ranks <= 1:
+            return out
+        shard = self.weight_shard(m, n, ranks)
+        for c in self.comms_for(options):
+            if c.when is when and c.applies(m, n, shard):
+                out[c.op.value] = out.get(c.op.value, 0) + c.nbytes(m, n, r, param_bytes=param_bytes)
+        return out
+
+    def _receive_bytes(self, m: int, n: int, r: int, shard: "WeightShard", whens: tuple["When", ...],
+                       param_bytes: int, options: Mapping[str, Any] | None) -> int:
+        """New memory a gather or all-gather hands its receiver: the whole tensor."""
+        if shard.ranks <= 1:
+            return 0
+        return sum(c.nbytes(m, n, r, param_bytes=param_bytes) for c in self.comms_for(options)
+                   if c.when in whens and c.op in (Collective.GATHER, Collective.ALL_GATHER) and c.applies(m, n, shard))
+
     def gaps(self) -> tuple[int, ...]:
         """Update gaps `plan` searches (one `(0,)` placeholder for full-rank baselines)."""
         return self.update_gaps if self.project else (0,)
@@ -219,3 +339,142 @@ def svd_flops(m: int, n: int, r: int) -> float:
 def two_gemm_flops(m: int, n: int, r: int) -> float:
     """The floor of a streaming update: G(GᵀP), two m×n×r GEMMs = 4·m·n·r flops."""
     return 4.0 * m * n * r
+
+
+# --- per rank under FSDP2: where each declared tensor lives and what a method communicates ------------------------
+#
+# FSDP2 (`torch.distributed.fsdp.fully_shard`) splits every parameter on one dim over the W ranks of its shard group
+# with torch.chunk: ⌈d/W⌉ per rank, the last ranks shorter or empty. Parameters and gradients are padded to ⌈d/W⌉ on
+# every rank; everything else (optimizer states made by zeros_like of the local shard) holds its own chunk, so
+# rank 0 holds the most — the per-rank memory model describes rank 0.
+#
+# Layout assumed for projected weights (the distributed optimizer's design, /work/notes/dist_optim.md §3, §11):
+# shard the weight on its LONG side — Shard(0) when m ≥ n, Shard(1) when m < n and W divides n (FSDP2 refuses
+# uneven Shard(1)), else Shard(0). Then ("aligned") R = G·P or PᵀG, Adam on R and the back-projection are local, and
+# R's moments are sharded like the weight (`moment_shape` names its long side). P (d×r) is replicated. A weight left
+# on Shard(0) with m < n ("crossed") needs R = Σ_ranks P_localᵀ G_local, one all-reduce of r×n per step, and keeps
+# R's moments whole on every rank (the all-reduced R is replicated): the declarations say both.
+# Streaming updates contract G over its long side: A·P = g(gᵀP) is a sum over shards → one all-reduce of d·r + 1
+# values (‖G‖² rides along). An SVD refresh needs the whole gradient of that weight on one rank: the plan assumes
+# gather to an owner rank (weight index mod W) + broadcast of P (d×r) — the SVDs are spread over the ranks and only
+# the owner holds G and the SVD workspace; all-gathering G to every rank would cost the same memory per rank, W×
+# the SVD work and more traffic. Random bases (GrassWalk/GrassJump) come from one generator state on every rank and
+# cost nothing. Payload dtypes: gradient-sized tensors in the gradient's dtype (PARAM), small factors in fp32.
+
+Axes = tuple["str | None", ...]
+AxesRule = Callable[[int, int, int], Axes]
+
+
+def moment_axes(m: int, n: int, r: int) -> Axes:
+    """R's long side: (m, r) runs along the rows when m ≥ n, (r, n) along the columns otherwise."""
+    return ("m", None) if m >= n else (None, "n")
+
+
+def full_axes(m: int, n: int, r: int) -> Axes:
+    return ("m", "n")
+
+
+def replicated(m: int, n: int, r: int) -> Axes:
+    """No dim follows the weight: whole on every rank (P, r×r factors, the SVD's factors)."""
+    return ()
+
+
+_SHAPE_AXES: dict[Callable, AxesRule] = {moment_shape: moment_axes, full_shape: full_axes}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WeightShard:
+    """A weight sharded on `dim` (0 rows, 1 columns) over `ranks` ranks (1: whole)."""
+
+    dim: int
+    ranks: int
+
+    def aligned(self, m: int, n: int) -> bool:
+        """Sharded on its long side (m ≥ n on rows, or m < n on columns): projecting is local."""
+        return self.ranks <= 1 or (self.dim == 0) == (m >= n)
+
+
+def weight_sharding(m: int, n: int, ranks: int, *, long_side: bool) -> WeightShard:
+    """Shard(0), or with `long_side` Shard(1) for m < n when `ranks` divides n (module comment above)."""
+    if long_side and m < n and ranks > 1 and n % ranks == 0:
+        return WeightShard(dim=1, ranks=ranks)
+    return WeightShard(dim=0, ranks=ranks)
+
+
+class Collective(Enum):
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    GATHER = "gather"  # to the weight's owner rank
+    BROADCAST = "broadcast"  # from the weight's owner rank
+
+
+class When(Enum):
+    STEP = "step"  # every optimizer step
+    REFRESH = "refresh"  # every update_gap steps
+    FIRST = "first"  # once, at the first step (an SVD initialisation)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CommSpec:
+    """One collective a method issues per projected weight when the weight is sharded (FSDP/HSDP shard group).
+    `shape` is the whole tensor moved; `layout` says for which placement it is needed: "aligned", "crossed" or
+    "any" (`WeightShard.aligned`)."""
+
+    name: str
+    op: Collective
+    shape: ShapeRule
+    dtype: Dtype
+    when: When
+    layout: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("aligned", "crossed", "any"):
+            raise ValueError(f"{self.name}: layout must be aligned, crossed or any, got {self.layout!r}")
+        if self.dtype is Dtype.STATE:
+            raise ValueError(f"{self.name}: a collective's dtype is PARAM, FP32 or FP64")
+
+    def applies(self, m: int, n: int, shard: WeightShard) -> bool:
+        if self.layout == "any":
+            return True
+        return shard.aligned(m, n) == (self.layout == "aligned")
+
+    def nbytes(self, m: int, n: int, r: int, *, param_bytes: int) -> int:
+        return tensor_bytes(math.prod(self.shape(m, n, r)), self.dtype, state_bits=32, param_bytes=param_bytes)
+
+
+def _dr_plus_one(m: int, n: int, r: int) -> Shape:
+    return (min(m, n) * r + 1,)
+
+
+def _long_r_plus_one(m: int, n: int, r: int) -> Shape:
+    return (max(m, n) * r + 1,)
+
+
+# R = Σ P_localᵀ G_local on a crossed weight: every step, in G's dtype; R's moments are then whole on every rank
+CROSSED_PROJECTION = CommSpec(name="projected_gradient", op=Collective.ALL_REDUCE, shape=moment_shape,
+                              dtype=Dtype.PARAM, when=When.STEP, layout="crossed")
+# an SVD of the whole gradient at its owner, P broadcast back
+SVD_GATHER = CommSpec(name="gradient", op=Collective.GATHER, shape=full_shape, dtype=Dtype.PARAM,
+                      when=When.REFRESH)
+SVD_BROADCAST = CommSpec(name="projector", op=Collective.BROADCAST, shape=basis_shape, dtype=Dtype.PARAM,
+                         when=When.REFRESH)
+SVD_REFRESH_COMMS = (SVD_GATHER, SVD_BROADCAST, CROSSED_PROJECTION)
+# A·P = g(gᵀP) and ‖G‖²: one all-reduce of d·r + 1 fp32 values when aligned; crossed: gᵀP (N·r + 1) is the sum,
+# then the rows of g(gᵀP) are all-gathered (d·r)
+STREAMING_COMMS = (
+    CommSpec(name="covariance_product", op=Collective.ALL_REDUCE, shape=_dr_plus_one, dtype=Dtype.FP32,
+             when=When.STEP, layout="aligned"),
+    CommSpec(name="gradient_t_projector", op=Collective.ALL_REDUCE, shape=_long_r_plus_one, dtype=Dtype.FP32,
+             when=When.STEP, layout="crossed"),
+    CommSpec(name="covariance_rows", op=Collective.ALL_GATHER, shape=basis_shape, dtype=Dtype.FP32,
+             when=When.STEP, layout="crossed"),
+    CROSSED_PROJECTION,
+)
+# SVD at step 0 only (SubTrack's initialisation; OSD/Ori with init="svd")
+SVD_FIRST_COMMS = (CommSpec(name="gradient", op=Collective.GATHER, shape=full_shape, dtype=Dtype.PARAM,
+                            when=When.FIRST),
+                   CommSpec(name="projector", op=Collective.BROADCAST, shape=basis_shape, dtype=Dtype.PARAM,
+                            when=When.FIRST))
+# the norm of the recovery residual (its growth limiter), summed over shards: one value per step
+RECOVERY_NORM = CommSpec(name="recovery_norm", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (1,),
+                         dtype=Dtype.FP32, when=When.STEP)

@@ -1,38 +1,55 @@
-"""SUMO (Refael, Smorodinsky, Tirer & Lindenbaum, arXiv 2505.24749, NeurIPS 2025; code github.com/guy120494/SUMO,
-not reachable here): one moment in a low-rank subspace refreshed every K steps; each step the moment is
-orthogonalised exactly by the SVD of the small r × max(m, n) matrix (instead of Muon's Newton–Schulz).
+"""SUMO (Refael, Smorodinsky, Tirer & Lindenbaum, arXiv 2505.24749, NeurIPS 2025; code github.com/guy120494/SUMO
+not reachable here, so the paper's Algorithm 1 is the reference): one moment in a low-rank subspace, orthogonalised
+exactly by an SVD each step.
 
-Algorithm 1 as we implement it (projection convention of METHODS.md: Q is d×r, d = min(m, n)):
-    every K steps (step 0 included):  Q_new = top-r singular vectors of G;  m ← (Q_newᵀ Q_old) m   (moment carried)
-    every step:   ĝ = QᵀG (or G Q),  m ← μ m + ĝ,  m = U Σ Vᵀ (exact thin SVD, fp32),  O = U Vᵀ,
-                  W ← W − η (α Q O + recovery) − η λ W   (the optimizer applies α = `scale`, η and λ)
-What we followed and where we chose:
-- Subspace: the paper uses a truncated *randomized* SVD; we use the exact `torch.linalg.svd(G.float())` (GaLore's
-  `top_singular_basis`): deterministic, no RNG state to carry, and the declared refresh workspace (fp32 G, U, S,
-  Vh) is what it allocates. K = `update_gap`, default 200 (our choice, as GaLore; the paper's value was not found).
-- Moment: m ← μ m + ĝ without the (1 − μ) factor (Muon/SUMO form), μ = `momentum` = 0.95 (our choice, Muon's
-  default). Only the first moment is kept (declared: exp_avg + projector) — the memory claim of the paper.
-- Orthogonalisation: O = U Vᵀ over the singular values above 1e-7·σ_max only, so a rank-deficient (e.g. all-zero)
-  moment gives a zero, not an arbitrary, direction. For a full-rank moment O Oᵀ = I on the small side.
-- Recovery of the gradient outside the subspace and the norm-growth limiter: optional, off by default
-  (`recovery=False`), our choice — the limiter is only meaningful on that term (‖O‖_F = √r is constant), and the
-  term costs an m×n residual each step. When on, it is the Fira/SubTrack++ term of `grass.recovery_term` with O as
-  the low-rank update and γ = `growth_limit` = 1.01.
-- No bias correction and no update RMS matching: O has spectral norm 1 (entries ~ 1/√max(m, n)), so SUMO wants
-  a larger η than Adam (Muon-like, ~1e-2) — say so to users; α = `scale` stays the optimizer's.
+    every K steps:  Q ← top-r basis of G by randomized SVD;  M ← (Q_newᵀQ_old) M       (Q d×r, d = min(m, n))
+    every step:     Ĝ = QᵀG,  M ← μ M + Ĝ,  O = U Vᵀ (thin SVD of M),  O ← c·O
+                    W ← W − η ((G − QĜ) + α Q O) − η λ W                              (η = lr, α = scale)
+
+Defaults and their sources:
+- subspace [`subspace="randomized"`]: the paper's Truncated_Randomized_SVD (Halko, Martinsson & Tropp 2011, Alg.
+  4.4 + 5.1): ℓ = r + 10 Gaussian columns [`oversample`], 2 power iterations with a QR after each [`power_iters`]
+  (the oversampling Halko et al. recommend and the iterations of `torch.svd_lowrank`; the paper's values were not
+  found), Ω from a per-weight CPU generator [`seed`, state in `state["rng_state"]`]; `subspace="exact"` is
+  GaLore's full SVD (the paper allows it).
+- out-of-subspace term [`residual="paper"`]: Algorithm 1 adds the raw residual G − QQᵀG with the learning rate, no
+  scaling; computed without an m×n temporary (W −= η G, then the low-rank part carries −QĜ). `"fira"`: Fira's scaled
+  and growth-limited term (`subprof.methods.moving`, γ = `growth_limit`) with O as the low-rank update; None: off.
+- update size [`update_scale="moonlight"`]: c = 0.2·√max(m, n) — Moonlight's rule (Liu et al. 2025, arXiv
+  2502.16982 §2.2) that the SUMO paper cites ("scaling updates by √max(m, n) ... similar to AdamW"): it gives O's
+  entries in the subspace an RMS of 0.2, the RMS of a typical AdamW update, so SUMO's step is comparable to Adam's
+  at the same lr (a test compares it with GaLore's). Measured here on the tiny LLaMA (stdlib corpus, rank 16, lr
+  1e-2, median over the 28 projected weights): GaLore's Adam direction in the subspace has RMS 0.91 at step 0, 0.35
+  at step 5, 0.14 at step 20 and 0.085 from step 40 — 0.2 sits inside that range; "shape": c = √max(m, n) (the factor as the SUMO text states
+  it, without Moonlight's 0.2); None: c = 1 (‖QO‖_F = √r, 10–45× smaller than GaLore's step).
+- K = 200 [`update_gap`] (our choice; the paper's grid on 130m suggests 250), μ = 0.95 [`momentum`] (Muon's
+  default; the paper's value was not found), lr 1e-2 (the GaLore recipe: with the update scale SUMO's steps are
+  Adam-sized; the paper's pretraining lr was not found), α = 0.25 as the other methods.
+Deviations:
+- M ← μM + Ĝ without (1 − μ), as printed; the optional limiter of Block 3 on O (γ = 1.1) is not implemented: with
+  ‖O‖_F = √rank(M) it only acts when M's rank changes. O is formed over singular values above 1e-7·σ_max only, so a
+  rank-deficient (e.g. zero) moment gives a zero, not an arbitrary, direction.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from subprof.methods.galore import SVD_WORKSPACE
-from subprof.methods.grass import RECOVERY_WORKSPACE, recovery_term, rotate_moments
 from subprof.methods.lazy import torch
-from subprof.methods.spec import Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, moment_shape, svd_flops
-from subprof.methods.rule import ProjectionRule, top_singular_basis
+from subprof.methods.moving import RECOVERY_WORKSPACE, choice, recovery_term, rotate_moments
+from subprof.methods.osd import oriented
+from subprof.methods.rule import SeededRule, orthonormal_columns, top_singular_basis
+from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
+                                  moment_shape)
+from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, When
 
 Tensor = Any
+
+RESIDUALS = ("paper", "fira", None)
+UPDATE_SCALES = {"moonlight": 0.2, "shape": 1.0, None: None}
+
 
 def orthogonalise(moment: Tensor, *, rtol: float = 1e-7) -> Tensor:
     """O = U Vᵀ from the exact thin SVD of `moment` (fp32), over singular values > rtol·σ_max only."""
@@ -43,77 +60,172 @@ def orthogonalise(moment: Tensor, *, rtol: float = 1e-7) -> Tensor:
     return u[:, keep] @ vh[keep]
 
 
-class SumoRule(ProjectionRule):
-    """SUMO. Options: momentum (0.95), recovery (False), growth_limit (1.01). Overrides `low_rank_update`, so the
-    optimizer runs no Adam: the returned O is projected back, scaled by α and applied with the learning rate."""
+def randomized_basis(grad: Tensor, rank: int, gen: Tensor, *, oversample: int, power_iters: int) -> Tensor:
+    """Top-`rank` left singular vectors of G̃ (G seen from the side P projects, d×N) by a randomized SVD: Ω (N×ℓ)
+    Gaussian, Y = G̃Ω, `power_iters` × (Q = qr(Y), Y = G̃(G̃ᵀQ)), Q = qr(Y), B = QᵀG̃ = Ũ Σ Vᵀ, basis Q Ũ[:, :r];
+    fp32 inside, returned in G's dtype."""
+    g = oriented(grad).float()
+    d, big = g.shape
+    ell = min(rank + oversample, d)
+    omega = SeededRule.gaussian(gen, big, ell).to(g.device)
+    y = g @ omega
+    del omega
+    for _ in range(power_iters):
+        y = g @ (g.T @ orthonormal_columns(y))
+    q = orthonormal_columns(y)
+    ub, _, _ = torch.linalg.svd(q.T @ g, full_matrices=False)
+    return (q @ ub[:, :rank]).to(grad.dtype).contiguous()
 
-    defaults = {"momentum": 0.95, "recovery": False, "growth_limit": 1.01}
+
+class SumoRule(SeededRule):
+    """SUMO. Options: subspace ("randomized" | "exact"), oversample (10), power_iters (2), seed (0), momentum (0.95),
+    residual ("paper" | "fira" | None), update_scale ("moonlight" | "shape" | None), growth_limit (1.01, "fira").
+    Overrides `low_rank_update`: no Adam, no bias correction."""
+
+    defaults = {"subspace": "randomized", "oversample": 10, "power_iters": 2, "seed": 0, "momentum": 0.95,
+                "residual": "paper", "update_scale": "moonlight", "growth_limit": 1.01}
 
     def __init__(self, *, rank: int, update_gap: int, **options: Any) -> None:
         super().__init__(rank=rank, update_gap=update_gap, **options)
-        self.momentum = float(self.options["momentum"])
-        self.recovery = bool(self.options["recovery"])
-        self.growth_limit = float(self.options["growth_limit"])
+        o = self.options
+        self.subspace = choice("subspace", o["subspace"], ("randomized", "exact"))
+        self.oversample, self.power_iters = int(o["oversample"]), int(o["power_iters"])
+        self.momentum = float(o["momentum"])
+        self.residual = choice("residual", o["residual"], RESIDUALS)
+        self.update_scale = choice("update_scale", o["update_scale"], tuple(UPDATE_SCALES))
+        self.growth_limit = float(o["growth_limit"])
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.growth_limit < 1.0:
-            raise ValueError(f"growth_limit must be ≥ 1, got {self.growth_limit}")
+        if self.oversample < 0 or self.power_iters < 0 or self.growth_limit < 1.0:
+            raise ValueError("oversample and power_iters must be ≥ 0 and growth_limit ≥ 1")
 
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         if "projector" in state and not self.due(step):
             return
-        q_new = top_singular_basis(grad, self.effective_rank(tuple(grad.shape)))
+        r = self.effective_rank(tuple(grad.shape))
+        if self.subspace == "exact":
+            q_new = top_singular_basis(grad, r)
+        else:
+            gen = self.generator(state)
+            q_new = randomized_basis(grad, r, gen, oversample=self.oversample, power_iters=self.power_iters)
+            self.save_generator(state, gen)
         if "projector" in state:
             rotate_moments(self, state, state["projector"].float(), q_new.float(), tuple(grad.shape), second=False)
         state["projector"] = q_new
 
+    def shape_factor(self, r_grad: Tensor) -> float:
+        """c: 0.2·√max(m, n) (moonlight), √max(m, n) (shape) or 1; max(m, n) is R's long side."""
+        factor = UPDATE_SCALES[self.update_scale]
+        return 1.0 if factor is None else factor * math.sqrt(max(r_grad.shape))
+
     def low_rank_update(self, state: dict, r_grad: Tensor, group: dict, step: int) -> Tensor:
-        """m ← μ m + ĝ (stored in the state_bits format), return O = orthogonalise(m) in ĝ's dtype."""
+        """M ← μ M + Ĝ (stored in the state_bits format); returns c·O, minus Ĝ/α when the paper's residual is on
+        (so that α·back(U) + G = G − QĜ + α c Q O, with the optimizer adding G as the recovery term)."""
         if "exp_avg" not in state:
             self.init_moment(state, "exp_avg", r_grad)
         moment = self.read_moment(state, "exp_avg").mul_(self.momentum).add_(r_grad.float())
         self.write_moment(state, "exp_avg", moment)
-        return orthogonalise(moment).to(r_grad.dtype)
+        update = orthogonalise(moment).mul_(self.shape_factor(r_grad))
+        scale = group.get("scale", 1.0)
+        if self.residual == "paper" and scale > 0:
+            update.sub_(r_grad.float(), alpha=1.0 / scale)
+        return update.to(r_grad.dtype)
 
-    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor) -> Tensor | None:
-        """The out-of-subspace term to add to the back-projected update (None unless `recovery=True`)."""
-        if not self.recovery:
+    def recovery_term(self, state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, *,
+                      scale: float = 1.0) -> Tensor | None:
+        """paper: G itself (no copy; its in-subspace part is cancelled by the low-rank update), or G − QĜ when
+        α = 0; fira: Fira's scaled term with O as the update; None: nothing."""
+        if self.residual is None:
             return None
-        return recovery_term(state, grad, r_grad, r_update, state["projector"], growth_limit=self.growth_limit)
+        if self.residual == "paper":
+            if scale > 0:
+                return grad
+            return grad - self.project_back(state, r_grad, tuple(grad.shape))
+        return recovery_term(state, grad, r_grad, r_update, state["projector"], alpha=1.0,
+                             growth_limit=self.growth_limit)
 
 
 STATES = (
     TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
     TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
 )
-# refresh: the full SVD of G (as GaLore) and the carried moment (r × max(m, n), fp32)
-REFRESH_WORKSPACE = SVD_WORKSPACE + (
-    TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),)
-# exact thin SVD of the r × max(m, n) moment in fp32: its copy, U (r×r), S (r), Vh (r×max), and O = U Vh
+ROTATED_MOMENT = TensorSpec(name="rotated_moment", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)
+
+
+def randomized_workspace(oversample: int) -> tuple[TensorSpec, ...]:
+    """The randomized SVD's tensors (fp32), ℓ = min(r + oversample, d), N = max(m, n): G upcast (m×n), Ω (N×ℓ),
+    Y and its Q (d×ℓ each), G̃ᵀQ in a power iteration (N×ℓ), B = QᵀG̃ (ℓ×N), the SVD's copy of B and its Ũ, Σ, Vᵀ.
+    An upper bound: Ω is freed before the power iterations and those temporaries before B is formed."""
+    ell = lambda m, n, r: min(r + oversample, min(m, n))  # noqa: E731
+    d = lambda m, n: min(m, n)  # noqa: E731
+    big = lambda m, n: max(m, n)  # noqa: E731
+    spec = [("g_fp32", lambda m, n, r: (m, n)), ("sketch", lambda m, n, r: (big(m, n), ell(m, n, r))),
+            ("range_y", lambda m, n, r: (d(m, n), ell(m, n, r))), ("range_q", lambda m, n, r: (d(m, n), ell(m, n, r))),
+            ("power_product", lambda m, n, r: (big(m, n), ell(m, n, r))),
+            ("small", lambda m, n, r: (ell(m, n, r), big(m, n))), ("small_clone", lambda m, n, r: (ell(m, n, r), big(m, n))),
+            ("small_u", lambda m, n, r: (ell(m, n, r), ell(m, n, r))), ("small_s", lambda m, n, r: (ell(m, n, r),)),
+            ("small_vh", lambda m, n, r: (ell(m, n, r), big(m, n)))]
+    return tuple(TensorSpec(name=name, shape=shape, dtype=Dtype.FP32, role=Role.WORKSPACE) for name, shape in spec)
+
+
+# an ordinary step, upper bound (the two phases are not alive together): the exact thin SVD of the r × max(m, n)
+# moment in fp32 (its copy, U r×r, S, Vh, O = U Vh), then c·O in the gradient's dtype and its m×n back-projection
 STEP_WORKSPACE = (
     TensorSpec(name="moment_fp32", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="moment_u", shape=lambda m, n, r: (r, r), dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="moment_s", shape=lambda m, n, r: (r,), dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="moment_vh", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
     TensorSpec(name="orthogonalised", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
+    TensorSpec(name="low_rank_update", shape=moment_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
+    TensorSpec(name="full_update", shape=full_shape, dtype=Dtype.PARAM, role=Role.WORKSPACE),
 )
 
 
 def layout(options: Mapping[str, Any]) -> StateLayout:
-    """One moment and Q; with recovery, each step also holds the residual G − Q QᵀG (m×n, gradient dtype)."""
-    return StateLayout(states=STATES, workspace=REFRESH_WORKSPACE,
-                       step_workspace=STEP_WORKSPACE + (RECOVERY_WORKSPACE if options["recovery"] else ()))
+    """One moment and Q. Refresh: the randomized (or exact) SVD and the carried moment. Step: the orthogonalisation
+    and back-projection; Fira's residual adds an m×n tensor (the paper's needs none)."""
+    refresh = (randomized_workspace(int(options["oversample"])) if choice("subspace", options["subspace"],
+                                                                             ("randomized", "exact")) == "randomized"
+               else SVD_WORKSPACE)
+    fira = choice("residual", options["residual"], RESIDUALS) == "fira"
+    return StateLayout(states=STATES, workspace=refresh + (ROTATED_MOMENT,),
+                       step_workspace=STEP_WORKSPACE + (RECOVERY_WORKSPACE if fira else ()))
+
+
+def _refresh_flops(m: int, n: int, r: int) -> float:
+    """Randomized SVD with ℓ = r + 10 and 2 power iterations: (2 + 2·2)·m·n·ℓ for the products with G, plus the
+    small SVD of the ℓ×N matrix (~4·N·ℓ²)."""
+    ell = min(r + 10, min(m, n))
+    return 6.0 * m * n * ell + 4.0 * max(m, n) * ell * ell
+
+
+def comms(options: Mapping[str, Any]) -> tuple:
+    """Per rank under FSDP: the refresh as GaLore's (gather G to its owner, the randomized or exact SVD there,
+    broadcast P — an upper bound for the randomized one, which could instead all-reduce d×ℓ sketches); each step the
+    r×r Gram of the long-side-sharded moment is summed in fp64 for its orthogonalisation (aligned; a crossed moment
+    is whole); the paper's residual is local; Fira's norm limiter sums one value per step."""
+    gram = CommSpec(name="moment_gram", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (r, r), dtype=Dtype.FP64,
+                    when=When.STEP, layout="aligned")
+    fira = choice("residual", options["residual"], RESIDUALS) == "fira"
+    return SVD_REFRESH_COMMS + (gram,) + ((RECOVERY_NORM,) if fira else ())
 
 
 SPEC = MethodSpec(
     name="sumo",
     title="SUMO",
-    summary="one low-rank moment orthogonalised by an exact SVD each step; subspace refreshed every K steps",
+    summary="one low-rank moment orthogonalised by an exact SVD each step (Adam-sized by Moonlight's 0.2·√max(m, n)); "
+            "randomized-SVD subspace every K steps",
     project=True,
     layout=layout,
     rule=SumoRule,
-    refresh_cost="svd",
+    variants={"exact-svd": {"subspace": "exact"}, "fira-residual": {"residual": "fira"},
+              "no-residual": {"residual": None}, "raw-update": {"update_scale": None}},
+    refresh_cost="gemm",  # the randomized SVD is products with G; the per-step SVD of the small moment is not counted
     default_update_gap=200,
-    refresh_flops=svd_flops,
+    refresh_flops=_refresh_flops,
+    default_lr=1e-2,
+    lr_source="not published for pretraining (paper: GLUE 1e-5–3e-5 only); the GaLore recipe's 1e-2, which the "
+              "Moonlight update scale makes comparable",
+    comms=comms,
     paper="arXiv 2505.24749",
 )

@@ -50,7 +50,7 @@ def _resolve(method: str, state_bits: int | None, dtype: torch.dtype) -> tuple[s
 
 
 def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = None, update_gap: int | None = None,
-                    scale: float | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                    scale: float | None = None, lr: float | None = None, weight_decay: float = 0.0,
                     state_bits: int | None = None, layerwise: bool = False, nonfinite: str = "raise",
                     accumulation_steps: int = 1, max_grad_norm: float | None = None, foreach: bool | None = None,
                     **method_options: Any) -> torch.optim.Optimizer:
@@ -59,14 +59,17 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     adamw: `torch.optim.AdamW(lr, weight_decay)` with torch's default implementation (foreach on CUDA); its moments
     follow the parameter dtype, so state_bits must match it (16 for bf16 weights, 32 for fp32). state_bits=8:
     bitsandbytes `AdamW8bit`. Other methods: `SubspaceAdamW` over the projected weights (rule of `method`) and plain
-    Adam for the rest. rank defaults to 128 (each weight uses min(rank, m, n)); update_gap and scale to the
-    method's declared defaults; state_bits to the parameter dtype's width. `method_options` go to the rule.
+    Adam for the rest. lr defaults to the method's published one (`MethodSpec.default_lr`); rank to 128 (each
+    weight uses min(rank, m, n)); update_gap and scale to the method's declared defaults; state_bits to the
+    parameter dtype's width. `method_options` go to the rule.
     `layerwise=True` returns a `subprof.layerwise.LayerwiseOptimizer` stepping each weight in its
     post-accumulate-grad hook after `accumulation_steps` backward passes, with optional lagged global-norm clipping
     (`max_grad_norm`; see there). `nonfinite`: "raise" or "skip" (`subprof.optim.nonfinite`). `foreach` goes to
     torch's AdamW (None: torch's default for the device — foreach on CUDA, the per-tensor loop on CPU; the trace
     passes True to reproduce CUDA).
     """
+    if lr is None:  # the method's published learning rate (MethodSpec.default_lr, with its source)
+        lr = get_method(method.strip().lower()).default_lr
     if lr < 0 or weight_decay < 0:
         raise SubprofError(f"lr and weight_decay must be non-negative, got lr={lr}, weight_decay={weight_decay}")
     if not layerwise and (accumulation_steps != 1 or max_grad_norm is not None):

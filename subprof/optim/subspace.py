@@ -12,6 +12,7 @@ class comes from the method registry (`MethodSpec.rule`), so `state_dict()` hold
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -22,15 +23,24 @@ from subprof.methods.moments import adam_correction, adam_direction, init_state_
 from subprof.methods.rule import ProjectionRule
 from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
 
+EPS = 1e-6  # GaLoreAdamW's (galore-torch 1.0 adamw.py)
+EPS_8BIT = 1e-8  # GaLoreAdamW8bit's and bitsandbytes' AdamW8bit's (galore-torch adamw8bit.py, bnb optim/adamw.py)
+
 
 class SubspaceAdamW(torch.optim.Optimizer):
     """Adam on projected gradients (GaLoreAdamW semantics) with pluggable projection rules.
 
     Param groups: `{"params": [...], "method": "galore", "rank": 128, "update_gap": 200, "method_options": {...}}`
     for projected 2-D weights; groups without "method" (or method None) get plain Adam. Group (and default)
-    hyper-parameters: lr, betas (0.9, 0.999), eps (1e-6, GaLoreAdamW's), weight_decay (decoupled, applied after the
-    update), scale α (0.25; multiplies the back-projected low-rank update only), state_bits (32 fp32, 16 bf16,
-    8 bitsandbytes blockwise; see `subprof.quant8`).
+    hyper-parameters: lr, betas (0.9, 0.999), eps (None: 1e-6 as GaLoreAdamW at 32/16 bits, 1e-8 at 8 bits as
+    GaLoreAdamW8bit and bitsandbytes' AdamW8bit), weight_decay (decoupled, applied after the update), scale α (0.25;
+    multiplies the back-projected low-rank update only), state_bits (32 fp32, 16 bf16, 8 bitsandbytes blockwise;
+    see `subprof.methods.quant8`).
+
+    At 8 bits the plain-Adam tensors follow bitsandbytes' `AdamW8bit` exactly (the same kernels and order: decay
+    p ← p(1 − lr·λ) inside the kernel, before the step; fp32 moments and its 32-bit kernel's arithmetic under
+    4096 values) — which is also what galore-torch's `GaLoreAdamW8bit` does with its unprojected tensors; its
+    projected ones decay after the update, as here.
 
     Memory: weights are updated one at a time, so the step's temporaries are one weight's (see the method spec's
     `step_workspace`); plain tensors allocate one gradient-sized direction (none at 8 bits on CUDA, where
@@ -38,7 +48,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, scale: float = 0.25, state_bits: int = 32,
+                 eps: float | None = None, weight_decay: float = 0.0, scale: float = 0.25, state_bits: int = 32,
                  method: str | None = None, rank: int | None = None, update_gap: int | None = None,
                  method_options: dict | None = None, nonfinite: str = "raise",
                  param_names: dict[int, str] | None = None) -> None:
@@ -55,6 +65,8 @@ class SubspaceAdamW(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if group["eps"] is None:
+            group["eps"] = EPS_8BIT if group["state_bits"] == 8 else EPS
         if group["lr"] < 0 or group["weight_decay"] < 0 or group["eps"] < 0:
             raise SubprofError("lr, weight_decay and eps must be non-negative")
         if not all(0.0 <= b < 1.0 for b in group["betas"]):
@@ -72,14 +84,15 @@ class SubspaceAdamW(torch.optim.Optimizer):
         if group.get("method") is None:
             return None
         options = group.get("method_options") or {}
-        key = (group["method"], group["rank"], group["update_gap"], group["state_bits"], repr(sorted(options.items())))
+        key = (group["method"], group["rank"], group["update_gap"], group["state_bits"], tuple(group["betas"]),
+               repr(sorted(options.items())))
         if key not in self._rules:
             cls = get_method(group["method"]).rule
             if cls is None:
                 raise SubprofError(f"method {group['method']!r} projects nothing: it has no projection rule")
             try:
                 self._rules[key] = cls(rank=group["rank"], update_gap=group["update_gap"],
-                                       state_bits=group["state_bits"], **options)
+                                       state_bits=group["state_bits"], betas=tuple(group["betas"]), **options)
             except (TypeError, ValueError) as exc:
                 raise SubprofError(f"{group['method']}: {exc}") from exc
         return self._rules[key]
@@ -112,13 +125,16 @@ class SubspaceAdamW(torch.optim.Optimizer):
         state, grad = self.state[p], p.grad
         step = state.get("step", 0)
         lr, rule = group["lr"], self.rule(group)
+        decayed = False
         if rule is None:
-            self._plain_adam(p, grad, state, group, step)
+            decayed = self._plain_adam(p, grad, state, group, step)
         else:
+            if step == 0:  # the weight's position: random rules seed its stream from it (`SeededRule`)
+                state.setdefault("stream", self._position(p))
             rule.update_projection(state, grad, step)
             r_grad = rule.project(state, grad)
             update = rule.low_rank_update(state, r_grad, group, step)
-            extra = rule.recovery_term(state, grad, r_grad, update)
+            extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
             del r_grad
             step_size = lr * rule.step_factor(state, group, step)
             if extra is not None:
@@ -128,22 +144,35 @@ class SubspaceAdamW(torch.optim.Optimizer):
             del update
             p.add_(full.mul_(group["scale"]), alpha=-step_size)
             del full
-        if group["weight_decay"] > 0:
+        if group["weight_decay"] > 0 and not decayed:
             p.add_(p, alpha=-lr * group["weight_decay"])
         state["step"] = step + 1
 
-    def _plain_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, step: int) -> None:
+    def _position(self, p: torch.Tensor) -> int:
+        return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
+
+    def _plain_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, step: int) -> bool:
+        """Adam on an unprojected tensor; returns whether the weight decay was already applied (8 bits)."""
         if "exp_avg" not in state:
             init_state_moment(state, "exp_avg", p, group["state_bits"])
             init_state_moment(state, "exp_avg_sq", p, group["state_bits"])
-        if state["exp_avg"].dtype == torch.uint8:
+        lr, wd, t = group["lr"], group["weight_decay"], step + 1
+        if state["exp_avg"].dtype == torch.uint8:  # bitsandbytes' blockwise kernel, decay inside (before the step)
             from subprof.methods import quant8
 
-            quant8.adam_step(grad, p, state, betas=group["betas"], eps=group["eps"], t=step + 1, lr=group["lr"])
-            return
+            quant8.adam_step(grad, p, state, betas=group["betas"], eps=group["eps"], t=t, lr=lr, weight_decay=wd)
+            return True
+        if group["state_bits"] == 8:  # under 4096 values: bitsandbytes' 32-bit kernel's order and ε placement
+            if wd > 0:
+                p.mul_(1.0 - lr * wd)
+            update = adam_direction(state, grad, betas=group["betas"], eps=group["eps"], t=t, corrected=False,
+                                    eps_after_correction=True)
+            p.add_(update, alpha=-lr * math.sqrt(1.0 - group["betas"][1] ** t) / (1.0 - group["betas"][0] ** t))
+            return True
         # GaLoreAdamW's order of operations: p ← p − (lr·√(1−β₂ᵗ)/(1−β₁ᵗ))·m/(√v+ε)
-        update = adam_direction(state, grad, betas=group["betas"], eps=group["eps"], t=step + 1, corrected=False)
-        p.add_(update, alpha=-group["lr"] * adam_correction(group["betas"], step + 1))
+        update = adam_direction(state, grad, betas=group["betas"], eps=group["eps"], t=t, corrected=False)
+        p.add_(update, alpha=-lr * adam_correction(group["betas"], t))
+        return False
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -285,7 +285,7 @@ class PublishedPrior(QualityModel):
 
 
 def _config(model: ModelConfig, method: str, rank: int, gap: int | None) -> TrainConfig:
-    rank = min(rank, model.min_weight_dim())
+    rank = min(rank, model.rank_limit())
     return TrainConfig(model=model, method=method, rank=rank, update_gap=gap, dtype="bf16")
 
 
@@ -299,7 +299,7 @@ def calibrate_tracker_lag(quality: ProbeQuality, evidence: list[EvidenceFile]) -
             if res.gap_closure is None or not res.versus_method or spec.subspace != "tracked":
                 continue
             model = load_model(res.model)
-            rank = max(1, round(LOW_RANK_FRACTION * model.min_weight_dim()))
+            rank = max(1, round(LOW_RANK_FRACTION * model.rank_limit()))
             own_gap = res.update_gap or spec.default_update_gap
             target = (1.0 - res.gap_closure) * (1.0 - quality.captured(
                 _config(model, res.versus_method, rank, res.versus_update_gap)))

@@ -22,6 +22,7 @@ from subprof.catalog import ModelConfig
 from subprof.config import TrainConfig
 from subprof.methods.spec import Dtype, tensor_bytes
 from subprof.plan import calibration as cal
+from subprof.plan.calibration import Calibration
 
 COMPONENTS = (
     "weights", "gradients", "optimizer_states", "projection_matrices", "projection_workspace", "activations",
@@ -40,6 +41,7 @@ class Estimate:
     reserved_bytes: int
     device_used_bytes: int
     notes: list[str] = field(default_factory=list)
+    calibration: str = ""
 
     def to_dict(self) -> dict:
         c = self.config
@@ -50,7 +52,7 @@ class Estimate:
             "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
             "device_used_bytes": self.device_used_bytes, "peak_phase": self.peak_phase,
             "components": dict(self.components), "phases": {k: dict(v) for k, v in self.phases.items()},
-            "notes": list(self.notes),
+            "notes": list(self.notes), "calibration": self.calibration,
         }
 
 
@@ -206,15 +208,17 @@ def _token_independent(model: ModelConfig, method: str, rank: int | None, state_
             refresh_workspace_bytes(c), step_temporary_bytes(c))
 
 
-def estimate(c: TrainConfig) -> Estimate:
-    """The breakdown by component and phase, and the predicted peaks. Every term is one formula above."""
+def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate:
+    """The breakdown by component and phase, and the predicted peaks. Every term is one formula above; the GPU-side
+    terms come from `calibration` (default: the H100 reference fit, `calibration.DEFAULT`)."""
+    calib = calibration or cal.DEFAULT
     w, _, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
                                              tuple(sorted(c.method_options.items())))
     g = gradient_bytes(c)
     act = activation_bytes(c)
     logit = logits_bytes(c)
     cast = autocast_cache_bytes(c)
-    runtime = cal.CUDA_RUNTIME_ALLOCATED_BYTES
+    runtime = calib.cuda_runtime_allocated_bytes
 
     kept = {"weights": w, "optimizer_states": s, "projection_matrices": p, "cuda_runtime": runtime}
     # Backward peaks either where it starts (all saved activations + the cross-entropy peak) or where it ends
@@ -247,11 +251,12 @@ def estimate(c: TrainConfig) -> Estimate:
         "activations": act, "logits_loss": logit, "optimizer_temporaries": tmp, "autocast_cache": cast,
         "cuda_runtime": runtime,
     }
-    reserved = cal.reserved_bytes(peak, logit)
-    used = reserved + cal.CUDA_CONTEXT_BYTES
+    reserved = calib.reserved_bytes(peak, logit)
+    used = calib.device_used_bytes(peak, logit)
     notes = []
     if c.spec.project and c.spec.layout_for(c.method_options).workspace:
         notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
                      "that traces cannot see")
     return Estimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
-                    peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes)
+                    peak_allocated_bytes=peak, reserved_bytes=reserved, device_used_bytes=used, notes=notes,
+                    calibration=calib.source)

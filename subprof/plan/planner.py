@@ -1,26 +1,43 @@
 """`plan`: search method × rank × update gap × state bits × per-layer × micro-batch × checkpointing for the
 configurations whose estimated device memory fits a budget, predict their throughput and rank them.
 
+The search space, stated in the output:
+- ranks: powers of two from 16 up to the widest weight's smaller side / `COMPRESSION` (4): a projected candidate
+  must compress (GaLore's 1b r512 and 7b r1024 sit at that bound); each weight uses min(rank, m, n);
+- a low-rank configuration that needs as much device memory as full-rank AdamW at the same settings (state bits,
+  per-layer, checkpointing, micro-batch, accumulation) is not offered — it saves nothing;
+- the optimizer batch: `--tokens-per-step`, else `--batch` sequences, else 512 sequences (GaLore/OSD), reached by
+  gradient accumulation. Per-layer candidates are searched both ways: accumulating (their gradients then stay alive
+  across micro-batches) and stepping every micro-batch, which changes the optimizer batch — such candidates say so
+  and rank after every candidate that keeps the requested batch.
+
 Quality comes from evidence, named in the output (`subprof.plan.evidence`): a `subprof probe` file (`--probe`,
 predicted captured gradient energy) or, without one, published results with the committed reference probe's shape
-(predicted loss gap to full rank). Among equal quality the faster configuration wins. `plan --burst` replaces both
-with measured validation loss per unit time.
-Pure Python: no torch.
+(predicted loss gap to full rank). Candidates within the evidence's own `tolerance` of the best (bands of that
+width) are ordered by predicted speed: differences below it are within what the evidence can tell apart.
+`plan --burst` replaces both with measured validation loss per unit time. Pure Python: no torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.calibration import Calibration, calibration_for
+from subprof.plan.comm import LEANEST_FIRST, choose_layout
+from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.evidence import QualityModel, default_quality
 from subprof.plan.memory import Estimate, estimate
+from subprof.plan.parallel import Parallel, check_shardable, strategies_for
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
 
 MIN_RANK = 16
+COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
 DEFAULT_GLOBAL_BATCH = 512  # sequences per optimizer step in the GaLore / OSD runs
 
 
@@ -38,26 +55,37 @@ class PlanRequest:
     gpu: GpuSpec | None = None
     utilization: float = 0.4
     proj_rows: list[dict] = field(default_factory=list)
+    calibration: Calibration | None = None  # None: the record for the throughput GPU, else the H100 default
+    gpus: int = 1  # data-parallel ranks (plan/parallel.py); batch is per rank, the optimizer batch the whole job's
+    nodes: int = 1
+    strategy: str = "auto"
     evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
+    _layouts: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
             raise SubprofError(f"--margin {self.margin} must be in [0, 1)")
-        if self.batch is not None and self.batch <= 0:
-            raise SubprofError(f"--batch must be at least 1, got {self.batch}")
-        if self.batch is not None and self.tokens_per_step is not None:
-            raise SubprofError("give --batch or --tokens-per-step, not both")
-        if self.tokens_per_step is not None and self.tokens_per_step < self.seq:
-            raise SubprofError(f"--tokens-per-step {self.tokens_per_step} is less than one sequence ({self.seq})")
         if self.seq <= 0:
             raise SubprofError(f"--seq must be at least 1, got {self.seq}")
+        if self.batch is not None and self.batch <= 0:
+            raise SubprofError(f"--batch must be at least 1, got {self.batch}")
+        if self.tokens_per_step is not None:
+            if self.tokens_per_step < self.seq or self.tokens_per_step % self.seq:
+                raise SubprofError(f"--tokens-per-step {self.tokens_per_step} is not a whole number of sequences "
+                                   f"of {self.seq} tokens")
+            if self.batch is not None and (self.tokens_per_step // self.seq) % self.batch:
+                raise SubprofError(f"--tokens-per-step {self.tokens_per_step} is {self.tokens_per_step // self.seq} "
+                                   f"sequences, not a multiple of --batch {self.batch}")
         if self.top <= 0:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
         if not 0 < self.utilization <= 1:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
+        if self.calibration is None:
+            self.calibration = calibration_for(self.throughput_gpu.key)
         if self.evidence is None:
             self.evidence = default_quality()
+        self._layouts = job_layouts(self)
 
     @property
     def global_tokens(self) -> int:
@@ -66,8 +94,13 @@ class PlanRequest:
         if self.tokens_per_step is not None:
             return self.tokens_per_step
         if self.batch is not None:
-            return self.batch * self.seq
+            return self.batch * self.seq * self.gpus
         return DEFAULT_GLOBAL_BATCH * self.seq
+
+    @property
+    def sequences_per_step(self) -> int:
+        """The requested optimizer batch, in sequences."""
+        return self.global_tokens // self.seq
 
     def measured_refresh_s(self, method: str, rank: int | None, update_gap: int | None) -> float | None:
         """Projection-refresh seconds per optimizer step from `subprof proj` rows (`--proj`), when they cover every
@@ -85,13 +118,21 @@ class PlanRequest:
 
     @property
     def throughput_gpu(self) -> GpuSpec:
-        """The GPU whose TFLOP/s and bandwidth predict tokens/s: the named one, else the catalogue card whose
-        memory is closest to the budget."""
+        return self._throughput_gpu()[0]
+
+    @property
+    def throughput_gpu_reason(self) -> str:
+        return self._throughput_gpu()[1]
+
+    def _throughput_gpu(self) -> tuple[GpuSpec, str]:
+        """The GPU whose TFLOP/s and bandwidth predict tokens/s, and why it was taken: the named one, else the
+        --gpu-mem card, else the catalogue card whose memory is closest to the budget (the output says so)."""
         if self.gpu is not None:
-            return self.gpu
+            return self.gpu, "--gpu"
         if self.budget.gpu is not None:
-            return self.budget.gpu
-        return min(gpu_catalog().values(), key=lambda g: abs(g.memory_bytes - self.budget.bytes))
+            return self.budget.gpu, "the --gpu-mem card"
+        card = min(gpu_catalog().values(), key=lambda g: abs(g.memory_bytes - self.budget.bytes))
+        return card, f"assumed: the catalogue card closest to {self.budget.text} — choose with --gpu NAME"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -101,13 +142,37 @@ class Candidate:
     throughput: Throughput
     quality: float
     fits: bool
+    requested_sequences: int
+    calibration: Calibration
     projection_source: str = "scaled from H100 measurements"
+    ranks: int = 1  # data-parallel ranks, each running the micro-batch
+
+    @property
+    def sequences_per_step(self) -> int:
+        """The optimizer batch of this candidate, in sequences (micro-batch × accumulation steps × ranks)."""
+        return self.config.batch * self.config.accumulation * self.ranks
+
+    @property
+    def keeps_requested_batch(self) -> bool:
+        return self.sequences_per_step == self.requested_sequences
+
+    def describe(self) -> str:
+        """The candidate in words: configuration, micro-batch and optimizer batch."""
+        cfg = self.config
+        step = (f"micro-batch {cfg.batch} × {cfg.accumulation} accumulation = {self.sequences_per_step} sequences per "
+                f"optimizer step" if cfg.accumulation > 1 else
+                f"micro-batch {cfg.batch}, optimizer step every micro-batch ({self.sequences_per_step} sequences)")
+        if not self.keeps_requested_batch:
+            step += f" — not the requested {self.requested_sequences}"
+        return f"{cfg.label()}, {step}"
 
     def to_dict(self) -> dict:
         c = self.config
         return {
             "method": c.method, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
             "layerwise": c.layerwise, "batch": c.batch, "accumulation": c.accumulation,
+            "sequences_per_step": self.sequences_per_step, "tokens_per_step": self.sequences_per_step * c.seq,
+            "keeps_requested_batch": self.keeps_requested_batch,
             "checkpointing": c.checkpointing, "seq": c.seq, "dtype": c.dtype,
             "estimated_peak_allocated_bytes": self.estimate.peak_allocated_bytes,
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
@@ -115,6 +180,8 @@ class Candidate:
             "projection_share": round(self.throughput.projection_share, 4),
             "projection_source": self.projection_source, "quality": round(self.quality, 6),
             "fits": self.fits,
+            **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
+               if isinstance(self.estimate, RankEstimate) else {}),
         }
 
 
@@ -130,28 +197,44 @@ class Plan:
     def recommendation(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
 
+    @property
+    def fastest(self) -> Candidate | None:
+        """The fitting candidate with the highest predicted tokens/s (that keeps the requested optimizer batch
+        when any does)."""
+        pool = [c for c in self.candidates if c.keeps_requested_batch] or self.candidates
+        return max(pool, key=lambda c: c.throughput.tokens_per_s) if pool else None
+
 
 def ranks_for(model: ModelConfig) -> list[int]:
-    """Powers of two from 16 up to the smallest projected weight dimension."""
-    limit = model.min_weight_dim()
+    """Powers of two from 16 up to the widest weight's smaller side / COMPRESSION."""
+    limit = max(MIN_RANK, model.rank_limit() // COMPRESSION)
     ranks, r = [], MIN_RANK
     while r <= limit:
         ranks.append(r)
         r *= 2
-    return ranks or [limit]
+    return ranks
 
 
-def _batches(req: PlanRequest, layerwise: bool) -> list[tuple[int, int]]:
-    """(micro-batch, accumulation steps) pairs to try, largest micro-batch first. Without an explicit step size,
-    per-layer candidates step every micro-batch: accumulating would keep every gradient alive and undo their
-    saving."""
+def ranking_key(best_quality: float, tolerance: float):
+    """Sort key, best first: candidates that keep the requested optimizer batch, then quality bands of width
+    `tolerance` (the evidence's: `QualityModel.tolerance`) below the best, then predicted tokens/s."""
+    def key(c: Candidate) -> tuple:
+        band = math.floor((best_quality - c.quality) / tolerance + 1e-9)
+        return (not c.keeps_requested_batch, band, -c.throughput.tokens_per_s)
+    return key
+
+
+def _batches(req: PlanRequest, layerwise: bool) -> list[list[tuple[int, int]]]:
+    """Lists of (micro-batch, accumulation steps) to search, each largest micro-batch first: the ones that keep
+    the requested optimizer batch, and for per-layer candidates also stepping every micro-batch (accumulating
+    keeps every gradient alive and undoes their saving; stepping every micro-batch changes the optimizer batch)."""
+    seqs = req.sequences_per_step // req.gpus  # per rank
     if req.batch is not None:
-        return [(req.batch, 1)]
-    seqs = max(1, req.global_tokens // req.seq)
+        keep = [[(req.batch, seqs // req.batch)]]
+        return keep + ([[(req.batch, 1)]] if layerwise and seqs != req.batch else [])
     micro = sorted({2**k for k in range(0, 12) if 2**k <= seqs}, reverse=True)
-    if layerwise and req.tokens_per_step is None:
-        return [(b, 1) for b in micro]
-    return [(b, seqs // b) for b in micro if seqs % b == 0]
+    keep = [[(b, seqs // b) for b in micro if seqs % b == 0]]
+    return keep + ([[(b, 1) for b in micro if b != seqs]] if layerwise else [])
 
 
 def _bits_for(req: PlanRequest, forced: int | None) -> list[int]:
@@ -161,22 +244,29 @@ def _bits_for(req: PlanRequest, forced: int | None) -> list[int]:
 
 
 def plan(req: PlanRequest) -> Plan:
-    """Every configuration of the search space, the largest micro-batch that fits for each, ranked."""
+    """Every configuration of the search space, the largest micro-batch that fits for each, ranked. Memory does not
+    depend on the update gap, so the micro-batch is searched once per configuration and each gap scored there."""
     gpu = req.throughput_gpu
     fitting: list[Candidate] = []
     smallest: dict[str, Candidate] = {}
     for spec, forced_bits in req.methods:
-        ranks = ranks_for(req.model) if spec.project else [None]
-        for rank in ranks:
-            for gap in (spec.gaps() if spec.project else (None,)):
-                for bits in _bits_for(req, forced_bits):
-                    for layerwise in (False, True):
-                        for ckpt in (False, True):
-                            found = _largest_fitting_batch(req, spec, rank, gap, bits, layerwise, ckpt,
-                                                           _batches(req, layerwise), gpu, smallest)
-                            if found is not None:
-                                fitting.append(found)
-    fitting.sort(key=lambda c: (c.quality, c.throughput.tokens_per_s), reverse=True)
+        gaps = spec.gaps() if spec.project else (None,)
+        for rank in (ranks_for(req.model) if spec.project else [None]):
+            for bits in _bits_for(req, forced_bits):
+                for layerwise in (False, True):
+                    for ckpt in (False, True):
+                        for batches in _batches(req, layerwise):
+                            found = _largest_fitting_batch(req, spec, rank, gaps[0], bits, layerwise, ckpt, batches,
+                                                           gpu, smallest)
+                            if found is None or not _saves_memory(found):
+                                continue
+                            fitting.append(found)
+                            b = (found.config.batch, found.config.accumulation)
+                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
+                                                   layout=getattr(found.estimate, "parallel", None))
+                                        for gap in gaps[1:]]
+    if fitting:
+        fitting.sort(key=ranking_key(max(c.quality for c in fitting), req.evidence.tolerance))
     best: dict[str, Candidate] = {}
     for cand in fitting:
         best.setdefault(cand.config.method, cand)
@@ -187,32 +277,75 @@ def plan(req: PlanRequest) -> Plan:
             rejected[spec.name] = (f"{spec.name}: {need / 2**30:.1f} GiB > {req.usable_bytes / 2**30:.1f} GiB "
                                    f"(smallest configuration: {smallest[spec.name].config.label()}, "
                                    f"batch {smallest[spec.name].config.batch})")
+        elif spec.name not in best:
+            rejected[spec.name] = (f"{spec.name}: every configuration that fits needs as much memory as full-rank "
+                                   f"AdamW at the same settings")
     result = Plan(request=req, candidates=fitting, best_per_method=best, rejected=rejected)
     if not fitting:
         result.suggestions = suggest(req, smallest)
     return result
 
 
+def _saves_memory(cand: Candidate) -> bool:
+    """A low-rank candidate must need less device memory than full-rank AdamW at the same settings, and a per-layer
+    candidate less than the same configuration stepped globally (with accumulation it often saves nothing)."""
+    c = cand.config
+    used = cand.estimate.device_used_bytes
+    par = getattr(cand.estimate, "parallel", None)  # several GPUs: held against the same strategy, per rank
+    if c.layerwise and used >= estimate_rank(replace(c, layerwise=False), par, cand.calibration).device_used_bytes:
+        return False
+    if not c.spec.project:
+        return True
+    return used < _full_rank_device_used(c.model, c.state_bits, c.layerwise, c.dtype, c.batch, c.seq, c.checkpointing,
+                                         c.accumulation, cand.calibration, par)
+
+
+@lru_cache(maxsize=1024)
+def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype: str, batch: int, seq: int,
+                           ckpt: bool, accumulation: int, calibration: Calibration, par: Parallel | None) -> int:
+    """Device memory of full-rank AdamW at these settings (cached: every low-rank candidate is held against it)."""
+    return estimate_rank(TrainConfig(model=model, method="adamw", state_bits=bits, layerwise=layerwise, dtype=dtype,
+                                     batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation),
+                         par, calibration).device_used_bytes
+
+
+def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
+               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
+               layout: Parallel | None = None) -> Candidate:
+    """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
+    several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
+    alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
+    configuration (another update gap changes neither its memory nor its collectives much)."""
+    cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
+                      layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
+                      accumulation=batch[1])
+    measured = req.measured_refresh_s(spec.name, rank, gap)
+    if req._layouts and bisecting:
+        est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
+    elif req._layouts:
+        est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
+                                  utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
+    else:
+        est = estimate(cfg, req.calibration)
+        tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured,
+                                  calibration=req.calibration,
+                                  states=est.components["optimizer_states"] + est.components["projection_matrices"])
+    return Candidate(config=cfg, estimate=est, requested_sequences=req.sequences_per_step,
+                     calibration=req.calibration, ranks=req.gpus,
+                     fits=est.device_used_bytes <= req.usable_bytes,
+                     throughput=tput,
+                     quality=req.evidence.quality(cfg),
+                     projection_source="measured (--proj)" if measured is not None else
+                     "scaled from H100 measurements")
+
+
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
                            layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate]) -> Candidate | None:
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
-    measured = req.measured_refresh_s(spec.name, rank, gap)
 
     def evaluate(i: int) -> Candidate:
-        batch, accumulation = batches[i]
-        cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
-                          layerwise=layerwise, dtype=req.dtype, batch=batch, seq=req.seq, checkpointing=ckpt,
-                          accumulation=accumulation)
-        est = estimate(cfg)
-        return Candidate(config=cfg, estimate=est,
-                         fits=est.device_used_bytes <= req.usable_bytes,
-                         throughput=predict_throughput(
-                             cfg, gpu, utilization=req.utilization, refresh_s=measured,
-                             states=est.components["optimizer_states"] + est.components["projection_matrices"]),
-                         quality=req.evidence.quality(cfg),
-                         projection_source="measured (--proj)" if measured is not None else
-                         "scaled from H100 measurements")
+        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts))
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
@@ -228,6 +361,9 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             best, hi = cand, mid - 1
         else:
             lo = mid + 1
+    if req._layouts:  # several GPUs: weigh the strategies once, at the micro-batch found
+        best = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation),
+                          gpu)
     return best
 
 
@@ -243,7 +379,7 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
                           update_gap=lean.config.update_gap, state_bits=lean.config.state_bits,
                           layerwise=lean.config.layerwise, dtype=req.dtype, batch=1, seq=seq,
                           checkpointing=lean.config.checkpointing)
-        if estimate(cfg).device_used_bytes <= req.usable_bytes:
+        if estimate(cfg, req.calibration).device_used_bytes <= req.usable_bytes:
             out.append(f"--seq {seq} fits with {cfg.label()} at batch 1")
             break
         seq //= 2
@@ -256,7 +392,30 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         out.append(f"a bigger GPU: {g.name} ({g.memory_bytes / 2**30:.0f} GiB) fits {lean.config.label()} "
                    f"at batch 1 (needs {lean.estimate.device_used_bytes / 2**30:.1f} GiB)")
     else:
-        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard the "
-                   "model (FSDP/ZeRO) — outside what subprof plans")
+        out.append(f"no single catalogue GPU holds {lean.estimate.device_used_bytes / 2**30:.1f} GiB: shard it "
+                   "over several (--gpus 8: FSDP splits parameters, gradients and states)")
     return out
 
+
+def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
+    """The layouts a multi-GPU plan tries for every configuration (none for one GPU), leanest first: the strategy
+    asked for, or with `auto` each strategy that applies and that the model can be sharded for. One line when none
+    can."""
+    if req.gpus == 1 and req.nodes == 1 and req.strategy == "auto":
+        return ()
+    names = strategies_for(req.gpus, req.nodes, req.strategy)
+    if req.sequences_per_step < req.gpus:
+        raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.sequences_per_step} sequences of an "
+                           f"optimizer step: raise --tokens-per-step (each rank needs at least one sequence)")
+    layouts, reasons = [], []
+    for name in sorted(names, key=LEANEST_FIRST.index):  # the leanest first: the search bisects on it
+        par = Parallel(gpus=req.gpus, nodes=req.nodes, strategy=name)
+        try:
+            check_shardable(req.model, par)
+        except SubprofError as exc:
+            reasons.append(str(exc))
+            continue
+        layouts.append(par)
+    if not layouts:
+        raise SubprofError(reasons[0])
+    return tuple(layouts) if req.gpus > 1 else ()

@@ -18,6 +18,7 @@ from subprof.catalog import GpuSpec, ModelConfig
 from subprof.config import TrainConfig
 from subprof.methods import get_method
 from subprof.methods.spec import svd_flops, two_gemm_flops
+from subprof.plan.calibration import Calibration
 from subprof.plan.memory import state_bytes
 
 H100_BANDWIDTH_GBS = 3350.0
@@ -48,25 +49,37 @@ def train_flops_per_token(c: TrainConfig) -> float:
     return (4 if c.checkpointing else 3) * c.model.forward_flops_per_token(c.seq)
 
 
-def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4,
-                       refresh_s: float | None = None) -> float:
-    """Per optimizer step: projection refreshes (`refresh_s` when measured by `subprof proj`, else the scaled
-    H100 rates) + projecting G and the update back."""
-    refresh = _refresh_seconds(c.model, c.method, c.rank, c.update_gap, gpu) if refresh_s is None else refresh_s
+def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4, refresh_s: float | None = None,
+                       calibration: Calibration | None = None) -> float:
+    """Per optimizer step: projection refreshes (`refresh_s` when measured by `subprof proj`, else the rates of
+    `refresh_rates`) + projecting G and the update back."""
+    svd, gemm = refresh_rates(gpu, calibration)
+    refresh = (_refresh_seconds(c.model, c.method, c.rank, c.update_gap, svd, gemm) if refresh_s is None
+               else refresh_s)
     return refresh + _project_seconds(c.model, c.method, c.rank, gpu, utilization)
 
 
+def refresh_rates(gpu: GpuSpec, calibration: Calibration | None = None) -> tuple[float, float]:
+    """(SVD FLOP/s, fp32 GEMM FLOP/s) on `gpu`: measured by `subprof calibrate` when the calibration was made on this
+    GPU and carries them, else the H100 figures scaled by memory bandwidth."""
+    scale = gpu.bandwidth_gbs / H100_BANDWIDTH_GBS
+    svd, gemm = H100_SVD_FLOPS * scale, H100_GEMM_FP32_FLOPS * scale
+    if calibration is not None and calibration.gpu == gpu.key:
+        svd = calibration.svd_flops_per_s or svd
+        gemm = calibration.gemm_fp32_flops_per_s or gemm
+    return svd, gemm
+
+
 @lru_cache(maxsize=4096)
-def _refresh_seconds(model, method: str, rank: int | None, update_gap: int | None, gpu: GpuSpec) -> float:
+def _refresh_seconds(model, method: str, rank: int | None, update_gap: int | None, svd_rate: float,
+                     gemm_rate: float) -> float:
     """Σ over projected weights of refresh FLOPs / (rate · gap): methods whose refresh is a decomposition
-    (`refresh_cost` "svd") at the measured SVD rate, streaming and geodesic updates ("gemm") at the measured fp32
-    GEMM rate, both scaled by bandwidth. Per-step work on the small r-sized factors (e.g. SUMO's SVD of its moment)
-    is not counted."""
+    (`refresh_cost` "svd") at the SVD rate, streaming and geodesic updates ("gemm") at the fp32 GEMM rate. Per-step
+    work on the small r-sized factors (e.g. SUMO's SVD of its moment) is not counted."""
     spec = get_method(method)
     if not spec.project or spec.refresh_cost == "none":
         return 0.0
-    scale = gpu.bandwidth_gbs / H100_BANDWIDTH_GBS
-    rate = (H100_SVD_FLOPS if spec.refresh_cost == "svd" else H100_GEMM_FP32_FLOPS) * scale
+    rate = svd_rate if spec.refresh_cost == "svd" else gemm_rate
     return sum(s.count * spec.refresh_flops(s.m, s.n, min(rank, s.m, s.n)) / rate / update_gap
                for s in model.linear_shapes())
 
@@ -89,12 +102,12 @@ def optimizer_seconds(c: TrainConfig, gpu: GpuSpec, states: int | None = None) -
 
 
 def predict_throughput(c: TrainConfig, gpu: GpuSpec, *, utilization: float = 0.4, states: int | None = None,
-                       refresh_s: float | None = None) -> Throughput:
+                       refresh_s: float | None = None, calibration: Calibration | None = None) -> Throughput:
     """tokens/s = tokens per optimizer step / (compute + optimizer step + projection updates)."""
     tokens = c.tokens * c.accumulation
     compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
     opt = optimizer_seconds(c, gpu, states)
-    proj = projection_seconds(c, gpu, utilization, refresh_s)
+    proj = projection_seconds(c, gpu, utilization, refresh_s, calibration)
     step = compute + opt + proj
     return Throughput(tokens_per_s=tokens / step, step_s=step, compute_s=compute, optimizer_s=opt,
                       projection_s=proj, utilization=utilization, gpu=gpu.name)

@@ -13,6 +13,7 @@ import pandas as pd
 from subprof.errors import SubprofError
 from subprof.report.measured import bench_table, burst_summary, burst_table, proj_table
 from subprof.report.probe import probe_tables
+from subprof.report.scaling import deadline_table, scaling_assumption, scaling_summary, scaling_table
 from subprof.report.summary import assumptions, summary_lines
 from subprof.report.tables import (Cell, ReportRequest, cost_table, fit_matrix, gpu_table, memory_breakdown,
                                    plan_cells)
@@ -51,8 +52,13 @@ def build_report(req: ReportRequest, on_cell: Callable[[str], None] | None = Non
         "burst_summary": burst_summary(req.burst_rows),
         **probe_tables(req.probe_rows),
     }
-    return Report(request=req, cells=cells, tables=tables, summary=summary_lines(req, tables),
-                  assumptions=assumptions(req))
+    summary, assumed = summary_lines(req, tables), assumptions(req)
+    if req.multi_gpu:
+        tables["scaling"] = scaling_table(req, on_cell)
+        tables["deadline"] = deadline_table(tables["scaling"], req.days)
+        summary += scaling_summary(req, tables["deadline"])
+        assumed.append(scaling_assumption(req))
+    return Report(request=req, cells=cells, tables=tables, summary=summary, assumptions=assumed)
 
 
 def write_csv(report: Report, folder: str | Path) -> list[Path]:

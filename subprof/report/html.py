@@ -193,7 +193,10 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
     "cost": {"model": ("model", None), "gpu_name": ("GPU", None), "config": ("configuration", None),
              "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format), "hours": ("GPU-hours", "{:,.1f}".format),
              "usd_per_hour": ("USD/h", "{:.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
-             "usd_per_billion_tokens": ("USD per 1B tokens", "{:,.2f}".format)},
+             "usd_per_billion_tokens": ("USD per 1B tokens", "{:,.2f}".format),
+             "fastest_config": ("fastest that fits", None),
+             "fastest_tokens_per_s": ("its tokens/s", "{:,.0f}".format),
+             "fastest_hours": ("its GPU-hours", "{:,.1f}".format), "fastest_cost_usd": ("its cost USD", "{:,.0f}".format)},
     "gpus": {"name": ("GPU", None), "memory_label": ("label", None), "memory_gib": ("GiB (driver)", _G),
              "bf16_tflops": ("dense BF16 TFLOP/s", "{:,.0f}".format), "bandwidth_gbs": ("GB/s", "{:,.0f}".format),
              "usd_per_hour": ("USD/h", "{:.2f}".format), "price_date": ("price date", None),
@@ -206,7 +209,8 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
                    "rank": ("rank", _I), "median_ms": ("median ms", "{:.4g}".format),
                    "spread_ms": ("spread ms", "{:.3g}".format), "ratio_to_svd": ("SVD ÷ method", "{:,.1f}".format),
                    "device": ("device", None), "dtype": ("dtype", None)},
-    "burst_summary": {"config": ("configuration", None), "status": ("status", None), "steps": ("steps", None),
+    "burst_summary": {"config": ("configuration", None), "lr": ("lr", "{:.3g}".format), "status": ("status", None),
+                      "steps": ("steps", None),
                       "final_train_loss": ("final train loss", "{:.4f}".format),
                       "val_loss": ("validation loss", "{:.4f}".format), "tokens_per_s": ("tokens/s", "{:,.0f}".format),
                       "projection_share": ("projection share", "{:.1%}".format),
@@ -214,7 +218,13 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
                       "corpus": ("corpus", None)},
     "burst": {"config": ("configuration", None), "kind": ("loss", None), "step": ("step", "{:.0f}".format),
               "loss": ("value", "{:.4f}".format), "status": ("status", None)},
+    "scaling": {"model": ("model", None), "gpu_name": ("GPU", None), "gpus": ("GPUs", _I), "nodes": ("nodes", _I),
+                "strategy": ("strategy", None), "config": ("configuration", None), "batch": ("micro-batch/rank", _I),
+                "device_used_gib": ("device/rank GiB", _G), "tokens_per_s": ("job tokens/s", "{:,.0f}".format),
+                "days": ("days", "{:,.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
+                "comm_share": ("comm share", "{:.1%}".format)},
 }
+TABLE_VIEWS["deadline"] = {**TABLE_VIEWS["scaling"], "meets_deadline": ("meets deadline", None)}
 
 
 TABLE_VIEWS.update(PROBE_VIEWS)
@@ -317,8 +327,9 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
     sections.append(_section("burst", "Short training runs (bursts)", "Training and validation loss by step for "
                              "each configuration, measured by subprof burst.", body))
     energy = t.get("probe_energy")
-    body = (fig_html(fig_probe_energy(energy, _layout)) + _details("Rank reaching each share of the energy, per layer type",
-                                                          html_table(t["probe_summary"], "probe_summary"))
+    body = (fig_html(fig_probe_energy(energy, _layout))
+            + _details("Rank reaching each share of the energy, per layer type",
+                       html_table(t["probe_summary"], "probe_summary"))
             + (fig_html(fig_probe_staleness(t["probe_staleness"], _layout)) if len(t["probe_staleness"]) else "")
             + _details("Gap where a stale basis falls below 90% / 80% of a fresh one",
                        html_table(t["probe_stale_summary"], "probe_stale_summary"))
@@ -329,13 +340,24 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
                              "subprof probe: the share of each weight's gradient energy held by its top-r singular "
                              "subspace, and how much of a fresh basis's share a basis from k steps earlier still "
                              "captures — what sets a rank and a refresh interval.", body))
+    if "scaling" in t:
+        from subprof.report.scaling import fig_scaling
+
+        body = "".join(fig_html(fig_scaling(t["scaling"], m.name)) for m in req.models)
+        if len(t["deadline"]):
+            body += _details(f"Cheapest within {req.days:g} days", html_table(t["deadline"], "deadline"))
+        sections.insert(3, _section("scaling", "GPU type × GPU count", "Each cell: the best configuration on that many "
+                                    "GPUs of that type (data parallel, the fastest strategy that fits), wall-clock "
+                                    "days and cost of the token budget, and the share of a step spent waiting on "
+                                    "communication.", body + _details("GPU count data", html_table(t["scaling"],
+                                                                                                   "scaling"))))
     if not figures:
         raise SubprofError("internal: the report has no figure to carry plotly.js")
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
     assume = "".join(f"<li>{html.escape(line)}</li>" for line in report.assumptions)
     nav = "".join(f'<a href="#{a}">{n}</a>' for a, n in (("summary", "Summary"), ("fit", "Fit"),
-                  ("breakdown", "Memory"), ("cost", "Cost"), ("measured", "Measured"), ("projection", "Projection"),
-                  ("burst", "Bursts"), ("probe", "Probe"), ("assumptions", "Assumptions")))
+                  ("breakdown", "Memory"), ("cost", "Cost"), ("scaling", "GPU count"), ("measured", "Measured"),
+                  ("projection", "Projection"), ("burst", "Bursts"), ("probe", "Probe"), ("assumptions", "Assumptions")))
     models = ", ".join(f"{m.name} ({fmt_count(m.params)})" for m in req.models)
     meta = (f"Models {models} · {len(req.gpus)} GPUs · seq {req.seq} · {req.dtype} · generated "
             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by subprof {_version()}")

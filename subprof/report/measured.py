@@ -178,14 +178,14 @@ def burst_summary(rows: list[dict]) -> pd.DataFrame:
     for r, label in zip(rows, burst_labels(rows)):
         train = r.get("train_loss")
         out.append({"config": label, "model": r.get("model"), "method": r.get("method"), "rank": r.get("rank"),
-                    "update_gap": r.get("update_gap"), "status": r.get("status", "ok"),
+                    "update_gap": r.get("update_gap"), "lr": _num(r, "lr"), "status": r.get("status", "ok"),
                     "steps": r.get("steps_done", r.get("steps")),
                     "final_train_loss": _num(r, "final_train_loss") if not isinstance(train, (int, float))
                     else float(train), "val_loss": _num(r, "val_loss"), "tokens_per_s": _num(r, "tokens_per_s"),
                     "projection_share": _num(r, "projection_share"),
                     "peak_bytes": _num(r, "peak_allocated_bytes", "peak_tracked_bytes"),
                     "device": r.get("device"), "corpus": r.get("corpus") or r.get("corpus_name")})
-    df = pd.DataFrame(out, columns=["config", "model", "method", "rank", "update_gap", "status", "steps",
+    df = pd.DataFrame(out, columns=["config", "model", "method", "rank", "update_gap", "lr", "status", "steps",
                                     "final_train_loss", "val_loss", "tokens_per_s", "projection_share",
                                     "peak_bytes", "device", "corpus"])
     return df.sort_values("val_loss", na_position="last", kind="stable").reset_index(drop=True)

@@ -6,8 +6,10 @@ import pandas as pd
 
 from subprof.catalog import ModelConfig
 from subprof.plan.planner import ranks_for
+from subprof.plan.calibration import DEFAULT, calibration_for
+from subprof.plan.memory import estimate
 from subprof.report.probe import probe_summary_line
-from subprof.report.tables import FIT_CLASSES, ReportRequest, price_date
+from subprof.report.tables import FIT_CLASSES, ReportRequest, leanest, price_date
 from subprof.units import fmt_count
 
 
@@ -20,18 +22,26 @@ def _model_lines(req: ReportRequest, model: ModelConfig, fit: pd.DataFrame, cost
     head = f"{model.name} ({fmt_count(model.params)} parameters, seq {req.seq}, {req.dtype})"
     lines = []
     full = f[f["fit"] == FIT_CLASSES[2]]
+    adamw = [(spec, bits) for spec, bits in req.methods if not spec.project]
+    need = ""
+    if adamw:
+        lean = leanest(model, *adamw[0], req)
+        used = estimate(lean).device_used_bytes / (1 - req.margin)
+        need = (f"; its leanest configuration ({lean.label()}, micro-batch 1) needs a card with ≈ {used / 2**30:.1f} "
+                f"GiB ({req.margin:.0%} margin kept)")
     if len(full):
         first = full.iloc[0]
-        lines.append(f"{head}: full-rank AdamW fits from {first['gpu_memory_gib']:.0f} GiB up "
-                     f"({first['gpu_name']}, {first['gpu_memory_label']}, as {first['adamw_config']} at micro-batch "
-                     f"{int(first['adamw_batch'])}) — {len(full)} of {len(f)} selected GPUs.")
+        where = ("every selected GPU" if len(full) == len(f) else f"{len(full)} of the {len(f)} selected GPUs")
+        lines.append(f"{head}: full-rank AdamW fits {where}, the smallest being {first['gpu_name']} "
+                     f"({first['gpu_memory_label']}, as {first['adamw_config']} at micro-batch "
+                     f"{int(first['adamw_batch'])}){need}.")
     else:
-        lines.append(f"{head}: full-rank AdamW fits none of the {len(f)} selected GPUs.")
+        lines.append(f"{head}: full-rank AdamW fits none of the {len(f)} selected GPUs{need}.")
     low = f[f["fit"] == FIT_CLASSES[1]]
     for (label, rank), group in low.groupby(["gpu_memory_label", "max_lowrank_rank"], sort=False):
         rec = group.iloc[0]
         lines.append(f"{model.name} fits a {label} card ({_names(group)}) only with a low-rank method at rank ≤ "
-                     f"{int(rank)}; recommended: {rec['config']}, micro-batch {int(rec['batch'])}, "
+                     f"{int(rank)}; recommended: {rec['config']}, "
                      f"{rec['device_used_gib']:.1f} of {rec['usable_gib']:.1f} GiB usable.")
     none = f[f["fit"] == FIT_CLASSES[0]]
     if len(none):
@@ -91,11 +101,14 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
     return lines
 
 
-def _evidence(req: ReportRequest) -> str:
+def _ranking(req: ReportRequest) -> str:
+    """How every cell's plan ranked its candidates (`plan.planner.ranking_key`), naming the evidence."""
     from subprof.plan.evidence import default_quality
 
     quality = req.evidence or default_quality()
-    return f"{quality.unit} — {quality.source}"
+    return (f"candidates that keep the requested optimizer batch first, then {quality.unit} ({quality.source}) in "
+            f"bands of the evidence's tolerance {quality.tolerance:g} below the best, within a band by predicted "
+            "tokens/s")
 
 
 def assumptions(req: ReportRequest) -> list[str]:
@@ -115,20 +128,31 @@ def assumptions(req: ReportRequest) -> list[str]:
         f"Training: LLaMA pretraining, sequence length {req.seq}, dtype {req.dtype}; micro-batch = the largest "
         f"power of two that fits; methods searched: {', '.join(s.name for s, _ in req.methods)} over rank × "
         f"update gap × state bits × per-layer updates × activation checkpointing.",
-        f"Best configuration per cell: ranked by {_evidence(req)}, then by predicted tokens/s. It is a prediction "
+        f"Best configuration per cell: ranked by {_ranking(req)}. Quality is a prediction "
         "from subspace evidence, not a measured loss; `subprof burst` measures losses.",
         f"Throughput is predicted, not measured: model FLOPs at {req.utilization:.0%} of each GPU's dense BF16 "
         f"TFLOP/s, the optimizer step at {BANDWIDTH_EFFICIENCY:.0%} of datasheet memory bandwidth, projection "
-        "refreshes scaled from H100 timings in proportion to TFLOP/s. No data loading, evaluation, checkpoint "
+        "refreshes scaled from H100 timings in proportion to memory bandwidth. No data loading, evaluation, checkpoint "
         "saving or restarts are counted.",
         f"Time and cost: hours = {fmt_count(req.tokens)} tokens / predicted tokens/s / 3600 on one GPU; cost = "
         "hours × price. Prices are indicative on-demand cloud USD per GPU-hour from the catalogue "
         f"(profiles/gpus.toml); price dates as their sources state them: {dates or 'none used'}. They vary by "
         "provider, region and month and were not checked live" + (f"; overridden with --price: {over}" if over
         else "") + ".",
+        calibration_sentence(req),
         "GPU figures (memory, bandwidth, TFLOP/s) come from vendor datasheets as cited in the catalogue; none of "
         "them was measured by subprof. Memory estimates come from subprof's analytic model (calibrated on H100 "
         "measurements); the measured sections show real rows only when result files are given.",
     ]
 
 
+def calibration_sentence(req: ReportRequest) -> str:
+    """Which calibration each GPU's memory figures used: its own record (`subprof calibrate`), else the default."""
+    own = {g.name: calibration_for(g.key) for g in req.gpus}
+    measured = {name: c for name, c in own.items() if c.gpu is not None}
+    rest = [name for name in own if name not in measured]
+    parts = [f"{name}: {c.source}" for name, c in measured.items()]
+    if rest:
+        parts.append(f"{', '.join(rest)}: {DEFAULT.source} (no record of their own; `subprof calibrate` measures one)")
+    return "GPU-side memory (CUDA runtime allocations, allocator reserve, CUDA context) is calibrated — " + \
+        "; ".join(parts) + "."

@@ -44,6 +44,10 @@ class ReportRequest:
     burst_rows: list[dict] = field(default_factory=list)
     probe_rows: list[dict] = field(default_factory=list)
     evidence: QualityModel | None = None  # quality for every cell's plan (`--probe`); None: published results
+    gpus_per_node: list[int] = field(default_factory=lambda: [1])  # the GPU-count matrix (report/scaling.py)
+    nodes: list[int] = field(default_factory=lambda: [1])
+    strategy: str = "auto"
+    days: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -52,9 +56,19 @@ class ReportRequest:
             raise SubprofError("--gpus is empty; give e.g. 4090,a100-80gb or all")
         if self.tokens <= 0:
             raise SubprofError(f"--tokens must be positive, got {self.tokens}")
+        if any(g < 1 for g in self.gpus_per_node) or any(n < 1 for n in self.nodes) or not self.gpus_per_node \
+                or not self.nodes:
+            raise SubprofError("--gpus-per-node and --nodes take counts of at least 1, e.g. 1,2,4,8")
+        if self.days is not None and not (self.days > 0 and math.isfinite(self.days)):
+            raise SubprofError(f"--days must be a positive number of days, got {self.days}")
         for key, usd in self.prices.items():
             if not (usd > 0 and math.isfinite(usd)):
                 raise SubprofError(f"--price {key}={usd}: a price must be a positive number of USD per hour")
+
+    @property
+    def multi_gpu(self) -> bool:
+        """Whether the report has the GPU-count matrix (more than one GPU anywhere, or a deadline)."""
+        return self.gpus_per_node != [1] or self.nodes != [1] or self.days is not None
 
     def price(self, gpu: GpuSpec) -> tuple[float, str]:
         """USD per GPU-hour and where it came from."""
@@ -110,14 +124,16 @@ def fit_matrix(cells: list[Cell]) -> pd.DataFrame:
         row["adamw_batch"] = adamw.config.batch if adamw else None
         if rec is not None:
             c = rec.config
-            row.update(config=c.label(), method=c.method, rank=c.rank, update_gap=c.update_gap,
+            row.update(config=rec.describe(), method=c.method, rank=c.rank, update_gap=c.update_gap,
                        state_bits=c.state_bits, layerwise=c.layerwise, checkpointing=c.checkpointing, batch=c.batch,
+                       sequences_per_step=rec.sequences_per_step,
                        estimated_peak_allocated_bytes=rec.estimate.peak_allocated_bytes,
                        device_used_bytes=rec.estimate.device_used_bytes,
                        tokens_per_s=round(rec.throughput.tokens_per_s, 1))
         else:
             row.update(config="nothing fits", method=None, rank=None, update_gap=None, state_bits=None,
-                       layerwise=None, checkpointing=None, batch=None, estimated_peak_allocated_bytes=None,
+                       layerwise=None, checkpointing=None, batch=None, sequences_per_step=None,
+                       estimated_peak_allocated_bytes=None,
                        device_used_bytes=None, tokens_per_s=None)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -126,7 +142,7 @@ def fit_matrix(cells: list[Cell]) -> pd.DataFrame:
     return df
 
 
-def _leanest(model: ModelConfig, spec: MethodSpec, forced_bits: int | None, req: ReportRequest) -> TrainConfig:
+def leanest(model: ModelConfig, spec: MethodSpec, forced_bits: int | None, req: ReportRequest) -> TrainConfig:
     """A method's smallest configuration: lowest rank, 8-bit states if it has them, per-layer, checkpointing,
     batch 1 — what is shown for a method that does not fit."""
     bits = forced_bits or min(spec.state_bits_supported)
@@ -159,7 +175,7 @@ def memory_breakdown(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
         cell = breakdown_gpu(cells, model)
         for spec, forced in req.methods:
             cand: Candidate | None = cell.plan.best_per_method.get(spec.name)
-            est = cand.estimate if cand is not None else estimate(_leanest(model, spec, forced, req))
+            est = cand.estimate if cand is not None else estimate(leanest(model, spec, forced, req))
             for comp, nbytes in _device_parts(est).items():
                 rows.append({"model": model.name, "gpu": cell.gpu.key, "gpu_name": cell.gpu.name,
                              "usable_bytes": cell.plan.request.usable_bytes, "method": spec.name,
@@ -170,20 +186,26 @@ def memory_breakdown(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
 
 
 def cost_table(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
-    """hours = tokens / tokens_per_s / 3600 on one GPU at the recommended configuration; cost = hours × USD/h."""
+    """hours = tokens / tokens_per_s / 3600 on one GPU at the recommended configuration; cost = hours × USD/h; and
+    the same for the fastest configuration that fits (`Plan.fastest`), when it is another one."""
     rows = []
     for cell in cells:
-        rec = cell.plan.recommendation
+        rec, fast = cell.plan.recommendation, cell.plan.fastest
         usd, source = req.price(cell.gpu)
         row = {"model": cell.model.name, "gpu": cell.gpu.key, "gpu_name": cell.gpu.name,
                "usd_per_hour": usd, "price_source": source, "tokens": req.tokens,
-               "config": rec.config.label() if rec else "nothing fits", "batch": rec.config.batch if rec else None,
-               "tokens_per_s": None, "hours": None, "cost_usd": None, "usd_per_billion_tokens": None}
+               "config": rec.describe() if rec else "nothing fits", "batch": rec.config.batch if rec else None,
+               "tokens_per_s": None, "hours": None, "cost_usd": None, "usd_per_billion_tokens": None,
+               "fastest_config": None, "fastest_tokens_per_s": None, "fastest_hours": None, "fastest_cost_usd": None}
         if rec is not None:
             tps = rec.throughput.tokens_per_s
             hours = req.tokens / tps / 3600
             row.update(tokens_per_s=round(tps, 1), hours=hours, cost_usd=hours * usd,
                        usd_per_billion_tokens=1e9 / tps / 3600 * usd)
+        if fast is not None and fast is not rec:
+            hours = req.tokens / fast.throughput.tokens_per_s / 3600
+            row.update(fastest_config=fast.describe(), fastest_tokens_per_s=round(fast.throughput.tokens_per_s, 1),
+                       fastest_hours=hours, fastest_cost_usd=hours * usd)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -13,9 +13,11 @@ plus the bytes held in `optimizer.state` at the end. A NaN/inf loss (or an optim
 gradient) ends the case with `status: "diverged"`; the sweep goes on. Rows are appended to a JSONL `ResultLog`
 as each case finishes.
 
-Learning rate: `lr` if given, else AdamW 1e-3 and every low-rank method 1e-2 with scale 0.25 (the GaLore paper's
-recipe for its LLaMA 60m–1b runs, applied here to all low-rank methods alike), with a linear warm-up over the first
-10% of steps and a cosine decay to 10% of the peak (transformers' `get_cosine_with_min_lr_schedule_with_warmup`).
+Learning rate: `lr` if given, else each method's published default (`MethodSpec.default_lr`), or a small grid
+around it per configuration (`subprof.train.lrgrid`: `expand_cases(..., lr_grid=K)`, `best_rows`); scale 0.25 for
+every low-rank method; a linear warm-up over the first 10% of steps and a cosine decay to 10% of the peak
+(transformers' `get_cosine_with_min_lr_schedule_with_warmup`, the shape of GaLore's schedule). Rules that schedule
+something over the run (an option `total_steps`, e.g. Ori's column activation) are told the burst's length.
 """
 
 from __future__ import annotations
@@ -38,21 +40,23 @@ from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.results import ResultLog, case_key, now_iso
 from subprof.train.corpus import Corpus
+from subprof.train.lrgrid import lr_grid as grid_around
 
 KEY_FIELDS = ("model", "method", "rank", "update_gap", "lr", "steps", "batch", "seq", "seed", "data_seed", "dtype",
               "corpus_key")
 FINAL = ("ok", "diverged")
-LOWRANK_LR, ADAMW_LR = 1e-2, 1e-3
 CPU_PARAM_LIMIT = 25_000_000  # bursts on a CPU: models up to the 20m preset finish 200 steps in minutes
 
 
 @dataclass(kw_only=True, slots=True)
 class BurstCase:
     """One configuration to train: a `TrainConfig` (model, method, rank, update gap, dtype, micro-batch, sequence)
-    and the peak learning rate (None: the method's default, `effective_lr`)."""
+    and the peak learning rate (None: the method's published default, `effective_lr`); `lr_grid` is the grid the
+    case's lr was taken from (empty when no grid was asked for)."""
 
     config: TrainConfig
     lr: float | None = None
+    lr_grid: tuple[float, ...] = ()
 
     @property
     def label(self) -> str:
@@ -61,7 +65,12 @@ class BurstCase:
                                                                            else []))
 
     def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else (LOWRANK_LR if self.config.spec.project else ADAMW_LR)
+        return self.lr if self.lr is not None else self.config.spec.default_lr
+
+    @property
+    def lr_source(self) -> str:
+        """"grid" (one point of an lr grid), "given" (--lr) or "default" (the method's published lr)."""
+        return "grid" if self.lr_grid else ("given" if self.lr is not None else "default")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -76,7 +85,7 @@ class BurstSettings:
     device: str = "auto"
     scale: float = 0.25
     warmup_fraction: float = 0.1
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    threads: int | None = None  # torch intra-op threads; None: `config.default_threads()`
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "val_windows"):
@@ -100,34 +109,50 @@ def resolve_device(device: str) -> str:
 # ------------------------------------------------------------------------------------------------ case lists
 
 
+def method_gaps(spec: Any, gaps: list[int]) -> tuple[list[int], str | None]:
+    """The requested gaps a method runs at: those up to the largest it searches (`MethodSpec.update_gaps`; a
+    streaming method's (1, 2, 5, 10) leaves out 50 and 200), else its default gap; and a note on what was left out."""
+    wanted = sorted(set(gaps))
+    use = [g for g in wanted if g <= max(spec.update_gaps)] or [spec.default_update_gap]
+    skipped = [g for g in wanted if g not in use]
+    note = (f"{spec.name} updates its projection every {'/'.join(map(str, spec.update_gaps))} steps: gap "
+            f"{', '.join(map(str, use))} (skipped {', '.join(map(str, skipped))})") if skipped else None
+    return use, note
+
+
 def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: list[int], *, batch: int = 8,
-                 seq: int = 256, dtype: str = "fp32", lr: float | None = None) -> tuple[list[BurstCase], list[str]]:
-    """The sweep's cases and notes on the combinations left out: full-rank methods ignore rank and gap; methods
-    that update every step by default and search no other gap (`MethodSpec.update_gaps == (1,)`) run at gap 1
-    only — other gaps would repeat it; ranks beyond a model's smallest weight dimension are skipped."""
+                 seq: int = 256, dtype: str = "fp32", lr: float | None = None,
+                 lr_grid: int | None = None) -> tuple[list[BurstCase], list[str]]:
+    """The sweep's cases and notes on the combinations left out: full-rank methods ignore rank and gap; each method
+    runs the requested gaps it searches (`method_gaps`); ranks beyond every weight's smaller side are skipped.
+    `lr_grid` = K: every configuration at K learning rates around `lr` or the method's default (`lrgrid`)."""
     cases, notes = [], []
     for name in models:
         cfg = load_model(name)
         for method in methods:
             spec = get_method(method)
 
-            def case(rank: int | None = None, gap: int | None = None) -> BurstCase:
-                return BurstCase(config=TrainConfig(model=cfg, method=spec.name, rank=rank, update_gap=gap,
-                                                    dtype=dtype, batch=batch, seq=seq), lr=lr)
+            def case(rank: int | None = None, gap: int | None = None) -> list[BurstCase]:
+                config = TrainConfig(model=cfg, method=spec.name, rank=rank, update_gap=gap, dtype=dtype,
+                                     batch=batch, seq=seq)
+                if not lr_grid:
+                    return [BurstCase(config=config, lr=lr)]
+                grid = tuple(grid_around(lr if lr is not None else spec.default_lr, lr_grid))
+                return [BurstCase(config=config, lr=point, lr_grid=grid) for point in grid]
 
             if not spec.project:
-                cases.append(case())
+                cases.extend(case())
                 continue
-            every_step = spec.update_gaps == (1,)
-            use_gaps = [1] if every_step else sorted(set(gaps))
-            if every_step and set(gaps) != {1}:
-                notes.append(f"{spec.name} updates its projection every step: gap 1 only (skipped "
-                             f"{', '.join(str(g) for g in sorted(set(gaps)) if g != 1)})")
+            use_gaps, note = method_gaps(spec, gaps)
+            if note:
+                notes.append(note)
             for rank in ranks:
-                if rank > cfg.min_weight_dim():
-                    notes.append(f"{name}: rank {rank} > smallest weight dimension {cfg.min_weight_dim()}, skipped")
+                if rank > cfg.rank_limit():
+                    notes.append(f"{name}: rank {rank} > every weight's smaller side (widest {cfg.rank_limit()}), "
+                                 f"skipped")
                     continue
-                cases.extend(case(rank, g) for g in use_gaps)
+                for g in use_gaps:
+                    cases.extend(case(rank, g))
     return cases, list(dict.fromkeys(notes))
 
 
@@ -144,8 +169,8 @@ def fits_locally(case: BurstCase, settings: BurstSettings) -> bool:
 
 def proxy_config(config: TrainConfig, proxy: ModelConfig) -> TrainConfig:
     """`config` on a smaller `proxy` model with the same method, update gap and rank-to-width ratio:
-    rank' = max(1, round(rank · h' / h)), h the hidden size, capped at the proxy's smallest weight dimension."""
-    rank = None if config.rank is None else min(proxy.min_weight_dim(),
+    rank' = max(1, round(rank · h' / h)), h the hidden size, capped at the proxy's rank limit."""
+    rank = None if config.rank is None else min(proxy.rank_limit(),
                                                 max(1, round(config.rank * proxy.hidden / config.model.hidden)))
     return replace(config, model=proxy, rank=rank)
 
@@ -161,7 +186,7 @@ def proxy_case(case: BurstCase, settings: BurstSettings,
     for cfg in smaller:
         if cfg.params >= target.model.params:
             continue
-        proxy = BurstCase(config=proxy_config(target, cfg), lr=case.lr)
+        proxy = BurstCase(config=proxy_config(target, cfg), lr=case.lr, lr_grid=case.lr_grid)
         if fits(proxy, settings):
             rank = proxy.config.rank
             ratio = f", rank {target.rank} → {rank} (rank/hidden {target.rank}/{target.model.hidden})" if rank else ""
@@ -213,8 +238,11 @@ def build_case_optimizer(model: torch.nn.Module, case: BurstCase, settings: Burs
     from subprof.optim import build_optimizer
 
     c = case.config
+    options = dict(c.method_options)
+    if "total_steps" in c.spec.option_defaults:  # a rule that schedules over the run learns its length
+        options.setdefault("total_steps", settings.steps)
     return build_optimizer(model, c.method, rank=c.rank, update_gap=c.update_gap, scale=settings.scale,
-                           lr=case.effective_lr(), weight_decay=0.0, state_bits=c.state_bits, **c.method_options)
+                           lr=case.effective_lr(), weight_decay=0.0, state_bits=c.state_bits, **options)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: BurstSettings) -> Any:
@@ -338,7 +366,8 @@ def case_row(case: BurstCase, settings: BurstSettings, corpus: Corpus) -> dict:
     """The identifying fields of a burst row (and the settings it ran with)."""
     c = case.config
     return {"kind": "burst", "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
-            "lr": case.effective_lr(), "scale": settings.scale, "steps": settings.steps, "batch": c.batch,
+            "state_bits": c.state_bits, "method_options": dict(c.method_options), "lr": case.effective_lr(),
+            "lr_source": case.lr_source, "lr_grid": list(case.lr_grid), "scale": settings.scale, "steps": settings.steps, "batch": c.batch,
             "seq": c.seq, "seed": settings.seed, "data_seed": settings.data_seed, "dtype": c.dtype,
             "device": settings.device, "eval_every": settings.eval_every, "val_windows": settings.val_windows,
             **corpus.summary(), "params": c.model.params, "torch": torch.__version__, "machine": platform.machine(),
@@ -419,16 +448,48 @@ def run_bursts(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, 
     in `out` with a final status are returned from there, not rerun. Returns one row per case, in order:
     `val_loss`, `tokens_per_s`, `peak_tracked_bytes` (CPU) or `peak_allocated_bytes` (CUDA), `status`, the loss
     curves and the rest of the row. `progress`, if given, gets `advance(label)` once per training step."""
+    from subprof.measure.model import torch_threads
+
+    check_cases(cases, settings, corpus)
+    log = ResultLog(out, resume=resume) if out else None
+    with torch_threads(settings.threads):
+        return _run_all(cases, settings, corpus, log, progress)
+
+
+def check_cases(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus) -> None:
+    """Everything that can be refused before training starts: a sequence longer than the corpus splits or the
+    model's positions, a CPU burst that does not fit this machine's memory."""
     for case in cases:
         corpus.require(case.config.seq)
-    log = ResultLog(out, resume=resume) if out else None
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        return _run_all(cases, settings, corpus, log, progress)
-    finally:
-        torch.set_num_threads(threads)
+        if case.config.seq > case.config.model.max_positions:
+            raise SubprofError(f"--seq {case.config.seq} exceeds {case.config.model.name}'s max_position_embeddings "
+                               f"{case.config.model.max_positions}")
+        check_host_memory(case, settings, corpus)
+
+
+HOST_MARGIN = 1.25  # the CPU run needs its estimated peak plus room for Python, the corpus and the allocator
+
+
+def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) -> None:
+    """On the CPU, refuse a burst whose estimated peak (the memory model, on the corpus's vocabulary) does not fit
+    the memory this machine has available — before anything is allocated."""
+    from subprof.measure.model import available_host_memory
+    from subprof.plan.memory import estimate
+
+    if settings.device != "cpu":
+        return
+    available = available_host_memory()
+    if available is None:
+        return
+    model = replace(case.config.model, vocab=corpus.vocab_size, raw=dict(case.config.model.raw,
+                                                                          vocab_size=corpus.vocab_size))
+    est = estimate(replace(case.config, model=model))
+    need = est.peak_allocated_bytes - est.components["cuda_runtime"]
+    if need * HOST_MARGIN > available:
+        raise SubprofError(f"a {case.config.dtype} burst of {case.config.model.name} ({case.label}) on the CPU needs "
+                           f"≈ {need * HOST_MARGIN / 2**30:.1f} GiB (estimated peak {need / 2**30:.1f} GiB + 25%), "
+                           f"and this machine has {available / 2**30:.1f} GiB available: use a smaller model "
+                           f"(`subprof models`) or a GPU (--device cuda)")
 
 
 def _run_all(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, log: ResultLog | None,

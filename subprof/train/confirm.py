@@ -29,7 +29,8 @@ class BurstEvidence:
         row = self.row
         return {
             **self.candidate.to_dict(),
-            "burst_model": row.get("model"), "burst_rank": row.get("rank"), "proxy": self.proxy_note,
+            "burst_model": row.get("model"), "burst_rank": row.get("rank"), "burst_lr": row.get("lr"),
+            "proxy": self.proxy_note,
             "status": row.get("status"), "val_loss": row.get("val_loss"), "first_loss": _first_loss(row),
             "burst_tokens_per_s": row.get("tokens_per_s"), "burst_projection_share": row.get("projection_share"),
             "loss_drop_per_target_hour": self.efficiency,

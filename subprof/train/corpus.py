@@ -44,6 +44,7 @@ STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".csv", ".tex", ".html", ".xml", ".c", ".h", ".js",
                  ".toml", ".yaml", ".yml", ".ini", ".cfg", ".sh"}
 MIN_TOKENS = 2048  # below this nothing useful can be trained or validated
+MAX_VOCAB = 2**20  # largest plausible vocabulary of a .bin token file (real ones: 32k–256k)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -275,6 +276,11 @@ def _build_bin(name: str, files: list[Path], *, token_dtype: str, val_fraction: 
         how = f"last {val_fraction:.0%} held out"
     _check_size(name, train.size + val.size)
     top = int(max(train.max(initial=0), val.max(initial=0)))
+    if top >= MAX_VOCAB:
+        hint = (" — uint16 tokens read as uint32 pair up two ids; try --data-dtype uint16" if token_dtype == "uint32"
+                else "")
+        raise SubprofError(f"--data {name}: token id {top:,} is larger than any vocabulary (≤ {MAX_VOCAB:,}), so "
+                           f"the file is not {token_dtype} token ids{hint}")
     vocab = -(-(top + 1) // 64) * 64
     h = hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
                                   + [token_dtype, val_fraction]).encode()).hexdigest()[:16]

@@ -1,0 +1,85 @@
+"""The floor of an optimizer step: the arithmetic a method cannot avoid, timed on the same device in the same run as
+the step itself, so `bench` can report step / floor.
+
+Per projected weight W (m×n, rank r, P d×r on GaLore's "std" side, R the projected gradient):
+    R = G·P (or PᵀG)                          one m×n×r GEMM
+    Adam on R: m ← β₁m + (1−β₁)R, v ← β₂v + (1−β₂)R², U = m/(√v + ε)      one fused pass over R-sized tensors
+    W ← W − η·(U Pᵀ) (or P U)                 one m×n×r GEMM accumulated into W (addmm, no m×n temporary)
+    + G(GᵀP) when the method updates P by products with G on this step (`refresh_cost` "gemm" at update gap 1)
+and for every other tensor (embeddings, norms, lm_head) and for full-rank AdamW: one foreach Adam pass
+(`torch._foreach_*`, as torch's foreach AdamW). Shapes and counts come from the model's own parameters; tensors of one
+shape share their buffers (the work, not the cache footprint, is what is timed). Moments are in the training dtype
+(the 16-bit floor also serves 8-bit steps: their target is a ratio to the 16-bit step).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any
+
+import torch
+
+from subprof.config import TrainConfig
+from subprof.measure.timing import time_call
+from subprof.methods.spec import basis_shape, moment_shape
+
+
+def _adam_pass(ms: list, vs: list, rs: list) -> list:
+    """One foreach Adam pass over lists of moments (β 0.9/0.999, ε 1e-8); returns the directions."""
+    torch._foreach_mul_(ms, 0.9)
+    torch._foreach_add_(ms, rs, alpha=0.1)
+    torch._foreach_mul_(vs, 0.999)
+    torch._foreach_addcmul_(vs, rs, rs, value=0.001)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denom, 1e-8)
+    return torch._foreach_div(ms, denom)
+
+
+def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
+    """A zero-argument callable doing the floor of one optimizer step of `config` on `model`'s parameter shapes."""
+    from subprof.optim import split_parameters
+
+    projected, plain = split_parameters(model)
+    spec = config.spec
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    if not spec.project:
+        plain = {**projected, **plain}
+        projected = {}
+    shapes = Counter(tuple(p.shape) for p in projected.values())
+    streaming = spec.refresh_cost == "gemm" and config.update_gap == 1
+    work = []
+    for (m, n), count in shapes.items():
+        r = min(config.rank, m, n)
+        g = torch.randn(m, n, device=device, dtype=dtype)
+        w = torch.zeros(m, n, device=device, dtype=dtype)
+        p = torch.randn(*basis_shape(m, n, r), device=device, dtype=dtype)
+        mom = [torch.zeros(*moment_shape(m, n, r), device=device, dtype=dtype) for _ in range(2)]
+        work.append((g, w, p, mom, count, m >= n))
+    plain_params = [torch.zeros_like(t) for t in plain.values()]
+    plain_grads = [torch.randn_like(t) for t in plain_params]
+    plain_m = [torch.zeros_like(t) for t in plain_params]
+    plain_v = [torch.zeros_like(t) for t in plain_params]
+
+    def step() -> None:
+        for g, w, p, (m, v), count, right in work:
+            for _ in range(count):
+                r = g @ p if right else p.T @ g
+                (u,) = _adam_pass([m], [v], [r])
+                if right:
+                    w.addmm_(u, p.T, alpha=-1e-3)
+                else:
+                    w.addmm_(p, u, alpha=-1e-3)
+                if streaming:
+                    gt = g.T if right else g
+                    gt @ (gt.T @ p)
+        if plain_params:
+            torch._foreach_add_(plain_params, _adam_pass(plain_m, plain_v, plain_grads), alpha=-1e-3)
+
+    return step
+
+
+def step_floor_seconds(model: torch.nn.Module, config: TrainConfig, *, repeats: int = 3, warmup: int = 1) -> float:
+    """Median seconds of the floor (module docstring) on the model's device."""
+    device = str(next(model.parameters()).device)
+    return statistics.median(time_call(floor_fn(model, config), repeats=repeats, warmup=warmup, device=device))
