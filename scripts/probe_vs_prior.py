@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 
 from subprof.catalog import load_model
 from subprof.config import TrainConfig
@@ -114,7 +115,9 @@ def main() -> None:
                       f"(of {c['pairs']} pairs apart by > {args.tie} nats)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"tie_nats": args.tie, "groups": report}, f, indent=1)
+            json.dump({"burst_files": [os.path.basename(p) for p in args.burst],
+                       "probe_files": {k: os.path.basename(v) for k, v in (p.split("=", 1) for p in args.probe)},
+                       "tie_nats": args.tie, "groups": report}, f, indent=1)
 
 
 if __name__ == "__main__":
