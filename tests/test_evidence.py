@@ -14,8 +14,12 @@ from subprof.catalog import load_model
 from subprof.cli import app
 from subprof.config import TrainConfig
 from subprof.methods import REGISTRY
-from subprof.plan.evidence import (ProbeQuality, calibrate_tracker_lag, load_published, published_prior)
+from subprof.errors import SubprofError
+from subprof.plan import evidence
+from subprof.plan.evidence import ProbeQuality, calibrate_tracker_lag, prior_fit_path, published_prior
+from subprof.plan.prior_fit import COMMAND, fit_published_prior, prior_fit_data
 from subprof.plan.probe_curves import ProbeRun
+from subprof.plan.published import load_published
 
 TYPES = {"q": (128, 128), "k": (128, 128), "v": (128, 128), "o": (128, 128), "gate": (352, 128), "up": (352, 128),
          "down": (128, 352)}
@@ -93,6 +97,19 @@ def test_a_tracker_every_step_keeps_more_than_a_stale_svd(quality):
     assert quality.quality(cfg("ori", 16, 1)) > quality.quality(cfg("galore", 16, 200))
 
 
+@pytest.mark.parametrize("method", ["osd", "ori"])
+def test_a_streaming_methods_update_gap_costs_staleness(quality, method):
+    """OSD/Ori search gaps 1, 2, 5, 10: each is scored as a refresh every g·L steps, so a longer gap keeps less —
+    under a probe and under the published prior (which the planner then weighs against the time it saves)."""
+    gaps = REGISTRY[method].update_gaps
+    assert gaps == (1, 2, 5, 10)
+    probed = [quality.quality(cfg(method, 16, g)) for g in gaps]
+    prior = published_prior()
+    published = [prior.quality(cfg(method, 64, g, model="60m")) for g in gaps]
+    for scores in (probed, published):
+        assert all(a > b for a, b in zip(scores, scores[1:])), scores
+
+
 def test_a_measured_tracking_ratio_sets_the_trackers_lag():
     good = ProbeQuality.from_run(ProbeRun.from_rows(fake_probe_rows(ENERGY, STALE, method="ori", tracking=0.9,
                                                                     rank=16, gap=1)), "t")
@@ -131,6 +148,33 @@ def test_the_published_prior_reproduces_galores_table_2_gaps():
         assert predicted == pytest.approx(published, rel=0.5), res.model  # 2 fitted numbers for 4 points
     assert prior.quality(cfg("adamw", model="7b")) == 0.0
     assert prior.quality(cfg("galore", 128, 200, model="7b")) < prior.quality(cfg("galore", 1024, 200, model="7b"))
+
+
+def test_the_committed_prior_fit_is_what_refitting_gives():
+    """`plan` reads profiles/evidence/prior_fit.json instead of fitting at every call; rewriting it with
+    `python -m subprof.plan.prior_fit` from the committed inputs gives the same numbers (and input hashes)."""
+    committed = json.loads(prior_fit_path().read_text(encoding="utf-8"))
+    assert committed["written_by"] == COMMAND
+    assert json.loads(json.dumps(prior_fit_data(), ensure_ascii=False)) == committed
+
+
+def test_the_read_prior_scores_as_the_fitted_one():
+    read, fitted = published_prior(), fit_published_prior()
+    assert (read.a, read.b, read.reference.tracker_lag, read.notes) == (fitted.a, fitted.b,
+                                                                       fitted.reference.tracker_lag, fitted.notes)
+    for c in (cfg("galore", 512, 200, model="1b"), cfg("ori", 64, 5, model="7b"), cfg("subtrack", 128, 50, "60m"),
+              cfg("sumo", 256, 500, model="350m"), cfg("grasswalk", 16, 200)):
+        assert read.gap_nats(c) == fitted.gap_nats(c), c.label()
+
+
+def test_a_missing_prior_fit_is_one_line_naming_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(evidence, "prior_fit_path", lambda: tmp_path / "prior_fit.json")
+    published_prior.cache_clear()
+    try:
+        with pytest.raises(SubprofError, match="python -m subprof.plan.prior_fit"):
+            published_prior()
+    finally:
+        published_prior.cache_clear()
 
 
 def test_the_prior_says_what_it_rests_on():

@@ -11,11 +11,12 @@ score. Two sources, and every plan says which it used:
 
    E(r) is the probe's energy curve and S̄(T) = (1/T) Σ_{k<T} s(k) its staleness averaged over a refresh interval
    (`subprof.plan.probe_curves`), both read per layer type at the same rank-to-side ratio r/d as on the target
-   (a probe on a proxy maps ranks by that ratio). L, a tracker's lag in update intervals, is measured when the probe
-   ran that method (`probe --method ori`: its basis's share over the fresh one, solved for the refresh interval
-   that gives the same mean); otherwise it is calibrated on the same curves to a published gap closure (Ori: "up
-   to 69.3%" of the gap to full rank closed against GaLore at T = 200, matched at r/d = 1/16 — our reading of
-   "very low rank"), else 1.
+   (a probe on a proxy maps ranks by that ratio). A tracker's update gap g is scored like a refresh interval
+   stretched by its lag L (in update intervals): OSD/Ori at g = 1, 2, 5, 10 keep S̄(L), S̄(2L), S̄(5L), S̄(10L).
+   L is measured when the probe ran that method (`probe --method ori`: its basis's share over the fresh one,
+   solved for the refresh interval that gives the same mean); otherwise it is calibrated on the same curves to a
+   published gap closure (Ori: "up to 69.3%" of the gap to full rank closed against GaLore at T = 200, matched at
+   r/d = 1/16 — our reading of "very low rank"), else 1.
 
 2. **Published results** (no probe): the predicted validation-loss gap to full-rank AdamW in nats,
 
@@ -25,8 +26,9 @@ score. Two sources, and every plan says which it used:
    the largest model probed; it gives the shape in rank and gap, and the trackers' lag from Ori's closure), and
    A(N) = exp(a + b·ln N) fitted by least squares to GaLore's Table 2 gaps ln(ppl / full-rank ppl) at 60M–1B, each
    divided by the energy q_ref says GaLore loses there (N the model's parameters; at the paper's token budgets).
-   The data with citations, and what could not be found, live in `profiles/evidence/*.toml`; published comparisons
-   without a full-rank figure (OSD against GaLore) are checked against the prior's ordering and reported.
+   The fit is done once and committed, `profiles/evidence/prior_fit.json` (A(N), L, the notes and the reference
+   probe's curves reduced to what q_ref reads), written by `python -m subprof.plan.prior_fit`; `plan` only reads
+   it. The data with citations, and what could not be found, live in `profiles/evidence/*.toml`.
 
 What captured energy does not see (stated in every plan's notes): recovery terms that add back the residual (Fira,
 SubTrack++, GrassWalk), the optimizer's own basis effects (Adam in a rotated basis), and differences in learning
@@ -37,92 +39,75 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from subprof.catalog import ModelConfig, load_model, profiles_dir
+from subprof.catalog import ModelConfig, load_model
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
 from subprof.plan.probe_curves import ProbeRun, StalenessModel, energy_at, interp_log, staleness_floor
-from subprof.results import read_result_files, read_rows
+from subprof.plan.published import EvidenceFile, evidence_dir, load_published
+from subprof.results import read_result_files
 
 TYPE_OF = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
            "down_proj": "down"}
 LOW_RANK_FRACTION = 1 / 16  # where a published "at very low rank" closure is matched
 PROBE_TOLERANCE = 0.01  # captured-share differences below this are within a 200-step probe's sampling spread
 PRIOR_TOLERANCE = 0.001  # nats: a fifth of the smallest published GaLore gap (1B, 0.005 nats)
+PRIOR_FIT = "prior_fit.json"  # in profiles/evidence/, written by `python -m subprof.plan.prior_fit`
+PRIOR_SOURCE = "published results (profiles/evidence) with the reference probe's rank and gap shape"
+PRIOR_UNIT = "−(predicted validation-loss gap to full-rank AdamW, nats)"
+ALL = "all"  # the JSON key of the all-weights curves (layer type None)
 
 
-# ------------------------------------------------------------------------------------------------ published data
+@dataclass(kw_only=True)
+class ProbeCurves:
+    """What the quality model reads off one probe run, per layer type (None: all weights): the projected side d, the
+    energy curve {r: E(r)} and the staleness curves {r: {k: s(k)}} at the measured ranks below d; with the run's
+    header, whether it finished, its gaps and its method's measured tracking ratio. Built from a run, or from the
+    committed prior fit (`to_dict`/`from_dict`: JSON, keys as strings)."""
 
+    header: dict
+    finished: bool
+    types: list[str]
+    gaps: list[int]
+    sides: dict[str | None, int]
+    energy: dict[str | None, dict[int, float]]
+    staleness: dict[str | None, dict[int, dict[int, float]]]
+    tracking: float | None = None
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PublishedResult:
-    model: str
-    rank: int | None = None
-    update_gap: int | None = None
-    tokens: float | None = None
-    ppl: float | None = None
-    full_rank_ppl: float | None = None
-    versus_method: str | None = None
-    versus_ppl: float | None = None
-    versus_update_gap: int | None = None
-    gap_closure: float | None = None
-    qualifier: str = ""
-    note: str = ""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EvidenceFile:
-    """One paper's numbers (`profiles/evidence/<name>.toml`)."""
-
-    path: str
-    method: str
-    also: tuple[str, ...]
-    title: str
-    citation: str
-    url: str
-    read: str
-    how_found: str
-    results: tuple[PublishedResult, ...]
-    not_found: tuple[dict, ...]
+    @classmethod
+    def from_run(cls, run: ProbeRun) -> "ProbeCurves":
+        kinds = [*run.types, None]
+        stale = {k: {r: run.staleness_curve(r, k) for r in run.stale_ranks(k) if r < run.side(k)} if run.stale
+                 else {} for k in kinds}
+        return cls(header=dict(run.header), finished=run.finished, types=list(run.types), gaps=list(run.gaps),
+                   sides={k: run.side(k) for k in kinds}, energy={k: run.energy_curve(k) for k in kinds},
+                   staleness=stale, tracking=run.tracking_ratio())
 
     @property
-    def methods(self) -> tuple[str, ...]:
-        return (self.method, *self.also)
+    def model(self) -> str:
+        return str(self.header.get("model"))
 
+    def to_dict(self) -> dict:
+        return {"header": self.header, "finished": self.finished, "types": self.types, "gaps": self.gaps,
+                "tracking": self.tracking,
+                "kinds": {k or ALL: {"side": self.sides[k],
+                                     "energy": {str(r): e for r, e in self.energy[k].items()},
+                                     "staleness": {str(r): {str(g): s for g, s in c.items()}
+                                                   for r, c in self.staleness[k].items()}}
+                          for k in self.sides}}
 
-def evidence_dir() -> Path:
-    return profiles_dir() / "evidence"
-
-
-def load_published(folder: Path | None = None) -> list[EvidenceFile]:
-    """Every evidence file, validated: a registered method, a citation with a URL, results with known fields."""
-    out = []
-    for path in sorted((folder or evidence_dir()).glob("*.toml")):
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SubprofError(f"evidence file {path.name}: {exc}") from None
-        src = data.get("source", {})
-        missing = [k for k in ("method", "title", "citation", "url", "read", "how_found") if not src.get(k)]
-        if missing:
-            raise SubprofError(f"evidence file {path.name}: [source] lacks {', '.join(missing)}")
-        for name in [src["method"], *src.get("also", [])]:
-            if name not in REGISTRY:
-                raise SubprofError(f"evidence file {path.name}: method {name!r} is not registered")
-        try:
-            results = tuple(PublishedResult(**r) for r in data.get("result", []))
-        except TypeError as exc:
-            raise SubprofError(f"evidence file {path.name}: {exc}") from None
-        out.append(EvidenceFile(path=path.name, method=src["method"], also=tuple(src.get("also", [])),
-                                title=src["title"], citation=src["citation"], url=src["url"], read=src["read"],
-                                how_found=" ".join(src["how_found"].split()), results=results,
-                                not_found=tuple(data.get("not_found", []))))
-    return out
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeCurves":
+        kinds = {(None if k == ALL else k): v for k, v in data["kinds"].items()}
+        return cls(header=data["header"], finished=data["finished"], types=data["types"], gaps=data["gaps"],
+                   tracking=data["tracking"], sides={k: int(v["side"]) for k, v in kinds.items()},
+                   energy={k: {int(r): e for r, e in v["energy"].items()} for k, v in kinds.items()},
+                   staleness={k: {int(r): {int(g): s for g, s in c.items()} for r, c in v["staleness"].items()}
+                              for k, v in kinds.items()})
 
 
 # ------------------------------------------------------------------------------------------------ quality models
@@ -130,7 +115,8 @@ def load_published(folder: Path | None = None) -> list[EvidenceFile]:
 
 @dataclass(kw_only=True)
 class QualityModel:
-    """What `plan` ranks by: `quality(config)`, higher is better, in `unit`; `source` says which evidence."""
+    """What `plan` ranks by: `quality(config)`, higher is better, in `unit`; `source` says which evidence;
+    differences below `tolerance` are within what it can tell apart (the planner's band width)."""
 
     source: str
     unit: str
@@ -146,34 +132,40 @@ class QualityModel:
 
 @dataclass(kw_only=True)
 class ProbeQuality(QualityModel):
-    """Predicted captured gradient-energy share from one probe run."""
+    """Predicted captured gradient-energy share from one probe run's curves."""
 
-    run: ProbeRun
+    curves: ProbeCurves
     tracker_lag: float = 1.0  # L for trackers the probe did not run (from a published gap closure, else 1)
-    _shares: dict = field(default_factory=dict, repr=False)
+    _captured: dict = field(default_factory=dict, repr=False)  # (model, method, rank, gap) → share
+    _shares: dict = field(default_factory=dict, repr=False)  # (type, r/d, interval, subspace) → share
+    _means: dict = field(default_factory=dict, repr=False)  # (type, probe rank, interval) → S̄: lag-independent
     _models: dict = field(default_factory=dict, repr=False)
     _lags: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_run(cls, run: ProbeRun, label: str) -> "ProbeQuality":
-        h = run.header
-        where = f"{run.model}" + (f" (proxy for {h.get('target_model')})" if h.get("target_model") != run.model
-                                   else "")
+        return cls.from_curves(ProbeCurves.from_run(run), label)
+
+    @classmethod
+    def from_curves(cls, curves: ProbeCurves, label: str) -> "ProbeQuality":
+        h = curves.header
+        where = f"{curves.model}" + (f" (proxy for {h.get('target_model')})" if h.get("target_model") != curves.model
+                                     else "")
         source = (f"probe {label}: {where}, {h.get('method')} for {h.get('steps')} steps on {h.get('corpus')}, "
                   f"{h.get('device')}, {str(h.get('date', ''))[:10]}")
-        notes = [f"read at the candidate's rank-to-side ratio r/d on the {run.model} curves of each layer type "
+        notes = [f"read at the candidate's rank-to-side ratio r/d on the {curves.model} curves of each layer type "
                  "(a probe of another model stands in for the target by that ratio)"]
-        if not run.finished:
+        if not curves.finished:
             notes.append("the probe run is unfinished: its rows so far are used")
-        if not run.stale:
+        if not any(curves.staleness.values()):
             notes.append("the probe has no staleness rows: every refresh interval counts as fresh")
-        elif run.gaps:
-            notes.append(f"staleness measured at gaps {', '.join(map(str, run.gaps))}; longer intervals follow the "
+        elif curves.gaps:
+            notes.append(f"staleness measured at gaps {', '.join(map(str, curves.gaps))}; longer intervals follow the "
                          "fitted stretched exponential")
         notes.append("captured energy does not credit recovery terms (Fira-style), Adam's basis effects or "
                      "learning-rate differences; random subspaces (GrassWalk/GrassJump) score r/d")
         return cls(source=source, unit="predicted share of gradient energy kept (1 = full rank)",
-                   tolerance=PROBE_TOLERANCE, notes=notes, run=run)
+                   tolerance=PROBE_TOLERANCE, notes=notes, curves=curves)
 
     def quality(self, config: TrainConfig) -> float:
         return self.captured(config)
@@ -184,56 +176,66 @@ class ProbeQuality(QualityModel):
         if not spec.project:
             return 1.0
         key = (config.model, spec.name, config.rank, config.update_gap)
-        if key not in self._shares:
-            self._shares[key] = self._captured(config.model, spec, config.rank, config.update_gap)
-        return self._shares[key]
+        if key not in self._captured:
+            self._captured[key] = self._captured_share(config.model, spec, config.rank, config.update_gap)
+        return self._captured[key]
 
-    def _captured(self, model: ModelConfig, spec, rank: int, update_gap: int) -> float:
+    def forget_lag(self) -> None:
+        """Drop what depends on the trackers' lag (after `tracker_lag` changes); S̄ per interval stays valid."""
+        self._captured.clear()
+        self._shares.clear()
+        self._lags.clear()
+
+    def _captured_share(self, model: ModelConfig, spec, rank: int, update_gap: int) -> float:
+        interval = float(update_gap) * (self.lag(spec.name) if spec.subspace == "tracked" else 1.0)
         total = weights = 0.0
         for s in model.linear_shapes():
             d = min(s.m, s.n)
             r = min(rank, d)
             kind = TYPE_OF.get(s.name.split(".")[-1])
-            share = 1.0 if r >= d else self._share(kind, r / d, update_gap, spec.subspace, spec.name)
+            share = 1.0 if r >= d else self._share(kind, r / d, interval, spec.subspace)
             w = s.count * s.m * s.n
             total += w * share
             weights += w
         return total / weights
 
-    def _share(self, kind: str | None, fraction: float, gap: int, subspace: str, method: str) -> float:
-        key = (kind, round(fraction, 9), gap, subspace, method)
+    def _share(self, kind: str | None, fraction: float, interval: float, subspace: str) -> float:
+        key = (kind, round(fraction, 9), interval, subspace)
         if key not in self._shares:
-            self._shares[key] = self._compute_share(kind, fraction, gap, subspace, method)
+            if subspace == "random":
+                self._shares[key] = fraction
+            else:
+                kind = kind if kind in self.curves.types else None
+                side = self.curves.sides[kind]
+                rank = fraction * side
+                energy = energy_at(self.curves.energy[kind], rank, side)
+                self._shares[key] = energy * self.mean_staleness(kind, rank, interval)
         return self._shares[key]
-
-    def _compute_share(self, kind: str | None, fraction: float, gap: int, subspace: str, method: str) -> float:
-        if subspace == "random":
-            return fraction
-        kind = kind if kind in self.run.types else None
-        side = self.run.side(kind)
-        rank = fraction * side
-        energy = energy_at(self.run.energy_curve(kind), rank, side)
-        interval = float(gap) * (self.lag(method) if subspace == "tracked" else 1.0)
-        return energy * self.mean_staleness(kind, rank, interval)
 
     def staleness_model(self, kind: str | None, rank: int) -> StalenessModel:
         key = (kind, rank)
         if key not in self._models:
-            side = self.run.side(kind)
-            energy = energy_at(self.run.energy_curve(kind), rank, side)
-            self._models[key] = StalenessModel.fit(self.run.staleness_curve(rank, kind),
+            side = self.curves.sides[kind]
+            energy = energy_at(self.curves.energy[kind], rank, side)
+            self._models[key] = StalenessModel.fit(self.curves.staleness[kind][rank],
                                                    staleness_floor(rank, side, energy))
         return self._models[key]
 
     def mean_staleness(self, kind: str | None, rank: float, interval: float) -> float:
         """S̄ over `interval` steps at a (fractional) probe rank: log-interpolated between the measured ranks."""
-        measured = [r for r in self.run.stale_ranks(kind) if r < self.run.side(kind)]
+        measured = sorted(self.curves.staleness[kind])
         if not measured or interval <= 1:
             return 1.0
         below = [r for r in measured if r <= rank] or measured[:1]
         above = [r for r in measured if r >= rank] or measured[-1:]
         near = {below[-1], above[0]}  # only the bracketing ranks matter for the interpolation
-        return interp_log({r: self.staleness_model(kind, r).mean_over(interval) for r in near}, rank)
+        return interp_log({r: self._mean(kind, r, interval) for r in near}, rank)
+
+    def _mean(self, kind: str | None, rank: int, interval: float) -> float:
+        key = (kind, rank, interval)
+        if key not in self._means:
+            self._means[key] = self.staleness_model(kind, rank).mean_over(interval)
+        return self._means[key]
 
     def lag(self, method: str) -> float:
         """A tracker's lag L: measured when the probe ran `method` and recorded its tracking — the interval x with
@@ -241,11 +243,11 @@ class ProbeQuality(QualityModel):
         `tracker_lag`."""
         if method in self._lags:
             return self._lags[method]
-        h = self.run.header
-        ratio = self.run.tracking_ratio() if h.get("method") == method else None
+        h = self.curves.header
+        ratio = self.curves.tracking if h.get("method") == method else None
         lag = self.tracker_lag
         if ratio is not None and h.get("rank") and h.get("update_gap"):
-            rank = min(int(h["rank"]), self.run.side(None) - 1)
+            rank = min(int(h["rank"]), self.curves.sides[None] - 1)
             mean = lambda x: self.mean_staleness(None, rank, x)  # noqa: E731
             if ratio >= 1.0:
                 lag = 0.0
@@ -272,6 +274,7 @@ class PublishedPrior(QualityModel):
     reference: ProbeQuality
     a: float
     b: float
+    reference_label: str = ""
 
     def quality(self, config: TrainConfig) -> float:
         return -self.gap_nats(config)
@@ -283,8 +286,22 @@ class PublishedPrior(QualityModel):
         lost = 1.0 - self.reference.captured(config)
         return math.exp(self.a + self.b * math.log(config.model.params)) * lost
 
+    def to_fit(self) -> dict:
+        """What was fitted, as committed in `profiles/evidence/prior_fit.json`."""
+        return {"a": self.a, "b": self.b, "tracker_lag": self.reference.tracker_lag, "notes": list(self.notes),
+                "reference": {"label": self.reference_label, "curves": self.reference.curves.to_dict()}}
 
-def _config(model: ModelConfig, method: str, rank: int, gap: int | None) -> TrainConfig:
+    @classmethod
+    def from_fit(cls, data: dict) -> "PublishedPrior":
+        ref = data["reference"]
+        reference = ProbeQuality.from_curves(ProbeCurves.from_dict(ref["curves"]), ref["label"])
+        reference.tracker_lag = float(data["tracker_lag"])
+        return cls(source=PRIOR_SOURCE, unit=PRIOR_UNIT, tolerance=PRIOR_TOLERANCE, notes=list(data["notes"]),
+                   reference=reference, a=float(data["a"]), b=float(data["b"]), reference_label=ref["label"])
+
+
+def train_config(model: ModelConfig, method: str, rank: int, gap: int | None) -> TrainConfig:
+    """A published result's configuration (bf16, each weight at min(rank, m, n))."""
     rank = min(rank, model.rank_limit())
     return TrainConfig(model=model, method=method, rank=rank, update_gap=gap, dtype="bf16")
 
@@ -302,13 +319,12 @@ def calibrate_tracker_lag(quality: ProbeQuality, evidence: list[EvidenceFile]) -
             rank = max(1, round(LOW_RANK_FRACTION * model.rank_limit()))
             own_gap = res.update_gap or spec.default_update_gap
             target = (1.0 - res.gap_closure) * (1.0 - quality.captured(
-                _config(model, res.versus_method, rank, res.versus_update_gap)))
+                train_config(model, res.versus_method, rank, res.versus_update_gap)))
 
             def lost_at(lag: float) -> float:
                 quality.tracker_lag = lag
-                quality._shares.clear()
-                quality._lags.clear()
-                return 1.0 - quality.captured(_config(model, ev.method, rank, own_gap))
+                quality.forget_lag()
+                return 1.0 - quality.captured(train_config(model, ev.method, rank, own_gap))
 
             if lost_at(0.0) >= target:
                 lag, how = 0.0, "the energy model cannot reach that closure even with a fresh basis every step: L = 0"
@@ -321,8 +337,7 @@ def calibrate_tracker_lag(quality: ProbeQuality, evidence: list[EvidenceFile]) -
                     lo, hi = (mid, hi) if lost_at(mid) < target else (lo, mid)
                 lag, how = math.sqrt(lo * hi), f"L = {math.sqrt(lo * hi):.2f}"
             quality.tracker_lag = lag
-            quality._shares.clear()
-            quality._lags.clear()
+            quality.forget_lag()
             return (f"trackers (OSD, Ori, SubTrack) not measured by this probe: lag from {ev.method}'s published "
                     f"closure ({res.qualifier} {res.gap_closure:.1%} of the gap against {res.versus_method} "
                     f"T{res.versus_update_gap}, {ev.citation}), matched at r/d = 1/16 on {res.model}: {how} — a "
@@ -330,85 +345,21 @@ def calibrate_tracker_lag(quality: ProbeQuality, evidence: list[EvidenceFile]) -
     return None
 
 
-def fit_prior(evidence: list[EvidenceFile], reference: ProbeQuality, reference_label: str) -> PublishedPrior:
-    """A(N) from every result with a full-rank perplexity; the trackers' lag from a published gap closure."""
-    lag_note = calibrate_tracker_lag(reference, evidence)
-    points = []
-    used = []
-    for ev in evidence:
-        for res in ev.results:
-            if res.full_rank_ppl and res.ppl and res.rank:
-                model = load_model(res.model)
-                lost = 1.0 - reference.captured(_config(model, ev.method, res.rank, res.update_gap))
-                gap = math.log(res.ppl / res.full_rank_ppl)
-                if lost > 0 and gap > 0:
-                    points.append((math.log(model.params), math.log(gap / lost)))
-        if any(r.full_rank_ppl for r in ev.results):
-            used.append(ev.citation)
-    if not points:
-        raise SubprofError("no published result with a full-rank perplexity in profiles/evidence: cannot fit")
-    if len(points) == 1:
-        a, b = points[0][1], 0.0
-    else:
-        mx = sum(x for x, _ in points) / len(points)
-        my = sum(y for _, y in points) / len(points)
-        sxx = sum((x - mx) ** 2 for x, _ in points)
-        b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-        a = my - b * mx
-    prior = PublishedPrior(source="published results (profiles/evidence) with the reference probe's rank and gap "
-                           "shape", unit="−(predicted validation-loss gap to full-rank AdamW, nats)",
-                           tolerance=PRIOR_TOLERANCE, reference=reference, a=a, b=b)
-    notes = [f"scale: GaLore-vs-full-rank gaps of {'; '.join(used)} fitted as Δ = exp({a:.2f} {b:+.3f}·ln N) "
-             f"× lost energy share ({len(points)} points)",
-             f"shape in rank and gap: {reference_label}"]
-    if lag_note:
-        notes.append(lag_note)
-    for ev in evidence:
-        for res in ev.results:
-            if res.versus_ppl and res.ppl and res.versus_method and res.rank:
-                model = load_model(res.model)
-                ours = prior.gap_nats(_config(model, ev.method, res.rank, res.update_gap))
-                theirs = prior.gap_nats(_config(model, res.versus_method, res.rank, res.versus_update_gap))
-                agree = (ours < theirs) == (res.ppl < res.versus_ppl)
-                notes.append(f"check: {ev.method} vs {res.versus_method} on {res.model} r{res.rank} ({ev.citation}: "
-                             f"ppl {res.ppl} vs {res.versus_ppl}) — this prior orders them "
-                             f"{'the same way' if agree else 'the other way'}")
-    covered = {m for ev in evidence for m in ev.methods if any(r.full_rank_ppl or r.gap_closure for r in ev.results)}
-    missing = [m for m, spec in REGISTRY.items() if spec.project and m not in covered]
-    if missing:
-        notes.append(f"no usable published numbers for {', '.join(missing)} (profiles/evidence/*.toml says what "
-                     "could not be found): the energy model alone")
-    notes.append("captured energy does not credit recovery terms, Adam's basis effects or learning rates; "
-                 "8-bit states and per-layer stepping are not scored")
-    prior.notes = notes
-    return prior
-
-
-def reference_probe_path() -> Path:
-    """The committed probe of the largest model (`profiles/measured/probe_*.jsonl`)."""
-    best: tuple[int, Path] | None = None
-    for path in sorted((profiles_dir() / "measured").glob("probe_*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()  # a probe file starts with its `probe_run` header
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError:
-            continue
-        if row.get("kind") == "probe_run" and row.get("model") == row.get("target_model"):
-            size = int(row.get("params") or 0)
-            if best is None or size > best[0]:
-                best = (size, path)
-    if best is None:
-        raise SubprofError("no committed probe in profiles/measured/probe_*.jsonl: the published prior needs one")
-    return best[1]
+def prior_fit_path() -> Path:
+    return evidence_dir() / PRIOR_FIT
 
 
 @cache
 def published_prior() -> PublishedPrior:
-    path = reference_probe_path()
-    run = ProbeRun.from_rows(read_rows(path), str(path.name))
-    reference = ProbeQuality.from_run(run, f"profiles/measured/{path.name}")
-    return fit_prior(load_published(), reference, reference.source)
+    """The committed fit (`profiles/evidence/prior_fit.json`): read, not refitted — `plan` answers in well under a
+    second. `python -m subprof.plan.prior_fit` rewrites it from the evidence files and the reference probe."""
+    path = prior_fit_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return PublishedPrior.from_fit(data)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SubprofError(f"the published-results prior {path} is missing or unreadable ({exc}); rewrite it with "
+                           "`python -m subprof.plan.prior_fit`") from None
 
 
 def probe_quality(path: str | Path) -> ProbeQuality:
@@ -423,4 +374,3 @@ def probe_quality(path: str | Path) -> ProbeQuality:
 
 def default_quality() -> QualityModel:
     return published_prior()
-

@@ -293,10 +293,15 @@ class StalenessModel:
             lo_g, lo_v = self.points[i - 1]
             t = (math.log(gap) - math.log(lo_g)) / (math.log(hi_g) - math.log(lo_g))
             return lo_v + t * (hi_v - lo_v)
-        ref = self._model(last_gap) - self.floor
+        ref = self._tail_ref
         if ref <= 1e-12:
             return last_v
         return self.floor + (last_v - self.floor) * (self._model(gap) - self.floor) / ref
+
+    @cached_property
+    def _tail_ref(self) -> float:
+        """m(k_last) − f: the fitted shape's excess at the last measured gap (the tail is scaled by it)."""
+        return self._model(self.points[-1][0]) - self.floor
 
     def _model(self, gap: float) -> float:
         return self.floor + (1 - self.floor) * math.exp(-((gap / self.tau) ** self.beta))
@@ -319,7 +324,8 @@ class StalenessModel:
             return (self._sum_below(n) + (interval - n) * self.at(n)) / interval
         lo, hi = EXACT_SUM_STEPS - 0.5, interval - 0.5
         grid = [lo * (hi / lo) ** (i / 64) for i in range(65)]
-        tail = sum((b - a) * (self.at(a) + self.at(b)) / 2 for a, b in zip(grid, grid[1:]))
+        s = [self.at(x) for x in grid]  # each grid point once (plan reads hundreds of these)
+        tail = sum((grid[i + 1] - grid[i]) * (s[i] + s[i + 1]) / 2 for i in range(64))
         return (self._sum_below(EXACT_SUM_STEPS) + tail) / interval
 
 
