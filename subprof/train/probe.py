@@ -30,8 +30,9 @@ from typing import Any, Callable
 import torch
 
 from subprof.catalog import ModelConfig, load_model
-from subprof.config import TrainConfig
+from subprof.config import TrainConfig, default_threads
 from subprof.errors import SubprofError
+from subprof.measure.model import torch_threads
 from subprof.methods import get_method
 from subprof.results import ResultLog, now_iso
 from subprof.train.burst import (BurstCase, BurstSettings, build_case_optimizer, build_model, build_scheduler,
@@ -163,7 +164,7 @@ def header_row(case: BurstCase, target: ModelConfig, settings: ProbeSettings, ra
            "exact_max_side": settings.exact_max_side, **corpus.summary(), "device": burst.device,
            "device_name": _device_name(burst.device), "torch": torch.__version__,
            "transformers": transformers.__version__, "machine": platform.machine(),
-           "threads": torch.get_num_threads(), "params": c.model.params, "hidden": c.model.hidden,
+           "threads": settings.threads or default_threads(), "params": c.model.params, "hidden": c.model.hidden,
            "target_hidden": target.hidden, "date": now_iso()}
     row["run_id"] = hashlib.sha1(json.dumps([row.get(k) for k in KEY_FIELDS], default=str).encode()).hexdigest()[:16]
     return row
@@ -195,14 +196,9 @@ def run_probe(target: ModelConfig, settings: ProbeSettings, corpus: Corpus, *, o
     if log and not any(r.get("kind") == "probe_run" for r in old):
         log.append(header)
     rows = old or [header]
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
+    with torch_threads(settings.threads):
         rows += _train(case, burst, settings, ranks, corpus, header["run_id"], {row_key(r) for r in old}, log,
                        progress)
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 
