@@ -154,6 +154,7 @@ def test_proj_flags_degenerate_ranks_and_gives_them_no_ratio(tmp_path):
     ["bench", "--model", "tiny", "--methods", "adamw", "--backend", "trace"],
     ["proj", "--model", "tiny", "--methods", "ori", "--repeats", "1"],
     ["burst", "--model", "tiny", "--methods", "adamw", "--steps", "1", "--device", "cpu"],
+    ["probe", "--model", "tiny", "--steps", "2", "--every", "1", "--gaps", "1", "--device", "cpu"],
 ])
 def test_an_output_folder_is_refused_before_anything_runs(tmp_path, command):
     folder = tmp_path / "out"

@@ -47,6 +47,7 @@ def probe(
     """Gradient-subspace probe: energy vs rank, staleness and drift vs gap, per layer type, from real training."""
     from subprof.catalog import load_model
     from subprof.plan.probe_curves import ProbeRun, probe_summary
+    from subprof.results import check_writable
     from subprof.train.corpus import load_corpus
     from subprof.train.probe import ProbeSettings, check_ranks, run_probe
 
@@ -57,6 +58,7 @@ def probe(
                              gaps=tuple(parse_int_list(gaps, "--gaps")) if gaps else None)
     if settings.ranks:
         check_ranks(target, settings.ranks)  # before the corpus is tokenized
+    check_writable(out, example="probe.jsonl")
     corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
 
     def announce(header: dict) -> None:
