@@ -158,7 +158,8 @@ def burst_tables(evidence: list) -> None:
             console.print(f"[dim]{e.candidate.config.label()}: {e.proxy_note}[/]")
     best = evidence[0]
     if best.efficiency is None:
-        console.print("[bold red]no burst finished[/]: the prior's recommendation stands (see the status column)")
+        console.print("[bold red]no burst finished[/]: the evidence-ranked recommendation above stands (see the "
+                      "status column)")
         return
     console.print(f"[bold green]recommended after bursts:[/] {best.candidate.describe()}"
                   + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
