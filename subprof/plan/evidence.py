@@ -26,9 +26,9 @@ score. Two sources, and every plan says which it used:
    the largest model probed; it gives the shape in rank and gap, and the trackers' lag from Ori's closure), and
    A(N) = exp(a + b·ln N) fitted by least squares to GaLore's Table 2 gaps ln(ppl / full-rank ppl) at 60M–1B, each
    divided by the energy q_ref says GaLore loses there (N the model's parameters; at the paper's token budgets).
-   The fit is done once and committed, `profiles/evidence/prior_fit.json` (A(N), L, the notes and the reference
-   probe's curves reduced to what q_ref reads), written by `python -m subprof.plan.prior_fit`; `plan` only reads
-   it. The data with citations, and what could not be found, live in `profiles/evidence/*.toml`.
+   The fit is done once and committed, `profiles/evidence/prior_fit.json` (A(N), L, the notes, the reference
+   probe's curves reduced to what q_ref reads and S̄ at the intervals plan searches), written by
+   `python -m subprof.plan.prior_fit`; `plan` only reads it. The data with citations, and what could not be found, live in `profiles/evidence/*.toml`.
 
 What captured energy does not see (stated in every plan's notes): recovery terms that add back the residual (Fira,
 SubTrack++, GrassWalk), the optimizer's own basis effects (Adam in a rotated basis), and differences in learning
@@ -275,27 +275,45 @@ class PublishedPrior(QualityModel):
     a: float
     b: float
     reference_label: str = ""
+    _gaps: dict = field(default_factory=dict, repr=False)  # (model, method, rank, gap) → Δ: plan asks ~10× each
 
     def quality(self, config: TrainConfig) -> float:
         return -self.gap_nats(config)
 
     def gap_nats(self, config: TrainConfig) -> float:
         """Δ = A(N) · (1 − q_ref): exp(a + b·ln N) times the energy the reference model says the candidate loses."""
-        if not config.spec.project:
-            return 0.0
-        lost = 1.0 - self.reference.captured(config)
-        return math.exp(self.a + self.b * math.log(config.model.params)) * lost
+        key = (config.model, config.method, config.rank, config.update_gap)
+        if key not in self._gaps:
+            lost = 1.0 - self.reference.captured(config) if config.spec.project else 0.0
+            self._gaps[key] = math.exp(self.a + self.b * math.log(config.model.params)) * lost
+        return self._gaps[key]
 
     def to_fit(self) -> dict:
-        """What was fitted, as committed in `profiles/evidence/prior_fit.json`."""
-        return {"a": self.a, "b": self.b, "tracker_lag": self.reference.tracker_lag, "notes": list(self.notes),
-                "reference": {"label": self.reference_label, "curves": self.reference.curves.to_dict()}}
+        """What was fitted, as committed in `profiles/evidence/prior_fit.json`; with S̄ of the reference probe
+        tabulated at every refresh interval `plan` searches (`searched_intervals`), which `from_fit` seeds the
+        memo with — the same numbers, computed once."""
+        ref = self.reference
+        means = {k or ALL: {str(r): {repr(x): ref._mean(k, r, x) for x in self.searched_intervals()}
+                            for r in sorted(c)} for k, c in ref.curves.staleness.items()}
+        return {"a": self.a, "b": self.b, "tracker_lag": ref.tracker_lag, "notes": list(self.notes),
+                "reference": {"label": self.reference_label, "curves": ref.curves.to_dict(),
+                              "staleness_means": means}}
+
+    def searched_intervals(self) -> list[float]:
+        """The refresh intervals of every gap the registry's projected methods search: T for an SVD refresh, g·L for
+        a tracker (L the reference's lag), above one step."""
+        out = {float(g) * (self.reference.lag(s.name) if s.subspace == "tracked" else 1.0)
+               for s in REGISTRY.values() if s.project for g in s.gaps()}
+        return sorted(x for x in out if x > 1)
 
     @classmethod
     def from_fit(cls, data: dict) -> "PublishedPrior":
         ref = data["reference"]
         reference = ProbeQuality.from_curves(ProbeCurves.from_dict(ref["curves"]), ref["label"])
         reference.tracker_lag = float(data["tracker_lag"])
+        reference._means.update({((None if k == ALL else k), int(r), float(x)): s
+                                 for k, per_rank in ref["staleness_means"].items()
+                                 for r, per_interval in per_rank.items() for x, s in per_interval.items()})
         return cls(source=PRIOR_SOURCE, unit=PRIOR_UNIT, tolerance=PRIOR_TOLERANCE, notes=list(data["notes"]),
                    reference=reference, a=float(data["a"]), b=float(data["b"]), reference_label=ref["label"])
 

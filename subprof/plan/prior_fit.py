@@ -5,8 +5,9 @@
 reads the evidence files (`profiles/evidence/*.toml`) and the reference probe (the committed probe of the largest
 model, `profiles/measured/probe_*.jsonl`), calibrates the trackers' lag to Ori's published closure, fits
 A(N) = exp(a + b·ln N) to GaLore's Table 2 gaps, checks the published comparisons without a full-rank figure, and
-writes what `plan` reads: a, b, L, the notes and the reference probe's curves reduced to what the energy model reads
-(a few kB instead of the 2.6 MB probe), with the SHA-256 of every input. `tests/test_evidence.py` refits and
+writes what `plan` reads: a, b, L, the notes, the reference probe's curves reduced to what the energy model reads
+and its S̄ at every refresh interval plan searches (34 kB instead of the 2.6 MB probe), with the SHA-256 of every
+input. `tests/test_evidence.py` refits and
 requires the same numbers, so a changed input without a rewritten fit fails there. Pure Python."""
 
 from __future__ import annotations
