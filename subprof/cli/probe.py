@@ -30,8 +30,8 @@ def probe(
     = "adamw",
     rank: Annotated[Optional[int], typer.Option("--rank", help="Rank of --method (low-rank methods).")] = None,
     update_gap: Annotated[Optional[int], typer.Option("--update-gap", help="Update gap of --method.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: AdamW 1e-3, low-rank "
-                                                "1e-2 with scale 0.25, as burst).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the method's published "
+                                                "one, MethodSpec.default_lr, as burst; AdamW 1e-3).")] = None,
     batch: BatchOpt = 8,
     seq: Annotated[int, typer.Option("--seq", help="Sequence length in tokens.")] = 128,
     seed: SeedOpt = 0,
