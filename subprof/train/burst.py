@@ -302,6 +302,19 @@ def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def loss_and_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
+                      replica: Any = None) -> tuple[float, str | None]:
+    """The training loss of one batch and its backward pass; a non-finite loss skips backward and comes back with
+    the reason (the caller ends the run as diverged). With a replica (`subprof.train.parallel.Replica`) the loss is the mean over the ranks' rows, so
+    every rank sees the same value and ends alike."""
+    loss = loss_of(model, x, y)
+    value = loss.item() if replica is None else replica.mean(loss.item())
+    if not math.isfinite(value):
+        return value, f"training loss {value} at step {step}"
+    loss.backward()
+    return value, None
+
+
 @torch.no_grad()
 def val_loss(model: torch.nn.Module, corpus: Corpus, offsets: np.ndarray, config: TrainConfig, device: str) -> float:
     model.eval()
@@ -402,12 +415,10 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
             if replica is not None:
                 x, y = replica.rows(x), replica.rows(y)
             t0 = time.perf_counter()
-            loss = loss_of(model, x, y)
-            value = loss.item() if replica is None else replica.mean(loss.item())
-            if not math.isfinite(value):
-                status, detail = "diverged", f"training loss {value} at step {step}"
+            value, detail = loss_and_backward(model, x, y, step, replica)
+            if detail:
+                status = "diverged"
                 break
-            loss.backward()
             try:
                 opt.step()
             except FloatingPointError as exc:  # subprof.optim's NonFiniteGradientError: nothing was updated
