@@ -305,8 +305,8 @@ def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 def loss_and_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
                       replica: Any = None) -> tuple[float, str | None]:
     """The training loss of one batch and its backward pass; a non-finite loss skips backward and comes back with
-    the reason (the caller ends the run as diverged). With a replica (`subprof.train.parallel.Replica`) the loss is the mean over the ranks' rows, so
-    every rank sees the same value and ends alike."""
+    the reason (the caller ends the run as diverged). With a replica (`subprof.train.parallel.Replica`) the loss is
+    the mean over the ranks' rows, so every rank sees the same value and ends alike."""
     loss = loss_of(model, x, y)
     value = loss.item() if replica is None else replica.mean(loss.item())
     if not math.isfinite(value):
