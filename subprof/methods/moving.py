@@ -84,7 +84,7 @@ def rotate_moments(rule: ProjectionRule, state: dict, p_old: Tensor, p_new: Tens
 def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, projector: Tensor, *,
                   alpha: float, growth_limit: float) -> Tensor:
     """Fira's recovery term E (module docstring), in G's dtype; keeps the limited norm in state["recovery_norm"] (a
-    Python float, not a tensor: no declared memory)."""
+    0-d fp32 tensor on G's device, so the limiter needs no host sync; scalars are not declared memory)."""
     right = right_side(grad.shape)
     p = projector.to(grad.dtype)
     r = r_grad.to(grad.dtype)
@@ -93,12 +93,11 @@ def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, p
     axis = 1 if right else 0  # the rank axis of R / N
     factor = r_update.float().norm(dim=axis) / (r_grad.float().norm(dim=axis) + 1e-8)
     residual.mul_((factor[:, None] if right else factor[None, :]).to(grad.dtype))
-    norm = float(torch.linalg.vector_norm(residual, dtype=torch.float32))
+    norm = torch.linalg.vector_norm(residual, dtype=torch.float32)
     previous = state.get("recovery_norm")
     if previous is not None:
-        limiter = max(norm / (previous + 1e-8), growth_limit) / growth_limit
-        if limiter != 1.0:
-            residual.div_(limiter)
+        limiter = torch.clamp(norm / (previous + 1e-8), min=growth_limit) / growth_limit
+        residual.div_(limiter.to(residual.dtype))
         norm = norm / limiter
     state["recovery_norm"] = norm
     return residual

@@ -94,6 +94,12 @@ class ProjectionRule:
         Called by the optimizer every step before `project`; the rule decides whether anything is due."""
         raise NotImplementedError
 
+    def refresh_and_project(self, state: dict, grad: Tensor, step: int) -> Tensor:
+        """What the optimizer calls each step: `update_projection`, then R = `project`. A rule whose P update needs
+        the same product as R (OSD: GᵀP) overrides this to compute it once."""
+        self.update_projection(state, grad, step)
+        return self.project(state, grad)
+
     # --- moments in any state precision ---------------------------------------------------------------------
     def read_moment(self, state: dict, name: str) -> Tensor:
         """The moment `name` as an fp32 tensor. At 32 bits this IS the stored tensor (in-place changes persist);
@@ -184,8 +190,7 @@ def orthonormal_columns(a: Tensor) -> Tensor:
     """Q of a thin QR, with signs fixed so that diag(R) ≥ 0 (deterministic across LAPACK builds)."""
     q, r = torch.linalg.qr(a, mode="reduced")
     signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1
-    return q * signs
+    return q * torch.where(signs == 0, torch.ones_like(signs), signs)  # no boolean indexing: no host sync
 
 
 def top_singular_basis(grad: Tensor, rank: int) -> Tensor:

@@ -19,12 +19,15 @@ import torch
 
 from subprof.errors import SubprofError
 from subprof.methods import get_method
-from subprof.methods.moments import adam_correction, adam_direction, init_state_moment
+from subprof.methods.moments import adam_correction, adam_direction, adam_directions, init_state_moment
 from subprof.methods.rule import ProjectionRule
 from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
 
 EPS = 1e-6  # GaLoreAdamW's (galore-torch 1.0 adamw.py)
 EPS_8BIT = 1e-8  # GaLoreAdamW8bit's and bitsandbytes' AdamW8bit's (galore-torch adamw8bit.py, bnb optim/adamw.py)
+
+
+FOREACH_NUMEL = 1 << 20  # unprojected tensors up to this size are stepped together (foreach); larger ones alone
 
 
 class SubspaceAdamW(torch.optim.Optimizer):
@@ -104,7 +107,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        bad = check_finite(params, self.param_names)
+        bad = None if self.nonfinite == "off" else check_finite(params, self.param_names)
         if bad is not None:
             if self.nonfinite == "raise":
                 step = next((self.state[p].get("step") for p in params if p in self.state), 0)
@@ -114,9 +117,13 @@ class SubspaceAdamW(torch.optim.Optimizer):
                 p.grad = None
             return loss
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.step_parameter(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if self.rule(group) is None:  # small unprojected tensors in one foreach pass (same bits as one by one)
+                batch = [p for p in params if p.numel() <= FOREACH_NUMEL and self._foreach_ready(p, group)]
+                self._plain_adam_foreach(batch, group)
+                params = [p for p in params if not any(p is q for q in batch)]
+            for p in params:
+                self.step_parameter(p, group)
         return loss
 
     @torch.no_grad()
@@ -126,13 +133,15 @@ class SubspaceAdamW(torch.optim.Optimizer):
         step = state.get("step", 0)
         lr, rule = group["lr"], self.rule(group)
         decayed = False
+        if rule is None and self._foreach_ready(p, group):
+            self._plain_adam_foreach([p], group)
+            return
         if rule is None:
             decayed = self._plain_adam(p, grad, state, group, step)
         else:
             if step == 0:  # the weight's position: random rules seed its stream from it (`SeededRule`)
                 state.setdefault("stream", self._position(p))
-            rule.update_projection(state, grad, step)
-            r_grad = rule.project(state, grad)
+            r_grad = rule.refresh_and_project(state, grad, step)
             update = rule.low_rank_update(state, r_grad, group, step)
             extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
             del r_grad
@@ -147,6 +156,36 @@ class SubspaceAdamW(torch.optim.Optimizer):
         if group["weight_decay"] > 0 and not decayed:
             p.add_(p, alpha=-lr * group["weight_decay"])
         state["step"] = step + 1
+
+    @staticmethod
+    def _foreach_ready(p: torch.Tensor, group: dict) -> bool:
+        """Whether an unprojected tensor takes the foreach Adam: 32/16-bit moments in its gradient's own dtype."""
+        return group["state_bits"] != 8 and (torch.bfloat16 if group["state_bits"] == 16 else torch.float32) == \
+            p.grad.dtype
+
+    def _plain_adam_foreach(self, params: list[torch.Tensor], group: dict) -> None:
+        """Adam (GaLoreAdamW's order: p ← p − lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v+ε), then decoupled decay) on unprojected
+        tensors whose moments share their gradient's dtype, one foreach call per operation for the whole list —
+        the path every such tensor takes, alone (per-layer) or together (`step`), so both give the same bits.
+        Advances each tensor's step."""
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                init_state_moment(state, "exp_avg", p, group["state_bits"])
+                init_state_moment(state, "exp_avg_sq", p, group["state_bits"])
+            by_step.setdefault(state.get("step", 0), []).append(p)
+        lr, wd = group["lr"], group["weight_decay"]
+        for step, ps in by_step.items():
+            states = [self.state[p] for p in ps]
+            directions = adam_directions([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                         [p.grad for p in ps], betas=group["betas"], eps=group["eps"])
+            torch._foreach_add_(ps, directions, alpha=-lr * adam_correction(group["betas"], step + 1))
+            del directions
+            if wd > 0:
+                torch._foreach_add_(ps, ps, alpha=-lr * wd)
+            for state in states:
+                state["step"] = step + 1
 
     def _position(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
