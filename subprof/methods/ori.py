@@ -25,8 +25,8 @@ Choices (`OriRule` options in brackets):
   from GaLore's basis with every column active. Update gap [`update_gap`]: every T steps like any streaming method
   (plan searches 1, 2, 5, 10). lr 1e-2, α 0.25: the GaLore recipe, which Ori's Adam on R shares (Ori's own values
   were not reachable).
-- Forms [`form`]: "fast" = `oja_step` (one fused addmm, G̃ never formed) + shifted CholeskyQR3 (`cholesky_qr`, no host sync); "reference" = explicit G̃
-  and the Householder QR. Tests hold them equal to 1e-5 (fp32).
+- Forms [`form`]: "fast" = `oja_step` (one fused addmm, G̃ never formed) + shifted CholeskyQR3 (`cholesky_qr`,
+  no host sync); "reference" = explicit G̃ and the Householder QR. Tests hold them equal to 1e-5 (fp32).
 """
 
 from __future__ import annotations
