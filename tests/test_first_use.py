@@ -17,7 +17,7 @@ from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods import parse_methods
 from subprof.plan.memory import estimate
-from subprof.plan.planner import QUALITY_TOLERANCE, PlanRequest, plan
+from subprof.plan.planner import PlanRequest, plan
 
 HF = Path(__file__).resolve().parent / "data" / "hf"
 cli = CliRunner()
@@ -57,12 +57,12 @@ def test_low_rank_candidates_compress_and_save_memory(model):
         assert c.estimate.device_used_bytes < estimate(adamw).device_used_bytes
 
 
-def test_candidates_within_the_prior_tolerance_go_by_speed():
+def test_candidates_within_the_evidence_tolerance_go_by_speed():
     result = plan(request("7b", "4090"))
     rec = result.recommendation
     same_class = [c for c in result.candidates if c.keeps_requested_batch == rec.keeps_requested_batch]
     best = max(c.quality for c in result.candidates)
-    close = [c for c in same_class if best - c.quality < QUALITY_TOLERANCE]
+    close = [c for c in same_class if best - c.quality < result.request.evidence.tolerance]
     assert rec.throughput.tokens_per_s >= max(c.throughput.tokens_per_s for c in close) - 1e-6
 
 
@@ -154,6 +154,7 @@ def test_proj_flags_degenerate_ranks_and_gives_them_no_ratio(tmp_path):
     ["bench", "--model", "tiny", "--methods", "adamw", "--backend", "trace"],
     ["proj", "--model", "tiny", "--methods", "ori", "--repeats", "1"],
     ["burst", "--model", "tiny", "--methods", "adamw", "--steps", "1", "--device", "cpu"],
+    ["probe", "--model", "tiny", "--steps", "2", "--every", "1", "--gaps", "1", "--device", "cpu"],
 ])
 def test_an_output_folder_is_refused_before_anything_runs(tmp_path, command):
     folder = tmp_path / "out"

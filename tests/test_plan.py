@@ -67,6 +67,25 @@ def test_tokens_per_step_uses_accumulation_and_says_when_a_candidate_does_not():
     assert result.candidates[:len(keep)] == keep  # the requested optimizer batch ranks first
 
 
+@pytest.mark.parametrize("model, budget", [("60m", "4090"), ("1b", "24GB"), ("7b", "24GB")])
+def test_speed_never_outranks_a_quality_difference_the_evidence_can_tell(model, budget):
+    """Issue 12's order with the evidence's own tolerance as the band width: within one optimizer-batch class, no
+    candidate ranks ahead of one whose quality is better by the tolerance or more (an OSD/Ori gap of 10 is chosen
+    for speed over gap 1 only where the evidence scores them within it); within a band, faster first."""
+    result = plan(request(model, budget))
+    tol = result.request.evidence.tolerance
+    best = max(c.quality for c in result.candidates)
+    for keeps in (True, False):
+        ranked = [c for c in result.candidates if c.keeps_requested_batch == keeps]
+        below = -float("inf")  # the best quality ranked after the current candidate
+        for c in reversed(ranked):
+            assert below - c.quality < tol, c.describe()
+            below = max(below, c.quality)
+        for a, b in zip(ranked, ranked[1:]):
+            if int((best - a.quality) / tol + 1e-9) == int((best - b.quality) / tol + 1e-9):
+                assert a.throughput.tokens_per_s >= b.throughput.tokens_per_s
+
+
 def test_nothing_fits_suggests_what_would():
     result = plan(request("13b", "8GB", methods="adamw"))
     assert result.recommendation is None

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from subprof import __version__
-from subprof.cli import bench, burst, calibrate, core, proj, report
+from subprof.cli import bench, burst, calibrate, core, probe, proj, report
 from subprof.cli.ui import err_console
 
 FLAG_VALUES = {"true", "false", "yes", "no", "on", "off", "1", "0"}
@@ -82,7 +82,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 # --- command registry: one line per command module ---------------------------------------------------------------
-for _module in (core, proj, bench, burst, report, calibrate):
+for _module in (core, proj, bench, burst, probe, report, calibrate):
     _module.register(app)
 
 

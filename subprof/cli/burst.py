@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import BatchOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt, ThreadsOpt
+from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt, SeedOpt,
+                                 ThreadsOpt, VocabOpt)
 from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
                             progress_bar)
 from subprof.errors import SubprofError
@@ -36,14 +37,11 @@ def burst(
                                                                  "end).", min=1)] = 50,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
-    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Text files/folders, or nanoGPT-style .bin "
-                                                       "token files (repeatable). Default: the Python standard "
-                                                       "library's sources.")] = None,
-    data_dtype: Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 (nanoGPT) or "
-                                                                 "uint32.")] = "uint16",
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)] = 8192,
+    data: DataOpt = None,
+    data_dtype: DataDtypeOpt = "uint16",
+    vocab_size: VocabOpt = 8192,
     threads: ThreadsOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")] = 0,
+    seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option("--out", help="JSONL file the rows are appended to.")] = Path(
         "reports/burst.jsonl"),
     resume: ResumeOpt = False,

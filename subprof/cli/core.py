@@ -128,6 +128,9 @@ def plan(
     proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
                                                        "GPU: their projection-update times replace the scaled H100 "
                                                        "rates where they cover the model's shapes.")] = None,
+    probe: Annotated[Optional[str], typer.Option("--probe", help="`subprof probe` rows (JSONL): rank candidates by "
+                                                 "the captured gradient energy they predict instead of the "
+                                                 "published-results prior.")] = None,
     gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job runs on (data parallel); memory is then per "
                                                     "rank and tokens/s the whole job's.")] = 1,
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over (equal GPUs per node).")] = 1,
@@ -155,6 +158,7 @@ def plan(
     from subprof.catalog import gpu_by_name, load_model, parse_budget
     from subprof.methods import parse_methods
     from subprof.plan.calibration import load as load_calibration
+    from subprof.plan.evidence import probe_quality
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
 
@@ -172,7 +176,8 @@ def plan(
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,
-                      gpus=gpus, nodes=nodes, strategy=strategy.strip().lower())
+                      gpus=gpus, nodes=nodes, strategy=strategy.strip().lower(),
+                      evidence=probe_quality(probe) if probe else None)
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

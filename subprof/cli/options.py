@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -24,6 +25,13 @@ LayerwiseOpt = Annotated[bool, typer.Option("--layerwise", help="Per-layer updat
 CkptOpt = Annotated[bool, typer.Option("--checkpointing", help="Activation (gradient) checkpointing.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip cases already finished in --out.")]
+DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="Text files/folders, or nanoGPT-style .bin token "
+                                                   "files (repeatable). Default: the Python standard library's "
+                                                   "sources.")]
+DataDtypeOpt = Annotated[str, typer.Option("--data-dtype", help="Token dtype of .bin files: uint16 (nanoGPT) or "
+                                                                "uint32.")]
+VocabOpt = Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary for text corpora.", min=300)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Initialisation and data-order seed.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: half the "
                                                    f"cores, {default_threads()} here; on a busy machine fewer threads "
                                                    "run faster).")]

@@ -7,7 +7,7 @@ from rich.table import Table
 from subprof.cli import render_job
 from subprof.cli.ui import console
 from subprof.plan.memory import PHASES, Estimate
-from subprof.plan.planner import COMPRESSION, QUALITY_TOLERANCE, Candidate, Plan, ranks_for
+from subprof.plan.planner import COMPRESSION, Candidate, Plan, ranks_for
 from subprof.units import gib
 
 FASTER_BY = 1.1  # the fastest fitting candidate is named when it is at least 10% faster than the recommendation
@@ -117,10 +117,10 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
     if evidence:
         burst_tables(evidence)
         return
-    console.print(f"[dim]Ranking is a prior, not a measurement: full rank best, then higher rank at equal method, "
-                  f"every-step streaming refresh (osd, ori) ahead of a stale SVD at low rank, 8-bit states slightly "
-                  f"behind; candidates within {QUALITY_TOLERANCE:g} prior unit (one doubling of rank) of the best "
-                  f"are ordered by speed. Ranks searched: 16 to {ranks_for(req.model)[-1]} (the widest weight's "
+    evidence_lines(req.evidence)
+    console.print(f"[dim]Ranking: candidates that keep the requested optimizer batch first, then quality in bands "
+                  f"of the evidence's tolerance ({req.evidence.tolerance:g}) below the best, within a band by speed. "
+                  f"Ranks searched: 16 to {ranks_for(req.model)[-1]} (the widest weight's "
                   f"smaller side / {COMPRESSION}); low-rank configurations that need as much memory as AdamW are not "
                   f"offered. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
                   f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
@@ -128,6 +128,13 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                   f"measurements by memory bandwidth.[/]")
     if job:
         console.print(f"[dim]{render_job.job_assumptions(req, gpu)}[/]")
+
+
+def evidence_lines(quality) -> None:
+    """Which evidence ranked the candidates (`subprof.plan.evidence`), in what unit, and its notes."""
+    console.print(f"[bold]quality[/] = {quality.unit}; evidence: {quality.source}")
+    for note in quality.notes:
+        console.print(f"[dim]  • {note}[/]")
 
 
 def burst_tables(evidence: list) -> None:
@@ -151,7 +158,8 @@ def burst_tables(evidence: list) -> None:
             console.print(f"[dim]{e.candidate.config.label()}: {e.proxy_note}[/]")
     best = evidence[0]
     if best.efficiency is None:
-        console.print("[bold red]no burst finished[/]: the prior's recommendation stands (see the status column)")
+        console.print("[bold red]no burst finished[/]: the evidence-ranked recommendation above stands (see the "
+                      "status column)")
         return
     console.print(f"[bold green]recommended after bursts:[/] {best.candidate.describe()}"
                   + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
@@ -192,9 +200,10 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "rejected": result.rejected,
         "suggestions": result.suggestions,
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
-                    f"prior (no burst measurements): candidates keeping the requested optimizer batch first, then "
-                    f"full rank > higher rank > streaming refresh at low rank, within {QUALITY_TOLERANCE:g} prior "
-                    f"unit of the best by predicted tokens/s"),
+                    f"candidates keeping the requested optimizer batch first, then quality ({req.evidence.unit}) in "
+                    f"bands of the evidence's tolerance {req.evidence.tolerance:g} below the best, within a band by "
+                    f"predicted tokens/s"),
+        "evidence": req.evidence.describe(),
         "ranks_searched": ranks_for(req.model),
         "burst": [e.to_dict() for e in evidence] if evidence else None,
         **({"job": render_job.job_json(req, req.throughput_gpu)} if req.gpus > 1 else {}),

@@ -69,6 +69,8 @@ def report(
     proj: Annotated[Optional[Path], typer.Option("--proj", help="`subprof proj` JSONL: projection-update "
                                                                 "timings.")] = None,
     burst: Annotated[Optional[Path], typer.Option("--burst", help="`subprof burst` JSONL: loss curves.")] = None,
+    probe: Annotated[Optional[Path], typer.Option("--probe", help="`subprof probe` JSONL: energy and staleness "
+                                                  "curves; also ranks each cell's configurations by it.")] = None,
     gpus_per_node: Annotated[str, typer.Option("--gpus-per-node", help="GPU counts per node for the GPU type × "
                                                                         "count matrix, e.g. 1,2,4,8.")] = "1",
     nodes: Annotated[str, typer.Option("--nodes", help="Node counts for the matrix, e.g. 1,2.")] = "1",
@@ -84,6 +86,7 @@ def report(
     time and cost of a token budget, and measured results when given."""
     from subprof.catalog import load_model
     from subprof.methods import parse_methods
+    from subprof.plan.evidence import probe_quality
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
     from subprof.report.scaling import gpu_counts
@@ -100,6 +103,8 @@ def report(
                         prices=parse_prices(price or []), bench_rows=read_result_files(bench or [], "--bench"),
                         proj_rows=read_result_files([proj] if proj else [], "--proj"),
                         burst_rows=read_result_files([burst] if burst else [], "--burst"),
+                        probe_rows=read_result_files([probe] if probe else [], "--probe"),
+                        evidence=probe_quality(probe) if probe else None,
                         gpus_per_node=parse_int_list(gpus_per_node, "--gpus-per-node"),
                         nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days)
     if out.suffix.lower() not in (".html", ".htm"):

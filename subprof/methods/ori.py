@@ -180,13 +180,13 @@ SPEC = MethodSpec(
     project=True,
     layout=layout,
     rule=OriRule,
+    subspace="tracked",
     variants={"svd-start": {"init": "svd"}, "plain-oja": {"oja_pp": False}, "inv-sqrt": {"schedule": "inv_sqrt"}},
     refresh_cost="gemm",
     default_update_gap=1,
     update_gaps=(1, 2, 5, 10),
     timing_options={"oja_pp": False},  # time the Oja step with every column active
     refresh_flops=lambda m, n, r: two_gemm_flops(m, n, r) + 4.0 * min(m, n) * r * r,
-    quality_prior=1.0,
     default_lr=1e-2,
     lr_source="not published (Ori's code and paper body not reachable): the GaLore recipe's 1e-2 with scale 0.25",
     # per rank under FSDP: one all-reduce of A·P (d·r + 1; Oja++ moves ≤ r columns) per step

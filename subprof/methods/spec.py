@@ -137,6 +137,7 @@ class StateLayout:
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
 CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
+SUBSPACE_KINDS = ("svd", "tracked", "random")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,6 +149,10 @@ class MethodSpec:
       model, the planner and the trace read it.
     - `rule`: the `ProjectionRule` subclass (torch) that updates P; None for full-rank baselines (`project=False`,
       every weight keeps `layout.states` of its own shape).
+    - `subspace`: what P is, for the quality model (`subprof.plan.evidence`) — "svd" (the fresh top-r singular
+      subspace at each refresh: GaLore, SUMO), "tracked" (moved towards the gradient's top subspace by incremental
+      steps at each update: OSD, Ori, SubTrack) or "random" (drawn or walked without the gradient: GrassJump,
+      GrassWalk).
     - `refresh_cost`: what a projection update costs — "svd" (a decomposition of G), "gemm" (products with G:
       streaming and geodesic updates, random draws) or "none" — and `refresh_flops(m, n, r)` how much.
     - defaults: the update gap and the gaps `plan` searches, the scale α, the state precisions it supports.
@@ -167,13 +172,13 @@ class MethodSpec:
     layout: StateLayout | LayoutRule
     rule: type | None = None
     refresh_cost: str = "none"
+    subspace: str = "svd"
     refresh_flops: Callable[[int, int, int], float] = field(default=lambda m, n, r: 0.0)
     default_update_gap: int = 200
     update_gaps: tuple[int, ...] = (50, 200, 500)
     default_scale: float = 0.25
     default_lr: float = 1e-3
     lr_source: str = ""
-    quality_prior: float = 0.0
     paper: str = ""
     state_bits_supported: tuple[int, ...] = (32, 16, 8)
     timing_options: Mapping[str, Any] = field(default_factory=dict)
@@ -184,6 +189,8 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
             raise ValueError(f"{self.name}: refresh_cost must be one of {REFRESH_COSTS}, got {self.refresh_cost!r}")
+        if self.subspace not in SUBSPACE_KINDS:
+            raise ValueError(f"{self.name}: subspace must be one of {SUBSPACE_KINDS}, got {self.subspace!r}")
         if self.project and self.rule is None:
             raise ValueError(f"{self.name}: a projected method needs its rule class")
         if self.default_lr <= 0:

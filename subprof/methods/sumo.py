@@ -221,7 +221,6 @@ SPEC = MethodSpec(
     refresh_cost="gemm",  # the randomized SVD is products with G; the per-step SVD of the small moment is not counted
     default_update_gap=200,
     refresh_flops=_refresh_flops,
-    quality_prior=0.5,
     default_lr=1e-2,
     lr_source="not published for pretraining (paper: GLUE 1e-5–3e-5 only); the GaLore recipe's 1e-2, which the "
               "Moonlight update scale makes comparable",

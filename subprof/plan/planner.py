@@ -11,11 +11,11 @@ The search space, stated in the output:
   across micro-batches) and stepping every micro-batch, which changes the optimizer batch — such candidates say so
   and rank after every candidate that keeps the requested batch.
 
-Ranking without measurements is a prior, stated as such in the output: full-rank AdamW is the quality reference;
-at equal method a higher rank is better (OSD's rank sweep, arXiv 2408.12857 Fig. 4); every-step streaming refresh
-(OSD, Ori) beats a stale SVD at low rank (OSD Table 2, Ori); 8-bit states cost a little. Candidates within
-`QUALITY_TOLERANCE` of the best prior are ordered by predicted speed: the prior is coarse, a 2× speed is not.
-`plan --burst` replaces the prior with measured validation loss per unit time. Pure Python: no torch.
+Quality comes from evidence, named in the output (`subprof.plan.evidence`): a `subprof probe` file (`--probe`,
+predicted captured gradient energy) or, without one, published results with the committed reference probe's shape
+(predicted loss gap to full rank). Candidates within the evidence's own `tolerance` of the best (bands of that
+width) are ordered by predicted speed: differences below it are within what the evidence can tell apart.
+`plan --burst` replaces both with measured validation loss per unit time. Pure Python: no torch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from subprof.methods.spec import MethodSpec
 from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.comm import LEANEST_FIRST, choose_layout
 from subprof.plan.distributed import RankEstimate, estimate_rank
+from subprof.plan.evidence import QualityModel, default_quality
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.parallel import Parallel, check_shardable, strategies_for
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
@@ -38,7 +39,6 @@ from subprof.plan.throughput import Throughput, measured_timings, predict_throug
 MIN_RANK = 16
 COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
 DEFAULT_GLOBAL_BATCH = 512  # sequences per optimizer step in the GaLore / OSD runs
-QUALITY_TOLERANCE = 1.0  # prior units (one doubling of rank): candidates this close to the best go by speed
 
 
 @dataclass(kw_only=True, slots=True)
@@ -59,6 +59,7 @@ class PlanRequest:
     gpus: int = 1  # data-parallel ranks (plan/parallel.py); batch is per rank, the optimizer batch the whole job's
     nodes: int = 1
     strategy: str = "auto"
+    evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
     _layouts: tuple = field(default=(), repr=False)
 
@@ -82,6 +83,8 @@ class PlanRequest:
             raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
         if self.calibration is None:
             self.calibration = calibration_for(self.throughput_gpu.key)
+        if self.evidence is None:
+            self.evidence = default_quality()
         self._layouts = job_layouts(self)
 
     @property
@@ -175,7 +178,7 @@ class Candidate:
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
             "tokens_per_s": round(self.throughput.tokens_per_s, 1),
             "projection_share": round(self.throughput.projection_share, 4),
-            "projection_source": self.projection_source, "quality_prior": round(self.quality, 3),
+            "projection_source": self.projection_source, "quality": round(self.quality, 6),
             "fits": self.fits,
             **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
                if isinstance(self.estimate, RankEstimate) else {}),
@@ -212,28 +215,11 @@ def ranks_for(model: ModelConfig) -> list[int]:
     return ranks
 
 
-def quality_prior(c: TrainConfig, spec: MethodSpec) -> float:
-    """A stated heuristic, higher is better: full rank = log2(rank limit) + 2; a projected method scores log2(rank)
-    plus its declared streaming bonus (`quality_prior`, counted fully at rank ≤ 1/8 of the width, half above);
-    a refresh staler than every 200 steps loses 0.25 per doubling; 8-bit states lose 0.1."""
-    width = c.model.rank_limit()
-    if not spec.project:
-        score = math.log2(width) + 2.0
-    else:
-        bonus = spec.quality_prior if c.rank * 8 <= width else spec.quality_prior / 2
-        score = math.log2(c.rank) + bonus
-        if c.update_gap > 200:
-            score -= 0.25 * math.log2(c.update_gap / 200)
-    if c.state_bits == 8:
-        score -= 0.1
-    return score
-
-
-def ranking_key(best_quality: float):
+def ranking_key(best_quality: float, tolerance: float):
     """Sort key, best first: candidates that keep the requested optimizer batch, then quality bands of width
-    QUALITY_TOLERANCE below the best, then predicted tokens/s."""
+    `tolerance` (the evidence's: `QualityModel.tolerance`) below the best, then predicted tokens/s."""
     def key(c: Candidate) -> tuple:
-        band = math.floor((best_quality - c.quality) / QUALITY_TOLERANCE + 1e-9)
+        band = math.floor((best_quality - c.quality) / tolerance + 1e-9)
         return (not c.keeps_requested_batch, band, -c.throughput.tokens_per_s)
     return key
 
@@ -280,7 +266,7 @@ def plan(req: PlanRequest) -> Plan:
                                                    layout=getattr(found.estimate, "parallel", None))
                                         for gap in gaps[1:]]
     if fitting:
-        fitting.sort(key=ranking_key(max(c.quality for c in fitting)))
+        fitting.sort(key=ranking_key(max(c.quality for c in fitting), req.evidence.tolerance))
     best: dict[str, Candidate] = {}
     for cand in fitting:
         best.setdefault(cand.config.method, cand)
@@ -326,7 +312,7 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
                ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
                layout: Parallel | None = None) -> Candidate:
-    """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and prior. On
+    """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
     alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
     configuration (another update gap changes neither its memory nor its collectives much)."""
@@ -348,7 +334,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      calibration=req.calibration, ranks=req.gpus,
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=tput,
-                     quality=quality_prior(cfg, spec),
+                     quality=req.evidence.quality(cfg),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from subprof.errors import SubprofError
 from subprof.report.measured import bench_table, burst_summary, burst_table, proj_table
+from subprof.report.probe import probe_tables
 from subprof.report.scaling import deadline_table, scaling_assumption, scaling_summary, scaling_table
 from subprof.report.summary import assumptions, summary_lines
 from subprof.report.tables import (Cell, ReportRequest, cost_table, fit_matrix, gpu_table, memory_breakdown,
@@ -49,6 +50,7 @@ def build_report(req: ReportRequest, on_cell: Callable[[str], None] | None = Non
         "projection": proj_table(req.proj_rows),
         "burst": burst_table(req.burst_rows),
         "burst_summary": burst_summary(req.burst_rows),
+        **probe_tables(req.probe_rows),
     }
     summary, assumed = summary_lines(req, tables), assumptions(req)
     if req.multi_gpu:

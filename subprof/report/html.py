@@ -17,6 +17,7 @@ import pandas as pd
 
 from subprof.errors import SubprofError
 from subprof.report.build import Report
+from subprof.report.probe import PROBE_VIEWS, fig_probe_energy, fig_probe_staleness
 from subprof.report.tables import FIT_CLASSES, GIB
 from subprof.units import fmt_count
 
@@ -226,6 +227,9 @@ TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
 TABLE_VIEWS["deadline"] = {**TABLE_VIEWS["scaling"], "meets_deadline": ("meets deadline", None)}
 
 
+TABLE_VIEWS.update(PROBE_VIEWS)
+
+
 def breakdown_wide(df: pd.DataFrame) -> pd.DataFrame:
     """The long breakdown as one row per model × configuration, one GiB column per component, plus the total."""
     if not len(df):
@@ -322,6 +326,20 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
         else _missing("--burst FILE", "subprof burst")
     sections.append(_section("burst", "Short training runs (bursts)", "Training and validation loss by step for "
                              "each configuration, measured by subprof burst.", body))
+    energy = t.get("probe_energy")
+    body = (fig_html(fig_probe_energy(energy, _layout))
+            + _details("Rank reaching each share of the energy, per layer type",
+                       html_table(t["probe_summary"], "probe_summary"))
+            + (fig_html(fig_probe_staleness(t["probe_staleness"], _layout)) if len(t["probe_staleness"]) else "")
+            + _details("Gap where a stale basis falls below 90% / 80% of a fresh one",
+                       html_table(t["probe_stale_summary"], "probe_stale_summary"))
+            + _details("Energy curve data", html_table(energy, "probe_energy"))
+            + _details("Staleness curve data", html_table(t["probe_staleness"], "probe_staleness"))) \
+        if energy is not None and len(energy) else _missing("--probe FILE", "subprof probe")
+    sections.append(_section("probe", "Gradient subspace (probe)", "Measured during a short real training run by "
+                             "subprof probe: the share of each weight's gradient energy held by its top-r singular "
+                             "subspace, and how much of a fresh basis's share a basis from k steps earlier still "
+                             "captures — what sets a rank and a refresh interval.", body))
     if "scaling" in t:
         from subprof.report.scaling import fig_scaling
 
@@ -338,8 +356,8 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
     assume = "".join(f"<li>{html.escape(line)}</li>" for line in report.assumptions)
     nav = "".join(f'<a href="#{a}">{n}</a>' for a, n in (("summary", "Summary"), ("fit", "Fit"),
-                  ("breakdown", "Memory"), ("cost", "Cost"), ("scaling", "GPU count"), ("measured", "Measured"), ("projection", "Projection"),
-                  ("burst", "Bursts"), ("assumptions", "Assumptions")))
+                  ("breakdown", "Memory"), ("cost", "Cost"), ("scaling", "GPU count"), ("measured", "Measured"),
+                  ("projection", "Projection"), ("burst", "Bursts"), ("probe", "Probe"), ("assumptions", "Assumptions")))
     models = ", ".join(f"{m.name} ({fmt_count(m.params)})" for m in req.models)
     meta = (f"Models {models} · {len(req.gpus)} GPUs · seq {req.seq} · {req.dtype} · generated "
             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by subprof {_version()}")

@@ -8,6 +8,7 @@ from subprof.catalog import ModelConfig
 from subprof.plan.planner import ranks_for
 from subprof.plan.calibration import DEFAULT, calibration_for
 from subprof.plan.memory import estimate
+from subprof.report.probe import probe_summary_line
 from subprof.report.tables import FIT_CLASSES, ReportRequest, leanest, price_date
 from subprof.units import fmt_count
 
@@ -94,7 +95,20 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
         lines.append(f"Bursts: lowest final {'validation' if len(val) else 'training'} loss {best['loss']:.3f} "
                      f"for {best['config']} at step {best['step']:.0f} (of {last['config'].nunique()} "
                      f"configurations).")
+    probe = probe_summary_line(tables)
+    if probe:
+        lines.append(probe)
     return lines
+
+
+def _ranking(req: ReportRequest) -> str:
+    """How every cell's plan ranked its candidates (`plan.planner.ranking_key`), naming the evidence."""
+    from subprof.plan.evidence import default_quality
+
+    quality = req.evidence or default_quality()
+    return (f"candidates that keep the requested optimizer batch first, then {quality.unit} ({quality.source}) in "
+            f"bands of the evidence's tolerance {quality.tolerance:g} below the best, within a band by predicted "
+            "tokens/s")
 
 
 def assumptions(req: ReportRequest) -> list[str]:
@@ -114,9 +128,8 @@ def assumptions(req: ReportRequest) -> list[str]:
         f"Training: LLaMA pretraining, sequence length {req.seq}, dtype {req.dtype}; micro-batch = the largest "
         f"power of two that fits; methods searched: {', '.join(s.name for s, _ in req.methods)} over rank × "
         f"update gap × state bits × per-layer updates × activation checkpointing.",
-        "Best configuration per cell: ranked by a stated quality prior (full rank best, then higher rank at equal "
-        "method, every-step streaming refresh ahead of a stale SVD at low rank, 8-bit states slightly behind), then "
-        "by predicted tokens/s. It is a prior, not a measured loss; `subprof burst` measures losses.",
+        f"Best configuration per cell: ranked by {_ranking(req)}. Quality is a prediction "
+        "from subspace evidence, not a measured loss; `subprof burst` measures losses.",
         f"Throughput is predicted, not measured: model FLOPs at {req.utilization:.0%} of each GPU's dense BF16 "
         f"TFLOP/s, the optimizer step at {BANDWIDTH_EFFICIENCY:.0%} of datasheet memory bandwidth, projection "
         "refreshes scaled from H100 timings in proportion to memory bandwidth. No data loading, evaluation, checkpoint "

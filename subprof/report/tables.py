@@ -18,6 +18,7 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.evidence import QualityModel
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.planner import Candidate, Plan, PlanRequest, plan, ranks_for
 
@@ -41,6 +42,8 @@ class ReportRequest:
     bench_rows: list[dict] = field(default_factory=list)
     proj_rows: list[dict] = field(default_factory=list)
     burst_rows: list[dict] = field(default_factory=list)
+    probe_rows: list[dict] = field(default_factory=list)
+    evidence: QualityModel | None = None  # quality for every cell's plan (`--probe`); None: published results
     gpus_per_node: list[int] = field(default_factory=lambda: [1])  # the GPU-count matrix (report/scaling.py)
     nodes: list[int] = field(default_factory=lambda: [1])
     strategy: str = "auto"
@@ -88,7 +91,8 @@ def plan_cells(req: ReportRequest, on_cell: Callable[[str], None] | None = None)
         for gpu in req.gpus:
             budget = Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / GIB:.2f} GiB", gpu)
             result = plan(PlanRequest(model=model, budget=budget, methods=req.methods, seq=req.seq, dtype=req.dtype,
-                                      margin=req.margin, gpu=gpu, utilization=req.utilization))
+                                      margin=req.margin, gpu=gpu, utilization=req.utilization,
+                                      evidence=req.evidence))
             cells.append(Cell(model=model, gpu=gpu, plan=result))
             if on_cell is not None:
                 on_cell(f"{model.name} on {gpu.name}")

@@ -296,6 +296,18 @@ def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def loss_and_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      step: int) -> tuple[float, str | None]:
+    """The training loss of one batch and its backward pass; a non-finite loss skips backward and comes back with
+    the reason (the caller ends the run as diverged)."""
+    loss = loss_of(model, x, y)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value, f"training loss {value} at step {step}"
+    loss.backward()
+    return value, None
+
+
 @torch.no_grad()
 def val_loss(model: torch.nn.Module, corpus: Corpus, offsets: np.ndarray, config: TrainConfig, device: str) -> float:
     model.eval()
@@ -388,12 +400,10 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
         for step in range(settings.steps):
             x, y = windows(corpus.train, offsets[step], c.seq, settings.device)
             t0 = time.perf_counter()
-            loss = loss_of(model, x, y)
-            value = loss.item()
-            if not math.isfinite(value):
-                status, detail = "diverged", f"training loss {value} at step {step}"
+            value, detail = loss_and_backward(model, x, y, step)
+            if detail:
+                status = "diverged"
                 break
-            loss.backward()
             try:
                 opt.step()
             except FloatingPointError as exc:  # subprof.optim's NonFiniteGradientError: nothing was updated
