@@ -167,6 +167,8 @@ class OSDRule(ProjectionRule):
             return online_pca_grad(p, g, ortho_weight=self.ortho_weight, gtp=gtp)
         return online_pca_grad_autograd(p, g, ortho_weight=self.ortho_weight)
 
+    update_methods = ("_advance", "_step_projector")  # both paths below are made of these two
+
     def update_projection(self, state: dict, grad: Tensor, step: int, lr: float | None = None) -> None:
         if lr is not None:
             self.set_lr(lr)

@@ -89,6 +89,10 @@ class ProjectionRule:
         """Whether P is updated at this 0-based step: every `update_gap` steps, step 0 included."""
         return step % self.update_gap == 0
 
+    # the methods that make up a projection update, timed by `burst` (a rule that splits its update across other
+    # methods, as OSD does to share GᵀP with the projection, names those instead)
+    update_methods: tuple[str, ...] = ("update_projection",)
+
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         """Create (step 0) or refresh `state["projector"]` (and any projector states) from this step's gradient.
         Called by the optimizer every step before `project`; the rule decides whether anything is due."""
