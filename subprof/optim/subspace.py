@@ -21,13 +21,11 @@ from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.methods.moments import adam_correction, adam_direction, adam_directions, init_state_moment
 from subprof.methods.rule import ProjectionRule
+from subprof.methods.spec import FOREACH_NUMEL
 from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
 
 EPS = 1e-6  # GaLoreAdamW's (galore-torch 1.0 adamw.py)
 EPS_8BIT = 1e-8  # GaLoreAdamW8bit's and bitsandbytes' AdamW8bit's (galore-torch adamw8bit.py, bnb optim/adamw.py)
-
-
-FOREACH_NUMEL = 1 << 20  # unprojected tensors up to this size are stepped together (foreach); larger ones alone
 
 
 class SubspaceAdamW(torch.optim.Optimizer):
