@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten
 from subprof.catalog import profiles_dir
 from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
+from subprof.methods.rule import ProjectionRule
 from subprof.optim import (NonFiniteGradientError, SubspaceAdamW, build_optimizer, split_parameters,
                            state_tensor_bytes)
 from subprof.methods.spec import Dtype, tensor_bytes
@@ -395,15 +396,20 @@ def test_a_refresh_allocates_no_more_than_its_declared_workspace(method, variant
                           "method_options": options}], lr=1e-3)
     rule = opt.rule(opt.param_groups[0])
     peaks = []
-    real = rule.update_projection
+    # the refresh: `update_projection`, or all of `refresh_and_project` where a rule shares R with it (OSD: R is
+    # the GᵀP its ∇L needs, declared as its `gtp`)
+    entry = "refresh_and_project" if type(rule).refresh_and_project is not ProjectionRule.refresh_and_project \
+        else "update_projection"
+    real = getattr(rule, entry)
 
     def traced(state, grad, step):
         existing = [weight, grad] + [v for v in state.values() if torch.is_tensor(v)]
         with TransientPeak(existing) as trace:
-            real(state, grad, step)
+            out = real(state, grad, step)
         peaks.append(trace.peak)
+        return out
 
-    rule.update_projection = traced
+    setattr(rule, entry, traced)
     for _ in range(2):  # the start, then a move
         weight.grad = torch.randn(m, n)
         opt.step()

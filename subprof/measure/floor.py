@@ -7,7 +7,7 @@ Per projected weight W (m×n, rank r, P d×r on GaLore's "std" side, R the proje
     W ← W − η·(U Pᵀ) (or P U)                 one m×n×r GEMM accumulated into W (addmm, no m×n temporary)
     + G(GᵀP) when the method updates P by products with G on this step (`refresh_cost` "gemm" at update gap 1)
 and for every other tensor (embeddings, norms, lm_head) and for full-rank AdamW: one foreach Adam pass
-(`torch._foreach_*`, as torch's foreach AdamW). Shapes and counts come from the model's own parameters; tensors of one
+(`torch._foreach_*`: torch's foreach AdamW less its bias-correction division). Shapes and counts come from the model's own parameters; tensors of one
 shape share their buffers (the work, not the cache footprint, is what is timed). Moments are in the training dtype
 (the 16-bit floor also serves 8-bit steps: their target is a ratio to the 16-bit step).
 """
@@ -25,15 +25,15 @@ from subprof.measure.timing import time_call
 from subprof.methods.spec import basis_shape, moment_shape
 
 
-def _adam_pass(ms: list, vs: list, rs: list) -> list:
-    """One foreach Adam pass over lists of moments (β 0.9/0.999, ε 1e-8); returns the directions."""
-    torch._foreach_mul_(ms, 0.9)
-    torch._foreach_add_(ms, rs, alpha=0.1)
+def _moments(ms: list, vs: list, gs: list) -> list:
+    """The moment update of one foreach Adam pass (β 0.9/0.999, ε 1e-8): m ← lerp(m, g, 0.1),
+    v ← 0.999·v + 0.001·g², and the denominator √v + ε (a new list)."""
+    torch._foreach_lerp_(ms, gs, 0.1)
     torch._foreach_mul_(vs, 0.999)
-    torch._foreach_addcmul_(vs, rs, rs, value=0.001)
+    torch._foreach_addcmul_(vs, gs, gs, value=0.001)
     denom = torch._foreach_sqrt(vs)
     torch._foreach_add_(denom, 1e-8)
-    return torch._foreach_div(ms, denom)
+    return denom
 
 
 def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
@@ -65,7 +65,8 @@ def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
         for g, w, p, (m, v), count, right in work:
             for _ in range(count):
                 r = g @ p if right else p.T @ g
-                (u,) = _adam_pass([m], [v], [r])
+                (denom,) = _moments([m], [v], [r])
+                u = m / denom
                 if right:
                     w.addmm_(u, p.T, alpha=-1e-3)
                 else:
@@ -73,8 +74,8 @@ def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
                 if streaming:
                     gt = g.T if right else g
                     gt @ (gt.T @ p)
-        if plain_params:
-            torch._foreach_add_(plain_params, _adam_pass(plain_m, plain_v, plain_grads), alpha=-1e-3)
+        if plain_params:  # as torch's foreach AdamW, less its bias-correction division
+            torch._foreach_addcdiv_(plain_params, plain_m, _moments(plain_m, plain_v, plain_grads), value=-1e-3)
 
     return step
 

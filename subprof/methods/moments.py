@@ -96,6 +96,25 @@ def adam_direction(state: dict, grad: Tensor, *, betas: tuple[float, float], eps
     return out.mul_(adam_correction(betas, t)) if corrected else out
 
 
+def adam_directions(ms: list, vs: list, grads: list, *, betas: tuple[float, float], eps: float) -> list:
+    """`adam_direction` (uncorrected, 16/32-bit moments) for lists of tensors, one foreach call per operation: the
+    same arithmetic in the same order, so the same bits, with a handful of kernel launches for the whole list
+    instead of a handful per tensor. Returns the directions m / (√v + ε) (new tensors): one temporary per tensor
+    when the list holds one (the division writes into the denominator, as `adam_direction`), two per tensor
+    otherwise (the foreach division needs both lists). At 16 bits the scalar products round as torch's foreach
+    kernels do (the scalar kept in fp32), which differs in the last bit from `Tensor.mul_` (scalar cast to bf16)."""
+    beta1, beta2 = betas
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denom, eps)
+    if len(denom) == 1:
+        return [torch.div(ms[0], denom[0], out=denom[0])]
+    return torch._foreach_div(ms, denom)
+
+
 def adam_correction(betas: tuple[float, float], t: int) -> float:
     """Adam's bias correction of the step size, √(1−β₂ᵗ)/(1−β₁ᵗ) (Kingma & Ba 2015, §2), t 1-based."""
     return math.sqrt(1.0 - betas[1] ** t) / (1.0 - betas[0] ** t)

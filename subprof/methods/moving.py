@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from subprof.methods.lazy import torch
 from subprof.methods.rule import LOCAL, ProjectionRule, right_side
 from subprof.methods.spec import Dtype, Role, TensorSpec, full_shape
 
@@ -83,8 +84,9 @@ def rotate_moments(rule: ProjectionRule, state: dict, p_old: Tensor, p_new: Tens
 def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, projector: Tensor, *,
                   alpha: float, growth_limit: float, ctx: Any = LOCAL) -> Tensor:
     """Fira's recovery term E (module docstring), in G's dtype; keeps the limited norm in state["recovery_norm"] (a
-    Python float, not a tensor: no declared memory). Sharded (`ctx`): E is this rank's shard (the scale factors run
-    along R's rank axis, so they are local) and ‖E‖ is summed over the ranks (one value)."""
+    0-d fp32 tensor on G's device, so the limiter needs no host sync; scalars are not declared memory). Sharded
+    (`ctx`): E is this rank's shard (the scale factors run along R's rank axis, so they are local) and ‖E‖ is summed
+    over the ranks (one value)."""
     shape = ctx.shape(grad)
     right = right_side(shape)
     p = projector.to(grad.dtype)
@@ -97,9 +99,8 @@ def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, p
     norm = ctx.norm(residual)
     previous = state.get("recovery_norm")
     if previous is not None:
-        limiter = max(norm / (previous + 1e-8), growth_limit) / growth_limit
-        if limiter != 1.0:
-            residual.div_(limiter)
+        limiter = torch.clamp(norm / (previous + 1e-8), min=growth_limit) / growth_limit
+        residual.div_(limiter.to(residual.dtype))
         norm = norm / limiter
     state["recovery_norm"] = norm
     return residual

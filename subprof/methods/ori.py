@@ -25,8 +25,8 @@ Choices (`OriRule` options in brackets):
   from GaLore's basis with every column active. Update gap [`update_gap`]: every T steps like any streaming method
   (plan searches 1, 2, 5, 10). lr 1e-2, α 0.25: the GaLore recipe, which Ori's Adam on R shares (Ori's own values
   were not reachable).
-- Forms [`form`]: "fast" = `oja_step` (one fused addmm, G̃ never formed) + CholeskyQR2; "reference" = explicit G̃
-  and the Householder QR. Tests hold them equal to 1e-5 (fp32).
+- Forms [`form`]: "fast" = `oja_step` (one fused addmm, G̃ never formed) + shifted CholeskyQR3 (`cholesky_qr`,
+  no host sync); "reference" = explicit G̃ and the Householder QR. Tests hold them equal to 1e-5 (fp32).
 """
 
 from __future__ import annotations
@@ -63,17 +63,24 @@ def oja_step_reference(p: Tensor, g: Tensor, eta: float) -> Tensor:
     return p + eta * (gt @ (gt.T @ p))
 
 
+SHIFT = 1e-6  # relative diagonal shift of the first Gram matrix (undone by the next two passes)
+
+
 def cholesky_qr(y: Tensor) -> Tensor:
     """Q of the thin QR of y (d×r, fp32) with diag(R) > 0 — the same Q as the sign-fixed Householder QR — by
-    CholeskyQR2 (Fukaya et al. 2014): twice Q ← Q R⁻¹ with RᵀR = QᵀQ. Two Gram GEMMs and two triangular solves,
-    all BLAS-3; accurate while cond(y) ≪ 1/√eps (an Oja step has cond ≤ 1 + η‖G̃‖²). Falls back to Householder when
-    either Gram matrix is not numerically positive definite."""
-    l1, info1 = torch.linalg.cholesky_ex(y.T @ y)
-    q = torch.linalg.solve_triangular(l1.T, y, upper=True, left=False)
-    l2, info2 = torch.linalg.cholesky_ex(q.T @ q)
-    if int(info1.bitwise_or(info2)) != 0:  # the only host sync
-        return orthonormal_columns(y)
-    return torch.linalg.solve_triangular(l2.T, q, upper=True, left=False)
+    shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa 2020): Q ← Q R⁻¹ with RᵀR = QᵀQ three
+    times, the first Gram matrix shifted by SHIFT · its mean diagonal. Three Gram GEMMs and three triangular solves,
+    all BLAS-3, and no host sync (`cholesky_ex`, whose error check is not needed: the shift keeps the first
+    factorisation defined even for a rank-deficient y, and the passes after it restore orthonormality). Any
+    invertible R keeps span(y), so for a full-rank y, Q equals the Householder one to fp32 round-off."""
+    q = y
+    for shift in (SHIFT, 0.0, 0.0):
+        gram = q.T @ q
+        if shift:
+            gram.diagonal().add_(gram.diagonal().mean() * shift)
+        factor, _ = torch.linalg.cholesky_ex(gram)
+        q = torch.linalg.solve_triangular(factor.T, q, upper=True, left=False)
+    return q
 
 
 def active_columns(rank: int, step: int, epoch_steps: int) -> int:
@@ -164,7 +171,7 @@ class OriRule(SeededRule):
 
 def layout(options: Mapping[str, Any]) -> StateLayout:
     """Adam's moments (always r wide) and P (d×r, inactive columns zero). Refresh: the SVD when P starts from it, else
-    an Oja step's GᵀP (r × max(m, n)), P + η G̃G̃ᵀP and its Q (d×r each) and CholeskyQR2's r×r Gram factor, fp32."""
+    an Oja step's GᵀP (r × max(m, n)), P + η G̃G̃ᵀP and its Q (d×r each) and CholeskyQR's r×r Gram factor, fp32."""
     return StateLayout(states=ADAM_STATES, workspace=SVD_WORKSPACE if options["init"] == "svd" else (
         TensorSpec(name="gtp", shape=moment_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),
         TensorSpec(name="oja_step", shape=basis_shape, dtype=Dtype.FP32, role=Role.WORKSPACE),

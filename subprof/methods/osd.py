@@ -52,14 +52,16 @@ def oriented(grad: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
     return grad.T if right_side(grad.shape if shape is None else shape) else grad
 
 
-def covariance_product(g: Tensor, p: Tensor, ctx: Any = LOCAL) -> tuple[Tensor, Tensor]:
+def covariance_product(g: Tensor, p: Tensor, ctx: Any = LOCAL, gtp: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(C, c) with C = G(GᵀP) in fp32 (the two d×n×r GEMMs, run in G's dtype) and c = 1/‖G‖_F² as a 0-d fp32
-    tensor (0 for a zero gradient), so that A P = G̃G̃ᵀP = c·C. `g` is d×n (see `oriented`), `p` d×r. Sharded
-    (`ctx`), both are sums over the ranks' shards: one all-reduce of d·r + 1 values (`ctx.covariance_product`)."""
+    tensor (0 for a zero gradient), so that A P = G̃G̃ᵀP = c·C. `g` is d×n (see `oriented`), `p` d×r; `gtp`, when
+    given, is GᵀP already computed (the projected gradient R, transposed on the left side): one GEMM fewer.
+    Sharded (`ctx`), both are sums over the ranks' shards: one all-reduce of d·r + 1 values
+    (`ctx.covariance_product`)."""
     if ctx.sharded:
-        c, sq = ctx.covariance_product(g, p)
+        c, sq = ctx.covariance_product(g, p, gtp)
     else:
-        c = (g @ (g.T @ p.to(g.dtype))).float()
+        c = (g @ (g.T @ p.to(g.dtype) if gtp is None else gtp)).float()
         sq = torch.linalg.vector_norm(g, dtype=torch.float32).square()
     inv = torch.where(sq > 0, 1.0 / sq, torch.zeros_like(sq))
     return c, inv
@@ -71,11 +73,22 @@ def random_orthonormal(d: int, r: int, *, seed: int) -> Tensor:
     return orthonormal_columns(torch.randn(d, r, generator=gen, dtype=torch.float32))
 
 
-def online_pca_grad(p: Tensor, g: Tensor, *, ortho_weight: float, ctx: Any = LOCAL) -> Tensor:
+def initial_basis(grad: Tensor, r: int, *, init: str, seed: int) -> Tensor:
+    """The step-0 projector of a streaming rule: GaLore's SVD basis (`init="svd"`) or a random orthonormal one
+    drawn from `seed`, in G's dtype and on its device."""
+    if init == "svd":
+        return top_singular_basis(grad, r)
+    d, _ = basis_shape(grad.shape[0], grad.shape[1], r)
+    return random_orthonormal(d, r, seed=seed).to(device=grad.device, dtype=grad.dtype)
+
+
+def online_pca_grad(p: Tensor, g: Tensor, *, ortho_weight: float, ctx: Any = LOCAL,
+                    gtp: Tensor | None = None) -> Tensor:
     """∇L(P) in closed form (fp32, d×r): AP(2PᵀP − 4I) + P(2PᵀAP + 4λ(PᵀP − I)), with AP = c·G(GᵀP).
 
-    `p` is the fp32 d×r basis, `g` the d×n gradient (any dtype). Cost: two d×n×r GEMMs + four d×r×r products."""
-    ap, inv = covariance_product(g, p, ctx)
+    `p` is the fp32 d×r basis, `g` the d×n gradient (any dtype). Cost: two d×n×r GEMMs (one when `gtp` = GᵀP is
+    given) + four d×r×r products."""
+    ap, inv = covariance_product(g, p, ctx, gtp)
     r = p.shape[1]
     eye = torch.eye(r, dtype=torch.float32, device=p.device)
     s = p.T @ p
@@ -155,29 +168,47 @@ class OSDRule(ProjectionRule):
         """The W learning rate of the current step (η_W); the P step uses α·η_W ("paper") or the code's ratio."""
         self._lr = float(lr)
 
-    def loss_grad(self, p: Tensor, g: Tensor) -> Tensor:
+    def loss_grad(self, p: Tensor, g: Tensor, gtp: Tensor | None = None) -> Tensor:
+        """∇L at `p` on `g` in this rule's form (`gtp` = GᵀP, reused by the analytic form when given)."""
         if self.form == "analytic":
-            return online_pca_grad(p, g, ortho_weight=self.ortho_weight, ctx=self.ctx)
+            return online_pca_grad(p, g, ortho_weight=self.ortho_weight, ctx=self.ctx, gtp=gtp)
         if self.ctx.sharded:
             raise ValueError("form='autograd' builds L on the whole gradient; a sharded weight needs "
                              "form='analytic' (one all-reduce of d·r + 1 values)")
         return online_pca_grad_autograd(p, g, ortho_weight=self.ortho_weight)
 
+    update_methods = ("_advance", "_step_projector")  # both paths below are made of these two
+
     def update_projection(self, state: dict, grad: Tensor, step: int, lr: float | None = None) -> None:
         if lr is not None:
             self.set_lr(lr)
-        lr_w = self._lr if self._lr is not None else self.default_lr
+        if self._advance(state, grad, step):
+            self._step_projector(state, grad)
+
+    def refresh_and_project(self, state: dict, grad: Tensor, step: int) -> Tensor:
+        """As the base, with one GEMM fewer: the P step is taken at P_t on G_t, exactly the pair that projects
+        this step's gradient, so R = G·P_t (or P_tᵀG) is also the GᵀP the analytic ∇L needs."""
+        due = self._advance(state, grad, step)
+        r_grad = self.project(state, grad)
+        if due:
+            self._step_projector(state, grad, gtp=r_grad if right_side(self.weight_shape(grad)) else r_grad.T)
+        return r_grad
+
+    def _advance(self, state: dict, grad: Tensor, step: int) -> bool:
+        """Create P (step 0) or apply the pending move; whether a P step is due now."""
         if "projector" not in state:
             state["projector"] = self._initial(state, grad)
             if self.init == "svd":  # P_0 is optimal for G_0 (∇L = 0 up to round-off, which Adam would blow up to a
-                return              # full step); the code, too, creates P (and its optimizer) at step 0, steps from 1
+                return False        # full step); the code, too, creates P (and its optimizer) at step 0, steps from 1
         else:
             self._apply_pending(state)  # the move computed at the last due step, applied the step after it
-        if not self.due(step):
-            return
-        lr_p = self._projector_lr(state, lr_w)
-        grad_p = self.loss_grad(state["projector"].float(), oriented(grad, self.weight_shape(grad)))
-        self._record(state, grad_p, lr_p)
+        return self.due(step)
+
+    def _step_projector(self, state: dict, grad: Tensor, gtp: Tensor | None = None) -> None:
+        """Fold ∇L at P_t on G_t into P's optimizer (`_record`); `gtp` = GᵀP when already computed."""
+        lr_p = self._projector_lr(state, self._lr if self._lr is not None else self.default_lr)
+        self._record(state, self.loss_grad(state["projector"].float(), oriented(grad, self.weight_shape(grad)), gtp),
+                     lr_p)
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _initial(self, state: dict, grad: Tensor) -> Tensor:

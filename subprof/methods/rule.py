@@ -78,9 +78,9 @@ class LocalContext:
         """fn(G) of the whole gradient (a `shape`-sized result in G's dtype, e.g. an SVD basis)."""
         return fn(grad)
 
-    def norm(self, t: Tensor) -> float:
-        """‖t‖_F of a weight-sized tensor (fp32 accumulation)."""
-        return float(torch.linalg.vector_norm(t, dtype=torch.float32))
+    def norm(self, t: Tensor) -> Tensor:
+        """‖t‖_F of a weight-sized tensor (fp32 accumulation), a 0-d tensor on its device (no host read)."""
+        return torch.linalg.vector_norm(t, dtype=torch.float32)
 
     def sum_(self, t: Tensor) -> Tensor:
         """The sum of `t` over the ranks holding the weight (nothing to add here)."""
@@ -158,10 +158,20 @@ class ProjectionRule:
         """Whether P is updated at this 0-based step: every `update_gap` steps, step 0 included."""
         return step % self.update_gap == 0
 
+    # the methods that make up a projection update, timed by `burst` (a rule that splits its update across other
+    # methods, as OSD does to share GᵀP with the projection, names those instead)
+    update_methods: tuple[str, ...] = ("update_projection",)
+
     def update_projection(self, state: dict, grad: Tensor, step: int) -> None:
         """Create (step 0) or refresh `state["projector"]` (and any projector states) from this step's gradient.
         Called by the optimizer every step before `project`; the rule decides whether anything is due."""
         raise NotImplementedError
+
+    def refresh_and_project(self, state: dict, grad: Tensor, step: int) -> Tensor:
+        """What the optimizer calls each step: `update_projection`, then R = `project`. A rule whose P update needs
+        the same product as R (OSD: GᵀP) overrides this to compute it once."""
+        self.update_projection(state, grad, step)
+        return self.project(state, grad)
 
     # --- moments in any state precision ---------------------------------------------------------------------
     def read_moment(self, state: dict, name: str) -> Tensor:
@@ -254,8 +264,7 @@ def orthonormal_columns(a: Tensor) -> Tensor:
     `grass.random_basis`)."""
     q, r = torch.linalg.qr(a, mode="reduced")
     signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1
-    return (q * signs).contiguous()
+    return (q * torch.where(signs == 0, torch.ones_like(signs), signs)).contiguous()  # no boolean indexing: no sync
 
 
 def canonical_signs(basis: Tensor) -> Tensor:
@@ -265,8 +274,7 @@ def canonical_signs(basis: Tensor) -> Tensor:
     so a flip changes the run. Under this convention the basis follows the subspace, not the LAPACK path."""
     idx = basis.abs().argmax(dim=0, keepdim=True)
     signs = torch.sign(basis.gather(0, idx))
-    signs[signs == 0] = 1
-    return (basis * signs).contiguous()
+    return (basis * torch.where(signs == 0, torch.ones_like(signs), signs)).contiguous()
 
 
 def top_singular_basis(grad: Tensor, rank: int) -> Tensor:

@@ -28,6 +28,9 @@ ShapeRule = Callable[[int, int, int], Shape]
 # block of 256 values; tensors under 4096 values stay in 32-bit (bitsandbytes' `min_8bit_size`).
 QUANT_BLOCK = 256
 QUANT_MIN_NUMEL = 4096
+# unprojected tensors up to this many values are stepped together in one foreach pass (`SubspaceAdamW.step`),
+# larger ones alone
+FOREACH_NUMEL = 1 << 20
 
 
 class Dtype(Enum):

@@ -55,9 +55,7 @@ def orthogonalise(moment: Tensor, *, rtol: float = 1e-7) -> Tensor:
     """O = U Vᵀ from the exact thin SVD of `moment` (fp32), over singular values > rtol·σ_max only."""
     u, s, vh = torch.linalg.svd(moment.float(), full_matrices=False)
     keep = s > rtol * s.max().clamp_min(torch.finfo(torch.float32).tiny)
-    if bool(keep.all()):
-        return u @ vh
-    return u[:, keep] @ vh[keep]
+    return (u * keep.to(u.dtype)) @ vh  # dropped directions as zero columns: no host sync
 
 
 def sketch(gen: Tensor, m: int, n: int, rank: int, oversample: int) -> Tensor:

@@ -153,9 +153,9 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
 
 def state_tensor_bytes(state: dict) -> int:
     """Bytes of one weight's optimizer state on this rank (a DTensor's local part) as the memory model declares it
-    (`MethodSpec.rank_state_bytes`): every tensor except the step counter,
-    a generator's state (`rng_state`) and bitsandbytes' shared 256-entry code maps (`qmap1`, `qmap2`, one per
-    optimizer, not per weight)."""
+    (`MethodSpec.rank_state_bytes`): every tensor except the step counter, a generator's state (`rng_state`),
+    bitsandbytes' shared 256-entry code maps (`qmap1`, `qmap2`, one per optimizer, not per weight) and 0-d scalars
+    (such as the recovery term's last norm)."""
     skip = {"step", "rng_state", "qmap1", "qmap2"}
     return sum(local(v).numel() * v.element_size() for k, v in state.items()
-               if isinstance(v, torch.Tensor) and k not in skip)
+               if isinstance(v, torch.Tensor) and k not in skip and v.dim() > 0)

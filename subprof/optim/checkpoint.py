@@ -219,7 +219,7 @@ def _extra(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str
         names = {id(p): n for n, p in _named(model, optimizer).items()}
         out["layerwise"] = {"pending": {names[id(p)]: optimizer.pending.get(id(p), 0) for p in optimizer._params},
                             "last_grad_norm": optimizer.last_grad_norm, "skipped_updates": optimizer.skipped_updates,
-                            "sq_norm": optimizer._sq_norm}
+                            "sq_norm": float(optimizer._sq_norm)}
     return out
 
 

@@ -100,18 +100,20 @@ class ShardContext:
         dist.all_reduce(t, group=self.group)
         return t
 
-    def norm(self, t: torch.Tensor) -> float:
-        """‖T‖_F of a weight-sized tensor from this rank's shard: one all-reduce of one fp32 value."""
+    def norm(self, t: torch.Tensor) -> torch.Tensor:
+        """‖T‖_F of a weight-sized tensor from this rank's shard (0-d fp32): one all-reduce of one fp32 value."""
         sq = torch.linalg.vector_norm(t, dtype=torch.float32).square().reshape(1)
-        return float(self.sum_(sq).sqrt())
+        return self.sum_(sq).sqrt()[0]
 
-    def covariance_product(self, g: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def covariance_product(self, g: torch.Tensor, p: torch.Tensor,
+                           gtp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, ‖G‖²) with C = g(gᵀP) (d×r fp32) for the oriented gradient g (d×N) of which this rank holds a part.
-        Aligned (g cut along N): one all-reduce of d·r + 1 fp32 values. Crossed (g cut along d): gᵀP = Σ g_lᵀP_l is
-        one all-reduce of N·r + 1, then the rows g_l(gᵀP) are all-gathered (d·r)."""
+        Aligned (g cut along N): one all-reduce of d·r + 1 fp32 values; `gtp`, this rank's g_lᵀP when already
+        computed (its R), saves a GEMM. Crossed (g cut along d): gᵀP = Σ g_lᵀP_l is one all-reduce of N·r + 1, then
+        the rows g_l(gᵀP) are all-gathered (d·r)."""
         sq = torch.linalg.vector_norm(g, dtype=torch.float32).square().reshape(1)
         if not self.crossed:
-            c = (g @ (g.T @ p.to(g.dtype))).float()
+            c = (g @ (g.T @ p.to(g.dtype) if gtp is None else gtp)).float()
             buf = self.sum_(torch.cat([c.reshape(-1), sq]))
             return buf[:-1].view_as(c), buf[-1]
         gtp = (g.T @ self._p_rows(p).to(g.dtype)).float()
@@ -215,7 +217,7 @@ def agree_first(index: int, *, read: bool = True) -> int:
     return int(t) if read else index
 
 
-def grad_norms(grads: list[Any]) -> list[float]:
+def grad_norms(grads: list[Any]) -> list[torch.Tensor]:
     """`grad_norm` of several gradients sharded on one mesh with one all-reduce of their local ‖G_l‖²."""
     from torch.distributed.tensor import DTensor
 
@@ -224,7 +226,7 @@ def grad_norms(grads: list[Any]) -> list[float]:
     sq = torch.stack([torch.linalg.vector_norm(g.to_local(), dtype=torch.float32).square() for g in grads])
     mesh_dim = next(i for i, pl in enumerate(grads[0].placements) if pl.is_shard())
     dist.all_reduce(sq, group=grads[0].device_mesh.get_group(mesh_dim))
-    return sq.sqrt().tolist()
+    return list(sq.sqrt().unbind())
 
 
 def fsdp_units(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
@@ -242,15 +244,15 @@ def fsdp_units(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
     return [own(m) for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def grad_norm(grad: Any) -> float:
-    """‖G‖_F of a (possibly sharded) gradient, the same on every rank. `float()` of a DTensor norm would return
-    this rank's part silently (/work/notes/dist_optim.md §7): a sharded gradient sums its local ‖G_l‖² over the
-    shard group (one all-reduce of one fp32 value)."""
+def grad_norm(grad: Any) -> torch.Tensor:
+    """‖G‖_F of a (possibly sharded) gradient, the same on every rank, as a 0-d fp32 tensor on its device (no host
+    read). `float()` of a DTensor norm would return this rank's part silently (/work/notes/dist_optim.md §7): a
+    sharded gradient sums its local ‖G_l‖² over the shard group (one all-reduce of one fp32 value)."""
     from torch.distributed.tensor import DTensor
 
     if not isinstance(grad, DTensor):
-        return float(torch.linalg.vector_norm(grad).float())
+        return torch.linalg.vector_norm(grad, dtype=torch.float32)
     sq = torch.linalg.vector_norm(grad.to_local(), dtype=torch.float32).square().reshape(1)
     mesh_dim = next(i for i, pl in enumerate(grad.placements) if pl.is_shard())
     dist.all_reduce(sq, group=grad.device_mesh.get_group(mesh_dim))
-    return float(sq.sqrt())
+    return sq.sqrt()[0]

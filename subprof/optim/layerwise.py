@@ -37,7 +37,6 @@ set `max_grad_norm` here.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -74,10 +73,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.nonfinite = nonfinite
         self.param_names = dict(param_names or {})
         self.pending: dict[int, int] = {}  # id(param) → backward passes accumulated since its last update
-        self.last_grad_norm: float | None = None
         self.skipped_updates = 0
-        self._sq_norm = 0.0
+        self._last_norm: torch.Tensor | None = None  # the previous step's global norm, on the device (0-d)
+        self._sq_norm: torch.Tensor | float = 0.0  # Σ‖g‖² of this step so far, on the device once a weight stepped
         self._params = params
+        self._groups = {id(p): g for g in inner.param_groups for p in g["params"]}
         self._stepped: set[int] = set()  # DDP: weights stepped in the communication hook since the last step()
         # FSDP2: the parameters of each unit (`fully_shard` module) reach their hooks together, after the unit's
         # reduce-scatter; they are stepped together, with one all-reduce of their ‖G‖² (`_flush`)
@@ -135,9 +135,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return done
 
     @torch.no_grad()
-    def _update(self, p: torch.Tensor, norm: float | None) -> None:
-        """Step `p` given its gradient's norm over every rank (None under a fake-tensor trace: no values, so no
-        check and no clipping)."""
+    def _update(self, p: torch.Tensor, norm: torch.Tensor | None) -> None:
+        """Step `p` given its gradient's norm over every rank (a 0-d fp32 tensor on the device; None under a
+        fake-tensor trace: no values, so no check and no clipping)."""
         self.pending[id(p)] = 0
         if p.grad is None:
             return
@@ -145,32 +145,40 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._step_one(p)
             p.grad = None
             return
-        if not math.isfinite(norm):
+        if self.nonfinite != "off" and not bool(torch.isfinite(norm)):  # the policy's one host sync per weight
             if self.nonfinite == "raise":
                 raise NonFiniteGradientError(nonfinite_message(self.param_names.get(id(p), "a parameter"),
                                                                 self.state.get(p, {}).get("step")))
             self.skipped_updates += 1
             p.grad = None
             return
-        self._sq_norm += norm * norm
-        coef = self.clip_coefficient()
-        if coef < 1.0:
-            p.grad.mul_(coef)
+        self._sq_norm = self._sq_norm + norm.square()
+        if self.max_grad_norm is not None and self._last_norm is not None:
+            p.grad.mul_(self.clip_coefficient().to(p.grad.dtype))
         self._step_one(p)
         p.grad = None
 
-    def clip_coefficient(self) -> float:
-        """min(1, max_grad_norm / previous step's global norm); 1 without clipping or before the first step."""
-        if self.max_grad_norm is None or self.last_grad_norm is None:
-            return 1.0
-        return min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+    def clip_coefficient(self) -> torch.Tensor:
+        """min(1, max_grad_norm / previous step's global norm) as a 0-d tensor on the device (no host sync); 1
+        without clipping or before the first step."""
+        if self.max_grad_norm is None or self._last_norm is None:
+            return torch.ones(())
+        return torch.clamp(self.max_grad_norm / (self._last_norm + 1e-6), max=1.0)
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The previous step's global gradient norm (reading it synchronises with the device)."""
+        return None if self._last_norm is None else float(self._last_norm)
+
+    @last_grad_norm.setter
+    def last_grad_norm(self, value: float | None) -> None:  # a checkpoint's (`subprof.optim.checkpoint`)
+        self._last_norm = None if value is None else torch.tensor(float(value))
 
     def _step_one(self, p: torch.Tensor) -> None:
         """Step the inner optimizer for `p` only. SubspaceAdamW has a per-weight entry point; any other optimizer
         (torch AdamW, bitsandbytes AdamW8bit) is stepped with its groups restricted to `p` for the call."""
         if isinstance(self.inner, SubspaceAdamW):
-            group = next(g for g in self.inner.param_groups if any(q is p for q in g["params"]))
-            self.inner.step_parameter(p, group)
+            self.inner.step_parameter(p, self._groups[id(p)])
             return
         saved = [g["params"] for g in self.inner.param_groups]
         try:
@@ -198,7 +206,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             elif self.pending.get(id(p), 0) > 0 or (p.grad is not None and p.requires_grad):
                 self._update(p, None if tracing() or p.grad is None else grad_norm(p.grad))
         self._stepped.clear()
-        self.last_grad_norm = math.sqrt(self._sq_norm)
+        self._last_norm = torch.as_tensor(self._sq_norm, dtype=torch.float32).sqrt()
         self._sq_norm = 0.0
         return loss
 
@@ -219,7 +227,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return {"inner": self.inner.state_dict(),
                 "layerwise": {"pending": [self.pending.get(id(p), 0) for p in self._params],
                               "last_grad_norm": self.last_grad_norm, "skipped_updates": self.skipped_updates,
-                              "sq_norm": self._sq_norm}}
+                              "sq_norm": float(self._sq_norm)}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.inner.load_state_dict(state_dict["inner"])
@@ -227,6 +235,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
         extra = state_dict["layerwise"]
         self.pending = {id(p): int(n) for p, n in zip(self._params, extra["pending"]) if n}
-        self.last_grad_norm = extra["last_grad_norm"]
+        norm = extra["last_grad_norm"]
+        self._last_norm = None if norm is None else torch.tensor(float(norm))
         self.skipped_updates = int(extra["skipped_updates"])
         self._sq_norm = float(extra["sq_norm"])

@@ -2,7 +2,8 @@
 
 `check_finite` takes one `_foreach_norm` over the gradients and one host sync. Policies: "raise" (default) raises
 `NonFiniteGradientError` naming the first tensor with a NaN/inf, before any weight or state changes; "skip" leaves
-weights and states untouched, drops the gradients and counts the step (`skipped_steps`). `SubspaceAdamW` checks in
+weights and states untouched, drops the gradients and counts the step (`skipped_steps`); "off" checks nothing, so
+`step()` never waits for the device (the check is the step's only host sync — per weight in per-layer mode). `SubspaceAdamW` checks in
 its `step`, `LayerwiseOptimizer` per weight in its hook, and optimizers we don't own (torch AdamW, bitsandbytes
 AdamW8bit) through `install_nonfinite_guard`, a step pre-hook.
 """
@@ -15,7 +16,7 @@ import torch
 
 from subprof.errors import SubprofError
 
-NONFINITE_POLICIES = ("raise", "skip")
+NONFINITE_POLICIES = ("raise", "skip", "off")
 
 
 class NonFiniteGradientError(SubprofError, FloatingPointError):
@@ -68,6 +69,8 @@ def install_nonfinite_guard(optimizer: torch.optim.Optimizer, policy: str, names
     as in `check_finite` (sharded parameters)."""
     check_policy(policy)
     optimizer.skipped_steps = 0
+    if policy == "off":
+        return
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]

@@ -19,8 +19,9 @@ import torch
 
 from subprof.errors import SubprofError
 from subprof.methods import get_method
-from subprof.methods.moments import adam_correction, adam_direction, init_state_moment
+from subprof.methods.moments import adam_correction, adam_direction, adam_directions, init_state_moment
 from subprof.methods.rule import ProjectionRule
+from subprof.methods.spec import FOREACH_NUMEL
 from subprof.optim.distributed import check_parameters, context_for, local
 from subprof.optim.nonfinite import NonFiniteGradientError, check_finite, check_policy, nonfinite_message
 
@@ -111,7 +112,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        bad = check_finite(params, self.param_names, agree=self.sharded)
+        bad = None if self.nonfinite == "off" else check_finite(params, self.param_names, agree=self.sharded)
         if bad is not None:
             if self.nonfinite == "raise":
                 step = next((self.state[p].get("step") for p in params if p in self.state), 0)
@@ -121,9 +122,13 @@ class SubspaceAdamW(torch.optim.Optimizer):
                 p.grad = None
             return loss
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.step_parameter(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if self.rule(group) is None:  # small unprojected tensors in one foreach pass (same bits as one by one)
+                batch = [p for p in params if p.numel() <= FOREACH_NUMEL and self._foreach_ready(p, group)]
+                self._plain_adam_foreach(batch, group)
+                params = [p for p in params if not any(p is q for q in batch)]
+            for p in params:
+                self.step_parameter(p, group)
         return loss
 
     @torch.no_grad()
@@ -135,14 +140,16 @@ class SubspaceAdamW(torch.optim.Optimizer):
         step = state.get("step", 0)
         lr, rule = group["lr"], self.rule(group)
         decayed = False
+        if rule is None and self._foreach_ready(p, group):
+            self._plain_adam_foreach([p], group)
+            return
         if rule is None:
             decayed = self._plain_adam(w, grad, state, group, step)
         else:
             if step == 0:  # the weight's position: random rules seed its stream from it (`SeededRule`)
                 state.setdefault("stream", self._position(p))
             with rule.acting_on(self.context(p)):
-                rule.update_projection(state, grad, step)
-                r_grad = rule.project(state, grad)
+                r_grad = rule.refresh_and_project(state, grad, step)
                 update = rule.low_rank_update(state, r_grad, group, step)
                 extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
                 del r_grad
@@ -165,6 +172,37 @@ class SubspaceAdamW(torch.optim.Optimizer):
             ctx = self._contexts[id(p)] = context_for(p, self.param_names.get(id(p), "a parameter"),
                                                       self._position(p))
         return ctx
+
+    @staticmethod
+    def _foreach_ready(p: torch.Tensor, group: dict) -> bool:
+        """Whether an unprojected tensor takes the foreach Adam: 32/16-bit moments in its gradient's own dtype."""
+        return group["state_bits"] != 8 and (torch.bfloat16 if group["state_bits"] == 16 else torch.float32) == \
+            p.grad.dtype
+
+    def _plain_adam_foreach(self, params: list[torch.Tensor], group: dict) -> None:
+        """Adam (GaLoreAdamW's order: p ← p − lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v+ε), then decoupled decay) on unprojected
+        tensors whose moments share their gradient's dtype, one foreach call per operation for the whole list —
+        the path every such tensor takes, alone (per-layer) or together (`step`), so both give the same bits.
+        Advances each tensor's step. Under FSDP2 each rank steps its shards (`local`)."""
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                init_state_moment(state, "exp_avg", local(p), group["state_bits"])
+                init_state_moment(state, "exp_avg_sq", local(p), group["state_bits"])
+            by_step.setdefault(state.get("step", 0), []).append(p)
+        lr, wd = group["lr"], group["weight_decay"]
+        for step, ps in by_step.items():
+            states = [self.state[p] for p in ps]
+            ws = [local(p) for p in ps]
+            directions = adam_directions([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                         [local(p.grad) for p in ps], betas=group["betas"], eps=group["eps"])
+            torch._foreach_add_(ws, directions, alpha=-lr * adam_correction(group["betas"], step + 1))
+            del directions
+            if wd > 0:
+                torch._foreach_add_(ws, ws, alpha=-lr * wd)
+            for state in states:
+                state["step"] = step + 1
 
     def _position(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from subprof.catalog import ModelConfig
 from subprof.config import TrainConfig
-from subprof.methods.spec import Dtype, tensor_bytes
+from subprof.methods.spec import FOREACH_NUMEL, Dtype, tensor_bytes
 from subprof.plan import calibration as cal
 from subprof.plan.calibration import Calibration
 
@@ -114,8 +114,9 @@ def step_temporary_bytes(c: TrainConfig) -> int:
     of the group at once → P · b_state; per-layer AdamW steps one tensor at a time → its largest tensor · b_state.
     8-bit states: bitsandbytes' fused blockwise kernel updates in place → none.
     Subspace methods (subprof.optim) step weight by weight: max over weights of the method's declared step
-    workspace, and the plain-AdamW tensors (embeddings, norms, lm_head) one at a time with one temporary each
-    (`adam_direction`), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
+    workspace, and the plain-AdamW tensors (embeddings, norms, lm_head): those over `FOREACH_NUMEL` values one at
+    a time with one temporary each, the smaller ones together (one foreach pass: a denominator and a direction
+    each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
     spec, m = c.spec, c.model
     b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
     if not spec.project:
@@ -125,7 +126,8 @@ def step_temporary_bytes(c: TrainConfig) -> int:
     per_weight = max(
         spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
                                   param_bytes=c.param_bytes, options=c.method_options) for s in m.linear_shapes())
-    return max(per_weight, max(m.unprojected_tensors()) * b_state)
+    small = sum(t for t in m.unprojected_tensors() if t <= FOREACH_NUMEL)
+    return max(per_weight, max(m.unprojected_tensors()) * b_state, 2 * small * b_state)
 
 
 def activation_bytes_per_token_layer(c: TrainConfig) -> int:

@@ -6,7 +6,7 @@ so the first training loss is bit-identical across configurations and difference
 
 Per case: next-token cross-entropy every step; validation loss every `eval_every` steps and at the end, on a fixed
 set of windows spread evenly over the held-out split; tokens/s over the timed steps; the time spent inside the
-projection updates (every `ProjectionRule.update_projection` call is timed) as a share of step time; memory —
+projection updates (every call of a rule's `update_methods` is timed) as a share of step time; memory —
 `torch.cuda.max_memory_allocated` on a GPU, and on the CPU the peak of the first two steps repeated on a separate
 copy (state creation and first projection, then a step with the state resident) traced by torch's `MemTracker`,
 plus the bytes held in `optimizer.state` at the end. A NaN/inf loss (or an optimizer refusing a non-finite
@@ -263,8 +263,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: BurstSettings) -
 
 @contextmanager
 def projection_timer(device: str) -> Iterator[list[float]]:
-    """Times every `update_projection` call of every ProjectionRule subclass (the optimizer calls it once per
-    projected weight and step); yields the list of call durations in seconds."""
+    """Times every projection update of every ProjectionRule subclass — the calls of its `update_methods`
+    (`update_projection` unless the rule splits it) that the optimizer makes once per projected weight and step;
+    yields the list of call durations in seconds."""
     from subprof.methods.rule import ProjectionRule
 
     calls: list[float] = []
@@ -286,15 +287,18 @@ def projection_timer(device: str) -> Iterator[list[float]]:
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if cls not in seen and "update_projection" in cls.__dict__:
-            seen.add(cls)
-            patched.append((cls, cls.__dict__["update_projection"]))
-            cls.update_projection = wrap(cls.__dict__["update_projection"])
+        if cls in seen:
+            continue
+        seen.add(cls)
+        for name in cls.update_methods:
+            if name in cls.__dict__:
+                patched.append((cls, name, cls.__dict__[name]))
+                setattr(cls, name, wrap(cls.__dict__[name]))
     try:
         yield calls
     finally:
-        for cls, fn in patched:
-            cls.update_projection = fn
+        for cls, name, fn in patched:
+            setattr(cls, name, fn)
 
 
 def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
