@@ -56,6 +56,8 @@ def test_models_and_gpus_json():
     (["estimate", "--model", "7b", "--batch", "0"], "batch"),
     (["estimate", "--model", "/nonexistent/config.json"], "does not exist"),
     (["estimate", "--model", "7b", "--dtype", "fp8"], "dtype"),
+    (["burst", "--model", "tiny", "--methods", "galore", "--batch", "8", "--nproc", "3"], "equal shares"),
+    (["burst", "--model", "tiny", "--methods", "galore", "--nproc", "2", "--strategy", "hsdp"], "fsdp or ddp"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     out = run(*args)

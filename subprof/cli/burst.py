@@ -54,7 +54,7 @@ def burst(
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
     from subprof.results import check_writable
-    from subprof.train.burst import BurstSettings, check_cases, expand_cases, run_bursts
+    from subprof.train.burst import BurstSettings, check_cases, check_split, expand_cases, run_bursts
     from subprof.train.corpus import load_corpus
 
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
@@ -64,6 +64,7 @@ def burst(
         raise SubprofError("no cases to run: " + "; ".join(notes))
     settings = BurstSettings(steps=steps, eval_every=eval_every, device=device, seed=seed, data_seed=seed,
                              threads=threads, nproc=nproc, strategy=strategy.strip().lower())
+    check_split(cases, settings)
     corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
     corpus.require(seq)
     if not json_out:

@@ -475,6 +475,14 @@ def run_bursts(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, 
         return _run_all(cases, settings, corpus, log, progress)
 
 
+def check_split(cases: list[BurstCase], settings: BurstSettings) -> None:
+    """With `--nproc N`, every case's global batch must split into N equal shares (checked before the corpus loads)."""
+    for case in cases:
+        if case.config.batch % settings.nproc:
+            raise SubprofError(f"--batch {case.config.batch} does not split into {settings.nproc} equal shares: give a "
+                               f"multiple of --nproc {settings.nproc}")
+
+
 def check_cases(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus) -> None:
     """Everything that can be refused before training starts: a sequence longer than the corpus splits or the
     model's positions, a CPU burst that does not fit this machine's memory."""

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from subprof.errors import SubprofError
 from subprof.results import ResultLog, case_key
-from subprof.train.burst import (FINAL, KEY_FIELDS, BurstCase, BurstSettings, case_row, check_cases, run_burst)
+from subprof.train.burst import (FINAL, KEY_FIELDS, BurstCase, BurstSettings, case_row, check_cases, check_split,
+                                  run_burst)
 from subprof.train.corpus import Corpus
 from subprof.train.launch import run_ranks
 
@@ -55,11 +55,8 @@ class Replica:
 def run_bursts_parallel(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, *, out: str | None = None,
                         resume: bool = False, progress: Any = None, timeout: float = 24 * 3600) -> list[dict]:
     """`run_bursts` over `settings.nproc` processes: the same rows (plus nproc and strategy), in case order."""
+    check_split(cases, settings)
     check_cases(cases, settings, corpus)
-    for case in cases:
-        if case.config.batch % settings.nproc:
-            raise SubprofError(f"--batch {case.config.batch} does not split into {settings.nproc} equal shares: give a "
-                               f"multiple of --nproc {settings.nproc}")
     log = ResultLog(out, resume=resume) if out else None
     done = {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
     keys = [case_key(case_row(c, settings, corpus), KEY_FIELDS) for c in cases]
