@@ -49,7 +49,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run(config_path: str, rounds: int, out: pathlib.Path) -> None:
+def run(config_path: str, rounds: int, out: pathlib.Path, cases: list[tuple]) -> None:
     import subprof
     from subprof.catalog import load_model
     from subprof.config import TrainConfig
@@ -62,15 +62,15 @@ def run(config_path: str, rounds: int, out: pathlib.Path) -> None:
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-    steps, floors = {}, {}
-    for label, method, options in CASES:
+    steps, floors, buffers = {}, {}, {}
+    for label, method, options in cases:
         opt = build_optimizer(model, method, lr=1e-5, nonfinite="off" if method != "adamw" else "raise", **options)
         for _ in range(2):
             opt.step()
         steps[label] = opt.step
         config = TrainConfig(model=cfg, method=method, rank=options.get("rank"), dtype="fp32",
                              update_gap=options.get("update_gap"))
-        floors[label] = floor_fn(model, config)
+        floors[label] = floor_fn(model, config, buffers=buffers)  # one copy of each buffer: 1b fits
         floors[label]()
         print(f"{label}: ready", flush=True)
     load_before = os.getloadavg()[0]
@@ -93,7 +93,7 @@ def run(config_path: str, rounds: int, out: pathlib.Path) -> None:
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "date": datetime.date.today().isoformat()}
     with out.open("a") as fh:
-        for label, method, options in CASES:
+        for label, method, options in cases:
             bits = options.get("state_bits", 32)
             row = {**common, "case": label, "method": method, "rank": options.get("rank"),
                    "update_gap": options.get("update_gap"), "state_bits": bits,
@@ -114,10 +114,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--cases", help="comma-separated labels to run (default: all; adamw is always run, the "
+                                        "ratios need it, and an 8-bit case needs its 16-bit one)")
     args = parser.parse_args()
+    cases = CASES
+    if args.cases:
+        wanted = {c.strip() for c in args.cases.split(",")} | {"adamw"}
+        wanted |= {w.replace("8-bit", "16-bit") for w in wanted}
+        unknown = wanted - {label for label, _, _ in CASES}
+        if unknown:
+            parser.error(f"unknown case(s) {sorted(unknown)}; known: {[label for label, _, _ in CASES]}")
+        cases = [c for c in CASES if c[0] in wanted]
     torch.set_num_threads(args.threads)
     for config in args.configs:
-        run(config, args.rounds, args.out)
+        run(config, args.rounds, args.out, cases)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,18 @@ def _moments(ms: list, vs: list, gs: list) -> list:
     return denom
 
 
-def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
-    """A zero-argument callable doing the floor of one optimizer step of `config` on `model`'s parameter shapes."""
+def floor_fn(model: torch.nn.Module, config: TrainConfig, *, buffers: dict | None = None) -> Any:
+    """A zero-argument callable doing the floor of one optimizer step of `config` on `model`'s parameter shapes.
+    `buffers`: a dict shared by several floors of one model (a benchmark that keeps them all alive), in which
+    tensors of equal role, shape and dtype are allocated once."""
+    cache = {} if buffers is None else buffers
+
+    def tensor(role: str, shape: tuple, fill: Any) -> torch.Tensor:
+        key = (role, tuple(shape), dtype, str(device))
+        if key not in cache:
+            cache[key] = fill(*shape, device=device, dtype=dtype)
+        return cache[key]
+
     from subprof.optim import split_parameters
 
     projected, plain = split_parameters(model)
@@ -51,15 +61,14 @@ def floor_fn(model: torch.nn.Module, config: TrainConfig) -> Any:
     work = []
     for (m, n), count in shapes.items():
         r = min(config.rank, m, n)
-        g = torch.randn(m, n, device=device, dtype=dtype)
-        w = torch.zeros(m, n, device=device, dtype=dtype)
-        p = torch.randn(*basis_shape(m, n, r), device=device, dtype=dtype)
-        mom = [torch.zeros(*moment_shape(m, n, r), device=device, dtype=dtype) for _ in range(2)]
+        g, w = tensor("grad", (m, n), torch.randn), tensor("weight", (m, n), torch.zeros)
+        p = tensor("basis", basis_shape(m, n, r), torch.randn)
+        mom = [tensor(k, moment_shape(m, n, r), torch.zeros) for k in ("m", "v")]
         work.append((g, w, p, mom, count, m >= n))
-    plain_params = [torch.zeros_like(t) for t in plain.values()]
-    plain_grads = [torch.randn_like(t) for t in plain_params]
-    plain_m = [torch.zeros_like(t) for t in plain_params]
-    plain_v = [torch.zeros_like(t) for t in plain_params]
+    # one buffer per tensor, by name (foreach lists must not alias)
+    plain_params, plain_grads, plain_m, plain_v = (
+        [tensor(f"{role} {name}", tuple(t.shape), fill) for name, t in plain.items()]
+        for role, fill in (("param", torch.zeros), ("grad", torch.randn), ("m", torch.zeros), ("v", torch.zeros)))
 
     def step() -> None:
         for g, w, p, (m, v), count, right in work:
