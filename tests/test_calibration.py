@@ -77,3 +77,33 @@ def test_a_file_that_is_not_a_record_is_one_line(tmp_path):
     path.write_text("{}")
     with pytest.raises(SubprofError, match="not a calibration record"):
         cal.load(path)
+
+
+def test_report_applies_a_given_record_to_the_gpu_it_was_measured_on(tmp_path, monkeypatch):
+    """`report --calibration FILE`: that GPU's plans and breakdowns use the record and the summary names it; the other
+    GPUs keep what `calibration_for` finds (here nothing: the default); a record for a GPU not in the report is one
+    line."""
+    from subprof.catalog import gpu_by_name
+    from subprof.methods import parse_methods
+    from subprof.report.summary import calibration_sentence
+    from subprof.report.tables import ReportRequest, plan_cells
+
+    monkeypatch.setattr(cal, "record_dirs", lambda: [])
+    cal._records.cache_clear()
+    record = {**cal.DEFAULT.to_dict(), "kind": "calibration", "gpu": "rtx-4090", "device_name": "NVIDIA GeForce RTX "
+              "4090", "torch": "2.x", "date": "2026-12-01T00:00:00+00:00", "cuda_context_bytes": 600 * 2**20}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(record))
+    try:
+        gpus = [gpu_by_name("4090"), gpu_by_name("h100-sxm")]
+        req = ReportRequest(models=[load_model("1b")], gpus=gpus, methods=parse_methods("adamw,galore"),
+                            calibrations=[cal.load(path)])
+        used = {cell.gpu.key: cell.plan.request.calibration for cell in plan_cells(req)}
+        assert used["rtx-4090"].cuda_context_bytes == 600 * 2**20 and str(path) in used["rtx-4090"].source
+        assert used["h100-sxm"].cuda_context_bytes == cal.DEFAULT.cuda_context_bytes
+        assert str(path) in calibration_sentence(req)
+        with pytest.raises(SubprofError, match="not among --gpus"):
+            ReportRequest(models=[load_model("1b")], gpus=gpus[1:], methods=parse_methods("adamw"),
+                          calibrations=[cal.load(path)])
+    finally:
+        cal._records.cache_clear()

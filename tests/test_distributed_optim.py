@@ -11,7 +11,8 @@ collectives only move data (gather to an owner, broadcast: GaLore's SVD refresh,
 products over the ranks (‖G‖², G(GᵀP), a Gram matrix) add those sums in another order, so with fp32 states
 max|W − W_ref| ≤ 1e-2 · max|W_ref − W_0| per parameter (measured ≤ 2.5e-3 over 20 steps, `-m slow`); bf16 and
 8-bit states round such 1e-7 differences into whole steps of their grid — one process perturbed by 1e-7 moves as
-far (GaLore at 16 bits: 0.40) — so there the evaluation loss must agree to 2% of its drop.
+far (GaLore at 16 bits: 0.40) — so there the evaluation loss must agree to a share of its change, or to
+1e-4 of its value where 20 steps on random tokens hardly change it (`loss_agrees`).
 The full matrix (every method × 32/16/8-bit × global/per-layer × FSDP2/DDP, 20 steps with refreshes, 4 ranks for
 galore and ori): `pytest -m slow tests/test_distributed_optim.py` (8 min here).
 """
@@ -106,6 +107,17 @@ def two_ranks(tmp_path_factory, corpus):
     return {"ranks": ranks, "refs": refs, "folder": folder}
 
 
+# The evaluation data are random tokens (`dist_workers.batch`): 20 steps can leave the loss where it started, so a
+# share of its change alone can be a tolerance of nothing; the loss also agrees when within 1e-4 of its value.
+LOSS_FLOOR = 1e-4
+
+
+def loss_agrees(got: float, ref_loss: tuple[float, float], share: float) -> bool:
+    """|got − ref| ≤ max(share · |the reference's change|, LOSS_FLOOR · |ref|) for the final evaluation loss."""
+    before, after = ref_loss
+    return abs(got - after) <= max(share * abs(before - after), LOSS_FLOOR * abs(after))
+
+
 def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> None:
     """The tolerance of the module docstring for one run (clipping: the global norm is a sum over the ranks)."""
     if run.strategy == "ddp" or (exact(run.method) and not run.clip):
@@ -113,8 +125,7 @@ def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> Non
     elif run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
     else:
-        before, after = ref["loss"]
-        assert abs(got["loss"] - after) <= low_precision_loss * abs(before - after)
+        assert loss_agrees(got["loss"], ref["loss"], low_precision_loss)
 
 
 @pytest.mark.parametrize("run", CI_RUNS, ids=lambda r: r.key)
@@ -241,7 +252,7 @@ def slow_two_ranks(tmp_path_factory):
     torch.set_num_threads(1)
     refs = references(SLOW_RUNS, 2, folder / "refs.pt")
     ranks = run_ranks(w.train_runs, 2, SLOW_RUNS, str(folder / "refs.pt"), timeout=3600)
-    return {"ranks": ranks, "refs": refs}
+    return {"ranks": [{"runs": runs} for runs in ranks], "refs": refs}
 
 
 @pytest.mark.slow
@@ -268,14 +279,13 @@ def four_ranks(two_ranks):
 @pytest.mark.parametrize("run", FOUR_RANK_RUNS, ids=lambda r: r.key)
 def test_four_ranks_train_like_one_process(four_ranks, run):
     """4 ranks reduce each gradient from four parts in their own order (not bit for bit): the fp32 tolerance, and
-    5% of the loss drop at 16 bits."""
+    the 16-bit loss within 5% of its change (or LOSS_FLOOR)."""
     got = four_ranks["ranks"][0]["runs"][run.key]
     ref = four_ranks["refs"][run.reference_key]
     if run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
     else:
-        before, after = ref["loss"]
-        assert abs(got["loss"] - after) <= 0.05 * abs(before - after)
+        assert loss_agrees(got["loss"], ref["loss"], 0.05)
     assert len({r["runs"][run.key]["digest"] for r in four_ranks["ranks"]}) == 1
 
 

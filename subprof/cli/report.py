@@ -77,6 +77,10 @@ def report(
     strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp, fsdp-no-reshard or hsdp.")] = "auto",
     days: Annotated[Optional[float], typer.Option("--days", help="Deadline: the cheapest configuration that trains "
                                                                  "--tokens within this many days.")] = None,
+    calibration: Annotated[Optional[list[str]], typer.Option("--calibration", help="A calibration record written by "
+                                                             "`subprof calibrate` (repeatable): it applies to the GPU "
+                                                             "it was measured on. Default: each GPU's newest record "
+                                                             "found, else the H100 calibration.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("reports/procurement.html"),
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV per table into this "
                                                               "folder.")] = None,
@@ -86,6 +90,7 @@ def report(
     time and cost of a token budget, and measured results when given."""
     from subprof.catalog import load_model
     from subprof.methods import parse_methods
+    from subprof.plan.calibration import load as load_calibration
     from subprof.plan.evidence import probe_quality
     from subprof.report.build import build_report, write_csv
     from subprof.report.html import write_html
@@ -106,7 +111,8 @@ def report(
                         probe_rows=read_result_files([probe] if probe else [], "--probe"),
                         evidence=probe_quality(probe) if probe else None,
                         gpus_per_node=parse_int_list(gpus_per_node, "--gpus-per-node"),
-                        nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days)
+                        nodes=parse_int_list(nodes, "--nodes"), strategy=strategy.strip().lower(), days=days,
+                        calibrations=[load_calibration(path) for path in calibration or []])
     if out.suffix.lower() not in (".html", ".htm"):
         raise SubprofError(f"--out {str(out)!r}: the report is an HTML page; give a file name ending in .html")
     check_writable(out, example="procurement.html")

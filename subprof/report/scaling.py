@@ -35,7 +35,7 @@ def scaling_table(req: ReportRequest, on_cell: Callable[[str], None] | None = No
                 p = plan(PlanRequest(model=model, budget=budget, methods=req.methods, seq=req.seq, dtype=req.dtype,
                                      margin=req.margin, gpu=gpu, utilization=req.utilization, gpus=count,
                                      nodes=nodes, strategy=req.strategy if count > 1 else "auto",
-                                     evidence=req.evidence))
+                                     evidence=req.evidence, calibration=req.calibration(gpu)))
                 rows.append(_row(req, model.name, gpu, count, nodes, usd, p.recommendation))
                 if on_cell is not None:
                     on_cell(f"{model.name} on {count}× {gpu.name}")

@@ -6,7 +6,7 @@ import pandas as pd
 
 from subprof.catalog import ModelConfig
 from subprof.plan.planner import ranks_for
-from subprof.plan.calibration import DEFAULT, calibration_for
+from subprof.plan.calibration import DEFAULT
 from subprof.plan.memory import estimate
 from subprof.report.probe import probe_summary_line
 from subprof.report.tables import FIT_CLASSES, ReportRequest, leanest, price_date
@@ -148,7 +148,7 @@ def assumptions(req: ReportRequest) -> list[str]:
 
 def calibration_sentence(req: ReportRequest) -> str:
     """Which calibration each GPU's memory figures used: its own record (`subprof calibrate`), else the default."""
-    own = {g.name: calibration_for(g.key) for g in req.gpus}
+    own = {g.name: req.calibration(g) for g in req.gpus}
     measured = {name: c for name, c in own.items() if c.gpu is not None}
     rest = [name for name in own if name not in measured]
     parts = [f"{name}: {c.source}" for name, c in measured.items()]

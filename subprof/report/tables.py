@@ -18,6 +18,7 @@ from subprof.catalog import Budget, GpuSpec, ModelConfig
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods.spec import MethodSpec
+from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.evidence import QualityModel
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.planner import Candidate, Plan, PlanRequest, plan, ranks_for
@@ -48,6 +49,9 @@ class ReportRequest:
     nodes: list[int] = field(default_factory=lambda: [1])
     strategy: str = "auto"
     days: float | None = None
+    # `--calibration FILE` records, each for the catalogue GPU it was measured on; other GPUs take their newest
+    # record found, else the default (`plan.calibration.calibration_for`)
+    calibrations: list[Calibration] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -64,6 +68,17 @@ class ReportRequest:
         for key, usd in self.prices.items():
             if not (usd > 0 and math.isfinite(usd)):
                 raise SubprofError(f"--price {key}={usd}: a price must be a positive number of USD per hour")
+        keys = {g.key for g in self.gpus}
+        for c in self.calibrations:
+            if c.gpu not in keys:
+                raise SubprofError(f"--calibration {c.source}: measured on {c.gpu or 'no catalogue GPU'}, which is not "
+                                   f"among --gpus ({', '.join(sorted(keys))})")
+        if len({c.gpu for c in self.calibrations}) < len(self.calibrations):
+            raise SubprofError("--calibration: two records for one GPU; give one per GPU")
+
+    def calibration(self, gpu: GpuSpec) -> Calibration:
+        """The calibration `gpu`'s memory figures use: its `--calibration` record, else `calibration_for`."""
+        return next((c for c in self.calibrations if c.gpu == gpu.key), None) or calibration_for(gpu.key)
 
     @property
     def multi_gpu(self) -> bool:
@@ -92,7 +107,7 @@ def plan_cells(req: ReportRequest, on_cell: Callable[[str], None] | None = None)
             budget = Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / GIB:.2f} GiB", gpu)
             result = plan(PlanRequest(model=model, budget=budget, methods=req.methods, seq=req.seq, dtype=req.dtype,
                                       margin=req.margin, gpu=gpu, utilization=req.utilization,
-                                      evidence=req.evidence))
+                                      evidence=req.evidence, calibration=req.calibration(gpu)))
             cells.append(Cell(model=model, gpu=gpu, plan=result))
             if on_cell is not None:
                 on_cell(f"{model.name} on {gpu.name}")
@@ -175,7 +190,8 @@ def memory_breakdown(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
         cell = breakdown_gpu(cells, model)
         for spec, forced in req.methods:
             cand: Candidate | None = cell.plan.best_per_method.get(spec.name)
-            est = cand.estimate if cand is not None else estimate(leanest(model, spec, forced, req))
+            est = cand.estimate if cand is not None else estimate(leanest(model, spec, forced, req),
+                                                                  req.calibration(cell.gpu))
             for comp, nbytes in _device_parts(est).items():
                 rows.append({"model": model.name, "gpu": cell.gpu.key, "gpu_name": cell.gpu.name,
                              "usable_bytes": cell.plan.request.usable_bytes, "method": spec.name,
