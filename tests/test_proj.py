@@ -146,3 +146,22 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_cli_cuda_without_gpu_is_an_error(tmp_path):
     res = CliRunner().invoke(app, ["proj", "--model", "tiny", "--device", "cuda", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
+
+
+def test_timings_that_swing_are_flagged_and_the_table_warns(tmp_path, monkeypatch):
+    """A timing whose max − min exceeds half its median is `noisy` in its row, marked in the table and warned about
+    with the rerun hint; a steady one is not (the timings are given, not measured: the rule is what is tested)."""
+    import subprof.measure.timing as timing
+
+    def given(method, grad, rank, *, repeats, warmup, device):
+        samples = [1.0, 1.0, 1.6] if method == "ori" else [1.0, 1.1, 1.2]
+        return timing.Timing(method=method, shape=tuple(grad.shape), rank=rank, samples=samples)
+
+    monkeypatch.setattr(timing, "time_update", given)
+    out = tmp_path / "p.jsonl"
+    res = CliRunner().invoke(app, ["proj", "--model", "tiny", "--ranks", "4", "--methods", "ori,grassjump",
+                                   "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "vary by more than half their median" in res.output and "--repeats" in res.output
+    noisy = {(r["method"], r["noisy"]) for r in read_rows(out) if "noisy" in r and r["method"] != FLOOR}
+    assert noisy == {("ori", True), ("grassjump", False)}
