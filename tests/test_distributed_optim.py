@@ -11,8 +11,7 @@ collectives only move data (gather to an owner, broadcast: GaLore's SVD refresh,
 products over the ranks (‖G‖², G(GᵀP), a Gram matrix) add those sums in another order, so with fp32 states
 max|W − W_ref| ≤ 1e-2 · max|W_ref − W_0| per parameter (measured ≤ 2.5e-3 over 20 steps, `-m slow`); bf16 and
 8-bit states round such 1e-7 differences into whole steps of their grid — one process perturbed by 1e-7 moves as
-far (GaLore at 16 bits: 0.40) — so there the evaluation loss must agree to a share of its change, or to
-1e-4 of its value where 20 steps on random tokens hardly change it (`loss_agrees`).
+far (GaLore at 16 bits: 0.40) — so there the evaluation loss must agree to a share of its change (`loss_agrees`).
 The full matrix (every method × 32/16/8-bit × global/per-layer × FSDP2/DDP, 20 steps with refreshes, 4 ranks for
 galore and ori): `pytest -m slow tests/test_distributed_optim.py` (8 min here).
 """
@@ -107,20 +106,21 @@ def two_ranks(tmp_path_factory, corpus):
     return {"ranks": ranks, "refs": refs, "folder": folder}
 
 
-# The evaluation data are random tokens (`dist_workers.batch`): 20 steps can leave the loss where it started, so a
-# share of its change alone can be a tolerance of nothing; the loss also agrees when within 1e-4 of its value.
-LOSS_FLOOR = 1e-4
-
-
 def loss_agrees(got: float, ref_loss: tuple[float, float], share: float) -> bool:
-    """|got − ref| ≤ max(share · |the reference's change|, LOSS_FLOOR · |ref|) for the final evaluation loss."""
+    """|got − ref| ≤ share · |the reference's change| for the final evaluation loss (the data are a rule the model
+    learns, `dist_workers.batch`: 20 steps take the loss from 9.05 to 0.39 nats)."""
     before, after = ref_loss
-    return abs(got - after) <= max(share * abs(before - after), LOSS_FLOOR * abs(after))
+    return abs(got - after) <= share * abs(before - after)
 
 
 def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> None:
-    """The tolerance of the module docstring for one run (clipping: the global norm is a sum over the ranks)."""
-    if run.strategy == "ddp" or (exact(run.method) and not run.clip):
+    """The tolerance of the module docstring for one run (clipping: the global norm is a sum over the ranks; FSDP2's
+    default placement, Shard(0) everywhere, crosses the wide weights, whose R is then a sum over the ranks)."""
+    before, after = ref["loss"]
+    share = abs(got["loss"] - after) / abs(before - after)
+    print(f"MEASURED {run.key}: bitwise {got['digest'] == w.digest(ref['weights'])}, max|W-W_ref|/change "
+          f"{max(got['deviations'].values()):.2e}, loss share of its change {share:.2e}")  # shown by `pytest -rA`
+    if run.strategy == "ddp" or (exact(run.method) and not run.clip and run.strategy == "fsdp"):
         assert got["digest"] == w.digest(ref["weights"])  # bit for bit
     elif run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
@@ -130,7 +130,7 @@ def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> Non
 
 @pytest.mark.parametrize("run", CI_RUNS, ids=lambda r: r.key)
 def test_data_parallel_training_equals_one_process(two_ranks, run):
-    """3 steps: 16/8-bit states with summing methods within 1e-3 of the loss drop (measured ≤ 1.2e-4)."""
+    """3 steps: 16/8-bit states with summing methods within 1e-3 of the loss drop (measured ≤ 3e-5, 2026-12-02)."""
     check(two_ranks["ranks"][0]["runs"][run.key], two_ranks["refs"][run.reference_key], run,
           low_precision_loss=1e-3)
 
@@ -223,7 +223,8 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks, run):
 def close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], init: dict[str, torch.Tensor], *,
           bitwise: bool, tolerance: float = 1e-2) -> None:
     """Bit for bit, or max|W − W_want| ≤ tolerance · max|W_want − W_0| per parameter. 8-bit states loaded on another
-    layout are quantised again in new blocks (up to one step of the 8-bit grid per value): 0.1 (measured 0.029)."""
+    layout are quantised again in new blocks (up to one step of the 8-bit grid per value): 0.1 (measured 0.025)."""
+    print(f"MEASURED resumed: max|W-W_want|/change {max(w.deviations(got, want, init).values()):.2e}")  # pytest -rA
     if bitwise:
         assert w.digest(got) == w.digest(want)
     else:
@@ -279,9 +280,11 @@ def four_ranks(two_ranks):
 @pytest.mark.parametrize("run", FOUR_RANK_RUNS, ids=lambda r: r.key)
 def test_four_ranks_train_like_one_process(four_ranks, run):
     """4 ranks reduce each gradient from four parts in their own order (not bit for bit): the fp32 tolerance, and
-    the 16-bit loss within 5% of its change (or LOSS_FLOOR)."""
+    the 16-bit loss within 5% of its change."""
     got = four_ranks["ranks"][0]["runs"][run.key]
     ref = four_ranks["refs"][run.reference_key]
+    print(f"MEASURED 4 ranks {run.key}: max|W-W_ref|/change {max(got['deviations'].values()):.2e}, loss "
+          f"{abs(got['loss'] - ref['loss'][1]) / abs(ref['loss'][0] - ref['loss'][1]):.2e} of its change")
     if run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
     else:
