@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The traced per-rank sweep behind profiles/measured/rank_trace_<torch>.jsonl (one rank of a data-parallel job on
 # a fake process group: `subprof bench --backend trace --world-size N`). One process at a time, niced; resumable.
-#   bash profiles/measured/rank_trace.sh                      # adamw and 8-bit adamw (today)
-#   METHODS=adamw,adamw8bit,galore,ori,osd bash profiles/measured/rank_trace.sh   # once the distributed optimizer
-#                                                             # (issue 15) steps FSDP2 parameters
+#   bash profiles/measured/rank_trace.sh                      # adamw and 8-bit adamw
+#   METHODS=galore,ori bash profiles/measured/rank_trace.sh   # low-rank methods (the distributed optimizer)
+#   METHODS=osd STEPS=3 bash profiles/measured/rank_trace.sh  # OSD's projector moments appear at its second
+#                                                             # optimizer step: a third step sees its whole state
 # About 15 minutes on 2 CPU cores for the default methods; < 1 GiB of host memory per case.
 set -euo pipefail
 METHODS=${METHODS:-adamw,adamw8bit}
 RANKS=${RANKS:-512}
+STEPS=${STEPS:-2}
 TORCH=$(python -c "import torch; print(torch.__version__.split('+')[0])")
 OUT=${OUT:-profiles/measured/rank_trace_${TORCH}.jsonl}
-bench() { nice -n 10 subprof bench --backend trace --seq 256 --steps 2 --methods "$METHODS" --ranks "$RANKS" \
+bench() { nice -n 10 subprof bench --backend trace --seq 256 --steps "$STEPS" --methods "$METHODS" --ranks "$RANKS" \
           --out "$OUT" --resume --timeout 1200 "$@"; }
 # the grid: model × world size, FSDP2 (reshard after forward)
 for world in 2 8 64; do

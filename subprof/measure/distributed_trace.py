@@ -207,8 +207,10 @@ def _storage_bytes(tensors) -> int:
 
 
 def _state_tensors(opt) -> list:
-    """Tensors in `optimizer.state` except AdamW's `step` scalars (a CPU tensor on CUDA: not device memory)."""
-    return [v for st in opt.state.values() for k, v in st.items() if isinstance(v, torch.Tensor) and k != "step"]
+    """Tensors in `optimizer.state` except host tensors that are not device memory on CUDA: AdamW's `step` scalars
+    and a seeded rule's generator state (`rng_state`, a CPU `torch.Generator`'s 5 KiB)."""
+    return [v for st in opt.state.values() for k, v in st.items()
+            if isinstance(v, torch.Tensor) and k not in ("step", "rng_state")]
 
 
 @contextlib.contextmanager
