@@ -143,7 +143,10 @@ def test_sigint_to_a_running_sweep_keeps_a_valid_jsonl(tmp_path):
     cmd = [sys.executable, "-m", "subprof", "bench", "--model", "tiny", "--methods", "adamw,galore",
            "--ranks", "8,16,32", "--batch", "1", "--seq", "16", "--steps", "1", "--backend", "trace",
            "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default disposition in the child whatever this process inherited (a harness that ignores SIGINT
+    # would make Python in the child ignore Ctrl-C too)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 1):
         time.sleep(0.2)
