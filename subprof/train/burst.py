@@ -521,22 +521,35 @@ def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) 
 
 def _run_all(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus, log: ResultLog | None,
              progress: Any) -> list[dict]:
-    done = {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
+    done, advance = finished_rows(log), progress.advance if progress else None
     rows = []
     for case in cases:
-        key = case_key(case_row(case, settings, corpus), KEY_FIELDS)
-        if key in done:
-            rows.append(dict(done[key], resumed=True))
-            if progress:
-                for _ in range(settings.steps):
-                    progress.advance(f"{case.label}: done earlier")
-            continue
-        hook = (lambda s, v, c=case: progress.advance(f"{c.label} step {s + 1} loss {v:.3f}")) if progress else None
-        row = run_burst(case, settings, corpus, on_step=hook)
-        if progress and row["steps_done"] < settings.steps:
-            for _ in range(settings.steps - row["steps_done"]):
-                progress.advance(f"{case.label}: {row['status']}")
-        if log:
-            log.append(row)
-        rows.append(row)
+        row = done.get(case_key(case_row(case, settings, corpus), KEY_FIELDS))
+        rows.append(resumed_row(case, row, settings, advance) if row is not None else
+                    train_case(case, settings, corpus, advance=advance, log=log))
     return rows
+
+
+def finished_rows(log: ResultLog | None) -> dict[tuple, dict]:
+    """The rows already in `log` with a final status, by case key: what `--resume` does not run again."""
+    return {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
+
+
+def resumed_row(case: BurstCase, row: dict, settings: BurstSettings, advance: Callable[[str], Any] | None) -> dict:
+    """A case finished in an earlier run: its row, marked, and its steps counted on the progress."""
+    for _ in range(settings.steps if advance else 0):
+        advance(f"{case.label}: done earlier")
+    return dict(row, resumed=True)
+
+
+def train_case(case: BurstCase, settings: BurstSettings, corpus: Corpus, *, advance: Callable[[str], Any] | None,
+               log: ResultLog | None, replica: Any = None) -> dict:
+    """`run_burst` with its progress — `advance(label)` once per step trained, then once per step a diverged run
+    did not take — and its row appended to `log` as soon as it exists."""
+    hook = (lambda s, v: advance(f"{case.label} step {s + 1} loss {v:.3f}")) if advance else None
+    row = run_burst(case, settings, corpus, on_step=hook, replica=replica)
+    for _ in range(settings.steps - row["steps_done"] if advance else 0):
+        advance(f"{case.label}: {row['status']}")
+    if log:
+        log.append(row)
+    return row

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from subprof.results import ResultLog, case_key
-from subprof.train.burst import (FINAL, KEY_FIELDS, BurstCase, BurstSettings, case_row, check_cases, check_split,
-                                  run_burst)
+from subprof.train.burst import (KEY_FIELDS, BurstCase, BurstSettings, case_row, check_cases, check_split,
+                                  finished_rows, resumed_row, train_case)
 from subprof.train.corpus import Corpus
 from subprof.train.launch import run_ranks
 
@@ -58,7 +58,7 @@ def run_bursts_parallel(cases: list[BurstCase], settings: BurstSettings, corpus:
     check_split(cases, settings)
     check_cases(cases, settings, corpus)
     log = ResultLog(out, resume=resume) if out else None
-    done = {case_key(r, KEY_FIELDS): r for r in (log.existing if log else []) if r.get("status") in FINAL}
+    done = finished_rows(log)
     keys = [case_key(case_row(c, settings, corpus), KEY_FIELDS) for c in cases]
     todo = [c for c, k in zip(cases, keys) if k not in done]
     fresh: list[dict] = []
@@ -73,15 +73,9 @@ def run_bursts_parallel(cases: list[BurstCase], settings: BurstSettings, corpus:
                               on_wait=lambda: _drain(messages, progress))[0]
         finally:
             _drain(messages, progress)
-    rows, new = [], iter(fresh)
-    for case, key in zip(cases, keys):
-        if key in done:
-            rows.append(dict(done[key], resumed=True))
-            for _ in range(settings.steps if progress else 0):
-                progress.advance(f"{case.label}: done earlier")
-        else:
-            rows.append(next(new))
-    return rows
+    new, advance = iter(fresh), progress.advance if progress else None
+    return [resumed_row(case, done[key], settings, advance) if key in done else next(new)
+            for case, key in zip(cases, keys)]
 
 
 def _drain(messages: Any, progress: Any) -> None:
@@ -99,14 +93,5 @@ def _rank_bursts(rank: int, world: int, cases: list[BurstCase], settings: BurstS
     """One process's share of every case; process 0 logs the rows and reports progress."""
     replica = Replica(rank=rank, world=world, strategy=settings.strategy, device=settings.device)
     log = ResultLog(out) if out and rank == 0 else None
-    rows = []
-    for case in cases:
-        hook = (lambda s, v, c=case: messages.put(f"{c.label} step {s + 1} loss {v:.3f}")) if rank == 0 else None
-        row = run_burst(case, settings, corpus, on_step=hook, replica=replica)
-        if rank == 0:
-            for _ in range(settings.steps - row["steps_done"]):
-                messages.put(f"{case.label}: {row['status']}")
-            if log:
-                log.append(row)
-        rows.append(row)
-    return rows
+    advance = messages.put if rank == 0 else None
+    return [train_case(case, settings, corpus, advance=advance, log=log, replica=replica) for case in cases]
