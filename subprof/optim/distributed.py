@@ -204,25 +204,24 @@ def check_parameters(named: dict[str, Any]) -> bool:
     return bool(sharded)
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def agree_first(index: int, *, read: bool = True) -> int:
-    """The smallest `index` over all ranks (one all-reduce of one int64): every rank then names the same first
-    non-finite gradient and takes the same decision, whichever rank's shard holds the NaN. `read=False` (a
-    fake-tensor trace: no values) issues the collective and returns `index`."""
-    t = torch.tensor([index], dtype=torch.int64)
+def agree_first(index: int, device: Any, *, read: bool = True) -> int:
+    """The smallest `index` over all ranks (one all-reduce of one int64 on the gradients' `device`: NCCL reduces
+    only GPU tensors): every rank then names the same first non-finite gradient and takes the same decision,
+    whichever rank's shard holds the NaN. `read=False` (a fake-tensor trace: no values) issues the collective and
+    returns `index`."""
+    t = torch.tensor([index], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t) if read else index
 
 
 def grad_norms(grads: list[Any]) -> list[torch.Tensor]:
-    """`grad_norm` of several gradients sharded on one mesh with one all-reduce of their local ‖G_l‖²."""
+    """‖G‖_F of each (possibly sharded) gradient, the same on every rank, as 0-d fp32 tensors on their device (no
+    host read). `float()` of a DTensor norm would return this rank's part silently (/work/notes/dist_optim.md §7):
+    gradients sharded on one mesh sum their local ‖G_l‖² over the shard group in one all-reduce."""
     from torch.distributed.tensor import DTensor
 
     if not grads or not isinstance(grads[0], DTensor):
-        return [grad_norm(g) for g in grads]
+        return [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
     sq = torch.stack([torch.linalg.vector_norm(g.to_local(), dtype=torch.float32).square() for g in grads])
     mesh_dim = next(i for i, pl in enumerate(grads[0].placements) if pl.is_shard())
     dist.all_reduce(sq, group=grads[0].device_mesh.get_group(mesh_dim))
@@ -245,14 +244,5 @@ def fsdp_units(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
 
 
 def grad_norm(grad: Any) -> torch.Tensor:
-    """‖G‖_F of a (possibly sharded) gradient, the same on every rank, as a 0-d fp32 tensor on its device (no host
-    read). `float()` of a DTensor norm would return this rank's part silently (/work/notes/dist_optim.md §7): a
-    sharded gradient sums its local ‖G_l‖² over the shard group (one all-reduce of one fp32 value)."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(grad, DTensor):
-        return torch.linalg.vector_norm(grad, dtype=torch.float32)
-    sq = torch.linalg.vector_norm(grad.to_local(), dtype=torch.float32).square().reshape(1)
-    mesh_dim = next(i for i, pl in enumerate(grad.placements) if pl.is_shard())
-    dist.all_reduce(sq, group=grad.device_mesh.get_group(mesh_dim))
-    return sq.sqrt()[0]
+    """`grad_norms` of one gradient (a sharded one: one all-reduce of one fp32 value)."""
+    return grad_norms([grad])[0]

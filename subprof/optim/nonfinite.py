@@ -50,7 +50,7 @@ def check_finite(params: list[torch.Tensor], names: dict[int, str], *, agree: bo
         if bool(bad.any()):
             first = int(bad.nonzero()[0, 0])
     if agree:  # under a trace too: the collective is part of the step (its value is not read)
-        first = agree_first(first, read=values)
+        first = agree_first(first, local(with_grad[0].grad).device if with_grad else None, read=values)
     if not values or first >= len(with_grad):
         return None
     return names.get(id(with_grad[first]), f"parameter {first}")
