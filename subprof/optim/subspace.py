@@ -122,12 +122,14 @@ class SubspaceAdamW(torch.optim.Optimizer):
                 p.grad = None
             return loss
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if self.rule(group) is None:  # small unprojected tensors in one foreach pass (same bits as one by one)
-                batch = [p for p in params if p.numel() <= FOREACH_NUMEL and self._foreach_ready(p, group)]
-                self._plain_adam_foreach(batch, group)
-                params = [p for p in params if not any(p is q for q in batch)]
-            for p in params:
+            batch, alone = [], []  # small unprojected tensors in one foreach pass (same bits as one by one)
+            plain = self.rule(group) is None
+            for p in group["params"]:
+                if p.grad is not None:
+                    small = plain and p.numel() <= FOREACH_NUMEL and self._foreach_ready(p, group)
+                    (batch if small else alone).append(p)
+            self._plain_adam_foreach(batch, group)
+            for p in alone:
                 self.step_parameter(p, group)
         return loss
 
