@@ -111,6 +111,10 @@ def burst(
                   "peak: CUDA max_memory_allocated, or on a CPU the MemTracker-traced peak of the first two steps "
                   "(state creation and first projection, then a step with the state resident); proj. share: time "
                   "in projection updates / step time.")
+    if nproc > 1:
+        console.print(f"With --nproc {nproc}: state MiB is what process 0 holds — under fsdp its shards (about "
+                      f"1/{nproc} of one process's state), under ddp the whole; peak is not measured; tokens/s counts "
+                      f"all processes.")
     console.print(f"rows appended to {out}")
 
 
