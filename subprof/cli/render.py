@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+from rich import box
 from rich.table import Table
 
 from subprof.cli import render_job
 from subprof.cli.ui import console
-from subprof.plan.memory import PHASES, Estimate
+from subprof.plan.memory import PHASE_MEANING, PHASES, Estimate
 from subprof.plan.planner import COMPRESSION, Candidate, Plan, ranks_for
 from subprof.units import gib
 
@@ -23,7 +26,8 @@ def estimate_table(est: Estimate) -> None:
     c = est.config
     phases = [p for p in PHASES if est.phases.get(p)]
     job = f" · rank 0 of {est.parallel.label()}" if hasattr(est, "parallel") else ""
-    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch} × seq {c.seq} · {c.dtype}{job} "
+    step = f" × {c.accumulation} accumulation" if c.accumulation > 1 else ""
+    table = Table(title=f"{c.model.name} · {c.label()} · batch {c.batch}{step} × seq {c.seq} · {c.dtype}{job} "
                         f"(GiB = 2^30 B)")
     table.add_column("component")
     table.add_column("size", justify="right")
@@ -37,6 +41,8 @@ def estimate_table(est: Estimate) -> None:
     table.add_section()
     table.add_row("[bold]total[/]", "", *[f"[bold]{_g(sum(est.phases[p].values()))}[/]" for p in phases])
     console.print(table)
+    console.print("Phase columns hold the bytes alive together (· none); the peak is the largest total, not the sum "
+                  "of sizes. " + "; ".join(f"{PHASE_TITLES[p]} = {PHASE_MEANING[p]}" for p in phases) + ".")
     console.print(f"peak allocated (torch.cuda.max_memory_allocated): [bold]{gib(est.peak_allocated_bytes):.2f} GiB"
                   f"[/] in {PHASE_TITLES[est.peak_phase]}; reserved ≈ {gib(est.reserved_bytes):.2f} GiB; "
                   f"device used (nvidia-smi, incl. CUDA context) ≈ [bold]{gib(est.device_used_bytes):.2f} GiB[/]")
@@ -45,56 +51,102 @@ def estimate_table(est: Estimate) -> None:
     console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
 
 
-def _cand_row(c: Candidate) -> list[str]:
+def quality_cell(c: Candidate, band: float) -> str:
+    """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
+    if not c.config.spec.project:
+        return "ref"
+    return f"{100 * c.ppl_increase:+.1f}%±{100 * math.expm1(band):.1f}"
+
+
+def _cand_row(c: Candidate, band: float) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
     return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
-            seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
-            f"{gib(c.estimate.device_used_bytes):.2f}", f"{c.throughput.tokens_per_s:,.0f}",
-            f"{100 * c.throughput.projection_share:.1f}%"]
+            seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
+            f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
+            f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band)]
 
 
-CAND_COLUMNS = ("method", "rank", "gap", "bits", "per-layer", "micro-batch", "seqs/step", "ckpt", "peak alloc GiB",
-                "device GiB", "tokens/s", "proj share")
+CAND_COLUMNS = ("method", "rank", "T", "bits", "layer", "micro", "seq/step", "ckpt", "peak", "device", "tok/s",
+                "proj", "Δppl")
+NARROW = 120  # below this many columns the tables drop the peak-allocated column (device used decides the fit)
+CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); layer: per-layer updates; micro: "
+               "micro-batch × accumulation; peak, device: GiB (peak allocated; device used incl. CUDA context); proj: "
+               "share of step time in projection updates; Δppl: predicted validation perplexity against full-rank "
+               "AdamW ± the band within which candidates cannot be told apart")
 
 
-def _cand_table(title: str, cands: list[Candidate], job: bool = False) -> Table:
-    table = Table(title=title)
-    for col in render_job.JOB_COLUMNS if job else CAND_COLUMNS:
-        table.add_column(col, justify="left" if col in ("method", "strategy") else "right")
-    for c in cands:
-        table.add_row(*(render_job.job_row(c) if job else _cand_row(c)))
+def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False) -> Table:
+    """Candidates as rows; under `NARROW` columns the peak-allocated column is left out."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = render_job.JOB_COLUMNS + ("Δppl",) if job else CAND_COLUMNS
+    rows = [(render_job.job_row(c) + [quality_cell(c, band)]) if job else _cand_row(c, band) for c in cands]
+    drop = {"peak", "peak/rank GiB"} if console.width < NARROW else set()
+    keep = [i for i, col in enumerate(columns) if col not in drop]
+    for i in keep:
+        col = columns[i]
+        table.add_column(col, justify="left" if col in ("method", "strategy") else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
     return table
 
 
-def plan_tables(result: Plan, evidence: list | None = None) -> None:
+def recommendation_line(result: Plan) -> str:
+    """The answer in one line: what to run, whether and how it fits, its speed and predicted quality cost."""
+    req = result.request
+    rec = result.recommendation
+    fits = (f"fits: {gib(rec.estimate.device_used_bytes):.1f} of {gib(req.usable_bytes):.1f} GiB usable "
+            f"({req.budget.text}, {req.margin:.0%} margin)")
+    speed = (render_job.job_recommendation(rec) if req.gpus > 1 else
+             f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {req.throughput_gpu.name}")
+    quality = ("full rank" if not rec.config.spec.project else
+               f"predicted {100 * rec.ppl_increase:+.2f}% perplexity vs full-rank AdamW (±"
+               f"{100 * math.expm1(req.band):.2f}%)")
+    return f"[bold green]recommended:[/] {rec.describe()} — {fits}; {speed}; {quality}"
+
+
+def choice_lines(result: Plan) -> list[str]:
+    """Why this one: how many candidates the evidence cannot tell apart from the best, and the authors' recipe."""
+    req = result.request
+    rec = result.recommendation
+    out = []
+    tied = result.indistinguishable
+    if len(tied) > 1:
+        out.append(f"{len(tied)} fitting configurations are within the evidence's band (±"
+                   f"{100 * math.expm1(req.band):.2f}% perplexity) of the best predicted quality: it cannot tell them "
+                   f"apart, so the fastest of them is recommended")
+    for check in result.recipes:
+        r, c = check.recipe, check.candidate
+        if c is None:
+            out.append(f"published recipe {r.label()} ({r.source}): does not fit this budget")
+            continue
+        rank = result.candidates.index(c) + 1
+        diff = c.gap_nats - rec.gap_nats
+        verdict = ("within the band of the pick" if abs(diff) < req.band else
+                   ("predicted worse than the pick" if diff > 0 else "predicted better than the pick"))
+        out.append(f"published recipe {r.label()} fits: predicted {100 * c.ppl_increase:+.2f}% perplexity "
+                   f"({verdict}), ≈ {c.throughput.tokens_per_s:,.0f} tokens/s, ranked #{rank} ({r.source})")
+    return out
+
+
+def plan_tables(result: Plan, evidence: list | None = None, explain: bool = False) -> None:
     req = result.request
     gpu = req.throughput_gpu
-    console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}, "
-                  f"optimizer step = {req.sequences_per_step:,} sequences = {req.global_tokens:,} tokens; "
-                  f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
-                  f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
-                  f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
-                  f"{req.calibration.source}")
     job = req.gpus > 1
-    if job:
-        console.print(render_job.job_header(req))
     rec = result.recommendation
     if rec is None:
-        console.print("[bold red]nothing fits.[/] Rejected:")
+        console.print(f"[bold red]nothing fits[/] {req.model.name} in {gib(req.usable_bytes):.2f} GiB usable "
+                      f"({req.budget.described}, {req.margin:.0%} margin). Rejected:")
         for line in result.rejected.values():
             console.print(f"  {line}")
         console.print("What would fit:")
         for line in result.suggestions:
             console.print(f"  • {line}")
         return
-    console.print(f"[bold green]recommended:[/] {rec.describe()} — peak allocated "
-                  f"{gib(rec.estimate.peak_allocated_bytes):.2f} GiB, device {gib(rec.estimate.device_used_bytes):.2f} "
-                  f"GiB of {gib(req.usable_bytes):.2f} GiB usable (headroom "
-                  f"{gib(req.usable_bytes - rec.estimate.device_used_bytes):.2f} GiB), "
-                  + (render_job.job_recommendation(rec) if job else
-                     f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {gpu.name}"))
+    console.print(recommendation_line(result))
+    for line in choice_lines(result):
+        console.print(f"  {line}")
     if not rec.keeps_requested_batch:
         console.print(f"[yellow]no configuration that keeps the requested {req.sequences_per_step} sequences per "
                       f"optimizer step fits[/]: the ones below step every micro-batch (per-layer updates free each "
@@ -102,10 +154,13 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
                       f"smaller optimizer batch.")
     fast = result.fastest
     if fast is not None and fast.throughput.tokens_per_s >= FASTER_BY * rec.throughput.tokens_per_s:
-        console.print(f"fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s")
+        console.print(f"  fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s, "
+                      f"predicted {100 * fast.ppl_increase:+.2f}% perplexity")
+    band = req.band
     best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
-    console.print(_cand_table("best configuration per method", best, job))
-    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], job))
+    console.print(_cand_table("best configuration per method", best, band, job))
+    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job))
+    console.print(f"[dim]{CAND_LEGEND}[/]")
     if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):
         console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "
                       f"updates that step every micro-batch (accumulating would keep every gradient alive); they rank "
@@ -116,14 +171,25 @@ def plan_tables(result: Plan, evidence: list | None = None) -> None:
             console.print(f"  {line}")
     if evidence:
         burst_tables(evidence)
+    if not explain:
+        console.print("[dim]--explain: the settings, the evidence behind the quality column and how candidates "
+                      "are ranked[/]")
         return
+    console.print(f"[bold]{req.model.name}[/] ({req.model.params / 1e6:,.1f}M params), seq {req.seq}, {req.dtype}, "
+                  f"optimizer step = {req.sequences_per_step:,} sequences = {req.global_tokens:,} tokens; "
+                  f"budget {req.budget.described}; usable after {req.margin:.0%} margin: "
+                  f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
+                  f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
+                  f"{req.calibration.source}")
+    if job:
+        console.print(render_job.job_header(req))
     evidence_lines(req.evidence)
-    console.print(f"[dim]Ranking: candidates that keep the requested optimizer batch first, then quality in bands "
-                  f"of the evidence's tolerance ({req.evidence.tolerance:g}) below the best, within a band by speed. "
-                  f"Ranks searched: 16 to {ranks_for(req.model)[-1]} (the widest weight's "
-                  f"smaller side / {COMPRESSION}); low-rank configurations that need as much memory as AdamW are not "
-                  f"offered. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: model "
-                  f"FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
+    console.print(f"[dim]Ranking: candidates that keep the requested optimizer batch first, then predicted quality "
+                  f"in bands of {band:.4f} nats (the evidence's cross-validated band for {req.model.name}) below the "
+                  f"best, within a band by speed. Ranks searched: 16 to {ranks_for(req.model)[-1]} (the widest "
+                  f"weight's smaller side / {COMPRESSION}); low-rank configurations that need as much memory as AdamW "
+                  f"are not offered. Confirm with `subprof plan ... --burst` (short real training runs). tokens/s: "
+                  f"model FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
                   f"measurements by memory bandwidth.[/]")
     if job:
@@ -201,8 +267,11 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "suggestions": result.suggestions,
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
                     f"candidates keeping the requested optimizer batch first, then quality ({req.evidence.unit}) in "
-                    f"bands of the evidence's tolerance {req.evidence.tolerance:g} below the best, within a band by "
-                    f"predicted tokens/s"),
+                    f"bands of the evidence's cross-validated band {req.band:.6g} nats below the best, within a band "
+                    f"by predicted tokens/s"),
+        "band_nats": req.band,
+        "indistinguishable": len(result.indistinguishable),
+        "recipes": [r.to_dict() for r in result.recipes],
         "evidence": req.evidence.describe(),
         "ranks_searched": ranks_for(req.model),
         "burst": [e.to_dict() for e in evidence] if evidence else None,

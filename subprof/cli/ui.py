@@ -4,6 +4,7 @@ Nothing here imports torch."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -14,8 +15,8 @@ from rich.console import Console
 from subprof.errors import SubprofError
 
 console = Console(stderr=False, highlight=False, soft_wrap=False)
-if not console.is_terminal:  # piped or captured output: don't squeeze tables into 80 columns
-    console = Console(stderr=False, highlight=False, soft_wrap=False, width=140)
+if not console.is_terminal and not os.environ.get("COLUMNS"):  # piped or captured: 100 columns, not rich's 80
+    console = Console(stderr=False, highlight=False, soft_wrap=False, width=100)
 err_console = Console(stderr=True, highlight=False)
 
 def print_json(obj: Any) -> None:
@@ -65,6 +66,49 @@ def progress_bar(total: int, description: str, *, quiet: bool = False) -> Iterat
 
     with progress:
         yield _Handle()
+
+
+def typed_options(ctx: Any, *names: str) -> list[str]:
+    """The flags among parameters `names` that the user gave (on the command line or through the environment), as
+    click spells them (`burst_steps` → `--burst-steps`): what a command refuses when it does not apply."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    sources = {n: getattr(ctx.get_parameter_source(n), "name", None) for n in names}  # click's ParameterSource
+    return [flags[n] for n in names if sources[n] in ("COMMANDLINE", "ENVIRONMENT")]
+
+
+def refuse_unless(ctx: Any, applies: bool, names: tuple[str, ...], why: str) -> None:
+    """One line, naming the first such flag, when an option the user gave does not apply to this request (rather
+    than ignoring it): `why` says what it needs."""
+    typed = typed_options(ctx, *names)
+    if typed and not applies:
+        raise SubprofError(f"{typed[0]} {why}")
+
+
+def count_rows(path: Any) -> int:
+    """Complete lines (rows) in a JSONL file; 0 when it does not exist."""
+    from pathlib import Path
+
+    try:
+        with open(Path(path), "rb") as f:
+            return sum(1 for line in f if line.endswith(b"\n"))
+    except OSError:
+        return 0
+
+
+def interrupted(out: Any, kept: int, *, noun: str = "case", rerun: str = "the rest") -> None:
+    """Ctrl-C: say what was actually kept in `out` — the `kept` rows this run appended, or that nothing was written
+    (and whether `out` exists at all) — and exit with 130."""
+    from pathlib import Path
+
+    if kept > 0:
+        line = (f"interrupted: {kept} finished {noun}{'s' if kept != 1 else ''} kept in {out}; rerun the same command "
+                f"with --resume to run only {rerun}")
+    elif Path(out).exists():
+        line = f"interrupted before any {noun} finished: nothing was added to {out}"
+    else:
+        line = f"interrupted before any {noun} finished: nothing was written ({out} was not created)"
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def guarded(fn: Any) -> Any:

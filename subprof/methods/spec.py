@@ -147,6 +147,23 @@ SUBSPACE_KINDS = ("svd", "tracked", "random")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class QualityTraits:
+    """What the quality model (`subprof.plan.quality`) reads of a method besides its subspace kind: whether Adam's
+    moments are carried into the new basis at a refresh (SubTrack++'s projection-aware Adam, SUMO's Q_newᵀQ_old m),
+    whether the gradient outside the subspace is added back (Fira-style recovery, SUMO's residual) and whether the
+    update is orthogonalised (SUMO). Each changes what a refresh or a low rank costs."""
+
+    moment_transfer: bool = False
+    recovery: bool = False
+    orthogonalised: bool = False
+
+
+def traits_from_options(options: Mapping[str, Any]) -> QualityTraits:
+    """The common case: the rule's `moment_transfer` and `recovery` options (None/absent: off)."""
+    return QualityTraits(moment_transfer=bool(options.get("moment_transfer")), recovery=bool(options.get("recovery")))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MethodSpec:
     """Everything the rest of subprof needs to know about a method; nothing outside `subprof.methods` names one.
 
@@ -181,7 +198,7 @@ class MethodSpec:
     subspace: str = "svd"
     refresh_flops: Callable[[int, int, int], float] = field(default=lambda m, n, r: 0.0)
     default_update_gap: int = 200
-    update_gaps: tuple[int, ...] = (50, 200, 500)
+    update_gaps: tuple[int, ...] = (50, 100, 200, 500, 1000)
     default_scale: float = 0.25
     default_lr: float = 1e-3
     lr_source: str = ""
@@ -191,6 +208,7 @@ class MethodSpec:
     timing_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     comms: "tuple[CommSpec, ...] | CommRule" = ()
+    traits: Callable[[Mapping[str, Any]], QualityTraits] = traits_from_options
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
@@ -229,6 +247,10 @@ class MethodSpec:
                 self.resolve_options(options)  # still reject unknown options
             return self.layout
         return self.layout(self.resolve_options(options))
+
+    def quality_traits(self, options: Mapping[str, Any] | None = None) -> QualityTraits:
+        """The quality model's traits under these options (`traits` of the resolved options)."""
+        return self.traits(self.resolve_options(options)) if self.project else QualityTraits()
 
     # --- bytes ----------------------------------------------------------------------------------------------------
     def state_bytes(self, m: int, n: int, r: int, *, state_bits: int, param_bytes: int,

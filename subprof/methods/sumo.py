@@ -43,7 +43,7 @@ from subprof.methods.osd import oriented
 from subprof.methods.rule import SeededRule, orthonormal_columns, right_side
 from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSpec, basis_shape, full_shape,
                                   moment_shape)
-from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, When
+from subprof.methods.spec import RECOVERY_NORM, SVD_REFRESH_COMMS, Collective, CommSpec, QualityTraits, When
 
 Tensor = Any
 
@@ -254,5 +254,6 @@ SPEC = MethodSpec(
     lr_source="not published for pretraining (paper: GLUE 1e-5–3e-5 only); the GaLore recipe's 1e-2, which the "
               "Moonlight update scale makes comparable",
     comms=comms,
+    traits=lambda o: QualityTraits(moment_transfer=True, recovery=o["residual"] is not None, orthogonalised=True),
     paper="arXiv 2505.24749",
 )

@@ -11,11 +11,11 @@ The search space, stated in the output:
   across micro-batches) and stepping every micro-batch, which changes the optimizer batch — such candidates say so
   and rank after every candidate that keeps the requested batch.
 
-Quality comes from evidence, named in the output (`subprof.plan.evidence`): a `subprof probe` file (`--probe`,
-predicted captured gradient energy) or, without one, published results with the committed reference probe's shape
-(predicted loss gap to full rank). Candidates within the evidence's own `tolerance` of the best (bands of that
-width) are ordered by predicted speed: differences below it are within what the evidence can tell apart.
-`plan --burst` replaces both with measured validation loss per unit time. Pure Python: no torch.
+Quality is the predicted validation-loss gap to full-rank AdamW (`subprof.plan.quality`: fitted to published tables
+and our long CPU runs; `--probe` puts the user's measured rank curve into the same model), scored at each
+candidate's own optimizer batch. Candidates within the model's cross-validated band of the best (`band(model)`)
+are ordered by predicted speed: differences below it are within what the evidence can tell apart.
+`plan --burst` adds measured validation loss per unit time. Pure Python: no torch.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ from subprof.methods.spec import MethodSpec
 from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.comm import LEANEST_FIRST, choose_layout
 from subprof.plan.distributed import RankEstimate, estimate_rank
-from subprof.plan.evidence import QualityModel, default_quality
+from subprof.plan.evidence import default_quality
+from subprof.plan.quality import QualityModel
 from subprof.plan.memory import Estimate, estimate
-from subprof.plan.parallel import Parallel, check_shardable, strategies_for
+from subprof.plan.parallel import STRATEGY_CHOICES, Parallel, check_shardable, strategies_for
+from subprof.plan.published import Recipe, load_recipes
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
+from subprof.units import percent_hint
 
 MIN_RANK = 16
 COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
@@ -65,7 +68,7 @@ class PlanRequest:
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
-            raise SubprofError(f"--margin {self.margin} must be in [0, 1)")
+            raise SubprofError(f"--margin {self.margin:g} must be in [0, 1){percent_hint(self.margin)}")
         if self.seq <= 0:
             raise SubprofError(f"--seq must be at least 1, got {self.seq}")
         if self.batch is not None and self.batch <= 0:
@@ -79,8 +82,11 @@ class PlanRequest:
                                    f"sequences, not a multiple of --batch {self.batch}")
         if self.top <= 0:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
+        if self.gpus == 1 and self.nodes == 1 and self.strategy in STRATEGY_CHOICES and self.strategy != "auto":
+            raise SubprofError(f"--strategy {self.strategy} spreads a job over several GPUs, and this plan is for one: "
+                               f"add --gpus N (N ≥ 2), or leave --strategy out")
         if not 0 < self.utilization <= 1:
-            raise SubprofError(f"--utilization {self.utilization} must be in (0, 1]")
+            raise SubprofError(f"--utilization {self.utilization:g} must be in (0, 1]{percent_hint(self.utilization)}")
         if self.calibration is None:
             self.calibration = calibration_for(self.throughput_gpu.key)
         if self.evidence is None:
@@ -96,6 +102,11 @@ class PlanRequest:
         if self.batch is not None:
             return self.batch * self.seq * self.gpus
         return DEFAULT_GLOBAL_BATCH * self.seq
+
+    @property
+    def band(self) -> float:
+        """Quality differences below this (nats) are within what the evidence can tell apart for this model."""
+        return self.evidence.band(self.model)
 
     @property
     def sequences_per_step(self) -> int:
@@ -140,7 +151,7 @@ class Candidate:
     config: TrainConfig
     estimate: Estimate
     throughput: Throughput
-    quality: float
+    quality: float  # −(predicted gap to full-rank AdamW, nats)
     fits: bool
     requested_sequences: int
     calibration: Calibration
@@ -155,6 +166,20 @@ class Candidate:
     @property
     def keeps_requested_batch(self) -> bool:
         return self.sequences_per_step == self.requested_sequences
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences_per_step * self.config.seq
+
+    @property
+    def gap_nats(self) -> float:
+        """Predicted validation-loss gap to full-rank AdamW, nats (0 for AdamW itself)."""
+        return -self.quality
+
+    @property
+    def ppl_increase(self) -> float:
+        """The gap as a share of perplexity: exp(Δ) − 1."""
+        return math.expm1(self.gap_nats)
 
     def describe(self) -> str:
         """The candidate in words: configuration, micro-batch and optimizer batch."""
@@ -179,10 +204,24 @@ class Candidate:
             "tokens_per_s": round(self.throughput.tokens_per_s, 1),
             "projection_share": round(self.throughput.projection_share, 4),
             "projection_source": self.projection_source, "quality": round(self.quality, 6),
+            "predicted_gap_nats": round(self.gap_nats, 6), "predicted_ppl_increase": round(self.ppl_increase, 6),
             "fits": self.fits,
             **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
                if isinstance(self.estimate, RankEstimate) else {}),
         }
+
+
+@dataclass(kw_only=True, slots=True)
+class RecipeCheck:
+    """An authors' published recipe for the planned model: the best-ranked candidate that runs it (None: it does not
+    fit the budget, or its method was not asked for)."""
+
+    recipe: Recipe
+    candidate: Candidate | None
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe.label(), "source": self.recipe.source, "fits": self.candidate is not None,
+                "candidate": self.candidate.to_dict() if self.candidate else None}
 
 
 @dataclass(kw_only=True, slots=True)
@@ -192,6 +231,18 @@ class Plan:
     best_per_method: dict[str, Candidate]
     rejected: dict[str, str]
     suggestions: list[str] = field(default_factory=list)
+    recipes: list[RecipeCheck] = field(default_factory=list)
+
+    @property
+    def indistinguishable(self) -> list[Candidate]:
+        """The candidates of the recommendation's batch class whose predicted quality is within the evidence's band
+        of the best: the evidence cannot order them, so speed did."""
+        rec = self.recommendation
+        if rec is None:
+            return []
+        pool = [c for c in self.candidates if c.keeps_requested_batch == rec.keeps_requested_batch]
+        best = max(c.quality for c in pool)
+        return [c for c in pool if best - c.quality < self.request.band]
 
     @property
     def recommendation(self) -> Candidate | None:
@@ -217,7 +268,7 @@ def ranks_for(model: ModelConfig) -> list[int]:
 
 def ranking_key(best_quality: float, tolerance: float):
     """Sort key, best first: candidates that keep the requested optimizer batch, then quality bands of width
-    `tolerance` (the evidence's: `QualityModel.tolerance`) below the best, then predicted tokens/s."""
+    `tolerance` (the evidence's band for the model: `QualityModel.band`) below the best, then predicted tokens/s."""
     def key(c: Candidate) -> tuple:
         band = math.floor((best_quality - c.quality) / tolerance + 1e-9)
         return (not c.keeps_requested_batch, band, -c.throughput.tokens_per_s)
@@ -264,9 +315,10 @@ def plan(req: PlanRequest) -> Plan:
                             b = (found.config.batch, found.config.accumulation)
                             fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
                                                    layout=getattr(found.estimate, "parallel", None))
+                                        if req._layouts else _other_gap(req, found, gap, gpu)
                                         for gap in gaps[1:]]
     if fitting:
-        fitting.sort(key=ranking_key(max(c.quality for c in fitting), req.evidence.tolerance))
+        fitting.sort(key=ranking_key(max(c.quality for c in fitting), req.band))
     best: dict[str, Candidate] = {}
     for cand in fitting:
         best.setdefault(cand.config.method, cand)
@@ -280,10 +332,27 @@ def plan(req: PlanRequest) -> Plan:
         elif spec.name not in best:
             rejected[spec.name] = (f"{spec.name}: every configuration that fits needs as much memory as full-rank "
                                    f"AdamW at the same settings")
-    result = Plan(request=req, candidates=fitting, best_per_method=best, rejected=rejected)
+    result = Plan(request=req, candidates=fitting, best_per_method=best, rejected=rejected,
+                  recipes=recipe_checks(req, fitting))
     if not fitting:
         result.suggestions = suggest(req, smallest)
     return result
+
+
+def recipe_checks(req: PlanRequest, ranked: list[Candidate]) -> list[RecipeCheck]:
+    """The published recipes for this model among the methods asked for, each with the best-ranked candidate that
+    runs it (same method, rank and gap; the recipe's bits and per-layer where it sets them)."""
+    asked = {spec.name for spec, _ in req.methods}
+    out = []
+    for r in load_recipes():
+        if r.model != req.model.name or r.method not in asked:
+            continue
+        match = next((c for c in ranked if (c.config.method, c.config.rank, c.config.update_gap) ==
+                      (r.method, r.rank, r.update_gap) and (r.state_bits is None or c.config.state_bits ==
+                                                             r.state_bits)
+                      and (r.layerwise is None or c.config.layerwise == r.layerwise)), None)
+        out.append(RecipeCheck(recipe=r, candidate=match))
+    return out
 
 
 def _saves_memory(cand: Candidate) -> bool:
@@ -334,9 +403,22 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      calibration=req.calibration, ranks=req.gpus,
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=tput,
-                     quality=req.evidence.quality(cfg),
+                     quality=req.evidence.quality(cfg, batch[0] * batch[1] * req.gpus * req.seq),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
+
+
+def _other_gap(req: PlanRequest, found: Candidate, gap: int, gpu: GpuSpec) -> Candidate:
+    """`found` at another update gap on one GPU: memory does not depend on the gap (the estimate is kept); the
+    projection time and the quality do."""
+    cfg = replace(found.config, update_gap=gap)
+    measured = req.measured_refresh_s(cfg.method, cfg.rank, gap)
+    est = found.estimate
+    tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured, calibration=req.calibration,
+                              states=est.components["optimizer_states"] + est.components["projection_matrices"])
+    return replace(found, config=cfg, throughput=tput,
+                   quality=req.evidence.quality(cfg, cfg.batch * cfg.accumulation * req.gpus * req.seq),
+                   projection_source="measured (--proj)" if measured is not None else "scaled from H100 measurements")
 
 
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,

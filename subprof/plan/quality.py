@@ -1,0 +1,336 @@
+"""The quality model: the predicted validation-loss gap to full-rank AdamW of a low-rank configuration, in nats,
+
+    Δ = S(N) · g(configuration),      S(N) = exp(a + b·ln(N / 10⁸))      (N: the model's parameters)
+
+with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
+
+    rank       Σ_w share_w · ((r_w/d_w)^(−p) − 1)           the subspace leaves gradient out; 0 at full rank
+               × (1 − ω)   with recovery (Fira, SUMO's residual, SubTrack++, GrassWalk/Jump add the rest back)
+               × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
+    staleness  c_s · (T·tokens per step/131,072 − 200) / 1000  the basis ages between refreshes; drift follows the
+                                                               tokens trained (131,072 = 512 × 256, GaLore's batch)
+    refresh    c_r · ((200 / T)^q · (κ if moments carried) − 1) a refresh leaves Adam's moments in the old basis
+                                                               (GaLore keeps them) until they decay: paid per refresh,
+                                                               so rarer refreshes pay less; moment transfer pays κ
+               (both are 0 at GaLore's T = 200 and batch — a tracker's staleness at a move every step — so what
+               the published setting costs sits in the method terms, and only tables that vary T fit them)
+    method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
+                                                               of refreshing; per-method terms the tables single out
+    bias       − β nats for a paper's own method (outside S)   authors tune what they propose; fitted, not believed
+
+T is the update gap in optimizer steps (a tracker's g steps between its moves count as its staleness interval;
+it pays no refresh term). Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
+within-table differences of published tables and our own long CPU runs (`subprof.plan.quality_fit`, written to
+`profiles/evidence/quality_fit.json`); within one table every row shares S and the table's own baseline, so the
+ordering of configurations depends on g alone and leave-one-table-out measures exactly that. `plan` ranks by −Δ and
+treats candidates whose g differ by less than the cross-validated error σ_g as indistinguishable (the band,
+S(N)·σ_g nats). Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from pathlib import Path
+
+from subprof.catalog import ModelConfig, load_model
+from subprof.config import TrainConfig
+from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
+from subprof.methods.spec import QualityTraits
+from subprof.plan.published import TableRow, evidence_dir
+
+REF_TOKENS = 512 * 256  # tokens per optimizer step of the GaLore/OSD recipes: the unit of the staleness interval
+REF_GAP = 200  # GaLore's default update gap: where the refresh term is c_r
+REF_PARAMS = 1e8
+FIT_FILE = "quality_fit.json"
+COMMAND = "python -m subprof.plan.quality_fit"
+UNIT = "−(predicted validation-loss gap to full-rank AdamW, nats)"
+
+FULL_RANK = ("adamw", "adamw8bit")
+# Methods of published tables that subprof does not (yet) train, with what the model reads of them.
+EVIDENCE_ONLY: dict[str, tuple[str, QualityTraits]] = {
+    "fira": ("svd", QualityTraits(recovery=True)),  # GaLore + norm-scaled residual (arXiv 2410.01623)
+    "apollo": ("scaled", QualityTraits()),  # random projection → channel-wise scaling of the full gradient
+    "apollo-mini": ("scaled", QualityTraits()),  # rank 1, tensor-wise scaling
+    "q-galore": ("svd", QualityTraits()),  # GaLore with an INT4 projection and adaptive gaps (arXiv 2407.08296)
+}
+# Row variants that are a configuration the model can place: name → traits replacing the method's.
+VARIANTS: dict[str, QualityTraits | None] = {
+    "": None, "8bit": None, "subtrack++": None, "half-rank": None, "channel": None,
+    "grassmannian-only": QualityTraits(),
+    "grassmannian+projection-aware": QualityTraits(moment_transfer=True),
+    "grassmannian+recovery-scaling": QualityTraits(recovery=True),
+}
+BASES = ("", "adam", "adamw", "adamw8bit")  # the projected optimizer: Lion/Adafactor rows wait for their terms
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+# name → (transform, default): "exp" keeps a coefficient positive, "sigmoid" in (0, 1), "id" free (ridge to 0).
+SHAPE = {
+    "p": ("exp", 1.0), "recovery": ("sigmoid", 0.5), "scaled_rank": ("sigmoid", 0.2), "stale": ("exp", 0.1),
+    "refresh": ("exp", 1.0), "q": ("exp", 0.5), "transfer": ("exp", 0.5), "own": ("exp", 0.3),
+    "kind:tracked": ("id", 0.0), "kind:random": ("id", 0.0), "kind:scaled": ("id", 0.0),
+}
+METHOD_PREFIX = "method:"
+REFERENCE_METHOD = "galore"  # the method every other one is measured against: no offset of its own
+
+
+def method_parameters() -> list[str]:
+    """One free offset per method the model knows (registered low-rank methods and the evidence-only ones)."""
+    names = sorted(({n for n, s in REGISTRY.items() if s.project} | set(EVIDENCE_ONLY)) - {REFERENCE_METHOD})
+    return [METHOD_PREFIX + n for n in names]
+
+
+def transform(kind: str, raw: float) -> float:
+    if kind == "exp":
+        return math.exp(raw)
+    if kind == "sigmoid":
+        return 1.0 / (1.0 + math.exp(-raw))
+    return raw
+
+
+def untransform(kind: str, value: float) -> float:
+    if kind == "exp":
+        return math.log(value)
+    if kind == "sigmoid":
+        return math.log(value / (1.0 - value))
+    return value
+
+
+def kinds() -> dict[str, str]:
+    out = {k: t for k, (t, _) in SHAPE.items()}
+    out.update({k: "id" for k in method_parameters()})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Setting:
+    """What the model reads of one configuration: method, subspace kind, traits, the rank-to-side ratio of each
+    projected weight with its share of the projected parameters, update gap, tokens per optimizer step, and
+    whether the row is its paper's own method."""
+
+    method: str
+    kind: str  # "full" | "svd" | "tracked" | "random" | "scaled"
+    traits: QualityTraits = QualityTraits()
+    shares: tuple[tuple[float, float], ...] = ()  # (share of projected parameters, r/d)
+    update_gap: int | None = None
+    tokens_per_step: int | None = None
+    own: bool = False
+    rank: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Equal keys: the same configuration (the model predicts the same)."""
+        return (self.method, self.kind, self.traits, self.rank, self.update_gap, self.tokens_per_step)
+
+
+@lru_cache(maxsize=4096)
+def rank_shares(model: ModelConfig, rank: int) -> tuple[tuple[float, float], ...]:
+    """(share of projected parameters, min(r, d)/d) over the model's projected weights, merged by ratio."""
+    total, by_ratio = 0.0, {}
+    for s in model.linear_shapes():
+        d = min(s.m, s.n)
+        w = float(s.count * s.m * s.n)
+        x = min(rank, d) / d
+        by_ratio[x] = by_ratio.get(x, 0.0) + w
+        total += w
+    return tuple((w / total, x) for x, w in sorted(by_ratio.items()))
+
+
+def method_kind(method: str) -> tuple[str, QualityTraits] | None:
+    """(kind, traits) of a method name, or None when the model does not know it."""
+    if method in FULL_RANK:
+        return "full", QualityTraits()
+    if method in EVIDENCE_ONLY:
+        return EVIDENCE_ONLY[method]
+    spec = REGISTRY.get(method)
+    if spec is None:
+        return None
+    if not spec.project:
+        return "full", QualityTraits()
+    return spec.subspace, spec.quality_traits()
+
+
+def default_gap(method: str) -> int:
+    spec = REGISTRY.get(method)
+    return spec.default_update_gap if spec is not None and spec.project else REF_GAP
+
+
+def setting_of_row(row: TableRow) -> Setting | None:
+    """A published or measured row as a Setting; None when the model cannot place it (a method it does not know,
+    a Lion/Adafactor base, an ablation variant, a projected row without its rank)."""
+    known = method_kind(row.method)
+    if known is None or row.variant not in VARIANTS or row.base not in BASES:
+        return None
+    kind, traits = known
+    if VARIANTS[row.variant] is not None:
+        traits = VARIANTS[row.variant]
+    if kind == "full":
+        return Setting(method="adamw", kind="full")
+    if not row.rank:
+        return None
+    try:
+        model = load_model(row.model)
+    except SubprofError:
+        return None
+    gap = row.update_gap or default_gap(row.method)
+    return Setting(method=row.method, kind=kind, traits=traits, shares=rank_shares(model, int(row.rank)),
+                   update_gap=int(gap), tokens_per_step=row.tokens_per_step, own=row.own, rank=int(row.rank))
+
+
+def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -> Setting:
+    """A planned configuration as a Setting (`tokens_per_step`: the optimizer batch; default micro-batch ×
+    accumulation × sequence)."""
+    spec = config.spec
+    if not spec.project:
+        return Setting(method="adamw", kind="full")
+    tokens = tokens_per_step or config.batch * config.accumulation * config.seq
+    return Setting(method=spec.name, kind=spec.subspace, traits=spec.quality_traits(config.method_options),
+                   shares=rank_shares(config.model, int(config.rank)), update_gap=int(config.update_gap),
+                   tokens_per_step=tokens, rank=int(config.rank))
+
+
+# ------------------------------------------------------------------------------------------------ the terms
+def reference_gap(kind: str) -> int:
+    """Where the gap terms are 0: GaLore's T = 200, and a tracker's move every step (its published setting)."""
+    return 1 if kind == "tracked" else REF_GAP
+
+
+def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
+    """Each term of g for a setting under parameter values `v` (transformed: the model's own units)."""
+    if s.kind == "full":
+        return {}
+    rank = sum(w * (x ** -v["p"] - 1.0) for w, x in s.shares)
+    if s.kind == "scaled":
+        rank *= v["scaled_rank"]
+    elif s.traits.recovery:
+        rank *= 1.0 - v["recovery"]
+    gap = s.update_gap or REF_GAP
+    out = {"rank": rank, "staleness": v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS
+                                                    - reference_gap(s.kind)) / 1000.0}
+    if s.kind != "tracked":
+        out["refresh"] = v["refresh"] * ((REF_GAP / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
+                                                                       else 1.0) - 1.0)
+    out["method"] = v.get(f"kind:{s.kind}", 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
+    return out
+
+
+def g_value(s: Setting, v: dict[str, float]) -> float:
+    """g: the sum of `terms` (written out: the fit evaluates it a million times)."""
+    if s.kind == "full":
+        return 0.0
+    p = v["p"]
+    g = sum(w * (x ** -p - 1.0) for w, x in s.shares)
+    if s.kind == "scaled":
+        g *= v["scaled_rank"]
+    elif s.traits.recovery:
+        g *= 1.0 - v["recovery"]
+    gap = s.update_gap or REF_GAP
+    g += v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS - reference_gap(s.kind)) / 1000.0
+    if s.kind != "tracked":
+        g += v["refresh"] * ((REF_GAP / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer else 1.0) - 1.0)
+    g += v.get("kind:" + s.kind, 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
+    return g
+
+
+# ------------------------------------------------------------------------------------------------ the fitted model
+@dataclass(kw_only=True)
+class QualityModel:
+    """What `plan` ranks by: `quality(config)`, higher is better, in `unit`; `source` says which evidence;
+    `band(model)` is the width within which candidates cannot be told apart."""
+
+    source: str
+    unit: str
+    tolerance: float
+    notes: list[str] = field(default_factory=list)
+
+    def quality(self, config: TrainConfig, tokens_per_step: int | None = None) -> float:
+        raise NotImplementedError
+
+    def band(self, model: ModelConfig) -> float:
+        return self.tolerance
+
+    def describe(self) -> dict:
+        return {"source": self.source, "unit": self.unit, "tolerance": self.tolerance, "notes": list(self.notes)}
+
+
+@dataclass(kw_only=True)
+class FittedQuality(QualityModel):
+    """Δ = S(N)·g from the committed fit; `sigma_g`: the leave-one-table-out error of g (the band's width)."""
+
+    values: dict[str, float]
+    a: float
+    b: float
+    sigma_g: float
+    scale_sd: float  # residual SD of ln S across tables: how far a table's magnitude strays from S(N)
+    validation: dict = field(default_factory=dict)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def scale(self, model: ModelConfig) -> float:
+        key = ("scale", model)
+        if key not in self._memo:
+            self._memo[key] = math.exp(self.a + self.b * math.log(model.params / REF_PARAMS))
+        return self._memo[key]
+
+    def g(self, config: TrainConfig, tokens_per_step: int | None = None) -> float:
+        key = (config.model, config.method, config.rank, config.update_gap,
+               tokens_per_step or config.batch * config.accumulation * config.seq,
+               tuple(sorted(config.method_options.items())))
+        if key not in self._memo:
+            self._memo[key] = g_value(setting_of_config(config, tokens_per_step), self.values)
+        return self._memo[key]
+
+    def gap_nats(self, config: TrainConfig, tokens_per_step: int | None = None) -> float:
+        return self.scale(config.model) * self.g(config, tokens_per_step)
+
+    def quality(self, config: TrainConfig, tokens_per_step: int | None = None) -> float:
+        return -self.gap_nats(config, tokens_per_step)
+
+    def band(self, model: ModelConfig) -> float:
+        return self.scale(model) * self.sigma_g
+
+    def breakdown(self, config: TrainConfig, tokens_per_step: int | None = None) -> dict[str, float]:
+        """Each term in nats for this configuration (what `plan --explain` shows)."""
+        s = self.scale(config.model)
+        return {k: s * t for k, t in terms(setting_of_config(config, tokens_per_step), self.values).items()}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "sigma_g": self.sigma_g, "scale": {"a": self.a, "b": self.b,
+                                                                        "sd_ln": self.scale_sd},
+                "validation": self.validation}
+
+
+def fit_path() -> Path:
+    return evidence_dir() / FIT_FILE
+
+
+def from_fit(data: dict) -> FittedQuality:
+    v = data["values"]
+    val = data.get("validation", {})
+    notes = [f"fitted to {data['fitted_to']['rows']} rows in {data['fitted_to']['groups']} within-table groups of "
+             f"{data['fitted_to']['tables']} tables (profiles/evidence/tables, profiles/measured/gap_grid_*); "
+             f"leave-one-table-out: {val.get('all', {}).get('agree_share', float('nan')):.0%} of "
+             f"{val.get('all', {}).get('pairs', 0)} within-table orderings as published "
+             f"({val.get('gap', {}).get('agree_share', float('nan')):.0%} of the update-gap pairs)",
+             f"candidates within S(N)·σ_g = S(N)·{data['sigma_g']:.3g} of each other are ranked by speed "
+             "(σ_g: the cross-validated error of g)",
+             "Lion/Adafactor bases, 8-bit and per-layer stepping are not scored (no table separates them)"]
+    return FittedQuality(source="published tables and long CPU runs (profiles/evidence/quality_fit.json)", unit=UNIT,
+                         tolerance=float(data["sigma_g"]), notes=notes, values={k: float(x) for k, x in v.items()},
+                         a=float(data["a"]), b=float(data["b"]), sigma_g=float(data["sigma_g"]),
+                         scale_sd=float(data["scale_sd"]), validation=val)
+
+
+@cache
+def fitted_quality() -> FittedQuality:
+    """The committed fit, read (not refitted): `plan` answers in well under a second."""
+    path = fit_path()
+    try:
+        return from_fit(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SubprofError(f"the quality fit {path} is missing or unreadable ({exc}); rewrite it with "
+                           f"`{COMMAND}`") from None

@@ -1,0 +1,437 @@
+"""Fitting the quality model (`subprof.plan.quality`) once, validating it, and committing the result:
+
+    python -m subprof.plan.quality_fit            # fit, leave-one-table-out, write profiles/evidence/quality_fit.json
+    python -m subprof.plan.quality_fit --check    # refit and print the figures; write nothing
+
+The data are groups of rows that one table compares directly (same model, training length, sequence). Within a
+group every row shares the table's baseline μ and scale s, so a row's loss is μ + s·g(row): given the shape
+parameters θ, (μ, s ≥ 0) follow by least squares and only the *shape* is fitted across tables — each group's
+residuals divided by its own spread of losses, so a table printed in losses of 0.1 nats and one in perplexities of
+30 weigh alike. Method offsets and the trackers' term are held towards 0 (a ridge of one unit of g), so a method
+seen only in its authors' own table is not credited with its whole claimed win; the own-method bias β is fitted on
+methods that are also re-run by others. θ is found by Nelder–Mead (pure Python: a few hundred rows).
+Then S(N): ln s of the groups with a full-rank row regressed on ln N.
+
+Validation, leave-one-table-out: every row of a table (and every copy of those rows in other tables) is held out,
+θ refitted on the rest, and each pair of the held-out table's rows whose configurations differ is ordered by g;
+a pair agrees when the published order is the same. Pairs are counted once across tables (a baseline pair
+reprinted by five papers counts once), and not where both rows were copied from another paper. σ_g, the band
+`plan` uses, is the spread of the held-out pairs' errors in units of g (the observed difference divided by the
+held-out group's own fitted scale) — robustly, 1.4826 × their median absolute value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from subprof.catalog import load_model, profiles_dir
+from subprof.errors import SubprofError
+from subprof.plan.published import MEASURED_GLOB, Table, TableRow, load_tables, tables_dir
+from subprof.plan.quality import (COMMAND, SHAPE, Setting, fit_path, g_value, kinds, method_parameters,
+                                  setting_of_row, transform, untransform)
+
+RIDGE = 1.0  # penalty weight on free offsets (units of g squared)
+LOG_PRIOR = 0.02  # weak pull of log-coefficients towards their defaults (keeps an unidentified one finite)
+MIN_SPREAD = 0.005  # nats: a group's loss spread floor (rows equal to the printed digits carry no shape)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Point:
+    row: TableRow
+    setting: Setting
+
+
+def groups_of(tables: list[Table]) -> dict[tuple, list[Point]]:
+    """Usable rows by within-table group (rows the model cannot place are left out)."""
+    out: dict[tuple, list[Point]] = {}
+    for t in tables:
+        for row in t.rows:
+            s = setting_of_row(row)
+            if s is not None:
+                out.setdefault(row.group, []).append(Point(row=row, setting=s))
+    return {k: v for k, v in out.items() if len({p.setting.key for p in v}) >= 2}
+
+
+def profile(points: list[Point], gs: list[float], beta: float = 0.0) -> tuple[float, float, float]:
+    """(μ, s ≥ 0, residual sum of squares) of loss + β·own = μ + s·g over one group."""
+    ys = [p.row.loss + beta * p.setting.own for p in points]
+    mg, my = statistics.fmean(gs), statistics.fmean(ys)
+    vg = sum((g - mg) ** 2 for g in gs)
+    s = max(0.0, sum((g - mg) * (y - my) for g, y in zip(gs, ys)) / vg) if vg > 1e-18 else 0.0
+    mu = my - s * mg
+    return mu, s, sum((y - mu - s * g) ** 2 for g, y in zip(gs, ys))
+
+
+def values_of(raw: list[float], names: list[str]) -> dict[str, float]:
+    k = kinds()
+    return {n: transform(k[n], x) for n, x in zip(names, raw)}
+
+
+@dataclass(kw_only=True)
+class Problem:
+    """The groups as indices into their distinct settings (a reprinted baseline is evaluated once per step)."""
+
+    settings: list[Setting]
+    groups: list[tuple[list[int], list[float], float, list[float]]]  # (setting indices, losses, spread², own 0/1)
+
+    @classmethod
+    def of(cls, groups: list[list[Point]]) -> "Problem":
+        index: dict[tuple, int] = {}
+        settings: list[Setting] = []
+        out = []
+        for pts in groups:
+            ids = []
+            for p in pts:
+                k = (p.setting.key, p.setting.shares, p.setting.own)
+                if k not in index:
+                    index[k] = len(settings)
+                    settings.append(p.setting)
+                ids.append(index[k])
+            ys = [p.row.loss for p in pts]
+            out.append((ids, ys, max(statistics.pvariance(ys), MIN_SPREAD ** 2), [float(p.setting.own) for p in pts]))
+        return cls(settings=settings, groups=out)
+
+
+def objective(raw: list[float], names: list[str], problem: Problem, free: int | None = None) -> float:
+    """The weighted within-group residuals plus the priors of the first `free` parameters (all by default)."""
+    v = values_of(raw, names)
+    k = kinds()
+    gs = [g_value(s, v) for s in problem.settings]
+    total = 0.0
+    beta = v["own"]
+    for ids, ys, spread, own in problem.groups:
+        g = [gs[i] for i in ids]
+        ys = [y + beta * o for y, o in zip(ys, own)]  # the loss had the authors not tuned their own method
+        mg, my = sum(g) / len(g), sum(ys) / len(ys)
+        vg = sum((x - mg) ** 2 for x in g)
+        s = max(0.0, sum((x - mg) * (y - my) for x, y in zip(g, ys)) / vg) if vg > 1e-18 else 0.0
+        total += sum((y - my - s * (x - mg)) ** 2 for x, y in zip(g, ys)) / spread
+    for n, x in zip(names[:free], raw[:free]):
+        if k[n] == "id":
+            total += RIDGE * x * x
+        else:
+            total += LOG_PRIOR * (x - untransform(k[n], SHAPE[n][1])) ** 2
+    return total
+
+
+def nelder_mead(f, x0: list[float], step: float = 0.5, iters: int = 4000, tol: float = 1e-9) -> list[float]:
+    """Minimise f from x0 (the standard simplex method: reflection, expansion, contraction, shrink)."""
+    n = len(x0)
+    simplex = [list(x0)] + [[x + (step if i == j else 0.0) for j, x in enumerate(x0)] for i in range(n)]
+    vals = [f(p) for p in simplex]
+    for _ in range(iters):
+        order = sorted(range(n + 1), key=vals.__getitem__)
+        simplex, vals = [simplex[i] for i in order], [vals[i] for i in order]
+        if vals[-1] - vals[0] < tol * (1 + abs(vals[0])):
+            break
+        centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
+        worst = simplex[-1]
+        refl = [c + (c - w) for c, w in zip(centroid, worst)]
+        fr = f(refl)
+        if fr < vals[0]:
+            exp = [c + 2 * (c - w) for c, w in zip(centroid, worst)]
+            fe = f(exp)
+            simplex[-1], vals[-1] = (exp, fe) if fe < fr else (refl, fr)
+        elif fr < vals[-2]:
+            simplex[-1], vals[-1] = refl, fr
+        else:
+            con = [c + 0.5 * (w - c) for c, w in zip(centroid, worst)]
+            fc = f(con)
+            if fc < vals[-1]:
+                simplex[-1], vals[-1] = con, fc
+            else:
+                best = simplex[0]
+                simplex = [best] + [[b + 0.5 * (x - b) for b, x in zip(best, p)] for p in simplex[1:]]
+                vals = [vals[0]] + [f(p) for p in simplex[1:]]
+    return simplex[min(range(n + 1), key=vals.__getitem__)]
+
+
+def parameter_names(groups: list[list[Point]] | None = None) -> list[str]:
+    """Every parameter; with `groups`, only those some row depends on (a method or kind no row uses stays 0)."""
+    names = list(SHAPE) + method_parameters()
+    if groups is None:
+        return names
+    used = {f"kind:{p.setting.kind}" for g in groups for p in g} | {f"method:{p.setting.method}" for g in groups
+                                                                     for p in g}
+    return [n for n in names if kinds()[n] != "id" or n in used]
+
+
+SHAPE_TERMS = ("p", "stale", "refresh", "q", "transfer")  # fitted where one method varies rank or gap
+
+
+def varies_within_method(group: list[Point]) -> bool:
+    """Whether one method appears at two ranks or two update gaps in the group: only such groups show how the
+    loss moves with rank and gap."""
+    seen: dict[tuple, set] = {}
+    for p in group:
+        s = p.setting
+        if s.kind != "full":
+            seen.setdefault((s.method, s.traits, s.tokens_per_step), set()).add((s.rank, s.update_gap))
+    return any(len(g) > 1 for g in seen.values())
+
+
+def _fit(groups: list[list[Point]], start: dict[str, float], fixed: dict[str, float], iters: int,
+         restarts: int) -> dict[str, float]:
+    names = [n for n in parameter_names(groups) if n not in fixed]
+    k = kinds()
+    x = [untransform(k[n], start.get(n, SHAPE[n][1] if n in SHAPE else 0.0)) for n in names]
+    problem = Problem.of(groups)
+    fixed_raw = {n: untransform(k[n], val) for n, val in fixed.items()}
+    all_names = names + list(fixed_raw)
+    tail = list(fixed_raw.values())
+    f = lambda raw: objective(list(raw) + tail, all_names, problem, free=len(names))  # noqa: E731
+    for _ in range(restarts + 1):
+        x = nelder_mead(f, x, iters=iters)
+    return {**{n: 0.0 for n in parameter_names() if kinds()[n] == "id"}, **fixed, **values_of(x, names)}
+
+
+def fit_shape(groups: list[list[Point]], start: dict[str, float] | None = None, iters: int = 4000,
+              restarts: int = 2) -> dict[str, float]:
+    """θ in two stages: the rank exponent and the gap terms (`SHAPE_TERMS`) from the groups in which one method
+    varies rank or gap — every other term free there — then the method terms on all groups with those held. A table
+    that runs every method at one rank and gap says nothing about either; letting it set them would let a size or
+    method effect pose as one (SubTrack++'s 7B table runs GaLore, Fira and SubTrack at T = 500 and nothing else
+    there)."""
+    start = start or {}
+    shape_groups = [g for g in groups if varies_within_method(g)]
+    fixed: dict[str, float] = {}
+    if shape_groups:
+        first = _fit(shape_groups, start, {}, iters, restarts)
+        fixed = {n: first[n] for n in SHAPE_TERMS if n in first}
+    return _fit(groups, start, fixed, iters, restarts)
+
+
+def on_common_scale(group: list[Point]) -> bool:
+    """A group whose gap to full rank is on the scale `plan` predicts: it holds a full-rank row and follows the
+    GaLore protocol that plan's defaults follow (sequence 256, 512 sequences per step), in a table whose printed
+    numbers are validation results (`magnitude = false` marks the others)."""
+    r = group[0].row
+    return any(p.setting.kind == "full" for p in group) and r.seq == 256 and r.batch == 512 and r.magnitude
+
+
+def fit_scale(groups: list[list[Point]], v: dict[str, float]) -> tuple[float, float, float, int]:
+    """ln s = a + b·ln(N/10⁸) over the groups on the common scale: (a, b, residual SD of ln s, groups)."""
+    pts = []
+    for g in groups:
+        if not on_common_scale(g):
+            continue
+        s = profile(g, [g_value(p.setting, v) for p in g], v["own"])[1]
+        if s > 0:
+            pts.append((math.log(load_model(g[0].row.model).params / 1e8), math.log(s)))
+    if len(pts) < 2:
+        raise SubprofError("fewer than two tables with a full-rank row: the scale S(N) cannot be fitted")
+    mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+    a = my - b * mx
+    sd = statistics.pstdev([y - a - b * x for x, y in pts])
+    return a, b, sd, len(pts)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def pair_kind(a: Setting, b: Setting) -> str:
+    same_method = (a.method, a.kind, a.traits) == (b.method, b.kind, b.traits)
+    if same_method and a.update_gap == b.update_gap and a.rank != b.rank:
+        return "rank"
+    if same_method and a.rank == b.rank and a.update_gap != b.update_gap:
+        return "gap"
+    if not same_method and a.rank == b.rank and (a.update_gap == b.update_gap or "tracked" in (a.kind, b.kind)
+                                                  or "full" in (a.kind, b.kind)):
+        return "method"
+    if not same_method and "full" in (a.kind, b.kind):
+        return "method"
+    return "mixed"
+
+
+def row_id(p: Point) -> tuple:
+    return (p.row.model, p.setting.key, round(p.row.printed, 6))
+
+
+def table_pairs(table_groups: list[list[Point]], seen: set) -> list[tuple[Point, Point, str]]:
+    """The pairs one table contributes: different configurations, different printed values, not both copied,
+    not already counted for another table (`seen` is updated)."""
+    out = []
+    for pts in table_groups:
+        for i in range(len(pts)):
+            for j in range(i + 1, len(pts)):
+                a, b = pts[i], pts[j]
+                if a.setting.key == b.setting.key or a.row.printed == b.row.printed:
+                    continue
+                if a.row.copied and b.row.copied:
+                    continue
+                key = frozenset((row_id(a), row_id(b)))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append((a, b, pair_kind(a.setting, b.setting)))
+    return out
+
+
+def agreement(pairs: list[tuple[Point, Point, str]], v: dict[str, float], a_: float, b_: float) -> list[dict]:
+    """Per pair: its kind, whether the model orders it as published (a predicted tie counts half): the predicted
+    published loss is S(N)·g − β·own, S(N) = exp(a + b·ln(N/10⁸)) from the same fit."""
+    out = []
+    for a, b, kind in pairs:
+        scale = math.exp(a_ + b_ * math.log(load_model(a.row.model).params / 1e8))
+        ga = scale * g_value(a.setting, v) - v["own"] * a.setting.own
+        gb = scale * g_value(b.setting, v) - v["own"] * b.setting.own
+        observed = a.row.loss - b.row.loss
+        predicted = ga - gb
+        agree = 0.5 if abs(predicted) < 1e-12 else float((predicted > 0) == (observed > 0))
+        out.append({"kind": kind, "agree": agree, "table": a.row.table, "model": a.row.model,
+                    "a": describe(a), "b": describe(b), "observed": observed, "predicted_g": predicted})
+    return out
+
+
+def describe(p: Point) -> str:
+    s = p.setting
+    if s.kind == "full":
+        return p.row.method
+    extra = "" if p.row.variant in ("", "8bit") else f" ({p.row.variant})"
+    return f"{s.method}{extra} r{s.rank} T{s.update_gap}"
+
+
+def summarise(results: list[dict]) -> dict:
+    out = {}
+    for kind in ("all", "rank", "gap", "method", "mixed"):
+        sel = [r for r in results if kind == "all" or r["kind"] == kind]
+        agree = sum(r["agree"] for r in sel)
+        out[kind] = {"pairs": len(sel), "agree": agree, "agree_share": agree / len(sel) if sel else float("nan")}
+    return out
+
+
+def leave_one_table_out(tables: list[Table], full: dict[str, float], iters: int = 1500,
+                        restarts: int = 0) -> tuple[list[dict], float]:
+    """Held-out pair results over every table, and σ_g (RMS of held-out errors in g units)."""
+    all_groups = groups_of(tables)
+    results, errors, seen = [], [], set()
+    for t in tables:
+        held = [pts for key, pts in all_groups.items() if key[0] == t.id]
+        if not held:
+            continue
+        ids = {row_id(p) for pts in held for p in pts}
+        train = []
+        for key, pts in all_groups.items():
+            if key[0] == t.id:
+                continue
+            kept = [p for p in pts if row_id(p) not in ids]
+            if len({p.setting.key for p in kept}) >= 2:
+                train.append(kept)
+        v = fit_shape(train, start=full, iters=iters, restarts=restarts)
+        a, b = fit_scale(train, v)[:2]
+        pairs = table_pairs(held, seen)
+        results += agreement(pairs, v, a, b)
+        for pts in held:  # σ_g: each held-out group's observed differences in its own scale vs predicted
+            gs = [g_value(p.setting, v) for p in pts]
+            s = profile(pts, gs, v["own"])[1]
+            if s <= 0:
+                continue
+            ys = [p.row.loss + v["own"] * p.setting.own for p in pts]
+            for i in range(len(pts)):
+                for j in range(i + 1, len(pts)):
+                    if pts[i].setting.key != pts[j].setting.key:
+                        errors.append((ys[i] - ys[j]) / s - (gs[i] - gs[j]))
+    # robust: 1.4826 × the median absolute error (a few tables on another scale — SubTrack++'s losses, 1024-token
+    # runs — would set an RMS alone)
+    sigma = 1.4826 * statistics.median(abs(e) for e in errors) if errors else float("nan")
+    return results, sigma
+
+
+def in_sample(tables: list[Table], v: dict[str, float], a: float, b: float) -> dict:
+    seen: set = set()
+    groups = groups_of(tables)
+    pairs = [p for t in tables for p in table_pairs([g for k, g in groups.items() if k[0] == t.id], seen)]
+    return summarise(agreement(pairs, v, a, b))
+
+
+def measured_best_gaps(tables: list[Table], v: dict[str, float]) -> list[dict]:
+    """For our long CPU runs: per (method, rank) the measured best update gap and the model's best among the same
+    gaps (the issue's check: within one grid step)."""
+    out = []
+    for t in tables:
+        if t.paper != "measured":
+            continue
+        by: dict[tuple, list[Point]] = {}
+        for pts in groups_of([t]).values():
+            for p in pts:
+                if p.setting.kind not in ("full", "tracked"):
+                    by.setdefault((p.row.model, p.setting.method, p.setting.rank, p.row.seed), []).append(p)
+        for (model, method, rank, seed), pts in sorted(by.items(), key=str):
+            gaps = sorted({p.setting.update_gap for p in pts})
+            if len(gaps) < 2:
+                continue
+            measured = min(pts, key=lambda p: p.row.loss).setting.update_gap
+            model_best = min(pts, key=lambda p: g_value(p.setting, v)).setting.update_gap
+            steps = abs(gaps.index(measured) - gaps.index(model_best))
+            out.append({"table": t.id, "model": model, "method": method, "rank": rank, "seed": seed, "gaps": gaps,
+                        "measured_best": measured, "model_best": model_best, "grid_steps_apart": steps,
+                        "losses": {str(p.setting.update_gap): round(p.row.loss, 4) for p in pts}})
+    return out
+
+
+def fit_all(loto: bool = True) -> dict:
+    tables = load_tables()
+    groups = list(groups_of(tables).values())
+    v = fit_shape(groups)
+    a, b, sd, n_scale = fit_scale(groups, v)
+    data = {"written_by": COMMAND, "values": v, "a": a, "b": b, "scale_sd": sd, "scale_groups": n_scale,
+            "fitted_to": {"tables": len({k[0] for k in groups_of(tables)}), "groups": len(groups),
+                          "rows": sum(len(g) for g in groups)},
+            "in_sample": in_sample(tables, v, a, b), "measured_best_gaps": measured_best_gaps(tables, v)}
+    if loto:
+        results, sigma = leave_one_table_out(tables, v)
+        data["validation"] = summarise(results)
+        data["validation"]["disagreements"] = [r for r in results if r["agree"] < 1]
+        data["sigma_g"] = sigma
+    root = profiles_dir()
+    inputs = sorted(tables_dir().glob("*.toml")) + sorted((root / "measured").glob(MEASURED_GLOB))
+    data["inputs"] = {f"profiles/{p.relative_to(root).as_posix()}": hashlib.sha256(p.read_bytes()).hexdigest()
+                      for p in inputs}
+    return data
+
+
+def report(data: dict) -> str:
+    lines = []
+    val = data.get("validation", {})
+    for kind in ("all", "rank", "gap", "method", "mixed"):
+        s = val.get(kind)
+        if s and s["pairs"]:
+            lines.append(f"leave-one-table-out {kind:6s}: {s['agree']:g} of {s['pairs']} pairs agree "
+                         f"({s['agree_share']:.1%})")
+    ins = data["in_sample"]["all"]
+    lines.append(f"in-sample all   : {ins['agree']:g} of {ins['pairs']} ({ins['agree_share']:.1%})")
+    if "sigma_g" in data:
+        lines.append(f"sigma_g (band)  : {data['sigma_g']:.4g} units of g")
+    lines.append(f"scale S(N)      : exp({data['a']:.3f} {data['b']:+.3f}·ln(N/1e8)), residual sd of ln s "
+                 f"{data['scale_sd']:.2f} over {data['scale_groups']} groups")
+    for m in data["measured_best_gaps"]:
+        lines.append(f"CPU grid {m['method']} r{m['rank']}: measured best T{m['measured_best']}, model best "
+                     f"T{m['model_best']} ({m['grid_steps_apart']} grid steps apart) {m['losses']}")
+    lines.append("values: " + ", ".join(f"{k}={x:.3g}" for k, x in data["values"].items()))
+    return "\n".join(lines)
+
+
+def write_fit(path: Path | None = None) -> dict:
+    data = fit_all()
+    (path or fit_path()).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=COMMAND, description="Fit and validate the quality model.")
+    parser.add_argument("--check", action="store_true", help="refit and print; write nothing")
+    args = parser.parse_args(argv)
+    data = fit_all() if args.check else write_fit()
+    print(report(data))
+    if not args.check:
+        print(f"wrote {fit_path()}")
+
+
+if __name__ == "__main__":
+    main()
