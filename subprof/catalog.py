@@ -338,19 +338,53 @@ def find_gpu(name: str) -> GpuSpec | None:
     """A catalogue GPU by key, alias or name, ignoring case, spaces and dashes (`4090`, `h100-sxm`, `H100 SXM`)."""
     want = _norm(name)
     for gpu in gpu_catalog().values():
-        if want in {_norm(gpu.key), _norm(gpu.name), *(_norm(a) for a in gpu.aliases)}:
+        if want in _labels(gpu):
             return gpu
     return None
 
 
-def gpu_by_name(name: str) -> GpuSpec:
+def _labels(gpu: GpuSpec) -> set[str]:
+    return {_norm(gpu.key), _norm(gpu.name), *(_norm(a) for a in gpu.aliases)}
+
+
+def gpus_starting_with(name: str) -> list[GpuSpec]:
+    """Catalogue GPUs one of whose labels starts with `name` (normalised): `a100` → the 40 GB and 80 GB cards."""
+    want = _norm(name)
+    if not want:
+        return []
+    return [g for g in gpu_catalog().values() if any(label.startswith(want) for label in _labels(g))]
+
+
+def _choices(gpus: list[GpuSpec]) -> str:
+    return ", ".join(f"{g.key} ({g.memory_label})" for g in gpus)
+
+
+def _unknown_gpu(text: str, flag: str) -> str:
+    """Why `text` names no catalogue GPU: a family that several cards share (the choices), or an unknown name
+    (the closest ones)."""
+    family = gpus_starting_with(text)
+    if len(family) > 1:
+        return f"{flag} {text.strip()!r} names {len(family)} catalogue GPUs: {_choices(family)}; give one of these keys"
+    keys = list(gpu_catalog())
+    close = [g.key for g in family] or difflib.get_close_matches(text.strip().lower(), keys, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}?" if close else "`subprof gpus` lists them"
+    return f"{flag} {text.strip()!r}: unknown GPU; {hint}"
+
+
+def gpu_by_name(name: str, flag: str = "--gpu") -> GpuSpec:
+    """The catalogue GPU `name` names; a one-line error naming `flag` otherwise — with the choices when the name is
+    shared by several cards (`a100`, `h100`, `v100`), since picking one silently would plan for the wrong memory."""
     gpu = find_gpu(name)
-    if gpu is None:
-        keys = list(gpu_catalog())
-        close = difflib.get_close_matches(name.lower(), keys, n=3, cutoff=0.3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(keys)}"
-        raise SubprofError(f"unknown GPU {name!r}; {hint}")
-    return gpu
+    if gpu is not None:
+        return gpu
+    try:
+        size = parse_size(name)
+    except SubprofError:
+        size = None
+    if size is not None and size.unit != "B" and flag == "--gpu":
+        raise SubprofError(f"--gpu {name.strip()!r} is a memory size, not a catalogue GPU: give it as --gpu-mem "
+                           f"{name.strip()} (--gpu names the card whose speed to assume)")
+    raise SubprofError(_unknown_gpu(name, flag))
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,23 +397,38 @@ class Budget:
     text: str = ""
 
 
-def parse_budget(text: str) -> Budget:
+def gpu_budget(gpu: GpuSpec, text: str = "") -> Budget:
+    """A card's whole memory as the budget: what the driver reports."""
+    return Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / 2**30:.2f} GiB as the driver reports "
+                                    f"({gpu.memory_label} on the label)", gpu, text.strip() or gpu.key)
+
+
+def parse_budget(text: str, flag: str = "--gpu-mem") -> Budget:
     """`--gpu-mem`: a catalogue GPU (`4090`, `h100-sxm`) or a size (`24GB` = 24·10^9 B, `24GiB` = 24·2^30 B, `80G`,
-    `24000MiB`). A catalogue name wins over a bare number, so `4090` is the card, not 4090 bytes."""
+    `24000MiB`). A catalogue name wins over a bare number, so `4090` is the card, not 4090 bytes. Errors name
+    `flag`, the option the user typed."""
     gpu = find_gpu(text)
     if gpu is not None:
-        return Budget(gpu.memory_bytes, f"{gpu.name}: {gpu.memory_bytes / 2**30:.2f} GiB as the driver reports "
-                                        f"({gpu.memory_label} on the label)", gpu, text.strip())
-    if not text.strip()[:1].isdigit() and text.strip()[:1] not in "+-.":
-        keys = list(gpu_catalog())
-        close = difflib.get_close_matches(text.lower(), keys, n=3, cutoff=0.4)
+        return gpu_budget(gpu, text)
+    stripped = text.strip()
+    if not stripped[:1].isdigit() and stripped[:1] not in "+-.":
+        family = gpus_starting_with(text)
+        if len(family) > 1:
+            raise SubprofError(_unknown_gpu(text, flag))
+        close = [g.key for g in family] or difflib.get_close_matches(text.lower(), list(gpu_catalog()), n=3,
+                                                                      cutoff=0.4)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise SubprofError(f"--gpu-mem {text!r} is neither a size (24GB, 24GiB, 24000MiB) nor a GPU from "
+        raise SubprofError(f"{flag} {text!r} is neither a size (24GB, 24GiB, 24000MiB) nor a GPU from "
                            f"`subprof gpus`{hint}")
-    size = parse_size(text)
-    if size.unit == "B" and not text.strip().lower().endswith("b"):
-        raise SubprofError(f"--gpu-mem {text.strip()!r} has no unit: write e.g. {text.strip()}GB (10^9 bytes) or "
-                           f"{text.strip()}GiB (2^30 bytes), or a GPU from `subprof gpus`")
+    try:
+        size = parse_size(text)
+    except SubprofError as exc:
+        raise SubprofError(f"{flag}: {exc}") from None
+    if size.unit == "B" and not stripped.lower().endswith("b"):
+        cards = gpus_starting_with(stripped)
+        named = f" and names no catalogue GPU (did you mean {', '.join(g.key for g in cards[:3])}?)" if cards else ""
+        raise SubprofError(f"{flag} {stripped!r} has no unit{named}: write e.g. {stripped}GB (10^9 bytes) or "
+                           f"{stripped}GiB (2^30 bytes), or a GPU from `subprof gpus`")
     base = "2^n" if "i" in size.unit else "10^n"
     return Budget(size.bytes, f"{size.text} = {size.bytes:,} B ({size.unit}, {base} bytes) = "
                               f"{size.bytes / 2**30:.2f} GiB", None, size.text)

@@ -54,6 +54,17 @@ def default_state_bits(dtype: str) -> int:
     return 16 if check_dtype(dtype) == "bf16" else 32
 
 
+def accumulation_for(tokens_per_step: int, *, batch: int, seq: int, ranks: int = 1) -> int:
+    """Micro-batches accumulated per optimizer step: tokens_per_step / (batch · seq · ranks), which must be whole
+    (`plan`'s rows accumulate to its `--tokens-per-step`, whole job)."""
+    per_micro = batch * seq * ranks
+    if tokens_per_step < per_micro or tokens_per_step % per_micro:
+        across = f" × {ranks} GPUs" if ranks > 1 else ""
+        raise SubprofError(f"--tokens-per-step {tokens_per_step} is not a whole number of micro-batches of {per_micro} "
+                           f"tokens (batch {batch} × seq {seq}{across})")
+    return tokens_per_step // per_micro
+
+
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     """One training configuration. `method` may be an alias (`adamw8bit` sets state_bits 8); `rank` and

@@ -60,6 +60,13 @@ def parse_size(text: str) -> Size:
     return Size(bytes=int(round(number * factor)), unit=name, text=text.strip())
 
 
+def percent_hint(value: float) -> str:
+    """For a fraction option given as a percentage (`--margin 5`): "; … did you mean 0.05?", else ""."""
+    if 1 <= value <= 100:
+        return f"; it is a fraction, not a percentage: did you mean {value / 100:g}?"
+    return ""
+
+
 def gib(n_bytes: int | float) -> float:
     return n_bytes / 2**30
 

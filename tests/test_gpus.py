@@ -11,12 +11,13 @@ import tomllib
 
 import pytest
 
-from subprof.catalog import GpuSpec, find_gpu, gpu_catalog, parse_budget, profiles_dir
+from subprof.catalog import GpuSpec, find_gpu, gpu_by_name, gpu_catalog, gpus_starting_with, parse_budget, profiles_dir
 from subprof.errors import SubprofError
 from subprof.units import parse_size
 
+ADDED = ["rtx-4080", "rtx-4070-ti-super", "a40", "l40", "v100-16gb", "v100-32gb", "rtx-6000-ada", "h800", "h20"]  # issue 23
 REQUIRED = ["rtx-3090", "rtx-4090", "rtx-5090", "rtx-a6000", "l4", "l40s", "a10g", "a100-40gb", "a100-80gb",
-            "h100-pcie", "h100-sxm", "h200", "b200", "mi300x"]
+            "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", *ADDED]
 FIGURES = {"memory": "memory_label", "memory_bytes": "memory_bytes", "bandwidth": "bandwidth_gbs",
            "bf16_tflops": "bf16_tflops", "price": "price_per_hour", "intra_node": "intra_node_gbs",
            "inter_node": "inter_node_gbs"}
@@ -135,3 +136,23 @@ def test_every_gpu_has_its_links_with_sources(key):
     assert g.intra_node_gbs > 0 and g.inter_node_gbs > 0 and g.intra_node_link and g.inter_node_link
     assert raw["sources"]["intra_node"] and raw["sources"]["inter_node"]
     assert g.inter_node_gbs < g.intra_node_gbs  # a node's NIC share is slower than its NVLink/PCIe
+
+
+@pytest.mark.parametrize("key", ADDED)
+def test_added_cards_cite_a_document_url_or_say_unverified(key):
+    """Each datasheet figure of the cards issue 23 added names its document by URL, or says it is unverified."""
+    sources = gpu_catalog()[key].sources
+    for figure in ("memory", "bandwidth", "bf16_tflops"):
+        text = sources[figure]
+        assert "https://" in text or "(URL above)" in text or "unverified" in text, (key, figure)
+
+
+@pytest.mark.parametrize("name, keys", [("a100", {"a100-40gb", "a100-80gb"}), ("h100", {"h100-pcie", "h100-sxm"}),
+                                        ("v100", {"v100-16gb", "v100-32gb"})])
+def test_a_name_several_cards_share_names_none_of_them(name, keys):
+    assert find_gpu(name) is None
+    assert {g.key for g in gpus_starting_with(name)} == keys
+    with pytest.raises(SubprofError, match="names 2 catalogue GPUs"):
+        gpu_by_name(name)
+    with pytest.raises(SubprofError, match="names 2 catalogue GPUs"):
+        parse_budget(name)

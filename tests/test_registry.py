@@ -127,7 +127,7 @@ def test_an_unknown_option_is_refused_by_the_spec_and_the_rule(toy):
 
 def test_the_plan_path_imports_no_torch_transformers_pandas_or_plotly():
     code = ("import sys, subprof.cli.core, subprof.plan.planner, subprof.plan.memory, subprof.plan.throughput, "
-            "subprof.plan.evidence, subprof.plan.prior_fit; subprof.plan.evidence.default_quality(); "
+            "subprof.plan.evidence, subprof.plan.quality_fit; subprof.plan.evidence.default_quality(); "
             "heavy = [m for m in ('torch', 'transformers', 'pandas', 'plotly') if m in sys.modules]; "
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -1,5 +1,5 @@
-"""`subprof report`: the tables, the summary in words, the offline HTML page, --json/--csv, bad input, and a real
-headless Chromium loading the page without JavaScript errors.
+"""`subprof report`: the tables, the decision and the summary in words, the offline HTML page, --json/--csv and bad
+input. The page in a real browser (overlaps, clipping, links, print) is `test_report_browser.py`.
 
 The bench/proj/burst rows below are small synthetic fixtures in the formats those commands write; they test the
 report's arithmetic and layout, not any measurement."""
@@ -8,8 +8,6 @@ import csv
 import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,12 +18,14 @@ from subprof.cli import app
 from subprof.errors import SubprofError
 from subprof.methods import parse_methods
 from subprof.report.build import build_report
+from subprof.report.decision import absent_sections, decision_lines
+from subprof.report.figures import fig_cost, log_axis
 from subprof.report.measured import bench_table, burst_table, proj_table
 from subprof.report.tables import FIT_CLASSES, ReportRequest
 from subprof.report.html import render_html
+from subprof.report.words import duration, plural
 
-CHROMIUM = Path("/usr/bin/chromium")
-SECTIONS = ("summary", "fit", "breakdown", "cost", "measured", "projection", "burst", "assumptions")
+SECTIONS = ("decision", "summary", "fit", "breakdown", "cost", "measured", "projection", "burst", "assumptions")
 
 BENCH = [
     {"model": "60m", "method": "adamw", "rank": None, "batch": 32, "seq": 256, "backend": "cuda", "status": "ok",
@@ -37,6 +37,10 @@ BENCH = [
     {"model": "60m", "method": "adamw", "batch": 8, "seq": 256, "backend": "trace", "status": "ok",
      "estimated_peak_allocated_bytes": 3 * 2**30, "estimated_cuda_runtime_bytes": 2**29,
      "peak_allocated_bytes": 2 * 2**30 + 2**29},
+    # measured to the end on the trace backend, then judged over its --budget (measure.runner.Budget.apply)
+    {"model": "350m", "method": "adamw", "batch": 64, "seq": 256, "backend": "trace", "status": "oom",
+     "oom_phase": "forward_backward", "estimated_peak_allocated_bytes": 11 * 2**30,
+     "peak_allocated_bytes": 10 * 2**30, "budget_device_used_bytes": 12 * 2**30},
 ]
 PROJ = [
     {"model": "1b", "method": "svd", "shape": [2048, 5461], "rank": 128, "median_ms": 800.0, "spread_ms": 9.0,
@@ -131,6 +135,63 @@ def test_bench_trace_rows_are_compared_with_the_model_side_estimate_as_bench_doe
     assert df.loc[0, "error_pct"] == pytest.approx(25.0)  # a GPU row against the full estimate
 
 
+def test_bench_rows_over_their_budget_are_measurements_not_failures(report):
+    df = bench_table(BENCH)
+    assert list(df["verdict"]) == ["ok", "ok", "oom", "ok", "over budget"]
+    assert df.loc[4, "error_pct"] == pytest.approx(10.0)  # 11 GiB estimated (less no runtime: none stated) / 10
+    assert "Over their memory budget: 1 bench row, measured to the end (counted in the error above)." in report.summary
+    assert "Did not finish: 1 bench row (oom 1)." in report.summary
+
+
+# ------------------------------------------------------------------------------------------------ decision
+
+
+def test_decision_picks_the_cheapest_and_the_fastest_option_per_model(report):
+    cost, decision = report.tables["cost"], report.tables["decision"]
+    for model in ("1b", "7b"):
+        own = cost[(cost["model"] == model) & cost["cost_usd"].notna()]
+        rows = decision[decision["model"] == model].set_index("option")
+        cheapest = rows.loc[rows.index.str.startswith("cheapest")].iloc[0]
+        fastest = rows.loc[rows.index.str.endswith("fastest")].iloc[0]
+        assert cheapest["cost_usd"] == own["cost_usd"].min() and fastest["hours"] == own["hours"].min()
+
+
+def test_decision_carries_the_recommended_configuration_and_its_quality_cost(report):
+    fit = report.tables["fit_matrix"].set_index(["model", "gpu"])
+    for r in report.tables["decision"].to_dict(orient="records"):
+        cell = fit.loc[(r["model"], r["gpu"])]
+        assert r["config"] == cell["config"] and r["short_config"] == cell["short_config"]
+        assert r["quality_cost"] == cell["quality_cost"]
+    for r in fit.to_dict(orient="records"):  # 0 exactly for full rank; the evidence's gap for a low-rank method
+        assert (r["quality_cost"] == 0) == (r["method"] == "adamw")
+
+
+def test_decision_counts_several_gpus_when_the_report_has_gpu_counts(scaled):
+    options = scaled.tables["scaling"].dropna(subset=["hours"])
+    fastest = scaled.tables["decision"].iloc[-1]
+    assert fastest["hours"] == options["hours"].min() and fastest["gpus"] > 1
+    assert fastest["gpu_hours"] == pytest.approx(fastest["hours"] * fastest["gpus"])
+
+
+def test_decision_lines_name_each_option_with_its_cost_and_time(report):
+    lines = decision_lines(report.tables["decision"])
+    assert len(lines) == 2 and lines[1].startswith("7b: cheapest")
+    assert re.search(r"\$[\d,]+ in [\d.,]+ (h|days)", lines[1])
+
+
+def test_short_labels_and_words():
+    assert plural(1, "step") == "1 step" and plural(0.6, "hour") == "1 hour" and plural(2, "row") == "2 rows"
+    assert duration(0.5) == "30 min" and duration(40.2) == "40 h" and duration(770) == "32.1 days"
+
+
+def test_fit_matrix_short_label_names_method_rank_and_8bit(report):
+    fit = report.tables["fit_matrix"].set_index(["model", "gpu"])
+    row = fit.loc[("7b", "rtx-4090")]
+    rank = f" r{int(row['rank'])}" if row["rank"] else ""
+    assert row["short_config"] == f"{row['method']}{rank}" + (" · 8-bit" if row["state_bits"] == 8 else "")
+    assert len(row["short_config"]) <= 25 < len(row["config"])
+
+
 def test_proj_ratio_is_svd_time_over_method_time_on_the_same_shape():
     df = proj_table(PROJ).set_index("method")
     assert df.loc["ori", "ratio_to_svd"] == pytest.approx(200.0)
@@ -173,15 +234,28 @@ def test_page_holds_every_section_summary_and_assumptions(page, report):
 
 def test_page_holds_figure_data_and_tables(page, report):
     n = int(re.search(r'data-figures="(\d+)"', page).group(1))
-    assert n == 1 + 2 + 2 + 1 + 1 + 1  # fit, breakdown ×2, cost ×2, bench, proj, burst
+    assert n == 2 + 2 + 1 + 1 + 1  # breakdown ×2, cost ×2, bench, proj, burst (the fit matrix is an HTML table)
     assert page.count("Plotly.newPlot(") == n
-    fit = report.tables["fit_matrix"]
-    cfg = fit[(fit["model"] == "7b") & (fit["gpu"] == "rtx-4090")].iloc[0]["config"]
-    # the cell text in the heatmap's data (plotly escapes non-ASCII unless orjson is installed)
-    assert f'"{cfg} · batch' in page or json.dumps(f"{cfg} · batch")[:-1] in page
     # fit, breakdown, cost, gpus, bench, proj, burst summary, burst curves
     assert page.count('<table class="dataframe data">') == 8
     assert "800" in page and "tiny ori r16" in page
+
+
+def test_fit_matrix_cells_hold_a_short_label_and_the_full_configuration_on_hover(page, report):
+    r = report.tables["fit_matrix"].set_index(["model", "gpu"]).loc[("7b", "rtx-4090")]
+    label = (f"<b>{r['short_config']}</b> · {r['device_used_gib']:.1f}/{r['usable_gib']:.1f} GiB · "
+             f"{r['tokens_per_s']:,.0f} tok/s")
+    assert label in page
+    cell = page[page.index(label) - 700:page.index(label)]
+    assert f'title="7b on RTX 4090 (low-rank only)\n{r["config"]}'.replace("—", "—") in cell.replace("&#x27;", "'")
+    assert f"optimizer batch {r['sequences_per_step']:.0f}, not 512" in page
+
+
+def test_decision_comes_first_with_each_model(page):
+    body = page[page.index("<main>"):]
+    assert body.index('id="decision"') < body.index('id="fit"') < body.index('id="cost"')
+    decision = body[body.index('id="decision"'):body.index('id="fit"')]
+    assert "<h3>1b " in decision and "<h3>7b " in decision and "Cheapest" in decision and "Quality cost:" in decision
 
 
 def test_plotly_is_inlined_once_and_no_script_loads_from_a_url(page):
@@ -192,15 +266,44 @@ def test_plotly_is_inlined_once_and_no_script_loads_from_a_url(page):
 
 
 def test_print_stylesheet_is_present(page):
-    assert "@media print" in page and "beforeprint" in page
+    assert "@media print" in page and "@page{size:A4 landscape" in page and "beforeprint" in page
+    assert "Plotly.Plots.resize" in page  # figures redrawn to the paper's width
 
 
-def test_sections_without_result_files_say_how_to_get_them():
-    page = render_html(build_report(request(models=[load_model("60m")], gpus=[gpu_by_name("4090")], bench_rows=[],
-                                            proj_rows=[], burst_rows=[])))
-    for flag in ("--bench FILE", "--proj FILE", "--burst FILE"):
+def test_sections_without_data_are_left_out_and_one_line_names_their_inputs():
+    rep = build_report(request(models=[load_model("60m")], gpus=[gpu_by_name("4090")], bench_rows=[], proj_rows=[],
+                               burst_rows=[]))
+    page = render_html(rep)
+    for anchor in ("measured", "projection", "burst", "probe", "scaling"):
+        assert f'id="{anchor}"' not in page and f'href="#{anchor}"' not in page
+    assert page.count("Not in this report:") == 1 and "Not given" not in page
+    assert [flag for _, flag, _ in absent_sections(rep.tables)] == ["--gpus-per-node 1,8 --nodes 1,2", "--bench FILE",
+                                                                    "--proj FILE", "--burst FILE", "--probe FILE"]
+    for flag in ("--bench FILE", "--proj FILE", "--burst FILE", "--probe FILE"):
         assert flag in page
     assert page.count("window.PlotlyConfig") == 1
+
+
+def test_every_link_of_the_navigation_has_its_section(page):
+    for anchor in re.findall(r'href="#([^"]+)"', page):
+        assert f'id="{anchor}"' in page
+
+
+def test_cost_labels_are_short_and_the_axis_leaves_room_for_them(report):
+    fig = fig_cost(report.tables["cost"], "7b")
+    bar = fig.data[0]
+    assert all(len(t) <= 24 for t in bar.text)
+    assert fig.layout.xaxis.range[1] > 1.15 * max(x for x in bar.x)
+
+
+def test_log_axes_label_numbers_not_bare_digits():
+    ranks = log_axis([8, 16, 32, 64])
+    assert ranks["tickvals"] == [8, 16, 32, 64] and ranks["ticktext"] == ["8", "16", "32", "64"]
+    ms = log_axis([3.9, 5.6, 13, 37, 140, 148, 536, 36, 19, 22])  # under three decades: 1-2-5
+    assert ms["ticktext"][:4] == ["1", "2", "5", "10"] and "1,000" in ms["ticktext"]
+    assert [float(t.replace(",", "")) for t in ms["ticktext"]] == ms["tickvals"]
+    wide = log_axis([0.01, 0.1, 1, 10, 100, 1000, 3, 30, 300])  # over three decades: powers of ten
+    assert wide["ticktext"] == ["0.01", "0.1", "1", "10", "100", "1,000"]
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -255,37 +358,6 @@ def test_cli_unwritable_out_is_one_line_exit_2(tmp_path):
         assert res.exit_code == 2 and "--out" in res.output
 
 
-# ---------------------------------------------------------------------------------------------------- Chromium
-
-
-def chromium(*flags: str, user_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                           "--disable-sync", f"--user-data-dir={user_dir}", "--enable-logging=stderr", "--v=0",
-                           "--virtual-time-budget=5000", *flags], capture_output=True, text=True, timeout=90)
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium): "
-                                                  "apt-get install -y chromium")
-def test_headless_chromium_draws_every_figure_without_js_errors(tmp_path, page):
-    html_file = tmp_path / "report.html"
-    html_file.write_text(page, encoding="utf-8")
-    dom = chromium("--dump-dom", html_file.as_uri(), user_dir=tmp_path / "profile-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "Uncaught" not in dom.stderr, [l for l in dom.stderr.splitlines() if "Uncaught" in l]
-    root = re.search(r"<html[^>]*>", dom.stdout).group(0)
-    assert "data-js-errors" not in root
-    expected = re.search(r'data-figures="(\d+)"', page).group(1)
-    assert f'data-figures-drawn="{expected}"' in root
-    shot = tmp_path / "report.png"
-    res = chromium(f"--screenshot={shot}", "--window-size=1400,3000", html_file.as_uri(),
-                   user_dir=tmp_path / "profile-shot")
-    assert res.returncode == 0 and "Uncaught" not in res.stderr
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
-    shutil.rmtree(tmp_path / "profile-dom", ignore_errors=True)
-    shutil.rmtree(tmp_path / "profile-shot", ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------- GPU type × GPU count
 
 
@@ -319,6 +391,7 @@ def test_scaling_section_and_its_assumption_are_on_the_page(scaled):
     page = render_html(scaled)
     assert 'id="scaling"' in page and "GPU count data" in page and "Cheapest within 20 days" in page
     assert any("Communication:" in line for line in scaled.assumptions)
+    assert 'href="#scaling"' in page
 
 
 def test_bad_gpu_counts_are_a_subprof_error():

@@ -8,6 +8,7 @@ from subprof.catalog import gpu_by_name, load_model, profiles_dir
 from subprof.methods import parse_methods
 from subprof.report.build import build_report
 from subprof.report.html import render_html
+from subprof.report.probe import probe_summary_line
 from subprof.report.tables import ReportRequest
 from subprof.results import read_rows
 
@@ -43,7 +44,22 @@ def test_the_page_draws_the_probe_curves_and_names_the_probe(report):
     assert any(line.startswith("Probe tiny") for line in report.summary)
 
 
-def test_without_a_probe_the_section_says_how_to_get_one():
+def test_without_a_probe_the_section_is_left_out_and_named_as_absent():
     page = render_html(build_report(request()))
-    section = page[page.index('id="probe"'):page.index('id="assumptions"')]
-    assert "--probe FILE" in section and not re.search("Plotly.newPlot", section)
+    assert 'id="probe"' not in page and 'href="#probe"' not in page
+    absent = page[page.index("Not in this report:"):]
+    assert "the gradient subspace (add <code>--probe FILE</code>" in absent[:absent.index("</p>")]
+
+
+def test_probe_axes_are_labelled_at_the_probed_ranks_and_gaps(report):
+    page = render_html(report)
+    assert re.search(r'"tickvals":\[8(\.0)?,16(\.0)?,32(\.0)?,64(\.0)?\]', page)
+    assert re.search(r'"tickvals":\[1(\.0)?,10(\.0)?,50(\.0)?,100(\.0)?\]', page)
+
+
+def test_probe_summary_says_one_step_not_one_steps(report):
+    tables = dict(report.tables)
+    stale = tables["probe_stale_summary"].copy()
+    stale["gap_below_80"] = 1.0
+    line = probe_summary_line(tables | {"probe_stale_summary": stale})
+    assert line.endswith("for 1 step.") and "1 steps" not in line

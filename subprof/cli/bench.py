@@ -10,8 +10,8 @@ from rich.table import Table
 
 from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt,
                                  ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
-from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
-                            progress_bar)
+from subprof.cli.ui import (console, count_rows, guarded, interrupted, parse_int_list, parse_str_list, print_json,
+                            progress_bar, refuse_unless)
 from subprof.errors import SubprofError
 from subprof.results import comparable_estimate, comparable_peak
 
@@ -49,6 +49,7 @@ def render(rows: list[dict]) -> None:
 
 
 def bench(
+    ctx: typer.Context,
     model: ModelOpt,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: adamw, adamw8bit, galore, osd, ori, "
                                                            "…, and galore-ref (galore-torch's GaLoreAdamW).")] = "galore",
@@ -90,9 +91,13 @@ def bench(
 
     from subprof.results import check_writable
 
+    refuse_unless(ctx, gpu_mem is not None, ("margin",), "is kept free of a --gpu-mem budget: give --gpu-mem too, or "
+                                                         "leave --margin out")
     budget = parse_budget(gpu_mem) if gpu_mem else None
     if not 0 <= margin < 1:
-        raise SubprofError(f"--margin {margin} must be in [0, 1)")
+        from subprof.units import percent_hint
+
+        raise SubprofError(f"--margin {margin:g} must be in [0, 1){percent_hint(margin)}")
     calib = calibration_for(budget.gpu.key if budget and budget.gpu else None, calibration)
     rule = BudgetRule(budget_bytes=budget.bytes, margin=margin, calibration=calib) if budget else None
     check_writable(out)
@@ -103,21 +108,18 @@ def bench(
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
                         backend=chosen, threads=threads, world_size=world_size, nodes=nodes,
                         strategy=strategy.strip().lower() if strategy else None)
-    finished = 0
+    rows_before = count_rows(out)
     try:
         with progress_bar(len(cases), f"bench [{chosen}]") as bar:
             bar.label(cases[0].label())
 
             def advance(case: Case, row: dict | None) -> None:
-                nonlocal finished
-                finished += row is not None
                 bar.advance(f"{case.label()}: {row['status'] if row else 'done before (resume)'}")
 
             rows = sweep(cases, out=out, resume=resume, timeout=timeout, budget=rule, calibration=calib,
                          on_row=advance)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: {finished} finished case(s) kept in {out}; rerun with --resume")
-        raise typer.Exit(130) from None
+        interrupted(out, count_rows(out) - rows_before)
     if json_out:
         print_json(rows)
         return

@@ -11,14 +11,15 @@ import typer
 from rich.table import Table
 
 from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt, SeedOpt,
-                                 ThreadsOpt, VocabOpt)
-from subprof.cli.ui import (console, err_console, guarded, parse_int_list, parse_str_list, print_json,
-                            progress_bar)
+                                 ThreadsOpt, VerboseOpt, VocabOpt)
+from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, parse_int_list, parse_str_list,
+                            print_json, progress_bar, refuse_unless)
 from subprof.errors import SubprofError
 from subprof.train.lrgrid import best_rows
 
 
 def burst(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Catalogue model(s), comma-separated (CPU: tiny, "
                                                              "20m).")] = "tiny",
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods.")] = "adamw,galore,osd,ori",
@@ -51,31 +52,41 @@ def burst(
         "reports/burst.jsonl"),
     resume: ResumeOpt = False,
     json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
+    from subprof.quiet import show_known_noise
     from subprof.results import check_writable
-    from subprof.train.burst import BurstSettings, check_cases, check_split, expand_cases, run_bursts
+    from subprof.train.burst import (BurstSettings, check_before_corpus, check_cases, check_split, expand_cases,
+                                     run_bursts)
     from subprof.train.corpus import load_corpus
 
+    show_known_noise(verbose)
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
                                 parse_int_list(update_gaps, "--update-gaps"), batch=batch, seq=seq, dtype=dtype,
                                 lr=lr, lr_grid=lr_grid)
     if not cases:
         raise SubprofError("no cases to run: " + "; ".join(notes))
+    refuse_unless(ctx, any(c.config.spec.project for c in cases), ("ranks", "update_gaps"),
+                  f"applies to low-rank methods, and --methods {methods} are all full-rank: leave it out")
+    refuse_unless(ctx, nproc > 1, ("strategy",), f"{strategy} applies with --nproc N (N ≥ 2): add it, or leave "
+                                                 f"--strategy out")
     settings = BurstSettings(steps=steps, eval_every=eval_every, device=device, seed=seed, data_seed=seed,
                              threads=threads, nproc=nproc, strategy=strategy.strip().lower())
     check_split(cases, settings)
-    corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
-    corpus.require(seq)
-    if not json_out:
-        err_console.print(f"corpus: {corpus.description} — {corpus.tokens:,} tokens "
-                          f"({corpus.train.size:,} train / {corpus.val.size:,} validation)"
-                          + (" [cached]" if corpus.cache_hit else ""))
-        for note in notes:
-            err_console.print(f"note: {note}")
     check_writable(out)
-    check_cases(cases, settings, corpus)
+    check_before_corpus(cases, settings)  # what can be refused before the corpus is read and tokenised
+    rows_before = count_rows(out)
     try:
+        corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
+        corpus.require(seq)
+        if not json_out:
+            err_console.print(f"corpus: {corpus.description} — {corpus.tokens:,} tokens "
+                              f"({corpus.train.size:,} train / {corpus.val.size:,} validation)"
+                              + (" [cached]" if corpus.cache_hit else ""))
+            for note in notes:
+                err_console.print(f"note: {note}")
+        check_cases(cases, settings, corpus)
         with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
             if nproc > 1:
                 from subprof.train.parallel import run_bursts_parallel
@@ -84,9 +95,7 @@ def burst(
             else:
                 rows = run_bursts(cases, settings, corpus, out=str(out), resume=resume, progress=bar)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: every finished case is kept in {out}; rerun the same command with --resume "
-                          f"to run only the rest")
-        raise typer.Exit(130) from None
+        interrupted(out, count_rows(out) - rows_before)
     best = best_rows(rows) if lr_grid else rows
     if json_out:
         print_json({"corpus": corpus.summary() | {"description": corpus.description}, "notes": notes,
@@ -132,7 +141,7 @@ def burst_table(rows: list[dict], *, title: str) -> Table:
         val = r.get("val_loss")
         peak = r.get("peak_allocated_bytes") or r.get("peak_tracked_bytes")
         table.add_row(
-            str(i), r["method"], str(r["rank"] or "full"), str(r["update_gap"] or "–"),
+            str(i), r["method"] + (" 8bit" if r.get("state_bits") == 8 else ""), str(r["rank"] or "full"), str(r["update_gap"] or "–"),
             f"{r['lr']:.3g}" + ("*" if r.get("lr_at_edge") else ""),
             f"{val:.4f}" if val is not None else "–",
             f"{val - ref:+.4f}" if val is not None and ref is not None else "–",

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from subprof.cli.options import JsonOpt, ResumeOpt
-from subprof.cli.ui import console, err_console, guarded, print_json, progress_bar
+from subprof.cli.ui import console, count_rows, guarded, interrupted, print_json, progress_bar
 from subprof.errors import SubprofError
 
 
@@ -46,13 +46,12 @@ def calibrate(
                                f"{DEFAULT.source}; `subprof calibrate --from rows.jsonl` fits a record from "
                                f"`bench --backend cuda` rows measured elsewhere")
         sweep = lib.Sweep(out=out, quick=quick, budget_s=60 * (budget_minutes or (8 if quick else 15)))
+        rows_before = sum(count_rows(p) for p in out.glob("calibrate_*.jsonl"))
         try:
             with progress_bar(len(lib.cases(sweep)), "calibrate", quiet=json_out) as bar:
                 result = lib.run(sweep, resume=resume, progress=bar)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: every finished case is kept in {out}; rerun with --resume to measure "
-                              f"only the rest")
-            raise typer.Exit(130) from None
+            interrupted(out, sum(count_rows(p) for p in out.glob("calibrate_*.jsonl")) - rows_before)
     if json_out:
         print_json(result)
         return

@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from subprof.cli import render
-from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt, RankOpt,
-                                 SeqOpt, ThreadsOpt, CalibrationOpt)
-from subprof.cli.ui import console, guarded, print_json
+from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt,
+                                 ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
+from subprof.cli.ui import console, guarded, print_json, refuse_unless
 from subprof.errors import SubprofError
 
 
@@ -63,6 +63,7 @@ def gpus(json_out: JsonOpt = False) -> None:
 
 
 def estimate(
+    ctx: typer.Context,
     model: ModelOpt,
     method: Annotated[str, typer.Option("--method", help="adamw, galore, osd, ori, grasswalk, grassjump, subtrack, "
                                                          "sumo (or adamw8bit).")] = "adamw",
@@ -70,40 +71,68 @@ def estimate(
     update_gap: GapOpt = None,
     batch: BatchOpt = 8,
     seq: SeqOpt = 256,
+    accumulation: Annotated[Optional[int], typer.Option("--accumulation", min=1, help="Micro-batches accumulated "
+                                                        "per optimizer step (a `plan` row's 16×32 is --batch 16 "
+                                                        "--accumulation 32); their gradients stay alive through the "
+                                                        "later micro-batches.")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step", min=1, help="Tokens per optimizer "
+                                                           "step, whole job, as `plan` takes it: sets --accumulation "
+                                                           "to it ÷ (batch × seq × GPUs).")] = None,
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = False,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose calibration record applies "
-                                                             "(default: the H100 reference rows).")] = None,
+                                                             "(default: the H100 reference rows); use the card "
+                                                             "`plan` predicted tokens/s on to reproduce its rows.")]
+    = None,
     calibration: CalibrationOpt = None,
     gpus: Annotated[int, typer.Option("--gpus", help="GPUs of a data-parallel job: the breakdown of rank 0 (batch "
                                                     "per rank).")] = 1,
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
-    strategy: Annotated[str, typer.Option("--strategy", help="ddp, fsdp, fsdp-no-reshard or hsdp.")] = "fsdp",
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="With --gpus: ddp, fsdp (default), "
+                                                                       "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
     from subprof.catalog import gpu_by_name, load_model
-    from subprof.config import TrainConfig
+    from subprof.config import TrainConfig, accumulation_for
+    from subprof.methods import get_method
     from subprof.plan.calibration import calibration_for
     from subprof.plan.distributed import estimate_rank
     from subprof.plan.parallel import Parallel, check_shardable
 
+    spec = get_method(method)
+    refuse_unless(ctx, spec.project, ("rank", "update_gap"),
+                  f"applies to low-rank methods; {spec.name} updates every weight at full rank: leave it out, or pick "
+                  f"a low-rank method (galore, osd, ori, …)")
+    refuse_unless(ctx, gpus > 1 or nodes > 1, ("strategy",),
+                  f"{strategy} spreads a job over several GPUs, and this estimate is for one: add --gpus N (N ≥ 2), "
+                  f"or leave --strategy out")
+    if accumulation is not None and tokens_per_step is not None:
+        raise SubprofError("give --accumulation or --tokens-per-step, not both: tokens per step = batch × seq × "
+                           "accumulation × GPUs")
+    if tokens_per_step is not None:
+        accumulation = accumulation_for(tokens_per_step, batch=batch, seq=seq, ranks=gpus)
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
-                      checkpointing=checkpointing)
-    par = Parallel(gpus=gpus, nodes=nodes, strategy=strategy.strip().lower()) if gpus > 1 or nodes > 1 else None
+                      checkpointing=checkpointing, accumulation=accumulation or 1)
+    par = (Parallel(gpus=gpus, nodes=nodes, strategy=(strategy or "fsdp").strip().lower())
+           if gpus > 1 or nodes > 1 else None)
     if par is not None:
         check_shardable(cfg.model, par)
-    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu).key if gpu else None, calibration))
+    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration))
     if json_out:
         print_json(est.to_dict())
         return
     render.estimate_table(est)
 
 
+BURST_OPTIONS = ("burst_steps", "burst_model", "burst_top", "data", "burst_out", "threads", "verbose")
+
+
 def plan(
+    ctx: typer.Context,
     model: ModelOpt,
     gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Memory budget per GPU: a size (24GB = 24·10^9 "
                                                    "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
@@ -118,13 +147,14 @@ def plan(
                                                            "it.")] = None,
     dtype: DtypeOpt = "bf16",
     margin: Annotated[float, typer.Option("--margin", help="Safety margin kept free, as a fraction of the "
-                                                           "budget.")] = 0.05,
+                                                           "budget (0.05 = 5%).")] = 0.05,
     top: Annotated[int, typer.Option("--top", help="How many candidates to show.")] = 5,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose TFLOP/s and bandwidth predict "
                                                              "tokens/s (default: --gpu-mem's card, else the "
                                                              "closest in memory).")] = None,
     utilization: Annotated[float, typer.Option("--utilization", help="Assumed fraction of dense BF16 TFLOP/s "
-                                                                     "reached by the model's matmuls.")] = 0.4,
+                                                                     "reached by the model's matmuls (0.4 = "
+                                                                     "40%).")] = 0.4,
     proj: Annotated[Optional[str], typer.Option("--proj", help="`subprof proj` rows (JSONL) measured on the target "
                                                        "GPU: their projection-update times replace the scaled H100 "
                                                        "rates where they cover the model's shapes.")] = None,
@@ -134,34 +164,53 @@ def plan(
     gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job runs on (data parallel); memory is then per "
                                                     "rank and tokens/s the whole job's.")] = 1,
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over (equal GPUs per node).")] = 1,
-    strategy: Annotated[str, typer.Option("--strategy", help="auto, ddp, fsdp (FSDP2, ZeRO-3-like), "
+    strategy: Annotated[str, typer.Option("--strategy", help="With --gpus: auto, ddp, fsdp (FSDP2, ZeRO-3-like), "
                                                              "fsdp-no-reshard (ZeRO-2-like) or hsdp (shard within "
                                                              "a node, replicate across).")] = "auto",
     burst: Annotated[bool, typer.Option("--burst", help="Confirm the top candidates with short real training "
                                                         "runs on this machine (a GPU if present, else the CPU).")]
     = False,
-    burst_steps: Annotated[int, typer.Option("--burst-steps", min=1, help="Training steps per burst.")] = 100,
-    burst_model: Annotated[Optional[str], typer.Option("--burst-model", help="Train this catalogue model as the "
-                                                       "proxy (default: the target if it fits here, else the "
-                                                       "largest smaller one that does).")] = None,
-    burst_top: Annotated[int, typer.Option("--burst-top", min=1, help="How many (method, rank, gap) groups to "
-                                                                      "train.")] = 4,
-    data: Annotated[Optional[str], typer.Option("--data", help="Burst corpus: text files/folders or .bin tokens "
-                                                               "(default: the Python standard library).")] = None,
-    burst_out: Annotated[str, typer.Option("--burst-out", help="JSONL the burst rows are appended to "
+    burst_steps: Annotated[int, typer.Option("--burst-steps", min=1, help="With --burst: training steps per "
+                                                                          "burst.")] = 100,
+    burst_model: Annotated[Optional[str], typer.Option("--burst-model", help="With --burst: train this catalogue "
+                                                       "model as the proxy (default: the target if it fits here, "
+                                                       "else the largest smaller one that does).")] = None,
+    burst_top: Annotated[int, typer.Option("--burst-top", min=1, help="With --burst: how many (method, rank, gap) "
+                                                                      "groups to train.")] = 4,
+    data: Annotated[Optional[str], typer.Option("--data", help="With --burst: the corpus, text files/folders or "
+                                                               ".bin tokens (default: the Python standard "
+                                                               "library).")] = None,
+    burst_out: Annotated[str, typer.Option("--burst-out", help="With --burst: JSONL the burst rows are appended to "
                                                                "(resumable).")] = "reports/plan_burst.jsonl",
     threads: ThreadsOpt = None,
     calibration: CalibrationOpt = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Also print the settings, the evidence behind the "
+                                                            "quality column and how candidates are ranked.")] = False,
     json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget."""
-    from subprof.catalog import gpu_by_name, load_model, parse_budget
+    """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget.
+    Exits with 1 when nothing fits (after printing what would)."""
+    from subprof.catalog import gpu_budget, gpu_by_name, load_model, parse_budget
     from subprof.methods import parse_methods
     from subprof.plan.calibration import load as load_calibration
     from subprof.plan.evidence import probe_quality
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
 
+    refuse_unless(ctx, burst, BURST_OPTIONS, "applies only with --burst (short training runs that confirm the "
+                                             "plan): add --burst, or leave it out")
+    if gpu_mem is None and gpu is None:
+        raise SubprofError("give the memory budget: --gpu-mem 24GB (or a card: --gpu-mem 4090), or --gpu NAME for "
+                           "that card's memory")
+    if burst:
+        from subprof.quiet import show_known_noise
+        from subprof.results import check_writable
+
+        show_known_noise(verbose)
+        check_writable(burst_out, "--burst-out")
+    card = gpu_by_name(gpu, "--gpu") if gpu else None
+    budget = parse_budget(gpu_mem, "--gpu-mem") if gpu_mem is not None else gpu_budget(card, gpu)
     proj_rows = []
     if proj is not None:
         from subprof.results import read_result_files
@@ -169,12 +218,9 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    if gpu_mem is None and gpu is None:
-        raise SubprofError("give the memory budget: --gpu-mem 24GB (or a card: --gpu-mem 4090), or --gpu NAME for "
-                           "that card's memory")
-    req = PlanRequest(model=load_model(model), budget=parse_budget(gpu_mem or gpu), methods=parse_methods(methods),
+    req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(methods),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
-                      gpu=gpu_by_name(gpu) if gpu else None, utilization=utilization, proj_rows=proj_rows,
+                      gpu=card, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,
                       gpus=gpus, nodes=nodes, strategy=strategy.strip().lower(),
                       evidence=probe_quality(probe) if probe else None)
@@ -189,8 +235,10 @@ def plan(
                                        progress_factory=None if json_out else progress_bar)
     if json_out:
         print_json(render.plan_json(result, evidence))
-        return
-    render.plan_tables(result, evidence)
+    else:
+        render.plan_tables(result, evidence, explain=explain)
+    if result.recommendation is None:
+        raise typer.Exit(1)  # nothing fits: the output above says what would
 
 
 def register(app: typer.Typer) -> None:

@@ -38,3 +38,5 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU
 CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A calibration record written by `subprof "
                                                        "calibrate` (default: the newest record for the target GPU, "
                                                        "else the H100 reference rows).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the third-party warnings subprof filters as "
+                                                                "known noise (subprof/quiet.py).")]

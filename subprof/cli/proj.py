@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from subprof.cli.options import DeviceOpt, JsonOpt, ModelOpt, ResumeOpt, ThreadsOpt
-from subprof.cli.ui import console, err_console, guarded, parse_int_list, print_json, progress_bar
+from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, parse_int_list, print_json,
+                            progress_bar)
 from subprof.errors import SubprofError
 
 
@@ -54,6 +55,7 @@ def proj(
     dev = resolve_device(device)
     shape_list = parse_shapes(shapes, cfg)
     log = ResultLog(out, resume=resume)
+    rows_before = count_rows(out)
     total = sum(len({min(r, m, n) for r in rank_list}) for m, n in shape_list) * (len(method_list) + 1)
     with torch_threads(threads) as used_threads:
         if not json_out:
@@ -65,9 +67,7 @@ def proj(
                 result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats,
                                   warmup=warmup, update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: every finished timing is kept in {out}; rerun the same command with "
-                              f"--resume to time only the rest")
-            raise typer.Exit(130) from None
+            interrupted(out, count_rows(out) - rows_before, noun="timing")
     if json_out:
         print_json({"model": cfg.name, "device": dev, "dtype": dtype, "out": str(out), **result})
         return

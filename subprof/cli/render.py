@@ -100,6 +100,8 @@ def recommendation_line(result: Plan) -> str:
             f"({req.budget.text}, {req.margin:.0%} margin)")
     speed = (render_job.job_recommendation(rec) if req.gpus > 1 else
              f"≈ {rec.throughput.tokens_per_s:,.0f} tokens/s on {req.throughput_gpu.name}")
+    if req.throughput_gpu_reason.startswith("assumed"):
+        speed += f" ({req.throughput_gpu_reason})"
     quality = ("full rank" if not rec.config.spec.project else
                f"predicted {100 * rec.ppl_increase:+.2f}% perplexity vs full-rank AdamW (±"
                f"{100 * math.expm1(req.band):.2f}%)")
@@ -171,6 +173,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
             console.print(f"  {line}")
     if evidence:
         burst_tables(evidence)
+    if job:  # the numbers of a job rest on these: shown without --explain
+        console.print(f"[dim]{render_job.job_header(req)}. {render_job.job_assumptions(req, gpu)}[/]")
     if not explain:
         console.print("[dim]--explain: the settings, the evidence behind the quality column and how candidates "
                       "are ranked[/]")
@@ -181,8 +185,6 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
                   f"{gib(req.usable_bytes):.2f} GiB (compared with estimated device used = peak reserved + CUDA "
                   f"context); tokens/s on {gpu.name} ({req.throughput_gpu_reason}); GPU-side memory calibrated by "
                   f"{req.calibration.source}")
-    if job:
-        console.print(render_job.job_header(req))
     evidence_lines(req.evidence)
     console.print(f"[dim]Ranking: candidates that keep the requested optimizer batch first, then predicted quality "
                   f"in bands of {band:.4f} nats (the evidence's cross-validated band for {req.model.name}) below the "
@@ -192,8 +194,6 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
                   f"model FLOPs at {req.utilization:.0%} of {gpu.name}'s {gpu.bf16_tflops:,.0f} dense BF16 TFLOP/s + "
                   f"optimizer step at 70% of {gpu.bandwidth_gbs:,.0f} GB/s + projection updates scaled from H100 "
                   f"measurements by memory bandwidth.[/]")
-    if job:
-        console.print(f"[dim]{render_job.job_assumptions(req, gpu)}[/]")
 
 
 def evidence_lines(quality) -> None:

@@ -32,7 +32,7 @@ def parse_prices(items: list[str]) -> dict[str, float]:
             raise SubprofError(f"--price {item!r}: {value!r} is not a number of USD per hour") from None
         if not usd > 0 or usd == float("inf"):
             raise SubprofError(f"--price {item!r}: the price must be a positive number of USD per hour")
-        prices[gpu_by_name(name.strip()).key] = usd
+        prices[gpu_by_name(name.strip(), "--price").key] = usd
     return prices
 
 
@@ -43,7 +43,7 @@ def select_gpus(text: str) -> list:
     if text.strip().lower() == "all":
         chosen = list(gpu_catalog().values())
     else:
-        chosen = list({g.key: g for g in (gpu_by_name(n) for n in parse_str_list(text))}.values())
+        chosen = list({g.key: g for g in (gpu_by_name(n, "--gpus") for n in parse_str_list(text))}.values())
     if not chosen:
         raise SubprofError("--gpus is empty; give e.g. 4090,a100-80gb or all")
     return sorted(chosen, key=lambda g: (g.memory_bytes, g.bf16_tflops))
@@ -86,13 +86,15 @@ def report(
                                                               "folder.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """A self-contained offline HTML report for hardware procurement: GPU × model fit matrix, memory breakdowns,
-    time and cost of a token budget, and measured results when given."""
+    """A self-contained offline HTML report for hardware procurement: per model the cheapest and the fastest GPU
+    option first, then the GPU × model fit matrix, time and cost of a token budget, memory breakdowns, and measured
+    results when given."""
     from subprof.catalog import load_model
     from subprof.methods import parse_methods
     from subprof.plan.calibration import load as load_calibration
     from subprof.plan.evidence import probe_quality
     from subprof.report.build import build_report, write_csv
+    from subprof.report.decision import decision_lines
     from subprof.report.html import write_html
     from subprof.report.scaling import gpu_counts
     from subprof.report.tables import ReportRequest
@@ -124,7 +126,7 @@ def report(
     if json_out:
         print_json(result.to_json())
     else:
-        for line in result.summary:
+        for line in decision_lines(result.tables["decision"]) + result.summary:
             typer.echo(f"• {line}")
     err_console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)"
                       + (f" and {len(written)} CSV files in {csv}" if written else ""))

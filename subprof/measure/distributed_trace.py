@@ -51,6 +51,7 @@ from subprof.measure.model import build_model, train_context
 from subprof.measure.reference import make_optimizer
 from subprof.measure.trace import PhaseMixin, TraceResult, _flat, _phases, cuda_rounding
 from subprof.plan.parallel import Parallel
+from subprof.quiet import known_noise_filtered
 
 DDP_FIRST_BUCKET_MB = 1  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
 DDP_BUCKET_MB = 25  # DistributedDataParallel's bucket_cap_mb default
@@ -255,7 +256,7 @@ def trace_rank(case: Case) -> RankTraceResult:
             tracker.track_external(opt)
         autocast = "mixed" if c.dtype == "mixed" and not par.sharded else "bf16"  # FSDP2 casts by its policy
         steps, shard_bytes = [], {}
-        with tracker:
+        with known_noise_filtered(), tracker:  # ModTracker's re-entered-module warning
             tracker.reset_peaks()
             built = tracker.current_total()
             for i in range(case.steps):

@@ -41,6 +41,7 @@ from torch.distributed._tools import mem_tracker as _mt
 from subprof.measure.case import Case
 from subprof.measure.model import build_model, train_context
 from subprof.measure.reference import make_optimizer
+from subprof.quiet import known_noise_filtered
 
 CUDA_MIN_ALLOCATION = 512  # bytes: the caching allocator's rounding unit (c10/cuda/CUDACachingAllocator.cpp)
 
@@ -207,7 +208,7 @@ def trace_case(case: Case) -> TraceResult:
         tracker.track_external(model)
         params = sum(_bytes(p) for p in model.parameters())
         steps = []
-        with tracker:
+        with known_noise_filtered(), tracker:  # ModTracker's warning on re-entered modules (subprof.quiet)
             tracker._peak_mem = {}  # torch.cuda.reset_peak_memory_stats() before the first step
             built = tracker.current_total()
             for i in range(case.steps):

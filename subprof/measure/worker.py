@@ -26,6 +26,7 @@ import time
 from subprof.errors import SubprofError
 from subprof.measure.case import Case
 from subprof.measure.readings import nvml_used, step_times
+from subprof.quiet import known_noise_filtered
 from subprof.results import now_iso
 
 ROW_MARK = "SUBPROF_ROW "
@@ -108,7 +109,7 @@ def _cpu(case: Case) -> dict:
     tracker = PhaseTracker()
     tracker.track_external(model)
     times, losses = [], []
-    with tracker:
+    with known_noise_filtered(), tracker:  # ModTracker's warning on re-entered modules (subprof.quiet)
         tracker._peak_mem = {}
         built = tracker.current_total()
         for i in range(case.steps):

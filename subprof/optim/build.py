@@ -19,6 +19,7 @@ from subprof.optim.distributed import check_parameters, fsdp_units, local
 from subprof.optim.layerwise import LayerwiseOptimizer
 from subprof.optim.nonfinite import install_nonfinite_guard
 from subprof.optim.subspace import SubspaceAdamW
+from subprof.quiet import known_noise_filtered
 
 
 def is_projected(name: str, module: torch.nn.Module) -> bool:
@@ -91,6 +92,8 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     sharded = check_parameters(everything)  # FSDP2 (DTensors) or not; a mixed or foreign layout is refused here
     dtype = next(iter(everything.values())).dtype
     name, bits = _resolve(method, state_bits, dtype)
+    if bits == 8:  # import it here, quietly: the 8-bit kernels (AdamW8bit, methods.quant8) find it loaded
+        _bitsandbytes()
     names = {id(p): n for n, p in everything.items()}
     spec = get_method(name)
     if spec.project:
@@ -129,9 +132,7 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
                              nonfinite=nonfinite, param_names=names)
     if not spec.project:
         if bits == 8:
-            import bitsandbytes as bnb
-
-            opt = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+            opt = _bitsandbytes().optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
         else:
             widths = {p.element_size() * 8 for p in params}
             if widths != {bits}:
@@ -149,6 +150,15 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
     groups = [g for g in groups if g["params"]]
     return SubspaceAdamW(groups, lr=lr, weight_decay=weight_decay, scale=scale, state_bits=bits,
                          nonfinite=nonfinite, param_names=names)
+
+
+def _bitsandbytes() -> Any:
+    """bitsandbytes, imported with its known import-time noise filtered (`subprof.quiet`: on CPUs with AVX512-BF16
+    its CPU backend logs a failed Hub download mentioning `trust_remote_code`, which concerns no subprof run)."""
+    with known_noise_filtered():
+        import bitsandbytes
+
+    return bitsandbytes
 
 
 def state_tensor_bytes(state: dict) -> int:

@@ -29,6 +29,13 @@ COMPONENTS = (
     "logits_loss", "optimizer_temporaries", "autocast_cache", "cuda_runtime",
 )
 PHASES = ("model_built", "forward_backward", "optimizer_step", "projection_refresh")
+PHASE_MEANING = {  # what each phase holds: the legend of the per-phase breakdown (`estimate` prints it)
+    "model_built": "weights only, before any step",
+    "forward_backward": "the larger of backward's start (saved activations + cross-entropy) and its end (every "
+                        "gradient); accumulated gradients stay alive through it",
+    "optimizer_step": "inside optimizer.step(): gradients + states + the step's temporaries",
+    "projection_refresh": "one weight's projection refresh (SVD/QR workspace) + gradients + states",
+}
 
 
 @dataclass(kw_only=True, slots=True)

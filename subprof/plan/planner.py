@@ -42,6 +42,7 @@ from subprof.units import percent_hint
 MIN_RANK = 16
 COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
 DEFAULT_GLOBAL_BATCH = 512  # sequences per optimizer step in the GaLore / OSD runs
+SPEED_TOLERANCE = 0.03  # predicted tokens/s within 3% of each other count as equally fast
 
 
 @dataclass(kw_only=True, slots=True)
@@ -266,13 +267,26 @@ def ranks_for(model: ModelConfig) -> list[int]:
     return ranks
 
 
-def ranking_key(best_quality: float, tolerance: float):
-    """Sort key, best first: candidates that keep the requested optimizer batch, then quality bands of width
-    `tolerance` (the evidence's band for the model: `QualityModel.band`) below the best, then predicted tokens/s."""
+def rank_candidates(cands: list[Candidate], band: float) -> list[Candidate]:
+    """Best first: candidates that keep the requested optimizer batch; then quality bands of width `band` (the
+    evidence's cross-validated band for the model: `QualityModel.band`) below the best; within a band, speed
+    bands of `SPEED_TOLERANCE` below the band's fastest (the throughput model cannot tell 1% apart either); within
+    those, the better predicted quality, then the faster."""
+    if not cands:
+        return []
+    best = max(c.quality for c in cands)
+    qband = {id(c): math.floor((best - c.quality) / band + 1e-9) for c in cands}
+    fastest: dict[tuple, float] = {}
+    for c in cands:
+        k = (c.keeps_requested_batch, qband[id(c)])
+        fastest[k] = max(fastest.get(k, 0.0), c.throughput.tokens_per_s)
+
     def key(c: Candidate) -> tuple:
-        band = math.floor((best_quality - c.quality) / tolerance + 1e-9)
-        return (not c.keeps_requested_batch, band, -c.throughput.tokens_per_s)
-    return key
+        k = (c.keeps_requested_batch, qband[id(c)])
+        sband = math.floor(math.log(fastest[k] / c.throughput.tokens_per_s) / math.log1p(SPEED_TOLERANCE) + 1e-9)
+        return (not c.keeps_requested_batch, qband[id(c)], sband, -c.quality, -c.throughput.tokens_per_s)
+
+    return sorted(cands, key=key)
 
 
 def _batches(req: PlanRequest, layerwise: bool) -> list[list[tuple[int, int]]]:
@@ -318,7 +332,7 @@ def plan(req: PlanRequest) -> Plan:
                                         if req._layouts else _other_gap(req, found, gap, gpu)
                                         for gap in gaps[1:]]
     if fitting:
-        fitting.sort(key=ranking_key(max(c.quality for c in fitting), req.band))
+        fitting = rank_candidates(fitting, req.band)
     best: dict[str, Candidate] = {}
     for cand in fitting:
         best.setdefault(cand.config.method, cand)

@@ -7,13 +7,14 @@ with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
     rank       Σ_w share_w · ((r_w/d_w)^(−p) − 1)           the subspace leaves gradient out; 0 at full rank
                × (1 − ω)   with recovery (Fira, SUMO's residual, SubTrack++, GrassWalk/Jump add the rest back)
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
-    staleness  c_s · (T·tokens per step/131,072 − 200) / 1000  the basis ages between refreshes; drift follows the
+    staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
                                                                tokens trained (131,072 = 512 × 256, GaLore's batch)
     refresh    c_r · ((200 / T)^q · (κ if moments carried) − 1) a refresh leaves Adam's moments in the old basis
                                                                (GaLore keeps them) until they decay: paid per refresh,
                                                                so rarer refreshes pay less; moment transfer pays κ
-               (both are 0 at GaLore's T = 200 and batch — a tracker's staleness at a move every step — so what
-               the published setting costs sits in the method terms, and only tables that vary T fit them)
+               (both are 0 at the published setting — GaLore's T₀ = 200 and batch, a tracker's move every step,
+               T₀ = 1 — so what that setting costs sits in the method terms; p, c_s, c_r, q and κ are fitted only to
+               the tables in which one method varies its rank or gap)
     method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
                                                                of refreshing; per-method terms the tables single out
     bias       − β nats for a paper's own method (outside S)   authors tune what they propose; fitted, not believed

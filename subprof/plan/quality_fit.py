@@ -32,10 +32,12 @@ from pathlib import Path
 
 from subprof.catalog import load_model, profiles_dir
 from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
 from subprof.plan.published import MEASURED_GLOB, Table, TableRow, load_tables, tables_dir
 from subprof.plan.quality import (COMMAND, SHAPE, Setting, fit_path, g_value, kinds, method_parameters,
                                   setting_of_row, transform, untransform)
 
+KINDS = ("all", "planned", "rank", "gap", "method", "mixed")
 RIDGE = 1.0  # penalty weight on free offsets (units of g squared)
 LOG_PRIOR = 0.02  # weak pull of log-coefficients towards their defaults (keeps an unidentified one finite)
 MIN_SPREAD = 0.005  # nats: a group's loss spread floor (rows equal to the printed digits carry no shape)
@@ -284,7 +286,8 @@ def agreement(pairs: list[tuple[Point, Point, str]], v: dict[str, float], a_: fl
         observed = a.row.loss - b.row.loss
         predicted = ga - gb
         agree = 0.5 if abs(predicted) < 1e-12 else float((predicted > 0) == (observed > 0))
-        out.append({"kind": kind, "agree": agree, "table": a.row.table, "model": a.row.model,
+        planned = all(p.setting.kind == "full" or p.setting.method in REGISTRY for p in (a, b))
+        out.append({"kind": kind, "agree": agree, "table": a.row.table, "model": a.row.model, "planned": planned,
                     "a": describe(a), "b": describe(b), "observed": observed, "predicted_g": predicted})
     return out
 
@@ -298,9 +301,11 @@ def describe(p: Point) -> str:
 
 
 def summarise(results: list[dict]) -> dict:
+    """Agreement by pair kind, and over the pairs whose both methods subprof plans (`planned`)."""
     out = {}
-    for kind in ("all", "rank", "gap", "method", "mixed"):
-        sel = [r for r in results if kind == "all" or r["kind"] == kind]
+    for kind in KINDS:
+        sel = [r for r in results if (kind in ("all", "planned") or r["kind"] == kind)
+               and (kind != "planned" or r["planned"])]
         agree = sum(r["agree"] for r in sel)
         out[kind] = {"pairs": len(sel), "agree": agree, "agree_share": agree / len(sel) if sel else float("nan")}
     return out
@@ -399,10 +404,10 @@ def fit_all(loto: bool = True) -> dict:
 def report(data: dict) -> str:
     lines = []
     val = data.get("validation", {})
-    for kind in ("all", "rank", "gap", "method", "mixed"):
+    for kind in KINDS:
         s = val.get(kind)
         if s and s["pairs"]:
-            lines.append(f"leave-one-table-out {kind:6s}: {s['agree']:g} of {s['pairs']} pairs agree "
+            lines.append(f"leave-one-table-out {kind:7s}: {s['agree']:g} of {s['pairs']} pairs agree "
                          f"({s['agree_share']:.1%})")
     ins = data["in_sample"]["all"]
     lines.append(f"in-sample all   : {ins['agree']:g} of {ins['pairs']} ({ins['agree_share']:.1%})")

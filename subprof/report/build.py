@@ -11,6 +11,7 @@ from typing import Callable
 import pandas as pd
 
 from subprof.errors import SubprofError
+from subprof.report.decision import decision_table
 from subprof.report.measured import bench_table, burst_summary, burst_table, proj_table
 from subprof.report.probe import probe_tables
 from subprof.report.scaling import deadline_table, scaling_assumption, scaling_summary, scaling_table
@@ -39,7 +40,8 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def build_report(req: ReportRequest, on_cell: Callable[[str], None] | None = None) -> Report:
-    """Plan every model × GPU cell, then derive every table, the summary and the assumptions."""
+    """Plan every model × GPU cell, then derive every table, the summary and the assumptions; last the decision
+    (cheapest and fastest option per model), which reads the single-GPU and the GPU-count tables."""
     cells = plan_cells(req, on_cell)
     tables = {
         "fit_matrix": fit_matrix(cells),
@@ -58,6 +60,7 @@ def build_report(req: ReportRequest, on_cell: Callable[[str], None] | None = Non
         tables["deadline"] = deadline_table(tables["scaling"], req.days)
         summary += scaling_summary(req, tables["deadline"])
         assumed.append(scaling_assumption(req))
+    tables["decision"] = decision_table(req, tables)
     return Report(request=req, cells=cells, tables=tables, summary=summary, assumptions=assumed)
 
 

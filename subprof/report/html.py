@@ -1,9 +1,11 @@
-"""The HTML page of `subprof report`: plotly figures of the report's tables, every figure's data again as an HTML
-table under it, the summary and the assumptions, in one self-contained offline file.
+"""The HTML page of `subprof report`, in the order a buyer reads it: the decision (per model the cheapest and the
+fastest GPU option with its configuration), the fit matrix, time and cost, then the evidence — memory breakdowns
+and whatever measured files were given — and the assumptions. One self-contained offline file; it prints to PDF
+(A4 landscape, figures redrawn to the page width, folded tables unfolded).
 
 Nothing here plans or estimates: the tables, the summary and the assumptions come from `report.build_report`;
-this file draws and lays them out (`breakdown_wide` only pivots the breakdown into one row per configuration).
-plotly is imported inside the figure functions, so importing this file stays cheap.
+the figures from `report.figures`, the data tables from `report.views`. Sections without data are left out, and
+one line names the inputs that would add them.
 """
 
 from __future__ import annotations
@@ -11,272 +13,135 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from subprof.errors import SubprofError
 from subprof.report.build import Report
-from subprof.report.probe import PROBE_VIEWS, fig_probe_energy, fig_probe_staleness
-from subprof.report.tables import FIT_CLASSES, GIB
+from subprof.report.decision import absent_sections
+from subprof.report.figures import (PLOT_CONFIG, fig_bench, fig_breakdown, fig_burst, fig_cost, fig_proj,
+                                    layout)
+from subprof.report.probe import fig_probe_energy, fig_probe_staleness
+from subprof.report.tables import FIT_CLASSES
+from subprof.report.views import breakdown_wide, html_table, quality_cost
+from subprof.report.words import duration, plural, usd
 from subprof.units import fmt_count
 
-# ------------------------------------------------------------------------------------------------------- figures
-
-COMPONENT_COLORS = {
-    "weights": "#1f4e79", "gradients": "#2e86c1", "optimizer_states": "#e67e22", "projection_matrices": "#8e44ad",
-    "projection_workspace": "#c39bd3", "activations": "#27ae60", "logits_loss": "#82e0aa",
-    "optimizer_temporaries": "#f5b041", "autocast_cache": "#d4ac0d", "cuda_runtime": "#7f8c8d",
-    "allocator_reserve": "#bdc3c7", "cuda_context": "#566573",
-}
-FIT_COLORS = ("#f5b7b1", "#fad7a0", "#abebc6")
-PLOT_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
-
-
-def _layout(fig, title: str, height: int) -> None:
-    fig.update_layout(title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, height=height,
-                      template="plotly_white", margin={"l": 60, "r": 20, "t": 60, "b": 50},
-                      font={"family": "system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif",
-                            "size": 12}, legend={"orientation": "h", "y": -0.15})
-
-
-def fig_fit_matrix(fit: pd.DataFrame):
-    """GPU × model heatmap coloured by fit class; the best configuration and its memory written in each cell."""
-    import plotly.graph_objects as go
-
-    gpus = fit.drop_duplicates("gpu").sort_values("gpu_memory_bytes")
-    models = list(dict.fromkeys(fit["model"]))
-    z, text, hover = [], [], []
-    for g in gpus.itertuples():
-        zr, tr, hr = [], [], []
-        for m in models:
-            r = fit[(fit["gpu"] == g.gpu) & (fit["model"] == m)].iloc[0]
-            zr.append(FIT_CLASSES.index(r["fit"]))
-            if r["method"] is None or pd.isna(r["device_used_gib"]):
-                tr.append("nothing fits")
-                hr.append(f"{m} on {g.gpu_name}: nothing fits {r['usable_gib']:.1f} GiB usable")
-                continue
-            tr.append(f"{r['config']} · batch {int(r['batch'])}<br>{r['device_used_gib']:.1f} / "
-                      f"{r['usable_gib']:.1f} GiB · {r['tokens_per_s']:,.0f} tok/s")
-            hr.append(f"<b>{m} on {g.gpu_name}</b> ({r['fit']})<br>method {r['method']}, rank {r['rank'] or 'full'}, "
-                      f"update gap {r['update_gap'] or '–'}, {int(r['state_bits'])}-bit states<br>per-layer "
-                      f"{r['layerwise']}, checkpointing {r['checkpointing']}, micro-batch {int(r['batch'])}<br>"
-                      f"peak allocated {r['estimated_peak_allocated_gib']:.2f} GiB, device used "
-                      f"{r['device_used_gib']:.2f} GiB of {r['usable_gib']:.2f} GiB usable<br>"
-                      f"predicted {r['tokens_per_s']:,.0f} tokens/s")
-        z.append(zr), text.append(tr), hover.append(hr)
-    scale = [[0, FIT_COLORS[0]], [1 / 3, FIT_COLORS[0]], [1 / 3, FIT_COLORS[1]], [2 / 3, FIT_COLORS[1]],
-             [2 / 3, FIT_COLORS[2]], [1, FIT_COLORS[2]]]
-    ylabels = [f"{g.gpu_name} ({g.gpu_memory_label})" for g in gpus.itertuples()]
-    fig = go.Figure(go.Heatmap(z=z, x=models, y=ylabels, text=text, texttemplate="%{text}", customdata=hover,
-                               hovertemplate="%{customdata}<extra></extra>", colorscale=scale, zmin=-0.5,
-                               zmax=2.5, showscale=False, xgap=3, ygap=3, textfont={"size": 11}))
-    _layout(fig, "Best configuration per GPU × model: device memory used / usable, predicted tokens/s",
-            90 + 46 * len(gpus))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(side="top")
-    fig.update_layout(margin={"t": 80, "l": 160})
-    return fig
-
-
-def _component_order(components) -> list[str]:
-    """Stack order: model state first (weights, gradients, optimizer, projection), then transient, then runtime."""
-    order = list(COMPONENT_COLORS)
-    return sorted(dict.fromkeys(components), key=lambda c: order.index(c) if c in order else len(order))
-
-
-def fig_breakdown(df: pd.DataFrame, model: str):
-    """Horizontal stacked bars: the components alive at each method's peak, adding up to device used, against
-    the GPU's usable memory (dashed line)."""
-    import plotly.graph_objects as go
-
-    d = df[df["model"] == model]
-    heads = d.drop_duplicates("method")
-    labels = {r.method: f"{r.config} · b{r.batch} · {r.device_used_bytes / GIB:.1f} GiB" + ("" if r.fits else " ✗")
-              for r in heads.itertuples()}
-    fig = go.Figure()
-    for comp in _component_order(d["component"]):
-        part = d[d["component"] == comp]
-        fig.add_bar(y=[labels[m] for m in part["method"]], x=part["gib"], orientation="h",
-                    name=comp.replace("_", " "), marker_color=COMPONENT_COLORS.get(comp),
-                    hovertemplate="%{y}<br>" + comp.replace("_", " ") + ": %{x:.2f} GiB<extra></extra>")
-    usable, gpu = d["usable_bytes"].iloc[0] / GIB, d["gpu_name"].iloc[0]
-    fig.add_vline(x=usable, line_dash="dash", line_color="#c0392b", line_width=2)
-    fig.add_scatter(x=[None], y=[None], mode="lines", line={"dash": "dash", "color": "#c0392b"},
-                    name=f"usable {usable:.1f} GiB")
-    _layout(fig, f"{model} on {gpu}: device memory at the peak phase (✗ = does not fit)", 150 + 34 * len(heads))
-    fig.update_layout(barmode="stack", xaxis_title="GiB (2^30 B)", legend={"y": -0.25, "traceorder": "normal"},
-                      margin={"l": 340, "r": 30, "b": 90})
-    fig.update_yaxes(autorange="reversed")
-    return fig
-
-
-def fig_cost(cost: pd.DataFrame, model: str):
-    """Horizontal bars of USD for the token budget per GPU, labelled with hours and price."""
-    import plotly.graph_objects as go
-
-    d = cost[cost["model"] == model].copy()
-    d["sort"] = d["cost_usd"].astype(float).fillna(float("inf"))
-    d = d.sort_values("sort")
-    text = [f"${c:,.0f} · {h:,.0f} h · ${p:.2f}/h · {cfg}" if pd.notna(c) else "does not fit"
-            for c, h, p, cfg in zip(d["cost_usd"], d["hours"], d["usd_per_hour"], d["config"])]
-    fig = go.Figure(go.Bar(y=d["gpu_name"], x=d["cost_usd"].astype(float).fillna(0), orientation="h", text=text,
-                           textposition="outside", marker_color="#2e86c1", cliponaxis=False,
-                           customdata=d["config"], hovertemplate="%{y}: %{text}<br>%{customdata}<extra></extra>"))
-    _layout(fig, f"{model}: USD for {fmt_count(d['tokens'].iloc[0])} tokens on one GPU (indicative prices)",
-            110 + 30 * len(d))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(xaxis_title="USD", margin={"r": 420, "l": 110})
-    return fig
-
-
-def fig_bench(bench: pd.DataFrame):
-    import plotly.graph_objects as go
-
-    d = bench.dropna(subset=["estimated_gib", "measured_gib"])
-    fig = go.Figure()
-    for method, part in d.groupby("method", sort=False):
-        fig.add_scatter(x=part["measured_gib"], y=part["estimated_gib"], mode="markers+text", name=str(method),
-                        text=[f"{e:+.1f}%" if pd.notna(e) else s for e, s in zip(part["error_pct"], part["status"])],
-                        textposition="top center", marker={"size": 9})
-    top = float(max(d["measured_gib"].max(), d["estimated_gib"].max()) * 1.05) if len(d) else 1.0
-    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line={"dash": "dot", "color": "#888"},
-                    name="estimate = measured")
-    _layout(fig, "Estimated vs measured peak allocated (GiB); labels: estimate error in %", 480)
-    fig.update_layout(xaxis_title="measured GiB", yaxis_title="estimated GiB")
-    return fig
-
-
-def fig_proj(proj: pd.DataFrame):
-    import plotly.graph_objects as go
-
-    d = proj.copy()
-    d["case"] = d["shape"] + " r" + d["rank"].astype(str) + " · " + d["device"].astype(str)
-    fig = go.Figure()
-    for method, part in d.groupby("method", sort=False):
-        fig.add_bar(x=part["case"], y=part["median_ms"], name=str(method),
-                    text=[f"{r:,.0f}×" if pd.notna(r) else "" for r in part["ratio_to_svd"]], textposition="outside")
-    _layout(fig, "Projection-update time per method (median ms, log scale); labels: SVD time / method time", 480)
-    fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="ms (log)")
-    return fig
-
-
-def fig_burst(burst: pd.DataFrame):
-    import plotly.express as px
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    palette = px.colors.qualitative.D3 + px.colors.qualitative.Set2
-    for i, config in enumerate(dict.fromkeys(burst["config"])):
-        for kind, dash in (("train", "solid"), ("validation", "dash")):
-            part = burst[(burst["config"] == config) & (burst["kind"] == kind)]
-            if len(part):
-                fig.add_scatter(x=part["step"], y=part["loss"], mode="lines+markers" if kind == "validation"
-                                else "lines", name=f"{config} ({kind})", line={"dash": dash,
-                                "color": palette[i % len(palette)]}, legendgroup=config)
-    _layout(fig, "Burst loss curves: training (solid) and validation (dashed)", 520)
-    fig.update_layout(xaxis_title="step", yaxis_title="loss", legend={"orientation": "v", "y": 1, "x": 1.02})
-    return fig
-
-
-# -------------------------------------------------------------------------------------------------------- tables
-
-# which columns, under which header, formatted how
-_G = "{:.2f}".format
-_I = "{:.0f}".format
-TABLE_VIEWS: dict[str, dict[str, tuple[str, Callable | None]]] = {
-    "fit_matrix": {"model": ("model", None), "gpu_name": ("GPU", None), "gpu_memory_label": ("label", None),
-                   "fit": ("fit", None), "config": ("best configuration", None), "batch": ("micro-batch", _I),
-                   "estimated_peak_allocated_gib": ("peak alloc. GiB", _G), "device_used_gib": ("device used GiB", _G),
-                   "usable_gib": ("usable GiB", _G), "max_lowrank_rank": ("max low-rank rank", _I),
-                   "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format)},
-    "cost": {"model": ("model", None), "gpu_name": ("GPU", None), "config": ("configuration", None),
-             "tokens_per_s": ("tokens/s (pred.)", "{:,.0f}".format), "hours": ("GPU-hours", "{:,.1f}".format),
-             "usd_per_hour": ("USD/h", "{:.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
-             "usd_per_billion_tokens": ("USD per 1B tokens", "{:,.2f}".format),
-             "fastest_config": ("fastest that fits", None),
-             "fastest_tokens_per_s": ("its tokens/s", "{:,.0f}".format),
-             "fastest_hours": ("its GPU-hours", "{:,.1f}".format), "fastest_cost_usd": ("its cost USD", "{:,.0f}".format)},
-    "gpus": {"name": ("GPU", None), "memory_label": ("label", None), "memory_gib": ("GiB (driver)", _G),
-             "bf16_tflops": ("dense BF16 TFLOP/s", "{:,.0f}".format), "bandwidth_gbs": ("GB/s", "{:,.0f}".format),
-             "usd_per_hour": ("USD/h", "{:.2f}".format), "price_date": ("price date", None),
-             "price_source": ("price source", None)},
-    "bench": {"model": ("model", None), "method": ("method", None), "rank": ("rank", _I), "batch": ("batch", _I),
-              "seq": ("seq", _I), "backend": ("backend", None), "device": ("device", None),
-              "status": ("status", None), "estimated_gib": ("estimated GiB", _G), "measured_gib": ("measured GiB", _G),
-              "error_pct": ("error %", "{:+.1f}".format), "estimate_source": ("estimate", None)},
-    "projection": {"model": ("model", None), "method": ("method", None), "shape": ("shape m×n", None),
-                   "rank": ("rank", _I), "median_ms": ("median ms", "{:.4g}".format),
-                   "spread_ms": ("spread ms", "{:.3g}".format), "ratio_to_svd": ("SVD ÷ method", "{:,.1f}".format),
-                   "device": ("device", None), "dtype": ("dtype", None)},
-    "burst_summary": {"config": ("configuration", None), "lr": ("lr", "{:.3g}".format), "status": ("status", None),
-                      "steps": ("steps", None),
-                      "final_train_loss": ("final train loss", "{:.4f}".format),
-                      "val_loss": ("validation loss", "{:.4f}".format), "tokens_per_s": ("tokens/s", "{:,.0f}".format),
-                      "projection_share": ("projection share", "{:.1%}".format),
-                      "peak_bytes": ("peak MiB", lambda v: f"{v / 2**20:,.0f}"), "device": ("device", None),
-                      "corpus": ("corpus", None)},
-    "burst": {"config": ("configuration", None), "kind": ("loss", None), "step": ("step", "{:.0f}".format),
-              "loss": ("value", "{:.4f}".format), "status": ("status", None)},
-    "scaling": {"model": ("model", None), "gpu_name": ("GPU", None), "gpus": ("GPUs", _I), "nodes": ("nodes", _I),
-                "strategy": ("strategy", None), "config": ("configuration", None), "batch": ("micro-batch/rank", _I),
-                "device_used_gib": ("device/rank GiB", _G), "tokens_per_s": ("job tokens/s", "{:,.0f}".format),
-                "days": ("days", "{:,.2f}".format), "cost_usd": ("cost USD", "{:,.0f}".format),
-                "comm_share": ("comm share", "{:.1%}".format)},
-}
-TABLE_VIEWS["deadline"] = {**TABLE_VIEWS["scaling"], "meets_deadline": ("meets deadline", None)}
-
-
-TABLE_VIEWS.update(PROBE_VIEWS)
-
-
-def breakdown_wide(df: pd.DataFrame) -> pd.DataFrame:
-    """The long breakdown as one row per model × configuration, one GiB column per component, plus the total."""
-    if not len(df):
-        return df
-    keys = ["model", "gpu_name", "config", "batch", "fits", "peak_phase"]
-    wide = df.pivot_table(index=keys, columns="component", values="gib", aggfunc="sum", sort=False).reset_index()
-    comps = _component_order(df["component"])
-    wide = wide[keys + comps]
-    wide["device used"] = wide[comps].sum(axis=1)
-    wide["usable"] = df.groupby(keys, sort=False)["usable_bytes"].first().to_numpy() / GIB
-    names = {c: c.replace("_", " ") for c in comps} | {"gpu_name": "GPU", "config": "configuration",
-                                                       "peak_phase": "peak phase", "batch": "micro-batch"}
-    return wide.rename(columns=names)
-
-
-def html_table(df: pd.DataFrame, view: str) -> str:
-    """A table as HTML with the view's headers and number formats; a view of None shows every column (floats
-    as GiB with two decimals)."""
-    spec = TABLE_VIEWS.get(view) or {c: (c, _G if df[c].dtype.kind == "f" else None) for c in df.columns}
-    cols = {k: v for k, v in spec.items() if k in df.columns}
-    shown = df[list(cols)].astype(object).where(df[list(cols)].notna(), None)
-    for key, (_, fmt) in cols.items():
-        shown[key] = [("–" if v is None else (fmt(v) if fmt and isinstance(v, (int, float)) else str(v)))
-                      for v in shown[key]]
-    shown.columns = [h for h, _ in cols.values()]
-    return shown.to_html(index=False, escape=True, classes="data", border=0)
-
-
-# ------------------------------------------------------------------------------------------------------ the page
+_e = html.escape
 
 
 def _section(anchor: str, title: str, intro: str, body: str) -> str:
-    return (f'<section id="{anchor}"><h2>{html.escape(title)}</h2><p class="intro">{html.escape(intro)}</p>'
-            f"{body}</section>")
-
-
-def _missing(flag: str, command: str) -> str:
-    return (f'<p class="missing">Not given. Pass <code>{html.escape(flag)}</code> with rows from '
-            f"<code>{html.escape(command)}</code> to compare with real runs.</p>")
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2><p class="intro">{_e(intro)}</p>{body}</section>'
 
 
 def _details(title: str, table: str) -> str:
     """A data table under its figure; long ones start folded on screen and are unfolded for printing."""
     rows = table.count("<tr") - 1
     state = " open" if rows <= 16 else ""
-    return (f'<details{state}><summary>{html.escape(title)} ({rows} rows)</summary><div class="scroll">{table}'
+    return (f'<details{state}><summary>{_e(title)} ({plural(rows, "row")})</summary><div class="scroll">{table}'
             "</div></details>")
+
+
+# ---------------------------------------------------------------------------------------------------- decision
+
+
+def _gpus(r: dict) -> str:
+    if r["gpus"] == 1:
+        return _e(r["gpu_name"])
+    return f"{r['gpus']:.0f}× {_e(r['gpu_name'])}" + (f" ({r['nodes']:.0f} nodes)" if r["nodes"] > 1 else "")
+
+
+def _time(r: dict) -> str:
+    text = duration(r["hours"])
+    if r["gpus"] > 1:
+        return f"{text} wall clock ({r['gpu_hours']:,.0f} GPU-h)"
+    return text + (f" ({r['gpu_hours']:,.0f} GPU-h)" if r["hours"] >= 48 else "")
+
+
+def decision_html(report: Report) -> str:
+    """Per model a small table: the cheapest and the fastest option, the recommended configuration on each, its
+    time, cost, memory and quality cost; then the summary sentences and the line naming absent sections."""
+    req, d = report.request, report.tables["decision"]
+    evidence = report.cells[0].plan.request.evidence
+    cards = []
+    for model in req.models:
+        rows = d[d["model"] == model.name].to_dict(orient="records")
+        head = f'<h3>{_e(model.name)} <span class="muted">{fmt_count(model.params)} parameters</span></h3>'
+        if rows[0]["option"] == "nothing fits":
+            cards.append(f'<div class="pick">{head}<p class="nofit">Nothing fits on any selected GPU (see the fit '
+                         "matrix and the memory breakdown).</p></div>")
+            continue
+        trs = "".join(
+            f'<tr><th scope="row">{_e(r["option"].capitalize())}</th><td class="gpu">{_gpus(r)}</td>'
+            f'<td><b>{_e(r["short_config"])}</b><small>{_e(r["config"])}</small></td><td>{_time(r)}</td>'
+            f'<td class="num">{usd(r["cost_usd"])}</td>'
+            f'<td class="num">{r["device_used_gib"]:.1f} / {r["usable_gib"]:.1f} GiB</td>'
+            f'<td class="num">{_e(quality_cost(r["quality_cost"]))}</td></tr>' for r in rows)
+        cards.append(f'<div class="pick">{head}<table class="pick"><thead><tr><th></th><th>GPUs</th><th>recommended '
+                     "configuration</th><th>time</th><th>cost</th><th>memory used / usable</th><th>quality cost"
+                     f"</th></tr></thead><tbody>{trs}</tbody></table></div>")
+    counts = "at every GPU count of the GPU-count section" if "scaling" in report.tables else "one GPU per job"
+    intro = (f"For {fmt_count(req.tokens)} tokens at sequence length {req.seq}, {req.dtype}: the cheapest option "
+             f"(least USD at indicative prices) and the fastest (least wall-clock time) among the selected GPU types, "
+             f"{counts}, each with the configuration subprof recommends there. Predicted, not measured.")
+    note = (f'<p class="note">Quality cost: predicted quality of full-rank AdamW minus the configuration\'s, on the '
+            f"planner's scale — {_e(evidence.unit)}; evidence: {_e(evidence.source)}. 0 = full rank.</p>")
+    summary = "".join(f"<li>{_e(line)}</li>" for line in report.summary)
+    absent = absent_sections(report.tables)
+    missing = ('<p class="absent">Not in this report: ' + "; ".join(
+        f"{_e(what)} (add <code>{_e(flag)}</code>" + (f", rows from <code>{_e(cmd)}</code>)" if cmd else ")")
+        for what, flag, cmd in absent) + ".</p>" if absent else "")
+    return (f'<section id="decision"><h2>Decision</h2><p class="intro">{_e(intro)}</p>{"".join(cards)}{note}'
+            f'<div id="summary"><h3>In words</h3><ul>{summary}</ul></div>{missing}</section>')
+
+
+# -------------------------------------------------------------------------------------------------- fit matrix
+
+
+def _cell(r: dict, tags: list[str]) -> str:
+    """One fit-matrix cell: a short label ("ori r64 · 8-bit · 21.0/21.4 GiB · 539 tok/s") that wraps inside the
+    cell, the full configuration as its hover text; tagged when it is the cheapest or fastest option, or when it
+    changes the optimizer batch."""
+    where = f"{r['model']} on {r['gpu_name']} ({r['fit']})"
+    badges = "".join(f'<span class="tag">{t}</span>' for t in tags)
+    if r["method"] is None or pd.isna(r["device_used_gib"]):
+        title = f"{where}: nothing fits {r['usable_gib']:.1f} GiB usable"
+        label = f"<b>nothing fits</b> · {r['usable_gib']:.1f} GiB usable"
+    else:
+        title = (f"{where}\n{r['config']}\npeak allocated {r['estimated_peak_allocated_gib']:.2f} GiB; device used "
+                 f"{r['device_used_gib']:.2f} of {r['usable_gib']:.2f} GiB usable\npredicted "
+                 f"{r['tokens_per_s']:,.0f} tokens/s; quality cost {quality_cost(r['quality_cost'])}")
+        label = (f"<b>{_e(r['short_config'])}</b> · {r['device_used_gib']:.1f}/{r['usable_gib']:.1f} GiB · "
+                 f"{r['tokens_per_s']:,.0f} tok/s")
+        if not bool(r["keeps_requested_batch"]):
+            badges += (f'<span class="tag warn">optimizer batch {r["sequences_per_step"]:.0f}, not '
+                       f'{r["requested_sequences"]:.0f}</span>')
+    return (f'<td class="fit-{FIT_CLASSES.index(r["fit"])}" title="{_e(title)}"><span class="label">{label}</span>'
+            f"{badges}</td>")
+
+
+def fit_grid(fit: pd.DataFrame, decision: pd.DataFrame) -> str:
+    """GPU × model grid coloured by fit class, GPUs by memory; the single-GPU cheapest and fastest cells tagged."""
+    gpus = fit.drop_duplicates("gpu").sort_values("gpu_memory_bytes", kind="stable")
+    models = list(dict.fromkeys(fit["model"]))
+    tags: dict[tuple[str, str], list[str]] = {}
+    for r in decision.dropna(subset=["gpu"]).to_dict(orient="records"):
+        if r["gpus"] == 1:
+            tags[(r["model"], r["gpu"])] = [w for w in ("cheapest", "fastest") if w in r["option"]]
+    rows = []
+    for g in gpus.itertuples():
+        cells = "".join(_cell(fit[(fit["gpu"] == g.gpu) & (fit["model"] == m)].iloc[0].to_dict(),
+                              tags.get((m, g.gpu), [])) for m in models)
+        rows.append(f'<tr><th scope="row">{_e(g.gpu_name)}<small>{_e(g.gpu_memory_label)}</small></th>{cells}</tr>')
+    head = "".join(f'<th scope="col">{_e(m)}</th>' for m in models)
+    legend = "".join(f'<span class="key fit-{i}">{_e(name)}</span>' for i, name in reversed(list(enumerate(
+        FIT_CLASSES))))
+    return (f'<p class="legend">{legend}<span class="muted">Hover a cell for the full configuration.</span></p>'
+            f'<table class="fitgrid"><thead><tr><th scope="col">GPU</th>{head}</tr></thead><tbody>{"".join(rows)}'
+            "</tbody></table>")
+
+
+# -------------------------------------------------------------------------------------------------------- page
 
 
 def render_html(report: Report, *, title: str = "GPU procurement report: low-rank optimizer pretraining") -> str:
@@ -290,79 +155,81 @@ def render_html(report: Report, *, title: str = "GPU procurement report: low-ran
         figures.append(out)
         return f'<div class="figure">{out}</div>'
 
-    fit = fig_html(fig_fit_matrix(t["fit_matrix"])) + _details("Fit matrix data",
-                                                                html_table(t["fit_matrix"], "fit_matrix"))
-    sections = [_section("fit", "Which GPU fits which model", "Each cell: the best configuration that fits, its "
-                         "micro-batch, estimated device memory over usable memory, and predicted tokens/s. Green: "
-                         "full-rank AdamW fits; amber: only low-rank methods fit; red: nothing fits.", fit)]
-    body = "".join(fig_html(fig_breakdown(t["memory_breakdown"], m.name)) for m in req.models)
-    sections.append(_section("breakdown", "Where the memory goes", "Per model, on the smallest selected GPU where "
-                             "anything fits: each method at its recommended configuration (label: configuration · "
-                             "micro-batch · estimated device used). Methods that do not fit there (✗) are shown at "
-                             "their leanest configuration. The parts of a bar add up to device used; the dashed line "
-                             "is the usable memory.",
-                             body + _details("Memory breakdown data (GiB)",
-                                                   html_table(breakdown_wide(t["memory_breakdown"]), "wide"))))
+    sections = [("decision", "Decision", decision_html(report))]
+    sections.append(("fit", "Fit", _section(
+        "fit", "Which GPU fits which model", "Each cell: the best configuration that fits (method, rank, 8-bit "
+        "states), estimated device memory used / usable, and predicted tokens/s.",
+        fit_grid(t["fit_matrix"], t["decision"]) + _details("Fit matrix data", html_table(t["fit_matrix"],
+                                                                                           "fit_matrix")))))
     body = "".join(fig_html(fig_cost(t["cost"], m.name)) for m in req.models)
-    sections.append(_section("cost", f"Time and cost for {fmt_count(req.tokens)} tokens", "One GPU running the "
-                             "recommended configuration of each cell; predicted throughput; indicative prices.",
-                             body + _details("Cost data", html_table(t["cost"], "cost"))
-                             + _details("GPU catalogue figures used", html_table(t["gpus"], "gpus"))))
-    bench = t["bench"]
-    body = (fig_html(fig_bench(bench)) + _details("Bench rows", html_table(bench, "bench"))) if len(bench) \
-        else _missing("--bench FILE", "subprof bench")
-    sections.append(_section("measured", "Estimated vs measured memory", "Peak allocated memory of real (cuda), "
-                             "traced or CPU runs next to the analytic estimate; error = (estimated − measured) / "
-                             "measured.", body))
-    proj = t["projection"]
-    body = (fig_html(fig_proj(proj)) + _details("Projection timings", html_table(proj, "projection"))) \
-        if len(proj) else _missing("--proj FILE", "subprof proj")
-    sections.append(_section("projection", "Projection-update timings", "Time of one projection update per method "
-                             "on the model's weight shapes, measured by subprof proj; ratio to a full SVD.", body))
-    burst = t["burst"]
-    body = (fig_html(fig_burst(burst)) + _details("Configurations ranked by validation loss",
-                                                  html_table(t["burst_summary"], "burst_summary"))
-            + _details("Loss curve data", html_table(burst, "burst"))) if len(burst) \
-        else _missing("--burst FILE", "subprof burst")
-    sections.append(_section("burst", "Short training runs (bursts)", "Training and validation loss by step for "
-                             "each configuration, measured by subprof burst.", body))
-    energy = t.get("probe_energy")
-    body = (fig_html(fig_probe_energy(energy, _layout))
-            + _details("Rank reaching each share of the energy, per layer type",
-                       html_table(t["probe_summary"], "probe_summary"))
-            + (fig_html(fig_probe_staleness(t["probe_staleness"], _layout)) if len(t["probe_staleness"]) else "")
-            + _details("Gap where a stale basis falls below 90% / 80% of a fresh one",
-                       html_table(t["probe_stale_summary"], "probe_stale_summary"))
-            + _details("Energy curve data", html_table(energy, "probe_energy"))
-            + _details("Staleness curve data", html_table(t["probe_staleness"], "probe_staleness"))) \
-        if energy is not None and len(energy) else _missing("--probe FILE", "subprof probe")
-    sections.append(_section("probe", "Gradient subspace (probe)", "Measured during a short real training run by "
-                             "subprof probe: the share of each weight's gradient energy held by its top-r singular "
-                             "subspace, and how much of a fresh basis's share a basis from k steps earlier still "
-                             "captures — what sets a rank and a refresh interval.", body))
+    sections.append(("cost", "Cost", _section(
+        "cost", f"Time and cost for {fmt_count(req.tokens)} tokens", "One GPU running the recommended "
+        "configuration of each cell; predicted throughput; indicative prices. Hover a bar for the configuration.",
+        body + _details("Cost data", html_table(t["cost"], "cost"))
+        + _details("GPU catalogue figures used", html_table(t["gpus"], "gpus")))))
     if "scaling" in t:
         from subprof.report.scaling import fig_scaling
 
         body = "".join(fig_html(fig_scaling(t["scaling"], m.name)) for m in req.models)
         if len(t["deadline"]):
             body += _details(f"Cheapest within {req.days:g} days", html_table(t["deadline"], "deadline"))
-        sections.insert(3, _section("scaling", "GPU type × GPU count", "Each cell: the best configuration on that many "
-                                    "GPUs of that type (data parallel, the fastest strategy that fits), wall-clock "
-                                    "days and cost of the token budget, and the share of a step spent waiting on "
-                                    "communication.", body + _details("GPU count data", html_table(t["scaling"],
-                                                                                                   "scaling"))))
+        sections.append(("scaling", "GPU count", _section(
+            "scaling", "GPU type × GPU count", "Each cell: wall-clock time and cost of the token budget on that many "
+            "GPUs of that type (data parallel, the fastest strategy that fits), the strategy and the share of a step "
+            "spent waiting on communication. Hover a cell for the configuration.",
+            body + _details("GPU count data", html_table(t["scaling"], "scaling")))))
+    body = "".join(fig_html(fig_breakdown(t["memory_breakdown"], m.name)) for m in req.models)
+    sections.append(("breakdown", "Memory", _section(
+        "breakdown", "Where the memory goes", "Per model, on the smallest selected GPU where anything fits: each "
+        "method at its recommended configuration (label: configuration · micro-batch · estimated device used). "
+        "Methods that do not fit there (✗) are shown at their leanest configuration. The parts of a bar add up to "
+        "device used; the dashed line is the usable memory.",
+        body + _details("Memory breakdown data (GiB)", html_table(breakdown_wide(t["memory_breakdown"]), "wide")))))
+    if len(t["bench"]):
+        body = fig_html(fig_bench(t["bench"])) + _details("Bench rows", html_table(t["bench"], "bench"))
+        sections.append(("measured", "Measured", _section(
+            "measured", "Estimated vs measured memory", "Peak allocated memory of real (cuda), traced or CPU runs "
+            "next to the analytic estimate; error = (estimated − measured) / measured.", body)))
+    if len(t["projection"]):
+        body = fig_html(fig_proj(t["projection"])) + _details("Projection timings",
+                                                              html_table(t["projection"], "projection"))
+        sections.append(("projection", "Projection", _section(
+            "projection", "Projection-update timings", "Time of one projection update per method on the model's "
+            "weight shapes, measured by subprof proj; ratio to a full SVD in the table.", body)))
+    if len(t["burst"]):
+        body = (fig_html(fig_burst(t["burst"], t["burst_summary"]))
+                + _details("Configurations ranked by validation loss", html_table(t["burst_summary"], "burst_summary"))
+                + _details("Loss curve data", html_table(t["burst"], "burst")))
+        sections.append(("burst", "Bursts", _section(
+            "burst", "Short training runs (bursts)", "Training and validation loss by step for each configuration, "
+            "measured by subprof burst.", body)))
+    energy = t.get("probe_energy")
+    if energy is not None and len(energy):
+        stale = t["probe_staleness"]
+        body = (fig_html(fig_probe_energy(energy, layout))
+                + _details("Rank reaching each share of the energy, per layer type",
+                           html_table(t["probe_summary"], "probe_summary"))
+                + (fig_html(fig_probe_staleness(stale, layout)) if len(stale) else "")
+                + _details("Gap where a stale basis falls below 90% / 80% of a fresh one",
+                           html_table(t["probe_stale_summary"], "probe_stale_summary"))
+                + _details("Energy curve data", html_table(energy, "probe_energy"))
+                + _details("Staleness curve data", html_table(stale, "probe_staleness")))
+        sections.append(("probe", "Probe", _section(
+            "probe", "Gradient subspace (probe)", "Measured during a short real training run by subprof probe: the "
+            "share of each weight's gradient energy held by its top-r singular subspace, and how much of a fresh "
+            "basis's share a basis from k steps earlier still captures — what sets a rank and a refresh interval.",
+            body)))
+    assume = "".join(f"<li>{_e(line)}</li>" for line in report.assumptions)
+    sections.append(("assumptions", "Assumptions", f'<section id="assumptions"><h2>Assumptions</h2><ul>{assume}'
+                                                   "</ul></section>"))
     if not figures:
         raise SubprofError("internal: the report has no figure to carry plotly.js")
-    summary = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
-    assume = "".join(f"<li>{html.escape(line)}</li>" for line in report.assumptions)
-    nav = "".join(f'<a href="#{a}">{n}</a>' for a, n in (("summary", "Summary"), ("fit", "Fit"),
-                  ("breakdown", "Memory"), ("cost", "Cost"), ("scaling", "GPU count"), ("measured", "Measured"),
-                  ("projection", "Projection"), ("burst", "Bursts"), ("probe", "Probe"), ("assumptions", "Assumptions")))
+    nav = "".join(f'<a href="#{anchor}">{name}</a>' for anchor, name, _ in sections)
     models = ", ".join(f"{m.name} ({fmt_count(m.params)})" for m in req.models)
-    meta = (f"Models {models} · {len(req.gpus)} GPUs · seq {req.seq} · {req.dtype} · generated "
+    meta = (f"Models {models} · {plural(len(req.gpus), 'GPU type')} · seq {req.seq} · {req.dtype} · generated "
             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by subprof {_version()}")
-    return _PAGE.format(title=html.escape(title), meta=html.escape(meta), nav=nav, summary=summary,
-                        sections="".join(sections), assumptions=assume, css=_CSS, n_figures=len(figures))
+    return _PAGE.format(title=_e(title), meta=_e(meta), nav=nav, sections="".join(s for _, _, s in sections),
+                        css=_CSS, n_figures=len(figures))
 
 
 def write_html(report: Report, path: str | Path) -> Path:
@@ -395,12 +262,32 @@ header .meta{opacity:.85;font-size:13px}
 nav{position:sticky;top:0;z-index:10;background:#fff;border-bottom:1px solid var(--line);padding:8px 40px}
 nav a{color:var(--accent);text-decoration:none;margin-right:18px;font-weight:500}
 main{max-width:1240px;margin:0 auto;padding:10px 40px 40px}
-section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:18px 24px;margin:18px 0}
+section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:18px 24px;margin:18px 0;
+ scroll-margin-top:48px}
 h2{margin:0 0 6px;font-size:19px;color:var(--accent)}
+h3{margin:14px 0 4px;font-size:16px} .muted{color:var(--muted);font-weight:400;font-size:13px}
 p.intro{color:var(--muted);margin:0 0 10px}
-#summary ul{margin:6px 0 0;padding-left:20px} #summary li{margin:4px 0;font-size:15px}
+#summary ul{margin:6px 0 0;padding-left:20px} #summary li{margin:4px 0}
 #assumptions li{margin:4px 0;color:#34495e}
-.missing{color:var(--muted);font-style:italic}
+p.note,p.absent{color:var(--muted);font-size:13px;margin:8px 0 0} p.absent{font-style:italic}
+table.pick{border-collapse:collapse;width:100%;font-size:14px}
+table.pick th,table.pick td{text-align:left;padding:6px 10px;border-bottom:1px solid #eee;vertical-align:top}
+table.pick thead th{font-size:12px;color:var(--muted);font-weight:500;border-bottom:2px solid var(--line)}
+table.pick tbody th{white-space:nowrap;color:var(--accent)} table.pick td.gpu{font-weight:600;white-space:nowrap}
+table.pick td small{display:block;color:var(--muted);font-size:12px}
+td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+p.legend{margin:4px 0 8px;font-size:13px}
+.key{display:inline-block;padding:1px 8px;margin-right:8px;border-radius:3px}
+.fit-0{background:#f5b7b1} .fit-1{background:#fad7a0} .fit-2{background:#abebc6}
+table.fitgrid{border-collapse:separate;border-spacing:3px;width:100%;table-layout:fixed;font-size:13px}
+table.fitgrid thead th{text-align:center;font-weight:600;padding:4px}
+table.fitgrid thead th:first-child,table.fitgrid tbody th{width:150px;text-align:left}
+table.fitgrid tbody th{font-weight:600;padding:6px 8px;vertical-align:middle}
+table.fitgrid tbody th small{display:block;color:var(--muted);font-weight:400}
+table.fitgrid td{padding:8px 10px;border-radius:3px;text-align:center;vertical-align:middle;overflow-wrap:anywhere;
+ cursor:help}
+.tag{display:inline-block;margin:3px 3px 0;padding:0 6px;border-radius:8px;background:#1e8449;color:#fff;
+ font-size:11px} .tag.warn{background:#fff;color:#7e5109;border:1px solid #b9770e}
 details{margin:10px 0} summary{cursor:pointer;color:var(--accent);font-weight:500}
 .scroll{overflow-x:auto}
 table.data{border-collapse:collapse;font-size:12px;margin-top:6px;width:100%}
@@ -410,12 +297,14 @@ table.data tr:nth-child(even) td{background:#fbfcfc}
 code{background:#eef2f5;padding:1px 4px;border-radius:3px}
 #js-error{display:none;background:#fdedec;color:#922b21;padding:10px 40px}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:10px}
+@page{size:A4 landscape;margin:12mm}
 @media print{
  body{background:#fff;font-size:11px} header{background:#fff;color:#000;padding:0 0 8px;border-bottom:2px solid #000}
  nav,.modebar-container,#js-error{display:none!important} main{max-width:none;padding:0}
- section{border:none;padding:0;margin:14px 0;break-inside:avoid-page} .figure{break-inside:avoid}
- details>summary{display:none} details:not([open])>*{display:block} table.data{font-size:9px}
- tr{break-inside:avoid} a{color:#000}
+ summary{list-style:none;color:#000} summary::-webkit-details-marker{display:none}
+ section{border:none;padding:0;margin:14px 0} #decision,#fit,.figure,.pick{break-inside:avoid}
+ h2,h3{break-after:avoid} table.data{font-size:9px} tr{break-inside:avoid} a{color:#000}
+ *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 }
 """
 
@@ -431,12 +320,18 @@ window.addEventListener("error", function (e) {{
   if (box) {{ box.style.display = "block"; box.textContent = "A figure failed to draw (" + e.message +
     "); the tables below each figure hold the same data."; }}
 }});
+function subprofResize() {{
+  if (!window.Plotly) return;
+  document.querySelectorAll(".js-plotly-plot").forEach(function (gd) {{ Plotly.Plots.resize(gd); }});
+}}
 window.addEventListener("beforeprint", function () {{
   document.querySelectorAll("details").forEach(function (d) {{ d.open = true; }});
+  subprofResize();
 }});
+window.addEventListener("afterprint", subprofResize);
 window.addEventListener("load", function () {{
-  var drawn = document.querySelectorAll(".plotly-graph-div .main-svg").length ? Array.prototype.filter.call(
-    document.querySelectorAll(".plotly-graph-div"), function (d) {{ return d.querySelector(".main-svg"); }}).length : 0;
+  var drawn = Array.prototype.filter.call(document.querySelectorAll(".plotly-graph-div"),
+    function (d) {{ return d.querySelector(".main-svg"); }}).length;
   document.documentElement.setAttribute("data-figures-drawn", String(drawn));
 }});
 </script>
@@ -445,9 +340,7 @@ window.addEventListener("load", function () {{
 <div id="js-error"></div>
 <nav>{nav}</nav>
 <main>
-<section id="summary"><h2>Summary</h2><ul>{summary}</ul></section>
 {sections}
-<section id="assumptions"><h2>Assumptions</h2><ul>{assumptions}</ul></section>
 </main>
 <footer>Generated offline by subprof; predictions are estimates, measured sections show only rows from the files
 given. Every figure's data is also in the table below it.</footer>

@@ -40,25 +40,34 @@ def with_estimate(row: dict) -> tuple[dict, str | None]:
             "estimated_cuda_runtime_bytes": est.components["cuda_runtime"]}, "recomputed"
 
 
+def over_budget(row: dict) -> bool:
+    """A row that ran to the end and was then judged over its `--budget` (`measure.runner.Budget.apply`: status
+    "oom" beside a measured peak and the device use it implies): a measurement, not a failure."""
+    return (row.get("status") == "oom" and number(row, "budget_device_used_bytes") is not None
+            and comparable_peak(row) is not None)
+
+
 def bench_table(rows: list[dict]) -> pd.DataFrame:
     """Estimated vs measured peak allocated per bench row, compared like with like (`subprof.results`: a trace or CPU
     row against the model-side estimate, a GPU row against the full one); error % = (estimated − measured) /
-    measured · 100 (`results.error_pct`)."""
+    measured · 100 (`results.error_pct`), also for rows measured to the end and judged over their budget
+    (verdict "over budget"); the verdict of any other row is its status."""
     out = []
     for raw in rows:
         r, source = with_estimate(raw)
         measured, est = comparable_peak(r), comparable_estimate(r)
+        over = over_budget(r)
         out.append({"model": r.get("model"), "method": r.get("method"), "implementation": r.get("implementation"),
                     "rank": r.get("rank"), "update_gap": r.get("update_gap"), "batch": r.get("batch"),
                     "seq": r.get("seq"), "state_bits": r.get("state_bits"), "layerwise": r.get("layerwise"),
                     "backend": r.get("backend", "not stated"), "device": r.get("device_name") or r.get("device"),
-                    "status": r.get("status", "ok"),
+                    "status": r.get("status", "ok"), "verdict": "over budget" if over else r.get("status", "ok"),
                     "estimated_peak_allocated_bytes": round(est) if est is not None else None,
                     "peak_allocated_bytes": round(measured) if measured is not None else None,
                     "estimate_source": source if est is not None else None,
                     "estimated_gib": est / GIB if est is not None else None,
                     "measured_gib": measured / GIB if measured is not None else None,
-                    "error_pct": error_pct(r)})
+                    "error_pct": error_pct({**r, "status": "ok"} if over else r)})
     return pd.DataFrame(out)
 
 

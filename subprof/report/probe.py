@@ -9,6 +9,8 @@ from typing import Callable
 import pandas as pd
 
 from subprof.plan.probe_curves import ProbeRun, probe_summary
+from subprof.report.figures import legend_height, log_axis
+from subprof.report.words import plural
 
 ALL = "all"
 
@@ -35,7 +37,8 @@ def probe_tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
             per_rank.append({"type": kind, "rank": rank, "gap_below_90": s["gap_below_90"],
                              "gap_below_80": s["gap_below_80"], "rotation_rate": s["rotation_rate"]})
     h = run.header
-    label = (f"{h.get('model')} ({h.get('method')}, {h.get('steps')} steps, {h.get('device')}, "
+    steps = plural(h["steps"], "step") if isinstance(h.get("steps"), int) else f"{h.get('steps')} steps"
+    label = (f"{h.get('model')} ({h.get('method')}, {steps}, {h.get('device')}, "
              f"{str(h.get('date', ''))[:10]})")
     out = {"probe_energy": pd.DataFrame(energy), "probe_staleness": pd.DataFrame(stale),
            "probe_summary": pd.DataFrame(per_type), "probe_stale_summary": pd.DataFrame(per_rank)}
@@ -74,8 +77,8 @@ def fig_probe_energy(energy: pd.DataFrame, layout: Callable):
     for kind, part in energy.groupby("type", sort=False):
         fig.add_scatter(x=part["rank"], y=part["energy"], mode="lines+markers", name=str(kind), line=_style(kind))
     layout(fig, f"Gradient energy captured by the top-r singular subspace — {energy['probe'].iloc[0]}", 460)
-    fig.update_layout(xaxis_type="log", xaxis_title="rank r (log)", yaxis_title="E(r) = Σ σᵢ² (i < r) / ‖G‖²",
-                      yaxis_range=[0, 1.02])
+    fig.update_layout(xaxis_title="rank r (log)", yaxis_title="E(r) = Σ σᵢ² (i < r) / ‖G‖²", yaxis_range=[0, 1.02])
+    fig.update_xaxes(**log_axis(energy["rank"]))
     return fig
 
 
@@ -91,9 +94,10 @@ def fig_probe_staleness(stale: pd.DataFrame, layout: Callable):
         fig.add_scatter(x=part["gap"], y=part["staleness"], mode="lines+markers", name=f"r{rank} {kind}",
                         legendgroup=f"r{rank}", line=_style(kind), visible=True if rank == shown else "legendonly")
     layout(fig, f"Staleness: share a basis from step t keeps at t + k, over a fresh one's (rank {shown} shown; "
-                 "other ranks in the legend)", 480)
-    fig.update_layout(xaxis_type="log", xaxis_title="gap k (steps, log)", yaxis_title="s(k)", yaxis_range=[0, 1.02],
-                      legend={"orientation": "v", "y": 1, "x": 1.02})
+                 "other ranks in the legend)", legend_height(len(fig.data), 480))
+    fig.update_layout(xaxis_title="gap k (steps, log)", yaxis_title="s(k)", yaxis_range=[0, 1.02],
+                      legend={"orientation": "v", "y": 1, "x": 1.02, "tracegroupgap": 0})
+    fig.update_xaxes(**log_axis(stale["gap"]))
     return fig
 
 
@@ -111,6 +115,6 @@ def probe_summary_line(tables: dict[str, pd.DataFrame]) -> str | None:
         if len(stale):
             r = stale.iloc[len(stale) // 2]
             text += (f"; at rank {r['rank']:.0f} a stale basis keeps 80% of a fresh one's share for "
-                     + (f"{r['gap_below_80']:.0f} steps" if pd.notna(r["gap_below_80"]) else
+                     + (plural(r["gap_below_80"], "step") if pd.notna(r["gap_below_80"]) else
                         "every measured gap"))
     return text + "."

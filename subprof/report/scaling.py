@@ -15,7 +15,9 @@ import pandas as pd
 from subprof.catalog import Budget
 from subprof.plan.comm import OVERLAP
 from subprof.plan.planner import PlanRequest, plan
-from subprof.report.tables import GIB, ReportRequest
+from subprof.report.figures import FONT
+from subprof.report.tables import GIB, ReportRequest, quality_cost
+from subprof.report.words import short_config
 
 
 def gpu_counts(req: ReportRequest) -> list[tuple[int, int]]:
@@ -36,23 +38,26 @@ def scaling_table(req: ReportRequest, on_cell: Callable[[str], None] | None = No
                                      margin=req.margin, gpu=gpu, utilization=req.utilization, gpus=count,
                                      nodes=nodes, strategy=req.strategy if count > 1 else "auto",
                                      evidence=req.evidence, calibration=req.calibration(gpu)))
-                rows.append(_row(req, model.name, gpu, count, nodes, usd, p.recommendation))
+                rows.append(_row(req, model.name, gpu, count, nodes, usd, p))
                 if on_cell is not None:
                     on_cell(f"{model.name} on {count}× {gpu.name}")
     return pd.DataFrame(rows)
 
 
-def _row(req: ReportRequest, model: str, gpu, count: int, nodes: int, usd: float, rec) -> dict:
+def _row(req: ReportRequest, model: str, gpu, count: int, nodes: int, usd: float, p) -> dict:
+    rec = p.recommendation
     row = {"model": model, "gpu": gpu.key, "gpu_name": gpu.name, "gpus": count, "nodes": nodes,
-           "usd_per_gpu_hour": usd, "tokens": req.tokens, "strategy": None, "config": "nothing fits", "batch": None,
-           "device_used_gib": None, "tokens_per_s": None, "hours": None, "days": None, "cost_usd": None,
-           "comm_share": None}
+           "usd_per_gpu_hour": usd, "tokens": req.tokens, "strategy": None, "config": "nothing fits",
+           "short_config": None, "description": None, "batch": None, "device_used_gib": None,
+           "usable_gib": p.request.usable_bytes / GIB, "tokens_per_s": None, "hours": None, "days": None,
+           "cost_usd": None, "comm_share": None, "quality_cost": None}
     if rec is None:
         return row
     tps = rec.throughput.tokens_per_s
     hours = req.tokens / tps / 3600
     row.update(strategy=getattr(getattr(rec.estimate, "parallel", None), "strategy", "single GPU"),
-               config=rec.config.label(), batch=rec.config.batch,
+               config=rec.config.label(), short_config=short_config(rec.config), description=rec.describe(),
+               batch=rec.config.batch, quality_cost=quality_cost(p, rec),
                device_used_gib=rec.estimate.device_used_bytes / GIB, tokens_per_s=round(tps, 1), hours=hours,
                days=hours / 24, cost_usd=hours * count * usd, comm_share=getattr(rec.throughput, "comm_share", 0.0))
     return row
@@ -98,32 +103,40 @@ def scaling_assumption(req: ReportRequest) -> str:
 
 
 def fig_scaling(df: pd.DataFrame, model: str):
-    """GPU type × GPU count heatmap of wall-clock days for the token budget; each cell: days, cost, strategy and
-    communication share."""
+    """GPU type × GPU count heatmap of wall-clock days for the token budget; each cell: days and cost, and — with
+    up to four GPU counts, where a cell is wide enough — the strategy and the communication share (always in the
+    hover text, with the configuration)."""
     import plotly.graph_objects as go
 
     d = df[df["model"] == model]
     gpus = list(dict.fromkeys(d["gpu_name"]))
     counts = sorted(set(zip(d["gpus"], d["nodes"])))
-    labels = [f"{g} GPU" + ("s" if g > 1 else "") + (f" / {n} nodes" if n > 1 else "") for g, n in counts]
-    z, text = [], []
+    wide = len(counts) <= 4
+    labels = [f"{g} GPU" + ("s" if g > 1 else "") + (f"<br>{n} nodes" if n > 1 else "") for g, n in counts]
+    z, text, hover = [], [], []
     for name in gpus:
-        zr, tr = [], []
-        for g, n in counts:
+        zr, tr, hr = [], [], []
+        for (g, n), label in zip(counts, labels):
             r = d[(d["gpu_name"] == name) & (d["gpus"] == g) & (d["nodes"] == n)].iloc[0]
+            where = f"<b>{name}, {label.replace('<br>', ' on ')}</b>"
             if pd.isna(r["days"]):
-                zr.append(None)
-                tr.append("nothing fits")
+                zr.append(None), tr.append("nothing<br>fits"), hr.append(f"{where}: nothing fits")
                 continue
             zr.append(float(r["days"]))
-            tr.append(f"{r['days']:,.1f} d · ${r['cost_usd']:,.0f}<br>{r['strategy']} · comm "
-                      f"{100 * r['comm_share']:.0f}%")
-        z.append(zr), text.append(tr)
-    fig = go.Figure(go.Heatmap(z=z, x=labels, y=gpus, text=text, texttemplate="%{text}",
-                               hovertemplate="%{y}, %{x}: %{text}<extra></extra>", colorscale="Blues_r",
-                               colorbar={"title": "days"}, xgap=3, ygap=3, textfont={"size": 11}))
+            how = "one GPU" if g == 1 else f"{r['strategy']} · comm {100 * r['comm_share']:.0f}%"
+            tr.append(f"{r['days']:,.1f} d · ${r['cost_usd']:,.0f}<br>{how}" if wide else
+                      f"{r['days']:,.1f} d<br>${r['cost_usd']:,.0f}")
+            hr.append(f"{where}: {r['days']:,.1f} days, ${r['cost_usd']:,.0f}<br>{r['strategy']}, communication "
+                      f"{100 * r['comm_share']:.0f}% of a step<br>{r['description']}")
+        z.append(zr), text.append(tr), hover.append(hr)
+    fig = go.Figure(go.Heatmap(z=z, x=labels, y=gpus, text=text, texttemplate="%{text}", customdata=hover,
+                               hovertemplate="%{customdata}<extra></extra>", colorscale="Blues_r",
+                               colorbar={"title": {"text": "days"}}, xgap=3, ygap=3, textfont={"size": 11}))
     fig.update_layout(title={"text": f"{model}: wall-clock days and cost of {d['tokens'].iloc[0] / 1e9:g}B tokens by "
-                                     "GPU type × count (best configuration per cell)", "x": 0},
-                      height=120 + 46 * len(gpus), template="plotly_white", margin={"l": 160, "t": 70})
-    fig.update_yaxes(autorange="reversed")
+                                     "GPU type × count (best configuration per cell)", "x": 0,
+                             "font": {"size": 15}},
+                      height=140 + 46 * len(gpus), template="plotly_white", margin={"l": 20, "t": 70, "b": 20},
+                      font={"family": FONT, "size": 12})
+    fig.update_xaxes(automargin=True, tickangle=0)
+    fig.update_yaxes(automargin=True, autorange="reversed")
     return fig

@@ -10,6 +10,7 @@ from subprof.plan.calibration import DEFAULT
 from subprof.plan.memory import estimate
 from subprof.report.probe import probe_summary_line
 from subprof.report.tables import FIT_CLASSES, ReportRequest, leanest, price_date
+from subprof.report.words import plural
 from subprof.units import fmt_count
 
 
@@ -31,12 +32,14 @@ def _model_lines(req: ReportRequest, model: ModelConfig, fit: pd.DataFrame, cost
                 f"GiB ({req.margin:.0%} margin kept)")
     if len(full):
         first = full.iloc[0]
-        where = ("every selected GPU" if len(full) == len(f) else f"{len(full)} of the {len(f)} selected GPUs")
-        lines.append(f"{head}: full-rank AdamW fits {where}, the smallest being {first['gpu_name']} "
+        where = ("the selected GPU," if len(f) == 1 else "every selected GPU, the smallest being"
+                 if len(full) == len(f) else f"{len(full)} of the {len(f)} selected GPUs, the smallest being")
+        lines.append(f"{head}: full-rank AdamW fits {where} {first['gpu_name']} "
                      f"({first['gpu_memory_label']}, as {first['adamw_config']} at micro-batch "
                      f"{int(first['adamw_batch'])}){need}.")
     else:
-        lines.append(f"{head}: full-rank AdamW fits none of the {len(f)} selected GPUs{need}.")
+        lines.append(f"{head}: full-rank AdamW fits " + ("not the selected GPU" if len(f) == 1 else
+                                                         f"none of the {len(f)} selected GPUs") + f"{need}.")
     low = f[f["fit"] == FIT_CLASSES[1]]
     for (label, rank), group in low.groupby(["gpu_memory_label", "max_lowrank_rank"], sort=False):
         rec = group.iloc[0]
@@ -52,10 +55,10 @@ def _model_lines(req: ReportRequest, model: ModelConfig, fit: pd.DataFrame, cost
         cheap = c.loc[c["cost_usd"].astype(float).idxmin()]
         fast = c.loc[c["hours"].astype(float).idxmin()]
         text = (f"{model.name}, {fmt_count(req.tokens)} tokens: cheapest per token: {cheap['gpu_name']} at "
-                f"${cheap['cost_usd']:,.0f} ({cheap['hours']:,.0f} GPU-hours at ${cheap['usd_per_hour']:.2f}/h, "
+                f"${cheap['cost_usd']:,.0f} ({plural(cheap['hours'], 'GPU-hour')} at ${cheap['usd_per_hour']:.2f}/h, "
                 f"{cheap['config']})")
         if fast["gpu"] != cheap["gpu"]:
-            text += (f"; fastest: {fast['gpu_name']} at {fast['hours']:,.0f} hours for "
+            text += (f"; fastest: {fast['gpu_name']} at {plural(fast['hours'], 'hour')} for "
                      f"${fast['cost_usd']:,.0f}")
         lines.append(text + ".")
     return lines
@@ -73,10 +76,14 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
             lines.append(f"Estimate vs measured peak allocated: median |error| {err.abs().median():.1f}%, worst "
                          f"{err.abs().max():.1f}% over {len(err)} measured rows (backend: "
                          f"{', '.join(sorted(set(bench['backend'].astype(str))))}).")
-        failed = bench[bench["status"] != "ok"]
+        over = bench[bench["verdict"] == "over budget"]
+        if len(over):
+            lines.append(f"Over their memory budget: {plural(len(over), 'bench row')}, measured to the end (counted "
+                         "in the error above).")
+        failed = bench[~bench["verdict"].isin(["ok", "over budget"])]
         if len(failed):
-            lines.append(f"{len(failed)} bench rows did not finish: "
-                         + ", ".join(f"{k} {v}" for k, v in failed["status"].value_counts().items()) + ".")
+            lines.append(f"Did not finish: {plural(len(failed), 'bench row')} ("
+                         + ", ".join(f"{k} {v}" for k, v in failed["verdict"].value_counts().items()) + ").")
     proj = tables.get("projection")
     if proj is not None and proj["ratio_to_svd"].notna().any():
         is_method = ~proj["method"].str.contains("svd|floor|gemm", case=False)
@@ -102,7 +109,7 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
 
 
 def _ranking(req: ReportRequest) -> str:
-    """How every cell's plan ranked its candidates (`plan.planner.ranking_key`), naming the evidence."""
+    """How every cell's plan ranked its candidates (`plan.planner.rank_candidates`), naming the evidence."""
     from subprof.plan.evidence import default_quality
 
     quality = req.evidence or default_quality()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import pandas as pd
@@ -17,11 +17,13 @@ import pandas as pd
 from subprof.catalog import Budget, GpuSpec, ModelConfig
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
 from subprof.methods.spec import MethodSpec
 from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.evidence import QualityModel
 from subprof.plan.memory import Estimate, estimate
 from subprof.plan.planner import Candidate, Plan, PlanRequest, plan, ranks_for
+from subprof.report.words import short_config
 
 GIB = 2**30
 FIT_CLASSES = ("nothing fits", "low-rank only", "full-rank AdamW fits")
@@ -119,6 +121,17 @@ def _max_lowrank_rank(p: Plan) -> int | None:
     return max(ranks) if ranks else None
 
 
+def quality_cost(p: Plan, cand: Candidate) -> float:
+    """Predicted quality of the same configuration trained full rank minus the candidate's, on the scale of the
+    plan's evidence (`QualityModel.unit`: nats of predicted validation-loss gap under the published prior, share of
+    gradient energy under a probe); 0 for a full-rank candidate."""
+    if not cand.config.spec.project:
+        return 0.0
+    full = next(name for name, spec in REGISTRY.items() if not spec.project)
+    ref = replace(cand.config, method=full, rank=None, update_gap=None, method_options={})
+    return p.request.evidence.quality(ref) - cand.quality
+
+
 def _fit_class(p: Plan) -> int:
     if "adamw" in p.best_per_method:
         return 2
@@ -139,15 +152,20 @@ def fit_matrix(cells: list[Cell]) -> pd.DataFrame:
         row["adamw_batch"] = adamw.config.batch if adamw else None
         if rec is not None:
             c = rec.config
-            row.update(config=rec.describe(), method=c.method, rank=c.rank, update_gap=c.update_gap,
-                       state_bits=c.state_bits, layerwise=c.layerwise, checkpointing=c.checkpointing, batch=c.batch,
-                       sequences_per_step=rec.sequences_per_step,
+            row.update(config=rec.describe(), short_config=short_config(c), method=c.method, rank=c.rank,
+                       update_gap=c.update_gap, state_bits=c.state_bits, layerwise=c.layerwise,
+                       checkpointing=c.checkpointing, batch=c.batch, accumulation=c.accumulation,
+                       sequences_per_step=rec.sequences_per_step, requested_sequences=rec.requested_sequences,
+                       keeps_requested_batch=rec.keeps_requested_batch, quality=rec.quality,
+                       quality_cost=quality_cost(p, rec),
                        estimated_peak_allocated_bytes=rec.estimate.peak_allocated_bytes,
                        device_used_bytes=rec.estimate.device_used_bytes,
                        tokens_per_s=round(rec.throughput.tokens_per_s, 1))
         else:
-            row.update(config="nothing fits", method=None, rank=None, update_gap=None, state_bits=None,
-                       layerwise=None, checkpointing=None, batch=None, sequences_per_step=None,
+            row.update(config="nothing fits", short_config=None, method=None, rank=None, update_gap=None,
+                       state_bits=None, layerwise=None, checkpointing=None, batch=None, accumulation=None,
+                       sequences_per_step=None, requested_sequences=None, keeps_requested_batch=None, quality=None,
+                       quality_cost=None,
                        estimated_peak_allocated_bytes=None,
                        device_used_bytes=None, tokens_per_s=None)
         rows.append(row)
@@ -210,9 +228,11 @@ def cost_table(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
         usd, source = req.price(cell.gpu)
         row = {"model": cell.model.name, "gpu": cell.gpu.key, "gpu_name": cell.gpu.name,
                "usd_per_hour": usd, "price_source": source, "tokens": req.tokens,
-               "config": rec.describe() if rec else "nothing fits", "batch": rec.config.batch if rec else None,
+               "config": rec.describe() if rec else "nothing fits",
+               "short_config": short_config(rec.config) if rec else None, "batch": rec.config.batch if rec else None,
                "tokens_per_s": None, "hours": None, "cost_usd": None, "usd_per_billion_tokens": None,
-               "fastest_config": None, "fastest_tokens_per_s": None, "fastest_hours": None, "fastest_cost_usd": None}
+               "fastest_config": None, "fastest_short_config": None,
+               "fastest_tokens_per_s": None, "fastest_hours": None, "fastest_cost_usd": None}
         if rec is not None:
             tps = rec.throughput.tokens_per_s
             hours = req.tokens / tps / 3600
@@ -220,7 +240,8 @@ def cost_table(req: ReportRequest, cells: list[Cell]) -> pd.DataFrame:
                        usd_per_billion_tokens=1e9 / tps / 3600 * usd)
         if fast is not None and fast is not rec:
             hours = req.tokens / fast.throughput.tokens_per_s / 3600
-            row.update(fastest_config=fast.describe(), fastest_tokens_per_s=round(fast.throughput.tokens_per_s, 1),
+            row.update(fastest_config=fast.describe(), fastest_short_config=short_config(fast.config),
+                       fastest_tokens_per_s=round(fast.throughput.tokens_per_s, 1),
                        fastest_hours=hours, fastest_cost_usd=hours * usd)
         rows.append(row)
     return pd.DataFrame(rows)

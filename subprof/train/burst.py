@@ -38,12 +38,13 @@ from subprof.catalog import ModelConfig, load_model, model_names
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods import get_method
+from subprof.quiet import known_noise_filtered
 from subprof.results import ResultLog, case_key, now_iso
 from subprof.train.corpus import Corpus
 from subprof.train.lrgrid import lr_grid as grid_around
 
-KEY_FIELDS = ("model", "method", "rank", "update_gap", "lr", "steps", "batch", "seq", "seed", "data_seed", "dtype",
-              "corpus_key", "nproc", "strategy")
+KEY_FIELDS = ("model", "method", "rank", "update_gap", "state_bits", "lr", "steps", "batch", "seq", "seed", "data_seed",
+              "dtype", "corpus_key", "nproc", "strategy")
 FINAL = ("ok", "diverged")
 CPU_PARAM_LIMIT = 25_000_000  # bursts on a CPU: models up to the 20m preset finish 200 steps in minutes
 
@@ -139,7 +140,7 @@ def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: 
             spec = get_method(method)
 
             def case(rank: int | None = None, gap: int | None = None) -> list[BurstCase]:
-                config = TrainConfig(model=cfg, method=spec.name, rank=rank, update_gap=gap, dtype=dtype,
+                config = TrainConfig(model=cfg, method=method, rank=rank, update_gap=gap, dtype=dtype,  # alias: its bits
                                      batch=batch, seq=seq)
                 if not lr_grid:
                     return [BurstCase(config=config, lr=lr)]
@@ -356,7 +357,7 @@ def traced_first_step_peak(case: BurstCase, settings: BurstSettings, corpus: Cor
     tracker = MemTracker()
     tracker.track_external(model, opt)
     peaks = []
-    with tracker:
+    with known_noise_filtered(), tracker:  # torch's ModTracker warns on LLaMA's re-entered modules (subprof.quiet)
         for step in range(min(2, len(offsets))):
             x, y = windows(corpus.train, offsets[step], c.seq, settings.device)
             loss_of(model, x, y).backward()
@@ -485,21 +486,35 @@ def check_split(cases: list[BurstCase], settings: BurstSettings) -> None:
 
 def check_cases(cases: list[BurstCase], settings: BurstSettings, corpus: Corpus) -> None:
     """Everything that can be refused before training starts: a sequence longer than the corpus splits or the
-    model's positions, a CPU burst that does not fit this machine's memory."""
+    model's positions, a CPU burst that does not fit this machine's memory (on the corpus's vocabulary)."""
     for case in cases:
         corpus.require(case.config.seq)
-        if case.config.seq > case.config.model.max_positions:
-            raise SubprofError(f"--seq {case.config.seq} exceeds {case.config.model.name}'s max_position_embeddings "
-                               f"{case.config.model.max_positions}")
-        check_host_memory(case, settings, corpus)
+        check_positions(case)
+        check_host_memory(case, settings, corpus.vocab_size)
+
+
+def check_before_corpus(cases: list[BurstCase], settings: BurstSettings) -> None:
+    """What can be refused before the corpus is read and tokenised (minutes for a new one): the model's positions,
+    and host memory at the smallest vocabulary any corpus has (`MIN_VOCAB`) — a lower bound on the memory the run
+    needs, so a refusal here stands; `check_cases` repeats it on the corpus's own vocabulary."""
+    for case in cases:
+        check_positions(case)
+        check_host_memory(case, settings, MIN_VOCAB)
+
+
+def check_positions(case: BurstCase) -> None:
+    if case.config.seq > case.config.model.max_positions:
+        raise SubprofError(f"--seq {case.config.seq} exceeds {case.config.model.name}'s max_position_embeddings "
+                           f"{case.config.model.max_positions}")
 
 
 HOST_MARGIN = 1.25  # the CPU run needs its estimated peak plus room for Python, the corpus and the allocator
+MIN_VOCAB = 64  # the fewest token ids a corpus can have: a .bin file's largest id + 1, rounded up to 64 (a text corpus's BPE: ≥ 257)
 
 
-def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) -> None:
-    """On the CPU, refuse a burst whose estimated peak (the memory model, on the corpus's vocabulary) does not fit
-    the memory this machine has available — before anything is allocated."""
+def check_host_memory(case: BurstCase, settings: BurstSettings, vocab_size: int) -> None:
+    """On the CPU, refuse a burst whose estimated peak (the memory model, at the corpus's vocabulary `vocab_size`)
+    does not fit the memory this machine has available — before anything is allocated."""
     from subprof.measure.model import available_host_memory
     from subprof.plan.memory import estimate
 
@@ -508,8 +523,7 @@ def check_host_memory(case: BurstCase, settings: BurstSettings, corpus: Corpus) 
     available = available_host_memory()
     if available is None:
         return
-    model = replace(case.config.model, vocab=corpus.vocab_size, raw=dict(case.config.model.raw,
-                                                                          vocab_size=corpus.vocab_size))
+    model = replace(case.config.model, vocab=vocab_size, raw=dict(case.config.model.raw, vocab_size=vocab_size))
     est = estimate(replace(case.config, model=model))
     need = est.peak_allocated_bytes - est.components["cuda_runtime"]
     if need * HOST_MARGIN > available:

@@ -62,7 +62,9 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
     `BurstSettings` (e.g. eval_every, val_windows, threads); `corpus` reuses a loaded corpus."""
     from subprof.catalog import load_model
     from subprof.config import TrainConfig
-    from subprof.train.burst import BurstCase, BurstSettings, proxy_case, proxy_config, run_bursts
+    from subprof.results import check_writable
+    from subprof.train.burst import (BurstCase, BurstSettings, check_before_corpus, proxy_case, proxy_config,
+                                     run_bursts)
     from subprof.train.corpus import load_corpus
 
     groups = training_groups(result, top)
@@ -83,6 +85,9 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
             case, note = proxy_case(BurstCase(config=config), burst_settings)
         cases.append(case)
         notes.append(note)
+    if out is not None:
+        check_writable(out, "--burst-out")
+    check_before_corpus(cases, burst_settings)  # before the corpus is read and tokenised
     corpus = corpus or load_corpus(data)
     if progress_factory is not None:
         with progress_factory(len(cases) * steps, "bursts") as bar:
