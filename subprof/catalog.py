@@ -1,19 +1,26 @@
-"""Model and GPU catalogues: LLaMA-shaped configs (HF `config.json`) and `profiles/gpus.toml`. Pure Python, no torch.
+"""Model and GPU catalogues: LLaMA-shaped decoder configs (HF `config.json`) and `profiles/gpus.toml`. Pure Python,
+no torch.
 
-A model is any LLaMA-shaped `config.json` (model_type llama, mistral or qwen2): the presets in `profiles/models/`
-(GaLore-paper sizes, LLaMA-2 13b, `tiny`) or a user's path. Parameter counts follow transformers' models exactly
-(tested on the meta device): embeddings V·h, per layer q/o h·(H·d), k/v h·(KV·d), gate/up/down 3·h·I, two RMSNorm
-weights h, a final norm h, `lm_head` V·h unless the embeddings are tied, and biases where the family has them.
+A model is a `config.json` of a decoder family in `FAMILIES`: the presets in `profiles/models/` (GaLore-paper sizes,
+LLaMA-2 13b, `tiny`), a user's path, or a Hugging Face Hub id whose config.json is read from the local HF cache or
+fetched alone (`hub_config_path`). Every family is the LLaMA layer — RMSNorm, rotary attention with q/k/v/o
+projections (grouped-query allowed), a gated MLP with gate/up/down — with known differences in its weights (extra
+norms, q/k norms, fused projections, biases). Parameter counts follow transformers' models exactly (tested on the
+meta device for each family): embeddings V·h, per layer q/o h·(H·d), k/v h·(KV·d), gate/up/down 3·h·I, the
+family's norms, a final norm h, `lm_head` V·h unless the embeddings are tied, and biases where the family has them.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
 from subprof.errors import SubprofError
 from subprof.units import parse_size
@@ -42,7 +49,13 @@ class LinearShape:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
-    """The fields of a LLaMA `config.json` that decide sizes."""
+    """The fields of a decoder's `config.json` that decide sizes, as its family reads them (`_from_hf`).
+
+    `layer_norms`: h-sized norm weights per layer (2; Gemma 2/3: 4); `q_norm`/`k_norm`: elements of the per-layer
+    query/key norm weights (Qwen3, Gemma 3: d each; OLMo 2/3: H·d and KV·d; else 0); `fused_qkv`/`fused_gate_up`:
+    Phi-3's single qkv_proj ((H+2KV)·d × h) and gate_up_proj (2I × h); `window_layers`: how many layers attend
+    within `sliding_window`; `final_logit_softcap`: Gemma 2's tanh soft-capping of the logits; `attention`: the
+    attention implementation transformers trains it with ("sdpa", or "eager" where the class has no sdpa path)."""
 
     name: str
     hidden: int
@@ -56,11 +69,20 @@ class ModelConfig:
     attention_bias: bool = False
     qkv_bias: bool = False
     mlp_bias: bool = False
+    layer_norms: int = 2
+    q_norm: int = 0
+    k_norm: int = 0
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
     sliding_window: int | None = None
+    window_layers: int = 0
+    final_logit_softcap: float | None = None
+    attention: str = "sdpa"
     family: str = "llama"
     max_positions: int = 2048
     source: str = ""
     preset: bool = False
+    hub_id: str = ""
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,8 +95,8 @@ class ModelConfig:
 
     @property
     def ref(self) -> str:
-        """What `load_model` takes to rebuild this config: the catalogue name, or the path of a user's file."""
-        return self.name if self.preset else self.source
+        """What `load_model` takes to rebuild this config: the catalogue name, the Hub id, or a user's file path."""
+        return self.name if self.preset else self.hub_id or self.source
 
     # --- shapes -------------------------------------------------------------------------------------------------
     @property
@@ -126,11 +148,12 @@ class ModelConfig:
 
     @property
     def norm_params(self) -> int:
-        return (2 * self.layers + 1) * self.hidden
+        """(norms per layer · L + 1) · h, plus the q/k norm weights of every layer."""
+        return (self.layer_norms * self.layers + 1) * self.hidden + (self.q_norm + self.k_norm) * self.layers
 
     @property
     def params(self) -> int:
-        """Total parameters, as `sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())`."""
+        """Total parameters, as `sum(p.numel() for p in <Family>ForCausalLM(cfg).parameters())`."""
         return (self.projected_params + self.bias_params + self.embedding_params + self.lm_head_params
                 + self.norm_params)
 
@@ -139,40 +162,46 @@ class ModelConfig:
         """Parameters that stay in plain AdamW under a subspace method (embeddings, norms, lm_head, biases)."""
         return self.params - self.projected_params
 
+    def layer_vectors(self) -> list[int]:
+        """Element counts of one decoder layer's 1-D tensors (norm weights, q/k norms, biases), in module order."""
+        sizes = [self.hidden] * self.layer_norms + [n for n in (self.q_norm, self.k_norm) if n]
+        if self.attention_bias:
+            sizes += [self.q_dim, self.kv_dim, self.kv_dim, self.hidden]
+        if self.qkv_bias:
+            sizes += [self.q_dim, self.kv_dim, self.kv_dim]
+        if self.mlp_bias:
+            sizes += [self.intermediate, self.intermediate, self.hidden]
+        return sizes
+
     def unprojected_tensors(self) -> list[int]:
         """Element counts of the tensors kept in plain AdamW (for per-tensor rules such as 8-bit thresholds)."""
-        sizes = [self.embedding_params] + [self.hidden] * (2 * self.layers + 1)
+        sizes = [self.embedding_params] + self.layer_vectors() * self.layers + [self.hidden]
         if not self.tied:
             sizes.append(self.lm_head_params)
-        if self.attention_bias:
-            sizes += [self.q_dim, self.kv_dim, self.kv_dim, self.hidden] * self.layers
-        if self.qkv_bias:
-            sizes += [self.q_dim, self.kv_dim, self.kv_dim] * self.layers
-        if self.mlp_bias:
-            sizes += [self.intermediate, self.intermediate, self.hidden] * self.layers
         return sizes
 
     def forward_flops_per_token(self, seq: int) -> int:
-        """Matmul FLOPs of one forward pass per token: 2·(weights used) plus attention scores 2·2·L·S·H·d (causal
-        halves it; we count the full square as the kernels largely do — nanoGPT's estimate_mfu / PaLM appendix B)."""
+        """Matmul FLOPs of one forward pass per token: 2·(weights used) plus attention scores 2·2·S·H·d per layer
+        (causal halves it; we count the full square as the kernels largely do — nanoGPT's estimate_mfu / PaLM
+        appendix B), a sliding-window layer attending to at most its window."""
         weights = self.projected_params + self.vocab * self.hidden
-        span = min(seq, self.sliding_window) if self.sliding_window else seq  # keys a query attends to (at most)
-        attention = 2 * self.layers * span * self.q_dim
-        return 2 * weights + 2 * attention
+        windowed = self.window_layers if self.sliding_window else 0
+        span = windowed * min(seq, self.sliding_window or seq) + (self.layers - windowed) * seq
+        return 2 * weights + 2 * 2 * span * self.q_dim
 
 
 @cache
 def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
     h, i, L = m.hidden, m.intermediate, m.layers
-    return (
+    attn = (LinearShape(name="self_attn.qkv_proj", m=m.q_dim + 2 * m.kv_dim, n=h, count=L),) if m.fused_qkv else (
         LinearShape(name="self_attn.q_proj", m=m.q_dim, n=h, count=L),
         LinearShape(name="self_attn.k_proj", m=m.kv_dim, n=h, count=L),
-        LinearShape(name="self_attn.v_proj", m=m.kv_dim, n=h, count=L),
-        LinearShape(name="self_attn.o_proj", m=h, n=m.q_dim, count=L),
+        LinearShape(name="self_attn.v_proj", m=m.kv_dim, n=h, count=L))
+    mlp = (LinearShape(name="mlp.gate_up_proj", m=2 * i, n=h, count=L),) if m.fused_gate_up else (
         LinearShape(name="mlp.gate_proj", m=i, n=h, count=L),
-        LinearShape(name="mlp.up_proj", m=i, n=h, count=L),
-        LinearShape(name="mlp.down_proj", m=h, n=i, count=L),
-    )
+        LinearShape(name="mlp.up_proj", m=i, n=h, count=L))
+    return (*attn, LinearShape(name="self_attn.o_proj", m=h, n=m.q_dim, count=L), *mlp,
+            LinearShape(name="mlp.down_proj", m=h, n=i, count=L))
 
 
 @cache
@@ -190,10 +219,100 @@ def model_names() -> list[str]:
     return sorted(names, key=lambda n: load_model(n).params)
 
 
-# LLaMA-shaped decoders: pre-norm RMSNorm, rotary attention with q/k/v/o projections (grouped-query allowed), a
-# SwiGLU MLP with gate/up/down — the layer shapes and saved activations the memory model counts. What differs:
-# Qwen2 puts biases on q, k and v; Mistral may attend within a sliding window (attention cost only).
-FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# ------------------------------------------------------------------------------------------------ decoder families
+
+
+def _every_layer(cfg: dict, layers: int) -> int:
+    """Mistral, Phi-3: every layer attends within `sliding_window` when one is set."""
+    return layers
+
+
+def _above_max_window_layers(cfg: dict, layers: int) -> int:
+    """Qwen2/Qwen3 with `use_sliding_window`: layers i ≥ `max_window_layers` (transformers' `layer_types`)."""
+    return max(0, layers - int(cfg["max_window_layers"])) if cfg.get("use_sliding_window") else 0
+
+
+def _all_but_every(k: str | int) -> Callable[[dict, int], int]:
+    """Gemma 2 (every 2nd layer global), Gemma 3 (every `sliding_window_pattern`-th, 6), OLMo 3 (every 4th): the
+    other layers attend within the window."""
+    def windowed(cfg: dict, layers: int) -> int:
+        every = int(cfg[k]) if isinstance(k, str) else k
+        return layers - layers // every
+    return windowed
+
+
+def _without_rope(cfg: dict, layers: int) -> int:
+    """SmolLM3 with `use_sliding_window`: its layers without rotary embeddings (every `no_rope_layer_interval`-th)."""
+    return layers // int(cfg.get("no_rope_layer_interval") or 4) if cfg.get("use_sliding_window") else 0
+
+
+def _no_window(cfg: dict, layers: int) -> int:
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Family:
+    """A decoder family: its transformers class and how its layer's weights differ from LLaMA's. `defaults` are
+    the transformers config class's defaults for the keys read here: a config.json leaves out what equals them.
+    `bias_keys`: the config flags (`attention_bias`, `mlp_bias`) that add biases; `qk_norm`: "head" (q/k norms over
+    head_dim), "proj" (over H·d and KV·d) or ""; `windowed`: how many layers attend within `sliding_window` when no
+    `layer_types` says so; `attention`: what transformers trains it with."""
+
+    architecture: str
+    defaults: dict = field(default_factory=dict)
+    bias_keys: tuple[str, ...] = ()
+    qkv_bias: bool = False
+    layer_norms: int = 2
+    qk_norm: str = ""
+    fused: bool = False
+    windowed: Callable[[dict, int], int] = _no_window
+    attention: str = "sdpa"
+
+
+_GEMMA = {"head_dim": 256, "tie_word_embeddings": True}
+# Differences from the LLaMA layer, read off each transformers modeling file (5.x) and held to transformers' own
+# parameter counts by tests/test_hub_models.py: Qwen2 biases q, k, v; Qwen3 and Gemma 3 RMS-normalise q and k per
+# head, OLMo 2/3 over the whole projection (and use two post-norms instead of pre-norms); Gemma 2/3 have four norms
+# per layer, tied embeddings and a 256k vocabulary, and Gemma 2 soft-caps attention scores (no sdpa path: eager
+# attention) and logits; Phi-3 fuses q/k/v into one qkv_proj and gate/up into one gate_up_proj; Granite and SmolLM3
+# are the LLaMA layer with scaling multipliers / layers without rotary embeddings.
+FAMILIES: dict[str, Family] = {
+    "llama": Family(architecture="LlamaForCausalLM", bias_keys=("attention_bias", "mlp_bias")),
+    "mistral": Family(architecture="MistralForCausalLM", defaults={"sliding_window": 4096, "num_key_value_heads": 8},
+                      windowed=_every_layer),
+    "qwen2": Family(architecture="Qwen2ForCausalLM", qkv_bias=True, defaults={"max_window_layers": 28},
+                    windowed=_above_max_window_layers),
+    "qwen3": Family(architecture="Qwen3ForCausalLM", defaults={"head_dim": 128, "max_window_layers": 28},
+                    bias_keys=("attention_bias",), qk_norm="head", windowed=_above_max_window_layers),
+    "gemma": Family(architecture="GemmaForCausalLM", defaults=_GEMMA, bias_keys=("attention_bias",)),
+    "gemma2": Family(architecture="Gemma2ForCausalLM", bias_keys=("attention_bias",), layer_norms=4,
+                     defaults={**_GEMMA, "sliding_window": 4096, "final_logit_softcapping": 30.0,
+                               "attn_logit_softcapping": 50.0, "num_key_value_heads": 4},
+                     windowed=_all_but_every(2), attention="eager"),
+    "gemma3_text": Family(architecture="Gemma3ForCausalLM", bias_keys=("attention_bias",), layer_norms=4,
+                          qk_norm="head", defaults={**_GEMMA, "sliding_window": 4096, "sliding_window_pattern": 6,
+                                                    "num_key_value_heads": 4},
+                          windowed=_all_but_every("sliding_window_pattern")),
+    "phi3": Family(architecture="Phi3ForCausalLM", fused=True, windowed=_every_layer),
+    "olmo2": Family(architecture="Olmo2ForCausalLM", bias_keys=("attention_bias",), qk_norm="proj"),
+    "olmo3": Family(architecture="Olmo3ForCausalLM", bias_keys=("attention_bias",), qk_norm="proj",
+                    defaults={"sliding_window": 4096}, windowed=_all_but_every(4)),
+    "granite": Family(architecture="GraniteForCausalLM", bias_keys=("attention_bias", "mlp_bias")),
+    "smollm3": Family(architecture="SmolLM3ForCausalLM", bias_keys=("attention_bias", "mlp_bias"),
+                      defaults={"tie_word_embeddings": True, "num_key_value_heads": 4}, windowed=_without_rope),
+}
+
+# Decoders that are not the LLaMA layer, and why (the rest get the generic refusal)
+_MOE = "mixture-of-experts (expert weights and routing are not in the memory model)"
+_GPT = "LayerNorm with biases and a non-gated MLP, not the LLaMA layer"
+NOT_PLANNED = {
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "dbrx", "gpt_oss",
+                     "granitemoe", "phimoe", "jamba", "llama4"), _MOE),
+    **dict.fromkeys(("gpt2", "gpt_neox", "gptj", "gpt_neo", "opt", "bloom", "falcon", "phi", "starcoder2",
+                     "gpt_bigcode", "olmo"), _GPT),
+    "gemma3": "Gemma 3 with its vision tower (Gemma3ForConditionalGeneration); subprof plans the text decoder: save "
+              "the config's text_config as a config.json with model_type gemma3_text",
+}
 
 
 def _family(cfg: dict, source: str) -> str:
@@ -201,74 +320,167 @@ def _family(cfg: dict, source: str) -> str:
     if model_type in FAMILIES:
         return model_type
     archs = [str(a) for a in cfg.get("architectures") or []]
-    for family, arch in FAMILIES.items():
-        if arch in archs:
+    for family, spec in FAMILIES.items():
+        if spec.architecture in archs:
             return family
     found = f"model_type {cfg.get('model_type')!r}" if cfg.get("model_type") else "no model_type"
-    raise SubprofError(f"{source} has {found}: subprof plans LLaMA-shaped decoders only — model_type "
-                       f"{', '.join(FAMILIES)} (RMSNorm, rotary attention with q/k/v/o projections, a SwiGLU MLP "
+    why = f" — {NOT_PLANNED[model_type]}" if model_type in NOT_PLANNED else ""
+    raise SubprofError(f"{source} has {found}{why}: subprof plans LLaMA-shaped decoders only — model_type "
+                       f"{', '.join(FAMILIES)} (RMSNorm, rotary attention with q/k/v/o projections, a gated MLP "
                        f"with gate/up/down), whose layer shapes and saved activations its memory model counts")
 
 
-def _from_hf(name: str, cfg: dict, source: str, preset: bool = False) -> ModelConfig:
+def _from_hf(name: str, cfg: dict, source: str, preset: bool = False, hub_id: str = "") -> ModelConfig:
     family = _family(cfg, source)
+    spec = FAMILIES[family]
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                            "vocab_size") if k not in cfg]
     if missing:
         raise SubprofError(f"{source} lacks {', '.join(missing)}: not a complete {family} config.json")
+    read = {**spec.defaults, **cfg}  # a key the file leaves out takes the config class's default; null stays null
     try:
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        head_dim = cfg.get("head_dim") or hidden // heads
+        heads, hidden, layers = int(read["num_attention_heads"]), int(read["hidden_size"]), int(read["num_hidden_layers"])
+        kv_heads = int(read.get("num_key_value_heads") or heads)
+        head_dim = int(read.get("head_dim") or hidden // heads)
+        window = int(read["sliding_window"]) if read.get("sliding_window") else None
+        windowed = _window_layers(spec, read, layers) if window else 0
         return ModelConfig(
             name=name,
             hidden=hidden,
-            intermediate=int(cfg["intermediate_size"]),
-            layers=int(cfg["num_hidden_layers"]),
+            intermediate=int(read["intermediate_size"]),
+            layers=layers,
             heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            vocab=int(cfg["vocab_size"]),
-            head_dim=int(head_dim),
-            tied=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=family == "llama" and bool(cfg.get("attention_bias", False)),
-            qkv_bias=family == "qwen2",
-            mlp_bias=family == "llama" and bool(cfg.get("mlp_bias", False)),
-            sliding_window=_window(family, cfg),
+            kv_heads=kv_heads,
+            vocab=int(read["vocab_size"]),
+            head_dim=head_dim,
+            tied=bool(read.get("tie_word_embeddings", False)),
+            attention_bias="attention_bias" in spec.bias_keys and bool(read.get("attention_bias", False)),
+            qkv_bias=spec.qkv_bias,
+            mlp_bias="mlp_bias" in spec.bias_keys and bool(read.get("mlp_bias", False)),
+            layer_norms=spec.layer_norms,
+            q_norm={"head": head_dim, "proj": heads * head_dim}.get(spec.qk_norm, 0),
+            k_norm={"head": head_dim, "proj": kv_heads * head_dim}.get(spec.qk_norm, 0),
+            fused_qkv=spec.fused,
+            fused_gate_up=spec.fused,
+            sliding_window=window if windowed else None,
+            window_layers=windowed,
+            final_logit_softcap=float(read["final_logit_softcapping"]) if read.get("final_logit_softcapping")
+            else None,
+            attention=spec.attention,
             family=family,
-            max_positions=int(cfg.get("max_position_embeddings") or 2048),
+            max_positions=int(read.get("max_position_embeddings") or 2048),
             source=source,
             preset=preset,
+            hub_id=hub_id,
             raw=cfg,
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         raise SubprofError(f"{source}: malformed {family} config ({exc})") from None
 
 
-def _window(family: str, cfg: dict) -> int | None:
-    """The attention window: Mistral's `sliding_window` (None = full), Qwen2's when `use_sliding_window`."""
-    window = cfg.get("sliding_window")
-    if family == "mistral" or (family == "qwen2" and cfg.get("use_sliding_window")):
-        return int(window) if window else None
-    return None
+def _window_layers(spec: Family, cfg: dict, layers: int) -> int:
+    """Layers that attend within the sliding window: the config's own `layer_types` when it lists them (transformers
+    5 writes them), else the family's rule."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == layers:
+        return sum(t == "sliding_attention" for t in types)
+    return spec.windowed(cfg, layers)
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face Hub ids
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_hub_id(text: str) -> bool:
+    """`org/name` as the Hub spells repository ids (not a `.json` path, not `./x` or `~/x`)."""
+    return bool(_HUB_ID.fullmatch(text)) and not text.endswith(".json")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache, read as huggingface_hub reads it, at call time: HF_HUB_CACHE, else
+    HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub (HF_HOME: $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("HF_HOME") or Path(xdg) / "huggingface").expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or the older TRANSFORMERS_OFFLINE) set to 1/ON/YES/TRUE, as huggingface_hub reads it."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def cached_hub_config(repo_id: str, cache_dir: Path) -> Path | None:
+    """config.json of `repo_id` in a huggingface_hub cache, without importing it: `models--org--name/refs/main`
+    names the snapshot, `snapshots/<commit>/config.json` is the file; None when it is not there."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    path = repo / "snapshots" / commit / "config.json"
+    return path if path.is_file() else None
+
+
+def hub_config_path(repo_id: str) -> Path:
+    """The config.json of a Hub model: from the local cache, else downloaded alone (`hf_hub_download(repo_id,
+    "config.json")`, never weights) unless HF_HUB_OFFLINE is set. Every failure is one line naming HF_HUB_OFFLINE,
+    the cache and the config.json path alternative."""
+    cache_dir = hub_cache_dir()
+    found = cached_hub_config(repo_id, cache_dir)
+    if found is not None:
+        return found
+    alternative = "or pass --model path/to/config.json"
+    if hub_offline():
+        raise SubprofError(f"--model {repo_id!r}: not a file here, and as a Hugging Face Hub id its config.json is "
+                           f"not in the cache {str(cache_dir)!r} while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE to "
+                           f"fetch config.json alone (no weights), {alternative}")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise SubprofError(f"--model {repo_id!r}: not in the Hugging Face cache {str(cache_dir)!r}, and fetching its "
+                           f"config.json needs huggingface_hub (pip install huggingface_hub; HF_HUB_OFFLINE=1 keeps "
+                           f"to the cache), {alternative}") from None
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", cache_dir=str(cache_dir)))
+    except Exception as exc:  # noqa: BLE001 - no network, 404, gated, proxy: one line with the fix either way
+        kind = type(exc).__name__
+        why = {"GatedRepoError": "is gated: accept its licence on huggingface.co and `hf auth login`",
+               "RepositoryNotFoundError": "is no Hub model (or a private one: `hf auth login`)",
+               "EntryNotFoundError": "has no config.json",
+               "RemoteEntryNotFoundError": "has no config.json"}.get(kind, f"could not be fetched ({kind}: "
+                                                                         f"{str(exc).splitlines()[0][:120]})")
+        raise SubprofError(f"--model {repo_id!r} {why}; it is not in the Hugging Face cache {str(cache_dir)!r} "
+                           f"(HF_HUB_OFFLINE=1 keeps subprof to the cache): fetch it where the Hub is reachable "
+                           f"(`hf download {repo_id} config.json`), {alternative}") from None
 
 
 @cache
 def load_model(name_or_path: str) -> ModelConfig:
-    """A catalogue preset by name (`7b`, `llama-7b`, `60M`) or a path to a LLaMA `config.json` (or its folder)."""
+    """A catalogue preset by name (`7b`, `llama-7b`, `60M`), a path to a `config.json` (or its folder), or a Hugging
+    Face Hub id (`meta-llama/Llama-3.1-8B`: `hub_config_path`)."""
     key = name_or_path.strip()
     preset = profiles_dir() / "models" / f"{key.lower().removeprefix('llama-').removeprefix('llama_')}.json"
     path = Path(key).expanduser()
+    hub_id = ""
     if preset.exists():
         path, name = preset, preset.stem
     elif path.is_dir():
         path, name = path / "config.json", path.name
+    elif not path.exists() and is_hub_id(key):
+        path, name, hub_id = hub_config_path(key), key, key
     elif path.suffix == ".json" or "/" in key or path.exists():
         name = path.stem if path.name != "config.json" else path.parent.name or "config"
     else:
         names = [p.stem for p in (profiles_dir() / "models").glob("*.json")]
         close = difflib.get_close_matches(key.lower(), names, n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(names))}"
-        raise SubprofError(f"unknown model {key!r}{hint} (or pass a path to a LLaMA config.json)")
+        raise SubprofError(f"unknown model {key!r}{hint} (or pass a path to a config.json, or a Hugging Face Hub "
+                           f"id such as meta-llama/Llama-3.1-8B)")
     if not path.exists():
         raise SubprofError(f"model config {str(path)!r} does not exist")
     try:
@@ -277,7 +489,12 @@ def load_model(name_or_path: str) -> ModelConfig:
         raise SubprofError(f"cannot read {str(path)!r} as JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise SubprofError(f"{str(path)!r} is not a config.json object")
-    return _from_hf(name, cfg, str(path), preset=path == preset)
+    return _from_hf(name, cfg, str(path), preset=path == preset, hub_id=hub_id)
+
+
+def model_from_config(raw: dict, name: str) -> ModelConfig:
+    """A `ModelConfig` from a config dict already in memory (a live model's `config.to_dict()`), called `name`."""
+    return _from_hf(name, raw, f"the config of {name}")
 
 
 # ------------------------------------------------------------------------------------------------------------ GPUs

@@ -265,3 +265,13 @@ def test_a_rule_that_schedules_over_the_run_is_told_the_bursts_length():
     assert opt.rule(opt.param_groups[0]).total_steps == 7  # Ori's Oja++ activation ends at 10% of 7 steps
     opt = burst.build_case_optimizer(model, case("galore"), BurstSettings(steps=7, device="cpu"))
     assert "total_steps" not in opt.param_groups[0]["method_options"]
+
+
+def test_a_run_too_short_for_its_gap_says_so():
+    """A burst compares refresh intervals only over runs that hold several refreshes: a shorter one is named."""
+    from subprof.train.burst import MIN_REFRESHES, refresh_notes, refreshes
+
+    cases, _ = expand_cases(["tiny"], ["galore", "ori"], [16], [10, 250], batch=2, seq=32)
+    notes = refresh_notes(cases, 200)
+    assert refreshes(10, 200) == 19 and refreshes(250, 200) == 0
+    assert len(notes) == 1 and "galore r16 T250" in notes[0] and f"≥ {MIN_REFRESHES * 250 + 1}" in notes[0]

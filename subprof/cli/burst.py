@@ -58,7 +58,7 @@ def burst(
     from subprof.quiet import show_known_noise
     from subprof.results import check_writable
     from subprof.train.burst import (BurstSettings, check_before_corpus, check_cases, check_split, expand_cases,
-                                     run_bursts)
+                                     refresh_notes, run_bursts)
     from subprof.train.corpus import load_corpus
 
     show_known_noise(verbose)
@@ -84,7 +84,7 @@ def burst(
             err_console.print(f"corpus: {corpus.description} — {corpus.tokens:,} tokens "
                               f"({corpus.train.size:,} train / {corpus.val.size:,} validation)"
                               + (" [cached]" if corpus.cache_hit else ""))
-            for note in notes:
+            for note in notes + refresh_notes(cases, steps):
                 err_console.print(f"note: {note}")
         check_cases(cases, settings, corpus)
         with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:

@@ -51,21 +51,22 @@ def estimate_table(est: Estimate) -> None:
     console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
 
 
-def quality_cell(c: Candidate, band: float) -> str:
+def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
     if not c.config.spec.project:
         return "ref"
-    return f"{100 * c.ppl_increase:+.1f}%±{100 * math.expm1(band):.1f}"
+    seen = getattr(evidence, "has_evidence", lambda method: True)(c.config.method)
+    return f"{100 * c.ppl_increase:+.1f}%±{100 * math.expm1(band):.1f}" + ("" if seen else "?")
 
 
-def _cand_row(c: Candidate, band: float) -> list[str]:
+def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
     return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
-            f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band)]
+            f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band, evidence)]
 
 
 CAND_COLUMNS = ("method", "rank", "T", "bits", "layer", "micro", "seq/step", "ckpt", "peak", "device", "tok/s",
@@ -74,14 +75,15 @@ NARROW = 120  # below this many columns the tables drop the peak-allocated colum
 CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); layer: per-layer updates; micro: "
                "micro-batch × accumulation; peak, device: GiB (peak allocated; device used incl. CUDA context); proj: "
                "share of step time in projection updates; Δppl: predicted validation perplexity against full-rank "
-               "AdamW ± the band within which candidates cannot be told apart")
+               "AdamW ± the band within which candidates cannot be told apart (?: no published table row of that method)")
 
 
-def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False) -> Table:
+def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False, evidence=None) -> Table:
     """Candidates as rows; under `NARROW` columns the peak-allocated column is left out."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = render_job.JOB_COLUMNS + ("Δppl",) if job else CAND_COLUMNS
-    rows = [(render_job.job_row(c) + [quality_cell(c, band)]) if job else _cand_row(c, band) for c in cands]
+    rows = [(render_job.job_row(c) + [quality_cell(c, band, evidence)]) if job else _cand_row(c, band, evidence)
+            for c in cands]
     drop = {"peak", "peak/rank GiB"} if console.width < NARROW else set()
     keep = [i for i, col in enumerate(columns) if col not in drop]
     for i in keep:
@@ -160,8 +162,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
                       f"predicted {100 * fast.ppl_increase:+.2f}% perplexity")
     band = req.band
     best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
-    console.print(_cand_table("best configuration per method", best, band, job))
-    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job))
+    console.print(_cand_table("best configuration per method", best, band, job, req.evidence))
+    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job, req.evidence))
     console.print(f"[dim]{CAND_LEGEND}[/]")
     if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):
         console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "
@@ -229,7 +231,7 @@ def burst_tables(evidence: list) -> None:
         return
     console.print(f"[bold green]recommended after bursts:[/] {best.candidate.describe()}"
                   + f" — validation loss {best.row['val_loss']:.3f} after {best.row.get('steps')} steps, "
-                  f"{best.efficiency:.2f} loss drop per predicted hour on the target GPU")
+                  f"{best.efficiency:.2f} loss drop per predicted hour on the target GPU; {best.verdict}")
 
 
 def _num(v: float | None, digits: int) -> str:

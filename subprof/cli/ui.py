@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import typer
 from rich.console import Console
 
-from subprof.errors import SubprofError
+from subprof.errors import SubprofError, missing_extra
 
 console = Console(stderr=False, highlight=False, soft_wrap=False)
 if not console.is_terminal and not os.environ.get("COLUMNS"):  # piped or captured: 100 columns, not rich's 80
@@ -111,20 +111,30 @@ def interrupted(out: Any, kept: int, *, noun: str = "case", rerun: str = "the re
     raise typer.Exit(130)
 
 
+def _command_words(fn: Any, params: dict[str, Any]) -> str:
+    """What the user ran, for a missing-extra line: "subprof bench", "subprof plan --burst"."""
+    return f"subprof {fn.__name__.replace('_', '-')}" + (" --burst" if params.get("burst") else "")
+
+
 def guarded(fn: Any) -> Any:
-    """Wrap a command so a `SubprofError` becomes one line on stderr and exit code 2 (also under CliRunner).
-    `SUBPROF_DEBUG=1` re-raises for the traceback."""
+    """Wrap a command so a `SubprofError` becomes one line on stderr and exit code 2 (also under CliRunner), and so
+    does a missing optional dependency (torch and the rest of the `train` extra: `errors.missing_extra` names the
+    extra to install). `SUBPROF_DEBUG=1` re-raises for the traceback."""
     import functools
     import os
+
+    from rich.markup import escape
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SubprofError as exc:
-            if os.environ.get("SUBPROF_DEBUG"):
+        except (SubprofError, ModuleNotFoundError) as exc:
+            error = exc if isinstance(exc, SubprofError) else missing_extra(exc, _command_words(fn, kwargs))
+            if error is None or os.environ.get("SUBPROF_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

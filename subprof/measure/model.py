@@ -1,5 +1,6 @@
-"""Build a LLaMA model for measurement: transformers' `LlamaForCausalLM` from a catalogue `ModelConfig`, random
-init, directly on the device in the training dtype — the way `shared/reference/README.md` built its H100 rows.
+"""Build a model for measurement: its family's transformers class (`LlamaForCausalLM` for the catalogue,
+`Qwen3ForCausalLM`, `Gemma2ForCausalLM`, … for the others of `catalog.FAMILIES`) from a `ModelConfig`, random init,
+directly on the device in the training dtype — the way `shared/reference/README.md` built its H100 rows.
 
 Training dtypes (`subprof.config`):
 - `bf16`: pure bf16 weights, gradients and optimizer states. The model is created inside
@@ -8,7 +9,9 @@ Training dtypes (`subprof.config`):
   (`train_context`).
 - `fp32`: fp32 weights, no autocast.
 
-Attention is `attn_implementation="sdpa"` (on CUDA that dispatches to the flash / memory-efficient kernels).
+Attention is `attn_implementation="sdpa"` (on CUDA that dispatches to the flash / memory-efficient kernels), or
+what the family trains with where transformers has no sdpa path for it (`ModelConfig.attention`: Gemma 2's
+soft-capped attention scores run eagerly).
 Initialisation: transformers' own `_init_weights` (normal(0, 0.02)); on fake or meta tensors it costs nothing.
 Torch-only module: imports torch at the top.
 """
@@ -30,14 +33,14 @@ def param_dtype(dtype: str) -> torch.dtype:
 
 
 def hf_config(cfg: ModelConfig):
-    """The transformers config of the model's family (`LlamaConfig`, `MistralConfig`, `Qwen2Config`) from its raw
-    `config.json`, with sdpa attention and no KV cache."""
+    """The transformers config of the model's family (`LlamaConfig`, `Qwen3Config`, `Gemma2Config`, …) from its raw
+    `config.json`, with the family's training attention (`ModelConfig.attention`) and no KV cache."""
     from transformers import AutoConfig
 
     raw = {k: v for k, v in cfg.raw.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")}
     raw["use_cache"] = False  # training: no KV cache
     config = AutoConfig.for_model(cfg.family, **raw)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = cfg.attention
     return config
 
 

@@ -9,18 +9,19 @@ with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
     staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
                                                                tokens trained (131,072 = 512 × 256, GaLore's batch)
-    refresh    c_r · ((200 / T)^q · (κ if moments carried) − 1) a refresh leaves Adam's moments in the old basis
+    refresh    c_r · ((T₀ / T)^q · (κ if moments carried) − 1)  a refresh leaves Adam's moments in the old basis
                                                                (GaLore keeps them) until they decay: paid per refresh,
                                                                so rarer refreshes pay less; moment transfer pays κ
-               (both are 0 at the published setting — GaLore's T₀ = 200 and batch, a tracker's move every step,
-               T₀ = 1 — so what that setting costs sits in the method terms; p, c_s, c_r, q and κ are fitted only to
-               the tables in which one method varies its rank or gap)
+               (both are 0 at the published setting — T₀ and GaLore's batch — so what that setting costs sits in
+               the method terms; p, c_s, c_r, q and κ are fitted only to the tables in which one method varies its
+               rank or gap)
     method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
                                                                of refreshing; per-method terms the tables single out
     bias       − β nats for a paper's own method (outside S)   authors tune what they propose; fitted, not believed
 
-T is the update gap in optimizer steps (a tracker's g steps between its moves count as its staleness interval;
-it pays no refresh term). Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
+T is the update gap in optimizer steps and T₀ the method's published gap. A tracker that moves every step (OSD, Ori:
+T₀ = 1) pays no refresh term — its g steps between moves count as staleness only; SubTrack++ moves its basis every
+T₀ = 200 steps along a geodesic and pays the refresh term like an SVD method, less with its moment transfer. Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
 within-table differences of published tables and our own long CPU runs (`subprof.plan.quality_fit`, written to
 `profiles/evidence/quality_fit.json`); within one table every row shares S and the table's own baseline, so the
 ordering of configurations depends on g alone and leave-one-table-out measures exactly that. `plan` ranks by −Δ and
@@ -72,7 +73,7 @@ BASES = ("", "adam", "adamw", "adamw8bit")  # the projected optimizer: Lion/Adaf
 # name → (transform, default): "exp" keeps a coefficient positive, "sigmoid" in (0, 1), "id" free (ridge to 0).
 SHAPE = {
     "p": ("exp", 1.0), "recovery": ("sigmoid", 0.5), "scaled_rank": ("sigmoid", 0.2), "stale": ("exp", 0.1),
-    "refresh": ("exp", 1.0), "q": ("exp", 0.5), "transfer": ("exp", 0.5), "own": ("exp", 0.3),
+    "refresh": ("exp", 1.0), "q": ("exp", 0.5), "transfer": ("exp", 0.5), "own": ("exp", 0.02),
     "kind:tracked": ("id", 0.0), "kind:random": ("id", 0.0), "kind:scaled": ("id", 0.0),
 }
 METHOD_PREFIX = "method:"
@@ -122,11 +123,13 @@ class Setting:
     tokens_per_step: int | None = None
     own: bool = False
     rank: int | None = None
+    default_gap: int = REF_GAP  # the method's published gap: 1 for trackers that move every step (OSD, Ori)
 
     @property
     def key(self) -> tuple:
         """Equal keys: the same configuration (the model predicts the same)."""
-        return (self.method, self.kind, self.traits, self.rank, self.update_gap, self.tokens_per_step)
+        return (self.method, self.kind, self.traits, self.rank, self.update_gap, self.tokens_per_step,
+                self.default_gap)
 
 
 @lru_cache(maxsize=4096)
@@ -180,7 +183,8 @@ def setting_of_row(row: TableRow) -> Setting | None:
         return None
     gap = row.update_gap or default_gap(row.method)
     return Setting(method=row.method, kind=kind, traits=traits, shares=rank_shares(model, int(row.rank)),
-                   update_gap=int(gap), tokens_per_step=row.tokens_per_step, own=row.own, rank=int(row.rank))
+                   update_gap=int(gap), tokens_per_step=row.tokens_per_step, own=row.own, rank=int(row.rank),
+                   default_gap=default_gap(row.method))
 
 
 def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -> Setting:
@@ -192,15 +196,10 @@ def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -
     tokens = tokens_per_step or config.batch * config.accumulation * config.seq
     return Setting(method=spec.name, kind=spec.subspace, traits=spec.quality_traits(config.method_options),
                    shares=rank_shares(config.model, int(config.rank)), update_gap=int(config.update_gap),
-                   tokens_per_step=tokens, rank=int(config.rank))
+                   tokens_per_step=tokens, rank=int(config.rank), default_gap=spec.default_update_gap)
 
 
 # ------------------------------------------------------------------------------------------------ the terms
-def reference_gap(kind: str) -> int:
-    """Where the gap terms are 0: GaLore's T = 200, and a tracker's move every step (its published setting)."""
-    return 1 if kind == "tracked" else REF_GAP
-
-
 def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
     """Each term of g for a setting under parameter values `v` (transformed: the model's own units)."""
     if s.kind == "full":
@@ -212,9 +211,9 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
         rank *= 1.0 - v["recovery"]
     gap = s.update_gap or REF_GAP
     out = {"rank": rank, "staleness": v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS
-                                                    - reference_gap(s.kind)) / 1000.0}
-    if s.kind != "tracked":
-        out["refresh"] = v["refresh"] * ((REF_GAP / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
+                                                    - s.default_gap) / 1000.0}
+    if s.default_gap > 1:
+        out["refresh"] = v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
                                                                        else 1.0) - 1.0)
     out["method"] = v.get(f"kind:{s.kind}", 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
     return out
@@ -231,9 +230,9 @@ def g_value(s: Setting, v: dict[str, float]) -> float:
     elif s.traits.recovery:
         g *= 1.0 - v["recovery"]
     gap = s.update_gap or REF_GAP
-    g += v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS - reference_gap(s.kind)) / 1000.0
-    if s.kind != "tracked":
-        g += v["refresh"] * ((REF_GAP / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer else 1.0) - 1.0)
+    g += v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS - s.default_gap) / 1000.0
+    if s.default_gap > 1:
+        g += v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer else 1.0) - 1.0)
     g += v.get("kind:" + s.kind, 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
     return g
 
@@ -269,6 +268,7 @@ class FittedQuality(QualityModel):
     sigma_g: float
     scale_sd: float  # residual SD of ln S across tables: how far a table's magnitude strays from S(N)
     validation: dict = field(default_factory=dict)
+    evidence_rows: dict = field(default_factory=dict)  # method → {"rows", "tables"} the fit saw
     _memo: dict = field(default_factory=dict, repr=False)
 
     def scale(self, model: ModelConfig) -> float:
@@ -293,6 +293,10 @@ class FittedQuality(QualityModel):
 
     def band(self, model: ModelConfig) -> float:
         return self.scale(model) * self.sigma_g
+
+    def has_evidence(self, method: str) -> bool:
+        """Whether any table row of this method entered the fit (else only its kind's terms score it)."""
+        return method in FULL_RANK or method in self.evidence_rows or not REGISTRY[method].project
 
     def breakdown(self, config: TrainConfig, tokens_per_step: int | None = None) -> dict[str, float]:
         """Each term in nats for this configuration (what `plan --explain` shows)."""
@@ -319,11 +323,15 @@ def from_fit(data: dict) -> FittedQuality:
              f"({val.get('gap', {}).get('agree_share', float('nan')):.0%} of the update-gap pairs)",
              f"candidates within S(N)·σ_g = S(N)·{data['sigma_g']:.3g} of each other are ranked by speed "
              "(σ_g: the cross-validated error of g)",
-             "Lion/Adafactor bases, 8-bit and per-layer stepping are not scored (no table separates them)"]
+             "Lion/Adafactor bases, 8-bit and per-layer stepping are not scored (no table separates them)",
+             "methods without a published table row (" + (", ".join(sorted(
+                 n for n, s in REGISTRY.items() if s.project and n not in data.get("evidence_rows", {}))) or "none")
+             + ") are scored by their kind's terms alone: marked ? in the tables"]
     return FittedQuality(source="published tables and long CPU runs (profiles/evidence/quality_fit.json)", unit=UNIT,
                          tolerance=float(data["sigma_g"]), notes=notes, values={k: float(x) for k, x in v.items()},
                          a=float(data["a"]), b=float(data["b"]), sigma_g=float(data["sigma_g"]),
-                         scale_sd=float(data["scale_sd"]), validation=val)
+                         scale_sd=float(data["scale_sd"]), validation=val,
+                         evidence_rows=dict(data.get("evidence_rows", {})))
 
 
 @cache

@@ -380,6 +380,18 @@ def measured_best_gaps(tables: list[Table], v: dict[str, float]) -> list[dict]:
     return out
 
 
+def evidence_rows(groups: list[list[Point]]) -> dict[str, dict[str, int]]:
+    """Per method: the rows and tables the fit saw of it (a method with none is scored by its kind alone)."""
+    out: dict[str, dict[str, set]] = {}
+    for g in groups:
+        for p in g:
+            if p.setting.kind != "full":
+                e = out.setdefault(p.setting.method, {"rows": set(), "tables": set()})
+                e["rows"].add(row_id(p) + (p.row.table,))
+                e["tables"].add(p.row.table)
+    return {m: {"rows": len(e["rows"]), "tables": len(e["tables"])} for m, e in sorted(out.items())}
+
+
 def fit_all(loto: bool = True) -> dict:
     tables = load_tables()
     groups = list(groups_of(tables).values())
@@ -388,6 +400,7 @@ def fit_all(loto: bool = True) -> dict:
     data = {"written_by": COMMAND, "values": v, "a": a, "b": b, "scale_sd": sd, "scale_groups": n_scale,
             "fitted_to": {"tables": len({k[0] for k in groups_of(tables)}), "groups": len(groups),
                           "rows": sum(len(g) for g in groups)},
+            "evidence_rows": evidence_rows(groups),
             "in_sample": in_sample(tables, v, a, b), "measured_best_gaps": measured_best_gaps(tables, v)}
     if loto:
         results, sigma = leave_one_table_out(tables, v)

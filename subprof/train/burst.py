@@ -127,6 +127,27 @@ def method_gaps(spec: Any, gaps: list[int]) -> tuple[list[int], str | None]:
     return use, note
 
 
+MIN_REFRESHES = 3  # a run compares refresh intervals only when each holds at least this many refreshes after step 0
+
+
+def refreshes(update_gap: int | None, steps: int) -> int:
+    """Subspace updates after the one at step 0 that a run of `steps` steps holds at this gap."""
+    return (steps - 1) // update_gap if update_gap else 0
+
+
+def refresh_notes(cases: list["BurstCase"], steps: int) -> list[str]:
+    """One note per projected case whose run holds fewer than `MIN_REFRESHES` refreshes: at that length it cannot
+    show what its update gap does (a gap longer than the run is a fixed basis)."""
+    out = []
+    for case in cases:
+        c = case.config
+        if c.spec.project and c.spec.subspace != "tracked" and refreshes(c.update_gap, steps) < MIN_REFRESHES:
+            out.append(f"{c.label()}: {refreshes(c.update_gap, steps)} refresh(es) after step 0 in {steps} steps — "
+                       f"too few to show what gap {c.update_gap} does (use --steps ≥ "
+                       f"{MIN_REFRESHES * c.update_gap + 1} to compare it)")
+    return out
+
+
 def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: list[int], *, batch: int = 8,
                  seq: int = 256, dtype: str = "fp32", lr: float | None = None,
                  lr_grid: int | None = None) -> tuple[list[BurstCase], list[str]]:
@@ -455,6 +476,7 @@ def run_burst(case: BurstCase, settings: BurstSettings, corpus: Corpus,
         "wall_s": time.perf_counter() - wall0, "projection_s": sum(proj_calls),
         "projection_share": sum(proj_calls) / train_s if train_s else None,
         "optimizer_state_bytes": state_bytes(opt),
+        "refreshes": refreshes(c.update_gap, len(step_times)) if c.spec.project else None,
     })
     if cuda:
         row["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(settings.device)

@@ -9,13 +9,26 @@ candidate with the largest validation-loss drop per hour of predicted training t
     efficiency = (L₀ − L_val) / (steps · t_step),   t_step = tokens per optimizer step / predicted tokens/s,
 
 L₀ being the first training loss, identical for every burst (same initialisation and data order).
+
+What a burst can show decides what it may change:
+- update gaps: a burst compares refresh intervals only when each run holds `MIN_REFRESHES` refreshes; where the
+  plan's gaps are longer than that allows, the periodic methods' gaps are scaled down by one factor (their ratios
+  kept, at least 1) and each row says so (`update_gap_target`, `gap_scale`);
+- the pick: a burst overturns the plan's recommendation only when the plan's pick trains worse by more than
+  `BURST_NOISE` (0.02 nats, the seed-to-seed spread of our CPU bursts) than another candidate; within that the
+  bursts cannot separate them and the evidence-ranked pick stands (said in the output). Each row records the
+  measured difference to the plan's pick next to the predicted one (`measured_delta_nats`,
+  `predicted_delta_nats`), what the user's model says against the published evidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from subprof.plan.planner import Candidate, Plan
+
+BURST_NOISE = 0.02  # nats: the seed-to-seed spread of validation loss in our 200-step CPU bursts (docs/quality.md)
+MIN_REFRESHES = 3  # as subprof.train.burst.MIN_REFRESHES (kept here: this module must import without torch)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -24,11 +37,14 @@ class BurstEvidence:
     row: dict
     proxy_note: str | None
     efficiency: float | None
+    verdict: str = ""  # set on the first (chosen) evidence: why it is the pick
+    deltas: dict = field(default_factory=dict)  # measured and predicted differences to the plan's pick
 
     def to_dict(self) -> dict:
         row = self.row
         return {
-            **self.candidate.to_dict(),
+            **self.candidate.to_dict(), **self.deltas, "verdict": self.verdict or None,
+            "update_gap_target": row.get("update_gap_target"), "gap_scale": row.get("gap_scale"),
             "burst_model": row.get("model"), "burst_rank": row.get("rank"), "burst_lr": row.get("lr"),
             "proxy": self.proxy_note,
             "status": row.get("status"), "val_loss": row.get("val_loss"), "first_loss": _first_loss(row),
@@ -70,10 +86,12 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
     groups = training_groups(result, top)
     target = result.request.model
     burst_settings = BurstSettings(steps=steps, device=device, **settings)
+    scale = gap_scale(groups, steps)
     cases, notes = [], []
     for cand in groups:
         c = cand.config
-        config = TrainConfig(model=target, method=c.method, rank=c.rank, update_gap=c.update_gap, dtype=dtype,
+        gap = burst_gap(cand, scale)
+        config = TrainConfig(model=target, method=c.method, rank=c.rank, update_gap=gap, dtype=dtype,
                              batch=batch, seq=seq, method_options=c.method_options)
         if burst_model is not None:
             proxy = proxy_config(config, load_model(burst_model))
@@ -100,6 +118,56 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
         eff = None
         if row.get("status") == "ok" and first is not None and val is not None:
             eff = (first - val) / (steps * cand.throughput.step_s / 3600.0)
+        if scale < 1 and cand.config.spec.project and cand.config.spec.subspace != "tracked":
+            row["update_gap_target"], row["gap_scale"] = cand.config.update_gap, scale
+            note = ((note + "; ") if note else "") + (f"gap {cand.config.update_gap} trained as {burst_gap(cand, scale)} "
+                                                      f"(every gap × {scale:.3g}: {steps} steps hold "
+                                                      f"{MIN_REFRESHES} refreshes at the longest)")
         evidence.append(BurstEvidence(candidate=cand, row=row, proxy_note=note, efficiency=eff))
-    evidence.sort(key=lambda e: (e.efficiency is not None, e.efficiency or 0.0), reverse=True)
-    return evidence
+    return choose(evidence, result)
+
+
+def gap_scale(groups: list[Candidate], steps: int) -> float:
+    """One factor for every periodic method's gap so that the longest holds `MIN_REFRESHES` refreshes in `steps`
+    steps (1 when it already does): the gaps keep their ratios."""
+    longest = max((c.config.update_gap for c in groups if c.config.spec.project
+                   and c.config.spec.subspace != "tracked"), default=0)
+    return min(1.0, (steps - 1) / (MIN_REFRESHES * longest)) if longest else 1.0
+
+
+def burst_gap(cand: Candidate, scale: float) -> int | None:
+    c = cand.config
+    if not c.spec.project or c.spec.subspace == "tracked":
+        return c.update_gap
+    return max(1, round(c.update_gap * scale))
+
+
+def choose(evidence: list[BurstEvidence], result: Plan) -> list[BurstEvidence]:
+    """The evidence, the pick first: the plan's recommendation unless another candidate trained better by more than
+    `BURST_NOISE` — then the most efficient of those that did. Each row gets its measured and predicted difference
+    to the plan's pick."""
+    plan_pick = evidence[0] if evidence else None  # groups come in plan order
+    ok = [e for e in evidence if e.efficiency is not None]
+    if plan_pick is None or plan_pick.efficiency is None or not ok:
+        ok.sort(key=lambda e: e.efficiency, reverse=True)
+        rest = [e for e in evidence if e not in ok]
+        if ok:
+            ok[0].verdict = "the plan's pick did not finish: the most efficient burst"
+        return ok + rest
+    base = plan_pick.row["val_loss"]
+    for e in evidence:
+        if e.row.get("val_loss") is not None:
+            e.deltas = {"measured_delta_nats": e.row["val_loss"] - base,
+                        "predicted_delta_nats": e.candidate.gap_nats - plan_pick.candidate.gap_nats}
+    better = [e for e in ok if e.row["val_loss"] < base - BURST_NOISE]
+    if better:
+        pick = max(better, key=lambda e: e.efficiency)
+        pick.verdict = (f"trained better than the plan's pick by {base - pick.row['val_loss']:.3f} nats, beyond the "
+                        f"{BURST_NOISE} nats seed spread")
+    else:
+        pick = plan_pick
+        pick.verdict = (f"no burst beat the plan's pick by more than {BURST_NOISE} nats (the seed spread): the bursts "
+                        "cannot separate them, and the evidence-ranked pick stands")
+    others = sorted((e for e in evidence if e is not pick), key=lambda e: (e.efficiency is not None,
+                                                                           e.efficiency or 0.0), reverse=True)
+    return [pick, *others]
