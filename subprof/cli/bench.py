@@ -8,16 +8,40 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt, ModelOpt,
-                                 ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
-from subprof.cli.ui import (console, count_rows, guarded, interrupted, parse_int_list, parse_str_list, print_json,
-                            progress_bar, refuse_unless)
+from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
+                                 ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
+from subprof.cli.ui import (console, count_rows, guarded, interrupted, output_format, parse_int_list, parse_str_list,
+                            print_json, print_rows, progress_bar, refuse_unless)
 from subprof.errors import SubprofError
 from subprof.results import comparable_estimate, comparable_peak
 
 
 def _gib(b: int | None) -> str:
     return "—" if b is None else f"{b / 2**30:.2f}"
+
+
+BENCH_COLUMNS = ("model", "method", "implementation", "layerwise", "strategy", "world_size", "rank", "state_bits",
+                 "batch", "backend", "status", "measured_gib", "estimated_gib", "error_pct", "step_ms", "opt_step_ms",
+                 "opt_over_floor", "tokens_per_s")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1e3 * seconds, 3)
+
+
+def bench_rows(rows: list[dict]) -> list[dict]:
+    """The rows of `render`'s table for `--format csv|markdown`: one per case, GiB (4 decimals) and ms."""
+    def g(b: int | None) -> float | None:
+        return None if b is None else round(b / 2**30, 4)
+
+    return [{k: r.get(k) for k in ("model", "method", "layerwise", "rank", "state_bits", "batch", "backend", "status",
+                                   "tokens_per_s")}
+            | {"implementation": r.get("implementation") or "subprof",
+               "strategy": r.get("strategy") if (r.get("world_size") or 1) > 1 else None,
+               "world_size": r.get("world_size") or 1, "measured_gib": g(comparable_peak(r)),
+               "estimated_gib": g(comparable_estimate(r)), "error_pct": r.get("estimate_error_pct"),
+               "step_ms": _ms(r.get("median_step_s")), "opt_step_ms": _ms(r.get("optimizer_step_s")),
+               "opt_over_floor": r.get("step_over_floor")} for r in rows]
 
 
 def render(rows: list[dict]) -> None:
@@ -82,6 +106,7 @@ def bench(
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="ddp, fsdp (default with --world-size), "
                                                                        "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Measure peak memory and step time per method × rank (one subprocess per case), next to the estimate."""
     from subprof.catalog import parse_budget
@@ -91,6 +116,7 @@ def bench(
 
     from subprof.results import check_writable
 
+    fmt = output_format(fmt, json_out)
     refuse_unless(ctx, gpu_mem is not None, ("margin",), "is kept free of a --gpu-mem budget: give --gpu-mem too, or "
                                                          "leave --margin out")
     budget = parse_budget(gpu_mem) if gpu_mem else None
@@ -120,8 +146,11 @@ def bench(
                          on_row=advance)
     except KeyboardInterrupt:
         interrupted(out, count_rows(out) - rows_before)
-    if json_out:
+    if fmt == "json":
         print_json(rows)
+        return
+    if fmt != "table":
+        print_rows(bench_rows(rows), BENCH_COLUMNS, fmt)
         return
     render(rows)
     console.print(f"rows appended to {out}; estimates calibrated by {calib.source}")

@@ -10,10 +10,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, ResumeOpt, SeedOpt,
-                                 ThreadsOpt, VerboseOpt, VocabOpt)
-from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, parse_int_list, parse_str_list,
-                            print_json, progress_bar, refuse_unless)
+from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, DtypeOpt, FormatOpt, JsonOpt, ResumeOpt,
+                                 SeedOpt, ThreadsOpt, VerboseOpt, VocabOpt)
+from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, output_format, parse_int_list,
+                            parse_str_list, print_json, print_rows, progress_bar, refuse_unless)
 from subprof.errors import SubprofError
 from subprof.train.lrgrid import best_rows
 
@@ -52,6 +52,7 @@ def burst(
         "reports/burst.jsonl"),
     resume: ResumeOpt = False,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Short real training runs: identical init and data order per case; validation loss, tokens/s, memory."""
@@ -61,6 +62,7 @@ def burst(
                                      refresh_notes, run_bursts)
     from subprof.train.corpus import load_corpus
 
+    fmt = output_format(fmt, json_out)
     show_known_noise(verbose)
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
                                 parse_int_list(update_gaps, "--update-gaps"), batch=batch, seq=seq, dtype=dtype,
@@ -80,14 +82,14 @@ def burst(
     try:
         corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
         corpus.require(seq)
-        if not json_out:
+        if fmt == "table":
             err_console.print(f"corpus: {corpus.description} — {corpus.tokens:,} tokens "
                               f"({corpus.train.size:,} train / {corpus.val.size:,} validation)"
                               + (" [cached]" if corpus.cache_hit else ""))
             for note in notes + refresh_notes(cases, steps):
                 err_console.print(f"note: {note}")
         check_cases(cases, settings, corpus)
-        with progress_bar(len(cases) * steps, "burst", quiet=json_out) as bar:
+        with progress_bar(len(cases) * steps, "burst", quiet=fmt != "table") as bar:
             if nproc > 1:
                 from subprof.train.parallel import run_bursts_parallel
 
@@ -97,7 +99,10 @@ def burst(
     except KeyboardInterrupt:
         interrupted(out, count_rows(out) - rows_before)
     best = best_rows(rows) if lr_grid else rows
-    if json_out:
+    if fmt not in ("json", "table"):
+        print_rows(burst_rows(best), BURST_COLUMNS, fmt)
+        return
+    if fmt == "json":
         print_json({"corpus": corpus.summary() | {"description": corpus.description}, "notes": notes,
                     "out": str(out), "rows": rows, "best": best if lr_grid else None})
         return
@@ -125,6 +130,33 @@ def burst(
                       f"1/{nproc} of one process's state), under ddp the whole; peak is not measured; tokens/s counts "
                       f"all processes.")
     console.print(f"rows appended to {out}")
+
+
+BURST_COLUMNS = ("place", "model", "method", "state_bits", "rank", "update_gap", "lr", "lr_at_edge", "val_loss",
+                 "delta_adamw", "final_train_loss", "tokens_per_s", "projection_share", "peak_mib", "state_mib",
+                 "wall_s", "status")
+
+
+def burst_rows(rows: list[dict]) -> list[dict]:
+    """The rows of `burst_table` for `--format csv|markdown`, in its order (by final validation loss, diverged
+    last); delta_adamw against the best full-rank AdamW row; losses to 6 decimals, MiB to 2."""
+    ref = min((r["val_loss"] for r in rows if r["method"] == "adamw" and r.get("val_loss") is not None),
+              default=None)
+    ranked = sorted(rows, key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
+    out = []
+    for i, r in enumerate(ranked, 1):
+        val = r.get("val_loss")
+        peak = r.get("peak_allocated_bytes") or r.get("peak_tracked_bytes")
+        state = r.get("optimizer_state_bytes")
+        out.append({k: r.get(k) for k in ("model", "method", "state_bits", "rank", "update_gap", "lr", "status")}
+                   | {k: None if r.get(k) is None else round(r[k], digits)
+                      for k, digits in (("val_loss", 6), ("final_train_loss", 6), ("tokens_per_s", 1),
+                                        ("projection_share", 4), ("wall_s", 2))}
+                   | {"place": i, "lr_at_edge": bool(r.get("lr_at_edge")),
+                      "delta_adamw": round(val - ref, 6) if val is not None and ref is not None else None,
+                      "peak_mib": round(peak / 2**20, 2) if peak else None,
+                      "state_mib": round(state / 2**20, 2) if state is not None else None})
+    return out
 
 
 def burst_table(rows: list[dict], *, title: str) -> Table:

@@ -8,15 +8,22 @@ import typer
 from rich.table import Table
 
 from subprof.cli import render
-from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, GapOpt, JsonOpt, LayerwiseOpt,
-                                 ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
-from subprof.cli.ui import console, guarded, print_json, refuse_unless
+from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
+                                 LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
+from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
 
 
-def models(json_out: JsonOpt = False) -> None:
+MODEL_COLUMNS = ("name", "params", "layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "shapes")
+GPU_COLUMNS = ("key", "name", "vendor", "memory_label", "memory_gib", "bandwidth_gbs", "bf16_tflops",
+               "price_usd_per_hour")
+
+
+def models(json_out: JsonOpt = False, fmt: FormatOpt = None) -> None:
     """List the model catalogue: parameters, layers, hidden size and the distinct projected weight shapes."""
     from subprof.catalog import load_model, model_names
+
+    fmt = output_format(fmt, json_out)
 
     rows = []
     for name in model_names():
@@ -26,8 +33,11 @@ def models(json_out: JsonOpt = False) -> None:
             "intermediate": cfg.intermediate, "heads": cfg.heads, "kv_heads": cfg.kv_heads, "vocab": cfg.vocab,
             "shapes": [list(s) for s in cfg.distinct_shapes()],
         })
-    if json_out:
+    if fmt == "json":
         print_json(rows)
+        return
+    if fmt != "table":
+        print_rows([r | {"shapes": " ".join(f"{m}x{n}" for m, n in r["shapes"])} for r in rows], MODEL_COLUMNS, fmt)
         return
     from subprof.units import fmt_count
 
@@ -41,16 +51,23 @@ def models(json_out: JsonOpt = False) -> None:
     console.print(table)
 
 
-def gpus(json_out: JsonOpt = False) -> None:
+def gpus(json_out: JsonOpt = False, fmt: FormatOpt = None) -> None:
     """List the GPU catalogue: memory as the driver reports it, bandwidth, dense BF16 TFLOP/s, indicative price."""
     from subprof.catalog import gpu_catalog
 
+    fmt = output_format(fmt, json_out)
     cat = gpu_catalog()
-    if json_out:
+    if fmt == "json":
         print_json([{"key": g.key, "name": g.name, "memory_label": g.memory_label, "memory_bytes": g.memory_bytes,
                      "bandwidth_gbs": g.bandwidth_gbs, "bf16_tflops": g.bf16_tflops,
                      "price_usd_per_hour": g.price_per_hour, "vendor": g.vendor, "aliases": list(g.aliases),
                      "sources": g.sources, "notes": g.notes} for g in cat.values()])
+        return
+    if fmt != "table":
+        print_rows([{"key": g.key, "name": g.name, "vendor": g.vendor, "memory_label": g.memory_label,
+                     "memory_gib": round(g.memory_bytes / 2**30, 2), "bandwidth_gbs": g.bandwidth_gbs,
+                     "bf16_tflops": g.bf16_tflops, "price_usd_per_hour": g.price_per_hour} for g in cat.values()],
+                   GPU_COLUMNS, fmt)
         return
     table = Table(title="GPU catalogue (profiles/gpus.toml; prices are indicative on-demand USD/h, late 2025)")
     for col in ("key", "name", "memory", "GiB usable", "GB/s", "BF16 TFLOP/s", "$/h"):
@@ -93,6 +110,7 @@ def estimate(
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="With --gpus: ddp, fsdp (default), "
                                                                        "fsdp-no-reshard or hsdp.")] = None,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """The analytic memory breakdown of one configuration: components × phases, and the predicted peaks."""
     from subprof.catalog import gpu_by_name, load_model
@@ -102,6 +120,7 @@ def estimate(
     from subprof.plan.distributed import estimate_rank
     from subprof.plan.parallel import Parallel, check_shardable
 
+    fmt = output_format(fmt, json_out)
     spec = get_method(method)
     refuse_unless(ctx, spec.project, ("rank", "update_gap"),
                   f"applies to low-rank methods; {spec.name} updates every weight at full rank: leave it out, or pick "
@@ -122,10 +141,12 @@ def estimate(
     if par is not None:
         check_shardable(cfg.model, par)
     est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration))
-    if json_out:
+    if fmt == "json":
         print_json(est.to_dict())
-        return
-    render.estimate_table(est)
+    elif fmt == "table":
+        render.estimate_table(est)
+    else:
+        print_rows(*render.estimate_rows(est), fmt)
 
 
 BURST_OPTIONS = ("burst_steps", "burst_model", "burst_top", "data", "burst_out", "threads", "verbose")
@@ -187,6 +208,7 @@ def plan(
     explain: Annotated[bool, typer.Option("--explain", help="Also print the settings, the evidence behind the "
                                                             "quality column and how candidates are ranked.")] = False,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Recommend method, rank, update gap, 8-bit/per-layer, micro-batch and checkpointing that fit a budget.
@@ -198,6 +220,7 @@ def plan(
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
 
+    fmt = output_format(fmt, json_out)
     refuse_unless(ctx, burst, BURST_OPTIONS, "applies only with --burst (short training runs that confirm the "
                                              "plan): add --burst, or leave it out")
     if gpu_mem is None and gpu is None:
@@ -232,11 +255,13 @@ def plan(
 
         evidence = confirm_with_bursts(result, top=burst_top, steps=burst_steps, burst_model=burst_model,
                                        data=data, out=burst_out, seq=min(seq, 256), threads=threads,
-                                       progress_factory=None if json_out else progress_bar)
-    if json_out:
+                                       progress_factory=None if fmt != "table" else progress_bar)
+    if fmt == "json":
         print_json(render.plan_json(result, evidence))
-    else:
+    elif fmt == "table":
         render.plan_tables(result, evidence, explain=explain)
+    else:
+        print_rows(render.plan_rows(result, evidence), render.plan_columns(result), fmt)
     if result.recommendation is None:
         raise typer.Exit(1)  # nothing fits: the output above says what would
 

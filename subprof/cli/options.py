@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,21 @@ import typer
 from subprof.config import DTYPE_HELP, default_threads
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+class Format(str, Enum):
+    """What a tabular command prints: `ui.output_format` resolves it with `--json`, `ui.print_rows` writes csv and
+    markdown."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+FormatOpt = Annotated[Optional[Format], typer.Option("--format", case_sensitive=False, help="Output: table (rich, the "
+                                                     "default), json (as --json), csv or markdown (a GitHub table) "
+                                                     "of the rows.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name (see `subprof models`) or a path to a "
                                                               "LLaMA config.json.")]
 SeqOpt = Annotated[int, typer.Option("--seq", help="Sequence length in tokens.", min=1)]

@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, JsonOpt, ModelOpt, ResumeOpt, SeedOpt,
-                                 ThreadsOpt, VocabOpt)
-from subprof.cli.ui import console, err_console, guarded, parse_int_list, print_json, progress_bar
+from subprof.cli.options import (BatchOpt, DataDtypeOpt, DataOpt, DeviceOpt, FormatOpt, JsonOpt, ModelOpt, ResumeOpt,
+                                 SeedOpt, ThreadsOpt, VocabOpt)
+from subprof.cli.ui import (console, err_console, guarded, output_format, parse_int_list, print_json, print_rows,
+                            progress_bar)
 
 
 def probe(
@@ -43,6 +44,7 @@ def probe(
         "reports/probe.jsonl"),
     resume: ResumeOpt = False,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Gradient-subspace probe: energy vs rank, staleness and drift vs gap, per layer type, from real training."""
     from subprof.catalog import load_model
@@ -51,6 +53,7 @@ def probe(
     from subprof.train.corpus import load_corpus
     from subprof.train.probe import ProbeSettings, check_ranks, run_probe
 
+    fmt = output_format(fmt, json_out)
     target = load_model(model)
     settings = ProbeSettings(steps=steps, every=every, method=method, rank=rank, update_gap=update_gap, lr=lr,
                              batch=batch, seq=seq, seed=seed, device=device, threads=threads,
@@ -62,7 +65,7 @@ def probe(
     corpus = load_corpus(list(data) if data else None, vocab_size=vocab_size, token_dtype=data_dtype)
 
     def announce(header: dict) -> None:
-        if json_out:
+        if fmt != "table":
             return
         err_console.print(f"corpus: {corpus.description} — {corpus.tokens:,} tokens")
         err_console.print(f"probing {header['model']}" + (f" ({header['proxy_note']})" if header["proxy_note"] else "")
@@ -72,11 +75,14 @@ def probe(
         for note in settings.notes:
             err_console.print(f"note: {note}")
 
-    with progress_bar(steps, "probe", quiet=json_out) as bar:
+    with progress_bar(steps, "probe", quiet=fmt != "table") as bar:
         rows = run_probe(target, settings, corpus, out=str(out), resume=resume, progress=bar, announce=announce)
     run = ProbeRun.from_rows(rows, str(out))
     summary = probe_summary(run)
-    if json_out:
+    if fmt not in ("json", "table"):
+        print_rows(*summary_rows(summary), fmt)
+        return
+    if fmt == "json":
         print_json({"out": str(out), "run": run.header, "end": run.end, "notes": settings.notes,
                     "summary": _jsonable(summary)})
         return
@@ -100,6 +106,31 @@ def _gap(value: float | None, first: int, last: int) -> str:
     if value is None:
         return f">{last}"
     return f"<{first}" if value < first else f"{value:.0f}"
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def summary_rows(summary: dict) -> tuple[list[dict], list[str]]:
+    """`render_summary`'s two tables as one row per layer type for `--format csv|markdown`: side d, knee, the ranks
+    reaching 50/80/90% energy (1 decimal; empty: beyond the largest rank probed), E at each rank (4 decimals), and per
+    rank the gap where a stale basis falls below 90% / 80% of a fresh one (2 decimals; empty: none measured did); and
+    the columns."""
+    ranks = sorted({r for e in summary.values() for r in e["energy"]})
+    stale_ranks = sorted({r for e in summary.values() for r in e["staleness"]})
+    columns = ["type", "d", "knee", "rank_at_50", "rank_at_80", "rank_at_90", *[f"energy_r{r}" for r in ranks],
+               *[f"gap_below_{p}_r{r}" for r in stale_ranks for p in (90, 80)]]
+    rows = []
+    for kind, e in summary.items():
+        row = {"type": kind, "d": e["side"], "knee": e["knee"],
+               **{f"rank_at_{p}": _round(e[f"rank_at_{p}"], 1) for p in (50, 80, 90)},
+               **{f"energy_r{r}": _round(e["energy"].get(r), 4) for r in ranks}}
+        for r in stale_ranks:
+            s = e["staleness"].get(r) or {}
+            row |= {f"gap_below_{p}_r{r}": _round(s.get(f"gap_below_{p}"), 2) for p in (90, 80)}
+        rows.append(row)
+    return rows, columns
 
 
 def render_summary(run, summary: dict) -> None:

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import DeviceOpt, JsonOpt, ModelOpt, ResumeOpt, ThreadsOpt
-from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, parse_int_list, print_json,
-                            progress_bar)
+from subprof.cli.options import DeviceOpt, FormatOpt, JsonOpt, ModelOpt, ResumeOpt, ThreadsOpt
+from subprof.cli.ui import (console, count_rows, err_console, guarded, interrupted, output_format, parse_int_list,
+                            print_json, print_rows, progress_bar)
 from subprof.errors import SubprofError
 
 
@@ -39,6 +39,7 @@ def proj(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Time projection updates (SVD, randomized SVD, streaming steps) on the model's weight shapes."""
     from subprof.catalog import load_model
@@ -46,6 +47,7 @@ def proj(
     from subprof.measure.timing import FLOOR, parse_methods, parse_shapes, resolve_device, run_proj, torch_dtype
     from subprof.results import ResultLog
 
+    fmt = output_format(fmt, json_out)
     cfg = load_model(model)
     rank_list = parse_int_list(ranks, "--ranks")
     if min(rank_list) <= 0:
@@ -58,18 +60,21 @@ def proj(
     rows_before = count_rows(out)
     total = sum(len({min(r, m, n) for r in rank_list}) for m, n in shape_list) * (len(method_list) + 1)
     with torch_threads(threads) as used_threads:
-        if not json_out:
+        if fmt == "table":
             err_console.print(f"timing {len(method_list)} updates + the {FLOOR} on {len(shape_list)} shapes of "
                               f"{cfg.name} × ranks {', '.join(map(str, rank_list))} on {dev} ({dtype}, "
                               f"{used_threads} threads), {warmup} warm-up + {repeats} timed calls each")
         try:
-            with progress_bar(total, "proj", quiet=json_out) as bar:
+            with progress_bar(total, "proj", quiet=fmt != "table") as bar:
                 result = run_proj(cfg, rank_list, method_list, dtype=dtype, device=dev, repeats=repeats,
                                   warmup=warmup, update_gap=update_gap, shapes=shape_list, log=log, progress=bar)
         except KeyboardInterrupt:
             interrupted(out, count_rows(out) - rows_before, noun="timing")
-    if json_out:
+    if fmt == "json":
         print_json({"model": cfg.name, "device": dev, "dtype": dtype, "out": str(out), **result})
+        return
+    if fmt != "table":
+        print_rows(timing_rows(result["rows"]), TIMING_COLUMNS, fmt)
         return
     console.print(timing_table(result["rows"], title=f"projection update time, {cfg.name}, {dev} "
                                                      f"({result['rows'][0]['device_name']}), {dtype}"))
@@ -88,6 +93,23 @@ def proj(
 
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
+
+
+TIMING_COLUMNS = ("shape", "rank", "spans", "method", "status", "median_ms", "spread_ms", "noisy", "svd_over_method",
+                  "method_over_floor", "error")
+
+
+def timing_rows(rows: list[dict]) -> list[dict]:
+    """The rows of `timing_table` for `--format csv|markdown`: one per shape × rank × method, the JSON rows' values,
+    ms to 4 decimals and ratios to 3 (spans: the rank equals the shape's smaller side)."""
+    def rounded(v: float | None, digits: int) -> float | None:
+        return None if v is None else round(v, digits)
+
+    return [{k: r.get(k) for k in TIMING_COLUMNS}
+            | {"shape": f"{r['shape'][0]}x{r['shape'][1]}", "spans": bool(r.get("degenerate")),
+               "median_ms": rounded(r.get("median_ms"), 4), "spread_ms": rounded(r.get("spread_ms"), 4),
+               "svd_over_method": rounded(r.get("svd_over_method"), 3),
+               "method_over_floor": rounded(r.get("method_over_floor"), 3)} for r in rows]
 
 
 def timing_table(rows: list[dict], *, title: str) -> Table:

@@ -51,6 +51,47 @@ def estimate_table(est: Estimate) -> None:
     console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
 
 
+def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
+    """The components × phases of `estimate_table` as rows for `--format csv|markdown` (GiB, 4 decimals; 0 where a
+    phase does not hold it), with the total row last; and the columns."""
+    phases = [p for p in PHASES if est.phases.get(p)]
+    columns = ["component", "size_gib", *[f"{p}_gib" for p in phases]]
+    rows = [{"component": comp, "size_gib": round(gib(est.components[comp]), 4),
+             **{f"{p}_gib": round(gib(est.phases[p].get(comp, 0)), 4) for p in phases}}
+            for comp in est.components
+            if est.components.get(comp) or any(est.phases[p].get(comp) for p in phases)]
+    rows.append({"component": "total", **{f"{p}_gib": round(gib(sum(est.phases[p].values())), 4) for p in phases}})
+    return rows, columns
+
+
+PLAN_ROW_COLUMNS = ("method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
+                    "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
+                    "predicted_ppl_increase")
+
+
+def plan_columns(result: Plan) -> list[str]:
+    """`PLAN_ROW_COLUMNS`, with the strategy after the method for a job of several GPUs."""
+    cols = list(PLAN_ROW_COLUMNS)
+    return cols[:1] + ["strategy"] + cols[1:] if result.request.gpus > 1 else cols
+
+
+def plan_rows(result: Plan, evidence: list | None = None) -> list[dict]:
+    """The candidates for `--format csv|markdown`, one row each: the recommendation (the bursts' where they
+    overturned it, as `plan_json`) first, then the rest of the top `--top` in rank order; none when nothing fits."""
+    rec = evidence[0].candidate if evidence and evidence[0].efficiency is not None else result.recommendation
+    if rec is None:
+        return []
+    cands = [rec] + [c for c in result.candidates[:result.request.top] if c is not rec]
+    rows = []
+    for c in cands:
+        d = c.to_dict()
+        row = {k: d[k] for k in PLAN_ROW_COLUMNS if k in d} | {"device_used_gib": round(gib(d["device_used_bytes"]), 3)}
+        if "parallel" in d:
+            row["strategy"] = d["parallel"].get("strategy")
+        rows.append(row)
+    return rows
+
+
 def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
     if not c.config.spec.project:

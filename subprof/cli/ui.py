@@ -25,6 +25,61 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def output_format(fmt: Any, json_out: bool) -> str:
+    """The format a tabular command prints (`options.FormatOpt`): --format's value, or json for the --json alias,
+    else table; --json with another --format is a one-line error."""
+    from subprof.cli.options import Format
+
+    if fmt is None:
+        return "json" if json_out else "table"
+    name = getattr(fmt, "value", fmt)
+    if name not in {f.value for f in Format}:
+        raise SubprofError(f"--format {name!r} is not one of {', '.join(f.value for f in Format)}")
+    if json_out and name != "json":
+        raise SubprofError(f"--json means --format json, and --format {name} was given too: give one of them")
+    return name
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def print_rows(rows: list[dict], columns: list[str] | tuple[str, ...], fmt: str) -> None:
+    """Rows (dicts; a missing key or None is an empty cell, booleans true/false) as `fmt` on stdout: csv (Python's
+    csv module, a header line first) or markdown (a GitHub table; columns of numbers right-aligned)."""
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+    elif fmt == "markdown":
+        def line(items: Any) -> str:
+            return "| " + " | ".join(str(i).replace("|", "\\|").replace("\n", " ") for i in items) + " |"
+
+        right = ([any(col) and all(_numeric(v) for v in col if v) for col in zip(*cells)] if cells else
+                 [False] * len(columns))
+        out = [line(columns), "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+        out += [line(row) for row in cells]
+        sys.stdout.write("\n".join(out) + "\n")
+    else:
+        raise ValueError(f"print_rows: {fmt!r} is neither csv nor markdown")
+    sys.stdout.flush()
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
     """"128,512" → [128, 512]; a bad item is a one-line error naming it."""
     out = []
