@@ -12,15 +12,17 @@ family's norms, a final norm h, `lm_head` V·h unless the embeddings are tied, a
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from subprof.errors import SubprofError
 from subprof.units import parse_size
@@ -269,7 +271,7 @@ class Family:
     attention: str = "sdpa"
 
 
-_GEMMA = {"head_dim": 256, "tie_word_embeddings": True}
+_GEMMA = {"head_dim": 256, "tie_word_embeddings": True, "num_key_value_heads": 16}
 # Differences from the LLaMA layer, read off each transformers modeling file (5.x) and held to transformers' own
 # parameter counts by tests/test_hub_models.py: Qwen2 biases q, k, v; Qwen3 and Gemma 3 RMS-normalise q and k per
 # head, OLMo 2/3 over the whole projection (and use two post-norms instead of pre-norms); Gemma 2/3 have four norms
@@ -280,10 +282,11 @@ FAMILIES: dict[str, Family] = {
     "llama": Family(architecture="LlamaForCausalLM", bias_keys=("attention_bias", "mlp_bias")),
     "mistral": Family(architecture="MistralForCausalLM", defaults={"sliding_window": 4096, "num_key_value_heads": 8},
                       windowed=_every_layer),
-    "qwen2": Family(architecture="Qwen2ForCausalLM", qkv_bias=True, defaults={"max_window_layers": 28},
-                    windowed=_above_max_window_layers),
-    "qwen3": Family(architecture="Qwen3ForCausalLM", defaults={"head_dim": 128, "max_window_layers": 28},
-                    bias_keys=("attention_bias",), qk_norm="head", windowed=_above_max_window_layers),
+    "qwen2": Family(architecture="Qwen2ForCausalLM", qkv_bias=True, windowed=_above_max_window_layers,
+                    defaults={"max_window_layers": 28, "num_key_value_heads": 32}),
+    "qwen3": Family(architecture="Qwen3ForCausalLM", bias_keys=("attention_bias",), qk_norm="head",
+                    windowed=_above_max_window_layers,
+                    defaults={"head_dim": 128, "max_window_layers": 28, "num_key_value_heads": 32}),
     "gemma": Family(architecture="GemmaForCausalLM", defaults=_GEMMA, bias_keys=("attention_bias",)),
     "gemma2": Family(architecture="Gemma2ForCausalLM", bias_keys=("attention_bias",), layer_norms=4,
                      defaults={**_GEMMA, "sliding_window": 4096, "final_logit_softcapping": 30.0,
@@ -307,9 +310,9 @@ _MOE = "mixture-of-experts (expert weights and routing are not in the memory mod
 _GPT = "LayerNorm with biases and a non-gated MLP, not the LLaMA layer"
 NOT_PLANNED = {
     **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "dbrx", "gpt_oss",
-                     "granitemoe", "phimoe", "jamba", "llama4"), _MOE),
+                     "granitemoe", "phimoe", "llama4"), _MOE),
     **dict.fromkeys(("gpt2", "gpt_neox", "gptj", "gpt_neo", "opt", "bloom", "falcon", "phi", "starcoder2",
-                     "gpt_bigcode", "olmo"), _GPT),
+                     "gpt_bigcode"), _GPT),
     "gemma3": "Gemma 3 with its vision tower (Gemma3ForConditionalGeneration); subprof plans the text decoder: save "
               "the config's text_config as a config.json with model_type gemma3_text",
 }
@@ -339,7 +342,8 @@ def _from_hf(name: str, cfg: dict, source: str, preset: bool = False, hub_id: st
         raise SubprofError(f"{source} lacks {', '.join(missing)}: not a complete {family} config.json")
     read = {**spec.defaults, **cfg}  # a key the file leaves out takes the config class's default; null stays null
     try:
-        heads, hidden, layers = int(read["num_attention_heads"]), int(read["hidden_size"]), int(read["num_hidden_layers"])
+        heads, hidden = int(read["num_attention_heads"]), int(read["hidden_size"])
+        layers = int(read["num_hidden_layers"])
         kv_heads = int(read.get("num_key_value_heads") or heads)
         head_dim = int(read.get("head_dim") or hidden // heads)
         window = int(read["sliding_window"]) if read.get("sliding_window") else None
@@ -426,6 +430,16 @@ def cached_hub_config(repo_id: str, cache_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+# huggingface_hub's exceptions (by name: the module is optional) → what went wrong, in the user's words
+_HUB_FAILURES = {
+    "GatedRepoError": "is gated: accept its licence on huggingface.co and `hf auth login`",
+    "RepositoryNotFoundError": "is no Hub model (or a private one: `hf auth login`)",
+    "EntryNotFoundError": "has no config.json",
+    "RemoteEntryNotFoundError": "has no config.json",
+    "LocalEntryNotFoundError": "could not be fetched: the Hugging Face Hub is unreachable from here",
+}
+
+
 def hub_config_path(repo_id: str) -> Path:
     """The config.json of a Hub model: from the local cache, else downloaded alone (`hf_hub_download(repo_id,
     "config.json")`, never weights) unless HF_HUB_OFFLINE is set. Every failure is one line naming HF_HUB_OFFLINE,
@@ -446,17 +460,32 @@ def hub_config_path(repo_id: str) -> Path:
                            f"config.json needs huggingface_hub (pip install huggingface_hub; HF_HUB_OFFLINE=1 keeps "
                            f"to the cache), {alternative}") from None
     try:
-        return Path(hf_hub_download(repo_id, "config.json", cache_dir=str(cache_dir)))
+        with _retries_quiet():
+            return Path(hf_hub_download(repo_id, "config.json", cache_dir=str(cache_dir)))
     except Exception as exc:  # noqa: BLE001 - no network, 404, gated, proxy: one line with the fix either way
         kind = type(exc).__name__
-        why = {"GatedRepoError": "is gated: accept its licence on huggingface.co and `hf auth login`",
-               "RepositoryNotFoundError": "is no Hub model (or a private one: `hf auth login`)",
-               "EntryNotFoundError": "has no config.json",
-               "RemoteEntryNotFoundError": "has no config.json"}.get(kind, f"could not be fetched ({kind}: "
-                                                                         f"{str(exc).splitlines()[0][:120]})")
+        first = (str(exc).splitlines() or [""])[0][:120]
+        why = _HUB_FAILURES.get(kind, f"could not be fetched ({kind}: {first})")
         raise SubprofError(f"--model {repo_id!r} {why}; it is not in the Hugging Face cache {str(cache_dir)!r} "
                            f"(HF_HUB_OFFLINE=1 keeps subprof to the cache): fetch it where the Hub is reachable "
                            f"(`hf download {repo_id} config.json`), {alternative}") from None
+
+
+class _DropRetries(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.search(r"Retrying in|thrown while requesting", record.getMessage())
+
+
+@contextlib.contextmanager
+def _retries_quiet() -> Iterator[None]:
+    """huggingface_hub retries an unreachable Hub five times (about 20 s), logging each try; the error that follows
+    says it in one line, so the tries are not shown (scoped to this call, like `subprof.quiet`)."""
+    logger, drop = logging.getLogger("huggingface_hub.utils._http"), _DropRetries()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 @cache

@@ -19,7 +19,7 @@ from subprof.plan.evidence import probe_weight, rank_exponent, with_probe
 from subprof.plan.probe_curves import ProbeRun
 from subprof.plan.published import load_papers, load_recipes, load_tables
 from subprof.plan.quality import EVIDENCE_ONLY, FULL_RANK, fitted_quality, setting_of_row
-from subprof.plan.quality_fit import COMMAND, fit_all, groups_of, main, varies_within_method
+from subprof.plan.quality_fit import COMMAND, fit_all, main
 
 TYPES = {"q": (128, 128), "k": (128, 128), "v": (128, 128), "o": (128, 128), "gate": (352, 128), "up": (352, 128),
          "down": (128, 352)}
@@ -72,13 +72,6 @@ def test_a_copied_baseline_counts_as_its_own_papers_tuned_result():
     assert all(r.own for r in apollo.rows if r.method == "apollo")
     assert not any(r.own for r in apollo.rows if r.method == "adamw")
 
-
-def test_the_published_gap_grid_is_a_shape_table():
-    """SUMO's Table 9 (GaLore and SUMO at T = 100…1000 × r = 128, 256, 512 on 130M) — the one published grid
-    that varies the update gap — feeds the rank and gap terms; a table at one rank and gap does not."""
-    groups = groups_of(load_tables())
-    assert varies_within_method(next(g for k, g in groups.items() if k[0] == "sumo-t9"))
-    assert not varies_within_method(next(g for k, g in groups.items() if k[0] == "fira-t3"))
 
 
 # ------------------------------------------------------------------------------------------------ the model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ TABLE_KEYS = {"id", "where", "metric", "dataset", "seq", "batch", "setting", "st
               "magnitude_note"}
 SOURCE_KEYS = ("key", "title", "citation", "url", "read", "how_found")
 MEASURED_GLOB = "gap_grid_*.jsonl"
+STREAM = re.compile(r"_[a-z](?=_\d{4}-\d\d-\d\d$)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,16 +150,17 @@ def measured_table(path: Path) -> Table:
     """A committed burst file (`subprof burst` rows) as one table: the finished runs' final validation losses,
     grouped like published rows (model, steps, sequence, seed)."""
     rows = []
+    table = STREAM.sub("", path.stem)  # the streams of one grid (…_a_DATE, …_b_DATE) are one table
     with open(path, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             if r.get("kind") != "burst" or r.get("status") != "ok" or r.get("val_loss") is None:
                 continue
-            rows.append(TableRow(table=path.stem, model=r["model"], method=r["method"], loss=float(r["val_loss"]),
+            rows.append(TableRow(table=table, model=r["model"], method=r["method"], loss=float(r["val_loss"]),
                                  printed=float(r["val_loss"]), rank=r.get("rank"), update_gap=r.get("update_gap"),
                                  steps=r["steps"], seq=r["seq"], batch=r["batch"], seed=r.get("seed"),
                                  label=f"lr {r.get('lr')}", note=f"{r.get('device')} {r.get('date', '')[:10]}"))
-    return Table(id=path.stem, where=f"profiles/measured/{path.name}", paper="measured",
+    return Table(id=table, where=f"profiles/measured/{path.name}", paper="measured",
                  citation=f"subprof burst, profiles/measured/{path.name}", rows=tuple(rows))
 
 
@@ -168,8 +171,12 @@ def load_tables(folder: Path | None = None, measured: Path | None = None) -> lis
     proposed = {m for p in papers for m in p.own_methods}
     out = [replace(t, rows=tuple(replace(r, own=True) if r.copied and r.method in proposed else r for r in t.rows))
            for p in papers for t in p.tables]
-    out += [measured_table(p) for p in sorted((measured or profiles_dir() / "measured").glob(MEASURED_GLOB))]
-    return out
+    runs: dict[str, Table] = {}
+    for path in sorted((measured or profiles_dir() / "measured").glob(MEASURED_GLOB)):
+        t = measured_table(path)
+        prev = runs.get(t.id)
+        runs[t.id] = t if prev is None else replace(prev, where=f"{prev.where}, {t.where}", rows=prev.rows + t.rows)
+    return out + list(runs.values())
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

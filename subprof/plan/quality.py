@@ -9,19 +9,22 @@ with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
     staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
                                                                tokens trained (131,072 = 512 × 256, GaLore's batch)
-    refresh    c_r · ((T₀ / T)^q · (κ if moments carried) − 1)  a refresh leaves Adam's moments in the old basis
+    refresh    − c_r · ln(T / T₀) · (κ if moments are carried)  a refresh leaves Adam's moments in the old basis
                                                                (GaLore keeps them) until they decay: paid per refresh,
                                                                so rarer refreshes pay less; moment transfer pays κ
                (both are 0 at the published setting — T₀ and GaLore's batch — so what that setting costs sits in
-               the method terms; p, c_s, c_r, q and κ are fitted only to the tables in which one method varies its
-               rank or gap)
+               the method terms; p, c_s, c_r and κ are fitted only to the tables in which one method varies its
+               rank or gap. Per refresh the cost falls with T; per log-step of T it is constant — what the one
+               published grid and our CPU grid show — so against a staleness that grows with T the gap has an
+               optimum, T* = 1000·c_r·κ / (c_s · tokens per step / 131,072))
     method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
                                                                of refreshing; per-method terms the tables single out
     bias       − β nats for a paper's own method (outside S)   authors tune what they propose; fitted, not believed
 
 T is the update gap in optimizer steps and T₀ the method's published gap. A tracker that moves every step (OSD, Ori:
 T₀ = 1) pays no refresh term — its g steps between moves count as staleness only; SubTrack++ moves its basis every
-T₀ = 200 steps along a geodesic and pays the refresh term like an SVD method, less with its moment transfer. Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
+T₀ = 200 steps along a geodesic and pays the refresh term like an SVD method, less with its moment transfer.
+Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
 within-table differences of published tables and our own long CPU runs (`subprof.plan.quality_fit`, written to
 `profiles/evidence/quality_fit.json`); within one table every row shares S and the table's own baseline, so the
 ordering of configurations depends on g alone and leave-one-table-out measures exactly that. `plan` ranks by −Δ and
@@ -87,6 +90,8 @@ def method_parameters() -> list[str]:
 
 
 def transform(kind: str, raw: float) -> float:
+    """From the fit's unconstrained coordinate (clamped: a wandering simplex must not overflow)."""
+    raw = max(-30.0, min(30.0, raw))
     if kind == "exp":
         return math.exp(raw)
     if kind == "sigmoid":
@@ -214,7 +219,7 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
                                                     - s.default_gap) / 1000.0}
     if s.default_gap > 1:
         out["refresh"] = v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
-                                                                       else 1.0) - 1.0)
+                                                                         else 1.0) - 1.0)
     out["method"] = v.get(f"kind:{s.kind}", 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
     return out
 
