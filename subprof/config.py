@@ -108,6 +108,8 @@ class TrainConfig:
         except ValueError as exc:
             raise SubprofError(str(exc)) from None
         limit = self.model.rank_limit()
+        if spec.fixed_rank is not None:  # the method runs at its own rank whatever is asked (APOLLO-Mini)
+            self.rank = spec.fixed_rank
         if self.rank is None:
             self.rank = min(DEFAULT_RANK, limit)
         if self.rank <= 0:

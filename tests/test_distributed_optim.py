@@ -53,11 +53,14 @@ def bits(method: str, requested: int) -> int:
 
 # CI: every method under FSDP2 (global step, 16-bit states), per-layer updates on FSDP2 at 8 bits and on DDP
 # (its communication-hook path), and DDP's global step (one process's code on the reduced gradient); 3 steps with
-# refreshes at steps 0 and 2. The full matrix is `-m slow`.
+# refreshes at steps 0 and 2. APOLLO's scaling on a crossed weight (FSDP2's Shard(0) of down_proj: R all-reduced,
+# the factors whole) once per scale type. The full matrix is `-m slow`.
 CI_RUNS = ([w.Run(m, bits(m, 16)) for m in METHODS]
            + [w.Run(m, 8, layerwise=True) for m in ("adamw", "galore", "ori", "sumo")]
            + [w.Run(m, bits(m, 16), layerwise=True, strategy="ddp") for m in ("galore", "osd")]
            + [w.Run("grasswalk", 8, strategy="ddp")]
+           + [w.Run(m, 32, strategy="ddp") for m in ("apollo", "apollo-mini", "fira")]
+           + [w.Run(m, 32, strategy="fsdp-default") for m in ("apollo", "apollo-mini")]
            + [w.Run("galore", 32, clip=0.5), w.Run("ori", 32, layerwise=True, clip=0.5)])
 SLOW_RUNS = [w.Run(m, bits(m, b), lw, strategy, steps=20, gap=5) for m in METHODS for b in (32, 16, 8)
              for lw in (False, True) for strategy in ("fsdp", "ddp")]

@@ -14,6 +14,10 @@ from subprof.plan.memory import PHASES, estimate
 from subprof.methods import REGISTRY
 
 PROJECTED = [name for name, spec in REGISTRY.items() if spec.project]
+# methods whose state follows the rank they are given (APOLLO-Mini's is rank 1 whatever rank is asked)
+RANKED = [name for name in PROJECTED
+          if REGISTRY[name].state_bytes(512, 512, 4, state_bits=32, param_bytes=2)
+          != REGISTRY[name].state_bytes(512, 512, 8, state_bits=32, param_bytes=2)]
 MODELS = ["20m", "60m", "350m", "1b", "7b"]
 REFERENCE = Path(__file__).resolve().parent.parent / "profiles" / "measured" / "h100_reference.jsonl"
 
@@ -24,7 +28,7 @@ def peak(**kw) -> int:
 
 
 @settings(max_examples=60, deadline=None)
-@given(model=st.sampled_from(MODELS), method=st.sampled_from(PROJECTED), r=st.integers(4, 8),
+@given(model=st.sampled_from(MODELS), method=st.sampled_from(RANKED), r=st.integers(4, 8),
        bits=st.sampled_from([32, 16, 8]), layerwise=st.booleans())
 def test_memory_grows_with_rank(model, method, r, bits, layerwise):
     m = load_model(model)

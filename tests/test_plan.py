@@ -97,11 +97,12 @@ def test_nothing_fits_suggests_what_would():
     assert any("GPU" in s or "--seq" in s for s in result.suggestions)
 
 
-def test_more_memory_never_lowers_quality():
-    small = plan(request("7b", "24GB")).recommendation
-    large = plan(request("7b", "48GB")).recommendation
-    assert (large.quality, large.throughput.tokens_per_s) >= (small.quality, small.throughput.tokens_per_s) or \
-        large.quality > small.quality
+def test_more_memory_never_lowers_quality_beyond_the_band():
+    """A bigger budget keeps every candidate of the smaller one: its pick is predicted no worse beyond the band
+    within which the evidence cannot order candidates (inside it, speed decides)."""
+    small = plan(request("7b", "24GB"))
+    large = plan(request("7b", "48GB"))
+    assert large.recommendation.quality > small.recommendation.quality - large.request.band
 
 
 @pytest.mark.parametrize("kw, message", [

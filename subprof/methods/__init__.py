@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from subprof.errors import SubprofError
-from subprof.methods import adamw, galore, grass, ori, osd, subtrack, sumo
+from subprof.methods import adamw, apollo, fira, galore, grass, ori, osd, subtrack, sumo
 from subprof.methods.spec import MethodSpec
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -36,7 +36,7 @@ def unregister(name: str) -> None:
 
 
 for _spec in (adamw.SPEC, galore.SPEC, osd.SPEC, ori.SPEC, grass.GRASSWALK, grass.GRASSJUMP, subtrack.SPEC,
-              sumo.SPEC):
+              sumo.SPEC, apollo.SPEC, apollo.MINI, fira.SPEC):
     register(_spec)
 
 

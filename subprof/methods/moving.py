@@ -94,16 +94,24 @@ def recovery_term(state: dict, grad: Tensor, r_grad: Tensor, r_update: Tensor, p
     residual = ctx.project_back(r, p, shape)  # one m×n tensor: the declared step workspace
     residual.mul_(-alpha).add_(grad)
     axis = 1 if right else 0  # the rank axis of R / N
-    factor = r_update.float().norm(dim=axis) / (r_grad.float().norm(dim=axis) + 1e-8)
+    # norms accumulated in fp32 without an fp32 copy of N or R (bitwise `torch.norm` on fp32 tensors)
+    factor = (torch.linalg.vector_norm(r_update, dim=axis, dtype=torch.float32)
+              / (torch.linalg.vector_norm(r_grad, dim=axis, dtype=torch.float32) + 1e-8))
     residual.mul_((factor[:, None] if right else factor[None, :]).to(grad.dtype))
-    norm = ctx.norm(residual)
-    previous = state.get("recovery_norm")
+    return limit_growth(state, "recovery_norm", residual, ctx.norm(residual), growth_limit)
+
+
+def limit_growth(state: dict, key: str, t: Tensor, norm: Tensor, growth_limit: float) -> Tensor:
+    """Fira's norm-growth limiter on `t` (in place), `norm` = ‖t‖_F (0-d fp32, summed over the ranks when sharded):
+    t ← t / (max(‖t‖/(prev + 1e-8), γ)/γ), prev ← ‖t‖ after limiting, kept in state[key] (0-d, on t's device: no
+    host read); the first call only records the norm. Fira and APOLLO (`subprof.methods.apollo`) alike."""
+    previous = state.get(key)
     if previous is not None:
         limiter = torch.clamp(norm / (previous + 1e-8), min=growth_limit) / growth_limit
-        residual.div_(limiter.to(residual.dtype))
+        t.div_(limiter.to(t.dtype))
         norm = norm / limiter
-    state["recovery_norm"] = norm
-    return residual
+    state[key] = norm
+    return t
 
 
 class MovingSubspaceRule(ProjectionRule):

@@ -143,7 +143,8 @@ class StateLayout:
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
 CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
-SUBSPACE_KINDS = ("svd", "tracked", "random")
+# "scaled": the projection only estimates a scaling of the full-rank gradient (APOLLO, APOLLO-Mini)
+SUBSPACE_KINDS = ("svd", "tracked", "random", "scaled")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -174,8 +175,8 @@ class MethodSpec:
       every weight keeps `layout.states` of its own shape).
     - `subspace`: what P is, for the quality model (`subprof.plan.evidence`) — "svd" (the fresh top-r singular
       subspace at each refresh: GaLore, SUMO), "tracked" (moved towards the gradient's top subspace by incremental
-      steps at each update: OSD, Ori, SubTrack) or "random" (drawn or walked without the gradient: GrassJump,
-      GrassWalk).
+      steps at each update: OSD, Ori, SubTrack), "random" (drawn or walked without the gradient: GrassJump,
+      GrassWalk) or "scaled" (the projection only estimates a scaling of the full-rank gradient: APOLLO).
     - `refresh_cost`: what a projection update costs — "svd" (a decomposition of G), "gemm" (products with G:
       streaming and geodesic updates, random draws) or "none" — and `refresh_flops(m, n, r)` how much.
     - defaults: the update gap and the gaps `plan` searches, the scale α, the state precisions it supports.
@@ -209,6 +210,7 @@ class MethodSpec:
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     comms: "tuple[CommSpec, ...] | CommRule" = ()
     traits: Callable[[Mapping[str, Any]], QualityTraits] = traits_from_options
+    fixed_rank: int | None = None  # a method that runs at one rank whatever is asked (APOLLO-Mini: 1)
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:

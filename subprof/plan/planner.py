@@ -316,7 +316,7 @@ def plan(req: PlanRequest) -> Plan:
     smallest: dict[str, Candidate] = {}
     for spec, forced_bits in req.methods:
         gaps = spec.gaps() if spec.project else (None,)
-        for rank in (ranks_for(req.model) if spec.project else [None]):
+        for rank in ([spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model)) if spec.project else [None]:
             for bits in _bits_for(req, forced_bits):
                 for layerwise in (False, True):
                     for ckpt in (False, True):

@@ -147,14 +147,18 @@ def load_papers(folder: Path | None = None) -> list[Paper]:
 
 
 def measured_table(path: Path) -> Table:
-    """A committed burst file (`subprof burst` rows) as one table: the finished runs' final validation losses,
-    grouped like published rows (model, steps, sequence, seed)."""
+    """A committed burst file (`subprof burst` rows) as one table: the finished low-rank runs' final validation
+    losses, grouped like published rows (model, steps, sequence, seed). Full-rank rows stay out: at its published
+    lr (1e-3) AdamW trails GaLore at its own (1e-2 × scale 0.25) by 0.2 nats on the tiny proxy over 1,000 steps —
+    a learning-rate comparison, which the low-rank rows (every method at 1e-2) do not make among themselves."""
     rows = []
     table = STREAM.sub("", path.stem)  # the streams of one grid (…_a_DATE, …_b_DATE) are one table
     with open(path, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             if r.get("kind") != "burst" or r.get("status") != "ok" or r.get("val_loss") is None:
+                continue
+            if r.get("rank") is None:  # a full-rank row at its own published lr: an lr comparison (see above)
                 continue
             rows.append(TableRow(table=table, model=r["model"], method=r["method"], loss=float(r["val_loss"]),
                                  printed=float(r["val_loss"]), rank=r.get("rank"), update_gap=r.get("update_gap"),
