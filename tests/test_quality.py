@@ -275,3 +275,10 @@ def test_plan_answers_first_in_100_columns(monkeypatch):
     explained = CliRunner().invoke(app, ["plan", "--model", "7b", "--gpu-mem", "24GB", "--explain"],
                                    env={"COLUMNS": "100"})
     assert "leave-one-table-out" in explained.output
+
+
+def test_the_fit_script_prints_the_committed_figures_as_markdown(capsys, committed):
+    main(["--markdown"])
+    out = capsys.readouterr().out
+    assert f"| all | {committed['validation']['all']['agree']:g} of {committed['validation']['all']['pairs']} |" in out
+    assert "| CPU grid |" in out

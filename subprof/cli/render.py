@@ -192,6 +192,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
     console.print(recommendation_line(result))
     for line in choice_lines(result):
         console.print(f"  {line}")
+    if "probe" in req.evidence.source and req.evidence.notes:  # what a --probe could show, always in view
+        console.print(f"  {req.evidence.notes[0]}")
     if not rec.keeps_requested_batch:
         console.print(f"[yellow]no configuration that keeps the requested {req.sequences_per_step} sequences per "
                       f"optimizer step fits[/]: the ones below step every micro-batch (per-layer updates free each "

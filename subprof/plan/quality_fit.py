@@ -440,6 +440,25 @@ def report(data: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(data: dict) -> str:
+    """The validation and the CPU-grid check as markdown tables (what docs/quality.md shows)."""
+    val = data["validation"]
+    lines = ["| pairs | held out, ordered as published | share |", "|---|---|---|"]
+    for kind in KINDS:
+        s = val[kind]
+        lines.append(f"| {kind} | {s['agree']:g} of {s['pairs']} | {s['agree_share']:.1%} |")
+    ins = data["in_sample"]["all"]
+    lines += ["", f"In sample (fitted to every table): {ins['agree']:g} of {ins['pairs']} ({ins['agree_share']:.1%}). "
+              f"σ_g = {data['sigma_g']:.3g}; S(N) = exp({data['a']:.3f} {data['b']:+.3f}·ln(N/10⁸)) (residual SD of "
+              f"ln s {data['scale_sd']:.2f} over {data['scale_groups']} within-table groups).", "",
+              "| CPU grid | seed | validation loss by update gap | measured best | model's best |", "|---|---|---|---|---|"]
+    for m in data["measured_best_gaps"]:
+        losses = ", ".join(f"T{g}: {x:.4f}" for g, x in m["losses"].items())
+        lines.append(f"| {m['method']} r{m['rank']} | {m['seed']} | {losses} | T{m['measured_best']} | "
+                     f"T{m['model_best']} |")
+    return "\n".join(lines)
+
+
 def write_fit(path: Path | None = None) -> dict:
     data = fit_all()
     (path or fit_path()).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -449,7 +468,11 @@ def write_fit(path: Path | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=COMMAND, description="Fit and validate the quality model.")
     parser.add_argument("--check", action="store_true", help="refit and print; write nothing")
+    parser.add_argument("--markdown", action="store_true", help="print the committed fit's figures as markdown")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(fit_path().read_text(encoding="utf-8"))))
+        return
     data = fit_all() if args.check else write_fit()
     print(report(data))
     if not args.check:
