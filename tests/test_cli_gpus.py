@@ -70,3 +70,15 @@ def test_estimate_on_eight_gpus_is_rank_zeros_breakdown():
     assert rank["parallel"] == {"gpus": 8, "nodes": 1, "strategy": "fsdp", "shard_ranks": 8, "replicas": 1}
     assert rank["components"]["weights"] * 8 == one["components"]["weights"]  # 7b's dims divide by 8: no padding
     assert rank["peak_allocated_bytes"] < one["peak_allocated_bytes"]
+
+
+def test_a_job_plan_table_fits_100_columns_without_cutting_a_cell():
+    from typer.testing import CliRunner
+
+    from subprof.cli import app
+
+    res = CliRunner().invoke(app, ["plan", "--model", "7b", "--gpu-mem", "80GB", "--gpu", "h100-sxm", "--gpus", "8"],
+                             env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    table = res.output.split("best configuration per method")[1].split("top ")[0]
+    assert "…" not in table and all(len(line) <= 100 for line in res.output.splitlines())

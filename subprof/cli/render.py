@@ -112,7 +112,8 @@ def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
 
 CAND_COLUMNS = ("method", "rank", "T", "bits", "layer", "micro", "seq/step", "ckpt", "peak", "device", "tok/s",
                 "proj", "Δppl")
-NARROW = 120  # below this many columns the tables drop the peak-allocated column (device used decides the fit)
+NARROW = 120  # below this many columns the tables drop the peak-allocated column (device used decides the fit);
+# a job's table also its checkpointing and projection-share columns
 CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); layer: per-layer updates; micro: "
                "micro-batch × accumulation; peak, device: GiB (peak allocated; device used incl. CUDA context); proj: "
                "share of step time in projection updates; Δppl: predicted validation perplexity against full-rank "
@@ -125,7 +126,8 @@ def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = Fal
     columns = render_job.JOB_COLUMNS + ("Δppl",) if job else CAND_COLUMNS
     rows = [(render_job.job_row(c) + [quality_cell(c, band, evidence)]) if job else _cand_row(c, band, evidence)
             for c in cands]
-    drop = {"peak", "peak/rank GiB"} if console.width < NARROW else set()
+    drop = {"peak", "ckpt", "proj"} if job and console.width < NARROW else (
+        {"peak"} if console.width < NARROW else set())
     keep = [i for i, col in enumerate(columns) if col not in drop]
     for i in keep:
         col = columns[i]
@@ -205,7 +207,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
                       f"predicted {100 * fast.ppl_increase:+.2f}% perplexity")
     band = req.band
     best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
-    console.print(_cand_table("best configuration per method", best, band, job, req.evidence))
+    per_rank = " (micro-batch, peak and device memory per rank; tokens/s of the whole job)" if job else ""
+    console.print(_cand_table(f"best configuration per method{per_rank}", best, band, job, req.evidence))
     console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job, req.evidence))
     console.print(f"[dim]{CAND_LEGEND}[/]")
     if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):

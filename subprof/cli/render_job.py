@@ -8,8 +8,8 @@ from subprof.plan.comm import LINK_EFFICIENCY, OVERLAP
 from subprof.plan.planner import Candidate, PlanRequest
 from subprof.units import gib
 
-JOB_COLUMNS = ("method", "strategy", "rank", "gap", "bits", "per-layer", "batch/rank", "seqs/step", "ckpt",
-               "peak/rank GiB", "device/rank GiB", "job tokens/s", "comm share", "proj share")
+JOB_COLUMNS = ("method", "strategy", "rank", "T", "bits", "layer", "micro", "seqs", "ckpt", "peak", "device",
+               "job tok/s", "comm", "proj")  # micro, peak and device per rank (the table's title says so)
 
 
 def job_row(c: Candidate) -> list[str]:
