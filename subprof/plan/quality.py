@@ -55,11 +55,9 @@ COMMAND = "python -m subprof.plan.quality_fit"
 UNIT = "−(predicted validation-loss gap to full-rank AdamW, nats)"
 
 FULL_RANK = ("adamw", "adamw8bit")
-# Methods of published tables that subprof does not (yet) train, with what the model reads of them.
+# Methods of published tables that subprof does not train, with what the model reads of them (the others are
+# read from their MethodSpec: subspace kind and traits).
 EVIDENCE_ONLY: dict[str, tuple[str, QualityTraits]] = {
-    "fira": ("svd", QualityTraits(recovery=True)),  # GaLore + norm-scaled residual (arXiv 2410.01623)
-    "apollo": ("scaled", QualityTraits()),  # random projection → channel-wise scaling of the full gradient
-    "apollo-mini": ("scaled", QualityTraits()),  # rank 1, tensor-wise scaling
     "q-galore": ("svd", QualityTraits()),  # GaLore with an INT4 projection and adaptive gaps (arXiv 2407.08296)
 }
 # Row variants that are a configuration the model can place: name → traits replacing the method's.
