@@ -223,21 +223,8 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
 
 
 def g_value(s: Setting, v: dict[str, float]) -> float:
-    """g: the sum of `terms` (written out: the fit evaluates it a million times)."""
-    if s.kind == "full":
-        return 0.0
-    p = v["p"]
-    g = sum(w * (x ** -p - 1.0) for w, x in s.shares)
-    if s.kind == "scaled":
-        g *= v["scaled_rank"]
-    elif s.traits.recovery:
-        g *= 1.0 - v["recovery"]
-    gap = s.update_gap or REF_GAP
-    g += v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS - s.default_gap) / 1000.0
-    if s.default_gap > 1:
-        g += v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer else 1.0) - 1.0)
-    g += v.get("kind:" + s.kind, 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
-    return g
+    """g: the sum of `terms`."""
+    return sum(terms(s, v).values())
 
 
 # ------------------------------------------------------------------------------------------------ the fitted model
@@ -248,17 +235,16 @@ class QualityModel:
 
     source: str
     unit: str
-    tolerance: float
     notes: list[str] = field(default_factory=list)
 
     def quality(self, config: TrainConfig, tokens_per_step: int | None = None) -> float:
         raise NotImplementedError
 
     def band(self, model: ModelConfig) -> float:
-        return self.tolerance
+        raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"source": self.source, "unit": self.unit, "tolerance": self.tolerance, "notes": list(self.notes)}
+        return {"source": self.source, "unit": self.unit, "notes": list(self.notes)}
 
 
 @dataclass(kw_only=True)
@@ -301,11 +287,6 @@ class FittedQuality(QualityModel):
         """Whether any table row of this method entered the fit (else only its kind's terms score it)."""
         return method in FULL_RANK or method in self.evidence_rows or not REGISTRY[method].project
 
-    def breakdown(self, config: TrainConfig, tokens_per_step: int | None = None) -> dict[str, float]:
-        """Each term in nats for this configuration (what `plan --explain` shows)."""
-        s = self.scale(config.model)
-        return {k: s * t for k, t in terms(setting_of_config(config, tokens_per_step), self.values).items()}
-
     def describe(self) -> dict:
         return {**super().describe(), "sigma_g": self.sigma_g, "scale": {"a": self.a, "b": self.b,
                                                                         "sd_ln": self.scale_sd},
@@ -331,7 +312,7 @@ def from_fit(data: dict) -> FittedQuality:
                  n for n, s in REGISTRY.items() if s.project and n not in data.get("evidence_rows", {}))) or "none")
              + ") are scored by their kind's terms alone: marked ? in the tables"]
     return FittedQuality(source="published tables and long CPU runs (profiles/evidence/quality_fit.json)", unit=UNIT,
-                         tolerance=float(data["sigma_g"]), notes=notes, values={k: float(x) for k, x in v.items()},
+                         notes=notes, values={k: float(x) for k, x in v.items()},
                          a=float(data["a"]), b=float(data["b"]), sigma_g=float(data["sigma_g"]),
                          scale_sd=float(data["scale_sd"]), validation=val,
                          evidence_rows=dict(data.get("evidence_rows", {})))

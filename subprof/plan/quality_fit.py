@@ -64,14 +64,17 @@ def groups_of(tables: list[Table]) -> dict[tuple, list[Point]]:
     return {k: v for k, v in out.items() if len({p.setting.key for p in v}) >= 2}
 
 
-def profile(points: list[Point], gs: list[float], beta: float = 0.0) -> tuple[float, float, float]:
-    """(μ, s ≥ 0, residual sum of squares) of loss + β·own = μ + s·g over one group."""
-    ys = [p.row.loss + beta * p.setting.own for p in points]
-    mg, my = statistics.fmean(gs), statistics.fmean(ys)
+def least_squares(gs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """(μ, s ≥ 0, residual sum of squares) of y = μ + s·g."""
+    mg, my = sum(gs) / len(gs), sum(ys) / len(ys)
     vg = sum((g - mg) ** 2 for g in gs)
     s = max(0.0, sum((g - mg) * (y - my) for g, y in zip(gs, ys)) / vg) if vg > 1e-18 else 0.0
-    mu = my - s * mg
-    return mu, s, sum((y - mu - s * g) ** 2 for g, y in zip(gs, ys))
+    return my - s * mg, s, sum((y - my - s * (g - mg)) ** 2 for g, y in zip(gs, ys))
+
+
+def profile(points: list[Point], gs: list[float], beta: float = 0.0) -> tuple[float, float, float]:
+    """(μ, s ≥ 0, residual sum of squares) of loss + β·own = μ + s·g over one group."""
+    return least_squares(gs, [p.row.loss + beta * p.setting.own for p in points])
 
 
 def values_of(raw: list[float], names: list[str]) -> dict[str, float]:
@@ -120,12 +123,8 @@ def _objective(raw: list[float], names: list[str], problem: Problem) -> float:
     total = 0.0
     beta = v["own"]
     for ids, ys, spread, own in problem.groups:
-        g = [gs[i] for i in ids]
-        ys = [y + beta * o for y, o in zip(ys, own)]  # the loss had the authors not tuned their own method
-        mg, my = sum(g) / len(g), sum(ys) / len(ys)
-        vg = sum((x - mg) ** 2 for x in g)
-        s = max(0.0, sum((x - mg) * (y - my) for x, y in zip(g, ys)) / vg) if vg > 1e-18 else 0.0
-        total += sum((y - my - s * (x - mg)) ** 2 for x, y in zip(g, ys)) / spread
+        # the loss had the authors not tuned their own method
+        total += least_squares([gs[i] for i in ids], [y + beta * o for y, o in zip(ys, own)])[2] / spread
     for n, x in zip(names, raw):
         if k[n] == "id":
             total += RIDGE * x * x

@@ -111,11 +111,13 @@ def summary_lines(req: ReportRequest, tables: dict[str, pd.DataFrame]) -> list[s
 def _ranking(req: ReportRequest) -> str:
     """How every cell's plan ranked its candidates (`plan.planner.rank_candidates`), naming the evidence."""
     from subprof.plan.evidence import default_quality
+    from subprof.plan.planner import SPEED_TOLERANCE
 
     quality = req.evidence or default_quality()
+    bands = ", ".join(f"{m.name} {quality.band(m):.4f}" for m in req.models)
     return (f"candidates that keep the requested optimizer batch first, then {quality.unit} ({quality.source}) in "
-            f"bands of the evidence's tolerance {quality.tolerance:g} below the best, within a band by predicted "
-            "tokens/s")
+            f"bands of the evidence's cross-validated band below the best (nats: {bands}); within a band, speeds "
+            f"within {SPEED_TOLERANCE:.0%} count as equal and the better predicted quality goes first")
 
 
 def assumptions(req: ReportRequest) -> list[str]:
