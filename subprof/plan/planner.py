@@ -328,8 +328,8 @@ def plan(req: PlanRequest) -> Plan:
                             fitting.append(found)
                             b = (found.config.batch, found.config.accumulation)
                             fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
-                                                   layout=getattr(found.estimate, "parallel", None))
-                                        if req._layouts else _other_gap(req, found, gap, gpu)
+                                                   layout=getattr(found.estimate, "parallel", None),
+                                                   known=None if req._layouts else found.estimate)
                                         for gap in gaps[1:]]
     if fitting:
         fitting = rank_candidates(fitting, req.band)
@@ -394,11 +394,12 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
                ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
-               layout: Parallel | None = None) -> Candidate:
+               layout: Parallel | None = None, known: Estimate | None = None) -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
     alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
-    configuration (another update gap changes neither its memory nor its collectives much)."""
+    configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
+    is the estimate of the same configuration at another update gap: memory does not depend on the gap."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
                       accumulation=batch[1])
@@ -409,7 +410,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
         est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
                                   utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
     else:
-        est = estimate(cfg, req.calibration)
+        est = known or estimate(cfg, req.calibration)
         tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured,
                                   calibration=req.calibration,
                                   states=est.components["optimizer_states"] + est.components["projection_matrices"])
@@ -420,19 +421,6 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      quality=req.evidence.quality(cfg, batch[0] * batch[1] * req.gpus * req.seq),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
-
-
-def _other_gap(req: PlanRequest, found: Candidate, gap: int, gpu: GpuSpec) -> Candidate:
-    """`found` at another update gap on one GPU: memory does not depend on the gap (the estimate is kept); the
-    projection time and the quality do."""
-    cfg = replace(found.config, update_gap=gap)
-    measured = req.measured_refresh_s(cfg.method, cfg.rank, gap)
-    est = found.estimate
-    tput = predict_throughput(cfg, gpu, utilization=req.utilization, refresh_s=measured, calibration=req.calibration,
-                              states=est.components["optimizer_states"] + est.components["projection_matrices"])
-    return replace(found, config=cfg, throughput=tput,
-                   quality=req.evidence.quality(cfg, cfg.batch * cfg.accumulation * req.gpus * req.seq),
-                   projection_source="measured (--proj)" if measured is not None else "scaled from H100 measurements")
 
 
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
