@@ -25,6 +25,14 @@ from subprof.methods.spec import MethodSpec
 DTYPES = ("bf16", "mixed", "fp32")
 DTYPE_HELP = ("Training dtype: bf16 (pure bf16 weights, gradients and states, as the GaLore scripts), mixed (fp32 "
               "master weights and states, bf16 autocast) or fp32 (everything fp32).")
+MIN_REFRESHES = 3  # a run compares refresh intervals only when each holds at least this many refreshes after step 0
+
+
+def refreshes(update_gap: int | None, steps: int) -> int:
+    """Subspace updates after the one at step 0 that a run of `steps` steps holds at this gap."""
+    return (steps - 1) // update_gap if update_gap else 0
+
+
 DEFAULT_RANK = 128  # GaLore's rank for its 60m runs; every weight uses min(rank, m, n)
 
 

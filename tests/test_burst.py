@@ -275,3 +275,12 @@ def test_a_run_too_short_for_its_gap_says_so():
     notes = refresh_notes(cases, 200)
     assert refreshes(10, 200) == 19 and refreshes(250, 200) == 0
     assert len(notes) == 1 and "galore r16 T250" in notes[0] and f"≥ {MIN_REFRESHES * 250 + 1}" in notes[0]
+
+
+def test_subtrack_moves_every_gap_steps_so_a_short_run_is_noted_too():
+    """SubTrack++ is a tracker that moves once every T steps (T₀ = 200), unlike OSD and Ori: its gap counts."""
+    from subprof.train.burst import refresh_notes
+
+    cases, _ = expand_cases(["tiny"], ["subtrack", "osd"], [16], [200], batch=2, seq=32)
+    notes = refresh_notes(cases, 200)
+    assert len(notes) == 1 and notes[0].startswith("subtrack r16 T200")

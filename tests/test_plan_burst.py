@@ -71,6 +71,7 @@ def test_plan_burst_scales_long_gaps_so_each_run_holds_three_refreshes():
     assert scale == pytest.approx(99 / 1500)
     assert [burst_gap(c, scale) for c in groups] == [33, 13, 1]  # ratios kept; a tracker's every-step move kept
     assert gap_scale([_Cand("galore", 20)], 100) == 1.0
+    assert burst_gap(_Cand("subtrack", 500), scale) == 33  # a tracker that moves every T steps is periodic
 
 
 def test_plan_burst_json_reports_the_evidence(texts, tmp_path, one_thread):

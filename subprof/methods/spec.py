@@ -250,6 +250,12 @@ class MethodSpec:
             return self.layout
         return self.layout(self.resolve_options(options))
 
+    @property
+    def periodic(self) -> bool:
+        """A projected method whose subspace moves once every `update_gap` steps (its published gap is > 1:
+        GaLore, SUMO, SubTrack++, GrassWalk …), not every step (OSD, Ori)."""
+        return self.project and self.default_update_gap > 1
+
     def quality_traits(self, options: Mapping[str, Any] | None = None) -> QualityTraits:
         """The quality model's traits under these options (`traits` of the resolved options)."""
         return self.traits(self.resolve_options(options)) if self.project else QualityTraits()

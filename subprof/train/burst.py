@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from subprof.catalog import ModelConfig, load_model, model_names
-from subprof.config import TrainConfig
+from subprof.config import MIN_REFRESHES, TrainConfig, refreshes
 from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.quiet import known_noise_filtered
@@ -127,21 +127,13 @@ def method_gaps(spec: Any, gaps: list[int]) -> tuple[list[int], str | None]:
     return use, note
 
 
-MIN_REFRESHES = 3  # a run compares refresh intervals only when each holds at least this many refreshes after step 0
-
-
-def refreshes(update_gap: int | None, steps: int) -> int:
-    """Subspace updates after the one at step 0 that a run of `steps` steps holds at this gap."""
-    return (steps - 1) // update_gap if update_gap else 0
-
-
 def refresh_notes(cases: list["BurstCase"], steps: int) -> list[str]:
     """One note per projected case whose run holds fewer than `MIN_REFRESHES` refreshes: at that length it cannot
     show what its update gap does (a gap longer than the run is a fixed basis)."""
     out = []
     for case in cases:
         c = case.config
-        if c.spec.project and c.spec.subspace != "tracked" and refreshes(c.update_gap, steps) < MIN_REFRESHES:
+        if c.spec.periodic and refreshes(c.update_gap, steps) < MIN_REFRESHES:
             out.append(f"{c.label()}: {refreshes(c.update_gap, steps)} refresh(es) after step 0 in {steps} steps — "
                        f"too few to show what gap {c.update_gap} does (use --steps ≥ "
                        f"{MIN_REFRESHES * c.update_gap + 1} to compare it)")

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from subprof.config import MIN_REFRESHES
 from subprof.plan.planner import Candidate, Plan
 
 BURST_NOISE = 0.02  # nats: the seed-to-seed spread of validation loss in our 200-step CPU bursts (docs/quality.md)
-MIN_REFRESHES = 3  # as subprof.train.burst.MIN_REFRESHES (kept here: this module must import without torch)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -118,7 +118,7 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
         eff = None
         if row.get("status") == "ok" and first is not None and val is not None:
             eff = (first - val) / (steps * cand.throughput.step_s / 3600.0)
-        if scale < 1 and cand.config.spec.project and cand.config.spec.subspace != "tracked":
+        if scale < 1 and cand.config.spec.periodic:
             row["update_gap_target"], row["gap_scale"] = cand.config.update_gap, scale
             note = ((note + "; ") if note else "") + (f"gap {cand.config.update_gap} trained as {burst_gap(cand, scale)} "
                                                       f"(every gap × {scale:.3g}: {steps} steps hold "
@@ -130,14 +130,13 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
 def gap_scale(groups: list[Candidate], steps: int) -> float:
     """One factor for every periodic method's gap so that the longest holds `MIN_REFRESHES` refreshes in `steps`
     steps (1 when it already does): the gaps keep their ratios."""
-    longest = max((c.config.update_gap for c in groups if c.config.spec.project
-                   and c.config.spec.subspace != "tracked"), default=0)
+    longest = max((c.config.update_gap for c in groups if c.config.spec.periodic), default=0)
     return min(1.0, (steps - 1) / (MIN_REFRESHES * longest)) if longest else 1.0
 
 
 def burst_gap(cand: Candidate, scale: float) -> int | None:
     c = cand.config
-    if not c.spec.project or c.spec.subspace == "tracked":
+    if not c.spec.periodic:
         return c.update_gap
     return max(1, round(c.update_gap * scale))
 
