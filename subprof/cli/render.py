@@ -97,7 +97,8 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     if not c.config.spec.project:
         return "ref"
     seen = getattr(evidence, "has_evidence", lambda method: True)(c.config.method)
-    return f"{100 * c.ppl_increase:+.1f}%±{100 * math.expm1(band):.1f}" + ("" if seen else "?")
+    pct = round(100 * c.ppl_increase, 1) + 0.0  # + 0.0: no "-0.0%" for a gap that rounds to nothing
+    return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + ("" if seen else "?")
 
 
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
