@@ -88,7 +88,7 @@ def test_plan_rows_put_the_recommendation_first_with_the_json_candidates_values(
     header, *rows = parsed(invoke(args + ["--format", "csv"]).stdout, "csv")
     assert header == ["method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
                       "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
-                      "predicted_ppl_increase"]
+                      "predicted_ppl_increase", "quality_evidence"]
     first = dict(zip(header, rows[0]))
     assert (first["method"], first["rank"], first["update_gap"]) == (rec["method"], str(rec["rank"]),
                                                                       str(rec["update_gap"]))

@@ -241,6 +241,32 @@ def test_plan_shows_the_predicted_gap_its_band_and_the_recipe():
     assert "2403.03507" in recipe["source"]
 
 
+def test_a_method_whose_rows_are_all_its_authors_is_marked_in_the_plan():
+    """Issue 22: a method with no independent row (another paper's re-run or our own run) rests on claims its
+    authors tuned; `plan` says so in the row's marker, in JSON and, when it is the pick, in a sentence."""
+    rows = [r for t in load_tables() for r in t.rows if setting_of_row(r) is not None]
+    fit = fitted_quality()
+    for method in {r.method for r in rows} - set(FULL_RANK) - set(EVIDENCE_ONLY):
+        independent = [r for r in rows if r.method == method and not r.own]
+        expected = "independent" if independent else "own paper"
+        assert fit.evidence_kind(method) == expected, method
+        if expected == "own paper":  # every row is in a paper that proposes the method (or a copy of one)
+            assert all(r.own for r in rows if r.method == method)
+    assert any(fit.evidence_kind(m) == "own paper" for m in REGISTRY if REGISTRY[m].project)
+    data = plan_json("--model", "7b", "--gpu-mem", "24GB")
+    for c in data["candidates"]:
+        assert c["quality_evidence"] == fit.evidence_kind(c["method"])
+    res = CliRunner().invoke(app, ["plan", "--model", "7b", "--gpu-mem", "24GB"], env={"COLUMNS": "100"})
+    for line in res.output.splitlines():
+        cells = line.split()
+        if cells and cells[0] in REGISTRY and cells[-1].endswith(("†", "?", "0")) and "%±" in cells[-1]:
+            mark = {"own paper": "†", "none": "?"}.get(fit.evidence_kind(cells[0]), "")
+            assert cells[-1].endswith(mark) and (mark or cells[-1][-1].isdigit()), line
+    rec = data["recommendation"]
+    if rec["quality_evidence"] == "own paper":
+        assert "its authors' own tables only" in res.output
+
+
 @pytest.mark.parametrize("gpu", ["24GB", "4090"])
 def test_every_plan_row_is_the_models_optimum_or_a_faster_candidate_within_the_band(gpu):
     """Issue 22: for each (method, rank, bits, per-layer, batch) the row's gap is the model's best gap, or a

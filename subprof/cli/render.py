@@ -66,7 +66,7 @@ def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
 
 PLAN_ROW_COLUMNS = ("method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
                     "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
-                    "predicted_ppl_increase")
+                    "predicted_ppl_increase", "quality_evidence")
 
 
 def plan_columns(result: Plan) -> list[str]:
@@ -96,9 +96,9 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
     if not c.config.spec.project:
         return "ref"
-    seen = getattr(evidence, "has_evidence", lambda method: True)(c.config.method)
+    kind = evidence.evidence_kind(c.config.method) if evidence is not None else "independent"
     pct = round(100 * c.ppl_increase, 1) + 0.0  # + 0.0: no "-0.0%" for a gap that rounds to nothing
-    return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + ("" if seen else "?")
+    return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + EVIDENCE_MARK.get(kind, "")
 
 
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
@@ -118,7 +118,9 @@ NARROW = 120  # below this many columns the tables drop the peak-allocated colum
 CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); layer: per-layer updates; micro: "
                "micro-batch × accumulation; peak, device: GiB (peak allocated; device used incl. CUDA context); proj: "
                "share of step time in projection updates; Δppl: predicted validation perplexity against full-rank "
-               "AdamW ± the band within which candidates cannot be told apart (?: no published table row of that method)")
+               "AdamW ± the band within which candidates cannot be told apart (?: no published table row of that "
+               "method; †: only its authors' own tables, no independent re-run)")
+EVIDENCE_MARK = {"none": "?", "own paper": "†"}  # what a method's quality cell rests on (FittedQuality.evidence_kind)
 
 
 def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False, evidence=None) -> Table:
@@ -164,6 +166,12 @@ def choice_lines(result: Plan) -> list[str]:
         out.append(f"{len(tied)} fitting configurations are within the evidence's band (±"
                    f"{100 * math.expm1(req.band):.2f}% perplexity) of the best predicted quality: it cannot tell them "
                    f"apart, so the fastest of them is recommended")
+    kind = rec.quality_evidence
+    if kind in ("own paper", "none"):
+        out.append(f"{rec.config.method}'s predicted quality rests on "
+                   + ("its authors' own tables only (no independent re-run): a claim they tuned, not a confirmed "
+                      "result" if kind == "own paper" else "its kind's terms alone (no published table row)")
+                   + "; --burst confirms it on this model")
     for check in result.recipes:
         r, c = check.recipe, check.candidate
         if c is None:

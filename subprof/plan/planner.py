@@ -158,6 +158,7 @@ class Candidate:
     calibration: Calibration
     projection_source: str = "scaled from H100 measurements"
     ranks: int = 1  # data-parallel ranks, each running the micro-batch
+    quality_evidence: str = "independent"  # what the quality rests on (FittedQuality.evidence_kind)
 
     @property
     def sequences_per_step(self) -> int:
@@ -206,7 +207,7 @@ class Candidate:
             "projection_share": round(self.throughput.projection_share, 4),
             "projection_source": self.projection_source, "quality": round(self.quality, 6),
             "predicted_gap_nats": round(self.gap_nats, 6), "predicted_ppl_increase": round(self.ppl_increase, 6),
-            "fits": self.fits,
+            "quality_evidence": self.quality_evidence, "fits": self.fits,
             **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
                if isinstance(self.estimate, RankEstimate) else {}),
         }
@@ -419,6 +420,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=tput,
                      quality=req.evidence.quality(cfg, batch[0] * batch[1] * req.gpus * req.seq),
+                     quality_evidence=req.evidence.evidence_kind(spec.name),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
 

@@ -243,6 +243,9 @@ class QualityModel:
     def band(self, model: ModelConfig) -> float:
         raise NotImplementedError
 
+    def evidence_kind(self, method: str) -> str:
+        raise NotImplementedError
+
     def describe(self) -> dict:
         return {"source": self.source, "unit": self.unit, "notes": list(self.notes)}
 
@@ -257,7 +260,7 @@ class FittedQuality(QualityModel):
     sigma_g: float
     scale_sd: float  # residual SD of ln S across tables: how far a table's magnitude strays from S(N)
     validation: dict = field(default_factory=dict)
-    evidence_rows: dict = field(default_factory=dict)  # method → {"rows", "tables"} the fit saw
+    evidence_rows: dict = field(default_factory=dict)  # method → {"rows", "tables", "independent"} seen
     _memo: dict = field(default_factory=dict, repr=False)
 
     def scale(self, model: ModelConfig) -> float:
@@ -285,7 +288,18 @@ class FittedQuality(QualityModel):
 
     def has_evidence(self, method: str) -> bool:
         """Whether any table row of this method entered the fit (else only its kind's terms score it)."""
-        return method in FULL_RANK or method in self.evidence_rows or not REGISTRY[method].project
+        return self.evidence_kind(method) != "none"
+
+    def evidence_kind(self, method: str) -> str:
+        """What the method's quality rests on: "reference" (full rank), "independent" (some row is another paper's
+        re-run or our own run), "own paper" (only its authors' tables: claims they tuned) or "none" (its kind's
+        terms alone)."""
+        if method in FULL_RANK or not REGISTRY[method].project:
+            return "reference"
+        rows = self.evidence_rows.get(method)
+        if not rows:
+            return "none"
+        return "independent" if rows.get("independent", rows["rows"]) else "own paper"
 
     def describe(self) -> dict:
         return {**super().describe(), "sigma_g": self.sigma_g, "scale": {"a": self.a, "b": self.b,

@@ -385,15 +385,19 @@ def measured_best_gaps(tables: list[Table], v: dict[str, float]) -> list[dict]:
 
 
 def evidence_rows(groups: list[list[Point]]) -> dict[str, dict[str, int]]:
-    """Per method: the rows and tables the fit saw of it (a method with none is scored by its kind alone)."""
+    """Per method: the rows and tables the fit saw of it (a method with none is scored by its kind alone), and how
+    many of those rows are independent of its authors (another paper's re-run, our own runs): a method whose rows
+    are all its own paper's rests on claims its authors tuned."""
     out: dict[str, dict[str, set]] = {}
     for g in groups:
         for p in g:
             if p.setting.kind != "full":
-                e = out.setdefault(p.setting.method, {"rows": set(), "tables": set()})
+                e = out.setdefault(p.setting.method, {"rows": set(), "tables": set(), "independent": set()})
                 e["rows"].add(row_id(p) + (p.row.table,))
                 e["tables"].add(p.row.table)
-    return {m: {"rows": len(e["rows"]), "tables": len(e["tables"])} for m, e in sorted(out.items())}
+                if not p.setting.own:
+                    e["independent"].add(row_id(p) + (p.row.table,))
+    return {m: {k: len(x) for k, x in e.items()} for m, e in sorted(out.items())}
 
 
 def fit_all(loto: bool = True) -> dict:
