@@ -13,7 +13,9 @@ from subprof.cli import app
 from subprof.train.corpus import load_corpus
 from subprof.methods import parse_methods
 from subprof.train.confirm import BURST_NOISE, burst_gap, confirm_with_bursts, gap_scale, training_groups
-from subprof.plan.planner import PlanRequest, plan
+from subprof.plan.evidence import BurstRun, burst_weight, with_bursts
+from subprof.plan.planner import PlanRequest, plan, rank_candidates
+from subprof.plan.quality import fitted_quality
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -58,6 +60,39 @@ def test_bursts_score_every_group_and_overturn_the_pick_only_beyond_the_seed_spr
     else:
         assert evidence[0] is plan_pick and "cannot separate" in plan_pick.verdict
     assert other.deltas["measured_delta_nats"] == pytest.approx(other.row["val_loss"] - plan_pick.row["val_loss"])
+    # the bursts moved the method terms by 3 steps' worth (3 / 2000) and the plan is ranked by the moved model
+    assert all(e.row["burst_weight"] == pytest.approx(3 / 2000) for e in evidence)
+    assert result.request.evidence.notes[0].startswith("bursts (3 steps)")
+    assert [c.quality for c in result.candidates] != [] and all(
+        c.quality == pytest.approx(result.request.evidence.quality(c.config, c.tokens_per_step))
+        for c in result.candidates)
+    assert result.candidates == rank_candidates(list(result.candidates), result.request.band)
+
+
+def _run(method: str, loss: float, *, steps: int, proxy: bool, gap: int = 200) -> BurstRun:
+    return BurstRun(config=TrainConfig(model=load_model("60m"), method=method, rank=128, update_gap=gap),
+                    tokens_per_step=8 * 256, val_loss=loss, steps=steps, proxy=proxy)
+
+
+@pytest.mark.parametrize("steps,proxy,weight", [(100, True, 100 / 2000 / 2), (4000, False, 1.0)])
+def test_bursts_move_each_methods_term_by_what_they_can_show(steps, proxy, weight):
+    """Issue 22: a burst's measured difference between methods moves their offsets by its weight; a run long
+    enough on the target model moves them all the way — the moved model then predicts what was measured."""
+    base = fitted_quality()
+    runs = [_run("galore", 3.50, steps=steps, proxy=proxy), _run("sumo", 3.40, steps=steps, proxy=proxy),
+            _run("osd", 3.60, steps=steps, proxy=proxy, gap=1)]
+    moved, raw = with_bursts(base, runs)
+    assert burst_weight(runs) == pytest.approx(weight)
+    s = base.scale(runs[0].config.model)
+    for r in runs[1:]:
+        m = r.config.method
+        measured = (r.val_loss - runs[0].val_loss) / s
+        predicted = base.g(r.config, r.tokens_per_step) - base.g(runs[0].config, runs[0].tokens_per_step)
+        assert raw[m] == pytest.approx(measured - predicted)
+        moved_pred = moved.g(r.config, r.tokens_per_step) - moved.g(runs[0].config, runs[0].tokens_per_step)
+        assert moved_pred == pytest.approx(predicted + weight * (measured - predicted))
+    assert "galore" not in raw  # the anchor: the first run's method (no full-rank run among them)
+    assert with_bursts(base, runs[:1]) == (base, {})  # one method: nothing to compare
 
 
 class _Cand:

@@ -9,17 +9,20 @@ energy 1 − E(r) ≈ k·((r/d)^(−p) − 1) over its measured ranks (least squ
 
 — a probe counts by what it can show: 200 steps of a proxy move p a twentieth of the way, a 2,000-step probe of
 the target model replaces it. Staleness curves of a short probe describe early training (the basis drifts fastest
-then) and are reported by `probe`, not used here. Pure Python, no torch.
+then) and are reported by `probe`, not used here. `plan --burst` moves the per-method offsets the same way, by
+what its bursts measured on the user's model (`with_bursts`). Pure Python, no torch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from subprof.config import TrainConfig
 from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
 from subprof.plan.probe_curves import ProbeRun
-from subprof.plan.quality import FittedQuality, QualityModel, fitted_quality
+from subprof.plan.quality import METHOD_PREFIX, FittedQuality, QualityModel, fitted_quality
 from subprof.results import read_result_files
 
 FULL_WEIGHT_STEPS = 2000  # a probe this long (on the target model) sets the rank exponent alone
@@ -79,3 +82,55 @@ def probe_quality(path: str) -> FittedQuality:
 
 def default_quality() -> QualityModel:
     return fitted_quality()
+
+
+# ------------------------------------------------------------------------------------------------ bursts
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BurstRun:
+    """One finished burst as the quality model reads it: the configuration trained (the proxy's, with the gap it
+    ran at), its optimizer batch in tokens, its validation loss, its steps, and whether it stood in for a larger
+    target model."""
+
+    config: TrainConfig
+    tokens_per_step: int
+    val_loss: float
+    steps: int
+    proxy: bool
+
+
+def burst_weight(runs: list[BurstRun]) -> float:
+    """What a set of bursts can show, as a probe: min(1, steps / 2000), halved when a proxy stood in."""
+    steps = min(r.steps for r in runs)
+    return min(1.0, steps / FULL_WEIGHT_STEPS) * (PROXY_WEIGHT if any(r.proxy for r in runs) else 1.0)
+
+
+def with_bursts(base: FittedQuality, runs: list[BurstRun]) -> tuple[FittedQuality, dict[str, float]]:
+    """The fitted model with each burst method's offset moved by what the bursts measured on the user's model.
+
+    The bursts are one within-table group: loss_i = μ + S(N)·(g_i + δ_m(i)). With a full-rank run among them its
+    offset stays 0 (the reference); else the first run's method (the plan's pick) is the anchor. δ_m is the mean
+    of (loss_i / S − g_i) over the method's runs minus the anchor's, and the model moves by w·δ_m, w =
+    `burst_weight` — 100 steps of a proxy move a method term a fortieth of the way; the rank and gap terms stay
+    (a burst's few refreshes cannot fit them). Returns the model and the raw δ per method (g units)."""
+    ok = [r for r in runs if math.isfinite(r.val_loss)]
+    if len({r.config.method for r in ok}) < 2:
+        return base, {}
+    resid: dict[str, list[float]] = {}
+    for r in ok:
+        s = base.scale(r.config.model)
+        resid.setdefault(r.config.method, []).append(r.val_loss / s - base.g(r.config, r.tokens_per_step))
+    mean = {m: sum(x) / len(x) for m, x in resid.items()}
+    anchor = next((m for m in mean if not REGISTRY[m].project), ok[0].config.method)
+    raw = {m: mean[m] - mean[anchor] for m in mean if m != anchor and REGISTRY[m].project}
+    if not raw:
+        return base, {}
+    w = burst_weight(ok)
+    values = dict(base.values)
+    for m, d in raw.items():
+        values[METHOD_PREFIX + m] = values.get(METHOD_PREFIX + m, 0.0) + w * d
+    moved = ", ".join(f"{m} {w * d:+.3g}" for m, d in sorted(raw.items()))
+    note = (f"bursts ({min(r.steps for r in ok)} steps" + (", a proxy model" if any(r.proxy for r in ok) else "")
+            + f") moved the method terms against {anchor} by weight {w:.3g} (steps / {FULL_WEIGHT_STEPS}"
+            + (", halved for a proxy" if any(r.proxy for r in ok) else "") + f"): {moved} (g units)")
+    return replace(base, source=f"{base.source} with the method terms of this plan's bursts", notes=[note, *base.notes],
+                   values=values, _memo={}), raw

@@ -18,7 +18,10 @@ What a burst can show decides what it may change:
   `BURST_NOISE` (0.02 nats, the seed-to-seed spread of our CPU bursts) than another candidate; within that the
   bursts cannot separate them and the evidence-ranked pick stands (said in the output). Each row records the
   measured difference to the plan's pick next to the predicted one (`measured_delta_nats`,
-  `predicted_delta_nats`), what the user's model says against the published evidence.
+  `predicted_delta_nats`), what the user's model says against the published evidence;
+- the quality model: the bursts move each burst method's offset towards what they measured, weighted by what they
+  can show (steps / 2000, halved for a proxy: `plan.evidence.with_bursts`), and the plan's candidates are re-ranked
+  by the moved model (each row records `method_term_move_g` and `burst_weight`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class BurstEvidence:
             "proxy": self.proxy_note,
             "status": row.get("status"), "val_loss": row.get("val_loss"), "first_loss": _first_loss(row),
             "burst_tokens_per_s": row.get("tokens_per_s"), "burst_projection_share": row.get("projection_share"),
+            "method_term_move_g": row.get("method_term_move_g"), "burst_weight": row.get("burst_weight"),
             "loss_drop_per_target_hour": self.efficiency,
         }
 
@@ -124,7 +128,47 @@ def confirm_with_bursts(result: Plan, *, top: int = 4, steps: int = 100, burst_m
                                                       f"(every gap × {scale:.3g}: {steps} steps hold "
                                                       f"{MIN_REFRESHES} refreshes at the longest)")
         evidence.append(BurstEvidence(candidate=cand, row=row, proxy_note=note, efficiency=eff))
+    learn(evidence, result, steps)
     return choose(evidence, result)
+
+
+def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
+    """Move the plan's per-method quality terms by what the bursts measured (`plan.evidence.with_bursts`, weighted
+    by what they can show), re-rank the plan's candidates by the moved model, and record each row's move
+    (`method_term_move_g`, `burst_weight`)."""
+    from subprof.catalog import load_model
+    from subprof.config import TrainConfig
+    from subprof.plan.evidence import BurstRun, burst_weight, with_bursts
+    from subprof.plan.planner import rank_candidates
+
+    req = result.request
+    runs = []
+    for e in evidence:
+        row = e.row
+        if row.get("status") != "ok" or row.get("val_loss") is None:
+            continue
+        config = TrainConfig(model=load_model(row["model"]), method=row["method"], rank=row.get("rank"),
+                             update_gap=row.get("update_gap"), method_options=row.get("method_options") or {})
+        runs.append(BurstRun(config=config, tokens_per_step=int(row["batch"]) * int(row["seq"]),
+                             val_loss=float(row["val_loss"]), steps=int(row.get("steps_done") or steps),
+                             proxy=row["model"] != req.model.name))
+    if not hasattr(req.evidence, "values"):
+        return
+    updated, raw = with_bursts(req.evidence, runs)
+    if not raw:
+        return
+    w = burst_weight(runs)
+    for e in evidence:
+        m = e.candidate.config.method
+        e.row["method_term_move_g"], e.row["burst_weight"] = w * raw.get(m, 0.0), w
+    req.evidence = updated
+    for c in result.candidates:  # in place: the bursts' and the recipes' references stay valid
+        c.quality = updated.quality(c.config, c.tokens_per_step)
+    result.candidates = rank_candidates(result.candidates, req.band)
+    best: dict = {}
+    for c in result.candidates:
+        best.setdefault(c.config.method, c)
+    result.best_per_method = best
 
 
 def gap_scale(groups: list[Candidate], steps: int) -> float:
