@@ -9,7 +9,8 @@ from rich.table import Table
 
 from subprof.cli import render
 from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
-                                 LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
+                                 LayerwiseOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
+                                 VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
 
@@ -109,6 +110,7 @@ def estimate(
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="With --gpus: ddp, fsdp (default), "
                                                                        "fsdp-no-reshard or hsdp.")] = None,
+    offload: OffloadOpt = "none",
     json_out: JsonOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
@@ -140,7 +142,15 @@ def estimate(
            if gpus > 1 or nodes > 1 else None)
     if par is not None:
         check_shardable(cfg.model, par)
-    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration))
+    calib = calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration)
+    if offload.strip().lower() != "none":
+        from subprof.plan.offload import check_offload, offload_estimate, parse_offload
+
+        parse_offload(offload)
+        check_offload(cfg, gpus * nodes)
+        est = offload_estimate(cfg, calib)
+    else:
+        est = estimate_rank(cfg, par, calib)
     if fmt == "json":
         print_json(est.to_dict())
     elif fmt == "table":
