@@ -117,7 +117,7 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
-    return [cfg.method + ("+offload" if c.offloaded else ""), str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
+    return [cfg.method + ("+offload" if c.offloaded else "") + (" (hf)" if c.entry else ""), str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
