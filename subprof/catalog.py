@@ -548,6 +548,8 @@ class GpuSpec:
     intra_node_link: str = ""
     inter_node_gbs: float = 0.0  # GB/s one GPU sends to other nodes (its share of the node's NICs), one direction
     inter_node_link: str = ""
+    host_link_gbs: float = 0.0  # GB/s between the GPU and host memory (its PCIe interface), one direction
+    host_link: str = ""
 
 
 @cache
@@ -571,6 +573,8 @@ def gpu_catalog() -> dict[str, GpuSpec]:
             intra_node_gbs=float(row.get("intra_node_gbs", 0.0)),
             intra_node_link=row.get("intra_node_link", ""),
             inter_node_gbs=float(row.get("inter_node_gbs", 0.0)),
+            host_link_gbs=float(row.get("host_link_gbs", 0.0)),
+            host_link=row.get("host_link", ""),
             inter_node_link=row.get("inter_node_link", ""),
         )
     return gpus

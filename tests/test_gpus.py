@@ -20,7 +20,7 @@ REQUIRED = ["rtx-3090", "rtx-4090", "rtx-5090", "rtx-a6000", "l4", "l40s", "a10g
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", *ADDED]
 FIGURES = {"memory": "memory_label", "memory_bytes": "memory_bytes", "bandwidth": "bandwidth_gbs",
            "bf16_tflops": "bf16_tflops", "price": "price_per_hour", "intra_node": "intra_node_gbs",
-           "inter_node": "inter_node_gbs"}
+           "inter_node": "inter_node_gbs", "host_link": "host_link_gbs"}
 
 
 def _raw() -> dict:

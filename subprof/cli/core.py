@@ -9,7 +9,8 @@ from rich.table import Table
 
 from subprof.cli import render
 from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
-                                 LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
+                                 LayerwiseOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
+                                 VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
 
@@ -83,7 +84,8 @@ def estimate(
     ctx: typer.Context,
     model: ModelOpt,
     method: Annotated[str, typer.Option("--method", help="adamw, galore, osd, ori, grasswalk, grassjump, subtrack, "
-                                                         "sumo (or adamw8bit).")] = "adamw",
+                                                         "sumo (or adamw8bit); hf:NAME for a Trainer optimizer "
+                                                         "(hf:galore_adamw_8bit, …).")] = "adamw",
     rank: RankOpt = None,
     update_gap: GapOpt = None,
     batch: BatchOpt = 8,
@@ -109,6 +111,7 @@ def estimate(
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes the GPUs are spread over.")] = 1,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="With --gpus: ddp, fsdp (default), "
                                                                        "fsdp-no-reshard or hsdp.")] = None,
+    offload: OffloadOpt = "none",
     json_out: JsonOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
@@ -117,10 +120,21 @@ def estimate(
     from subprof.config import TrainConfig, accumulation_for
     from subprof.methods import get_method
     from subprof.plan.calibration import calibration_for
+    from subprof.plan.hf_trainer import hf_refusal, is_hf, resolve_hf
     from subprof.plan.distributed import estimate_rank
     from subprof.plan.parallel import Parallel, check_shardable
 
     fmt = output_format(fmt, json_out)
+    options: dict = {}
+    hf = None
+    if is_hf(method):
+        hf = resolve_hf(method)
+        refuse_unless(ctx, False, ("state_bits", "layerwise"), f"is set by {hf.key} ({hf.package}"
+                      f"{', per-layer' if hf.layerwise else ''}"
+                      f"{', 8-bit states' if hf.state_bits else ''}): leave it out (per-layer updates and 8-bit "
+                      f"states are other names: hf:galore_adamw_8bit_layerwise, …)")
+        method, state_bits, layerwise, options = hf.method, hf.state_bits, hf.layerwise, dict(hf.options)
+        rank, update_gap = rank or hf.rank, update_gap or hf.update_gap
     spec = get_method(method)
     refuse_unless(ctx, spec.project, ("rank", "update_gap"),
                   f"applies to low-rank methods; {spec.name} updates every weight at full rank: leave it out, or pick "
@@ -133,18 +147,32 @@ def estimate(
                            "accumulation × GPUs")
     if tokens_per_step is not None:
         accumulation = accumulation_for(tokens_per_step, batch=batch, seq=seq, ranks=gpus)
+    if hf is not None and (reason := hf_refusal(hf, accumulation=accumulation or 1, gpus=gpus * nodes,
+                                                strategy=(strategy or "fsdp").strip().lower())):
+        raise SubprofError(reason)
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
-                      checkpointing=checkpointing, accumulation=accumulation or 1)
+                      checkpointing=checkpointing, accumulation=accumulation or 1, method_options=options)
     par = (Parallel(gpus=gpus, nodes=nodes, strategy=(strategy or "fsdp").strip().lower())
            if gpus > 1 or nodes > 1 else None)
     if par is not None:
         check_shardable(cfg.model, par)
-    est = estimate_rank(cfg, par, calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration))
+    calib = calibration_for(gpu_by_name(gpu, "--gpu").key if gpu else None, calibration)
+    if offload.strip().lower() != "none":
+        from subprof.plan.offload import check_offload, offload_estimate, parse_offload
+
+        parse_offload(offload)
+        check_offload(cfg, gpus * nodes)
+        est = offload_estimate(cfg, calib)
+    else:
+        est = estimate_rank(cfg, par, calib)
     if fmt == "json":
-        print_json(est.to_dict())
+        print_json({**est.to_dict(), **({"hf": hf.to_dict()} if hf else {})})
     elif fmt == "table":
         render.estimate_table(est)
+        if hf is not None:
+            console.print(f"{hf.key}: {hf.package} as transformers' Trainer builds it" +
+                          (f"; note: {hf.note}" if hf.note else ""))
     else:
         print_rows(*render.estimate_rows(est), fmt)
 
@@ -158,7 +186,9 @@ def plan(
     gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="Memory budget per GPU: a size (24GB = 24·10^9 "
                                                    "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
                                                    "the --gpu card's memory.")] = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all; hf:NAME plans a "
+                                                           "Trainer optimizer as transformers runs it "
+                                                           "(hf:galore_adamw_layerwise, hf:apollo_adamw, …).")] = "all",
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
                                                  "largest that fits). Alone it is also the optimizer batch; with "
@@ -217,6 +247,7 @@ def plan(
     from subprof.methods import parse_methods
     from subprof.plan.calibration import load as load_calibration
     from subprof.plan.evidence import probe_quality
+    from subprof.plan.hf_trainer import split_methods
     from subprof.plan.planner import PlanRequest
     from subprof.plan.planner import plan as run_plan
 
@@ -241,7 +272,9 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(methods),
+    own, hf = split_methods(methods)
+    req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(own) if own or not hf else [],
+                      hf=tuple(hf),
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=card, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,

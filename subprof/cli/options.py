@@ -56,3 +56,6 @@ CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A 
                                                        "else the H100 reference rows).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the third-party warnings subprof filters as "
                                                                 "known noise (subprof/quiet.py).")]
+OffloadOpt = Annotated[str, typer.Option("--offload", help="none, or optimizer: parameters, gradients and AdamW "
+                                                           "states in host memory, the step on the CPU (FSDP2 "
+                                                           "CPUOffloadPolicy, one GPU); prints the GPU / host split.")]

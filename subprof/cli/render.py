@@ -46,9 +46,19 @@ def estimate_table(est: Estimate) -> None:
     console.print(f"peak allocated (torch.cuda.max_memory_allocated): [bold]{gib(est.peak_allocated_bytes):.2f} GiB"
                   f"[/] in {PHASE_TITLES[est.peak_phase]}; reserved ≈ {gib(est.reserved_bytes):.2f} GiB; "
                   f"device used (nvidia-smi, incl. CUDA context) ≈ [bold]{gib(est.device_used_bytes):.2f} GiB[/]")
+    if hasattr(est, "host"):
+        console.print(host_line(est))
     for note in est.notes:
         console.print(f"[dim]note: {note}[/]")
     console.print(f"[dim]GPU-side terms (CUDA runtime, allocator reserve, context) calibrated by {est.calibration}[/]")
+
+
+def host_line(est) -> str:
+    """An offloaded estimate's host side and PCIe traffic (`plan.offload.OffloadEstimate`)."""
+    parts = ", ".join(f"{k.replace('_', ' ')} {gib(v):.2f}" for k, v in est.host.items())
+    return (f"host (CPU) memory: [bold]{gib(est.host_bytes):.2f} GiB[/] ({parts}; pinned parameters and gradients, "
+            f"plus the process's own footprint); PCIe per micro-batch: {est.h2d_bytes / 1e9:.1f} GB host→GPU "
+            f"(every layer twice, the root once), {est.d2h_bytes / 1e9:.1f} GB GPU→host (gradients)")
 
 
 def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
@@ -61,6 +71,7 @@ def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
             for comp in est.components
             if est.components.get(comp) or any(est.phases[p].get(comp) for p in phases)]
     rows.append({"component": "total", **{f"{p}_gib": round(gib(sum(est.phases[p].values())), 4) for p in phases}})
+    rows += [{"component": f"host_{k}", "size_gib": round(gib(v), 4)} for k, v in getattr(est, "host", {}).items()]
     return rows, columns
 
 
@@ -71,7 +82,7 @@ PLAN_ROW_COLUMNS = ("method", "rank", "update_gap", "state_bits", "layerwise", "
 
 def plan_columns(result: Plan) -> list[str]:
     """`PLAN_ROW_COLUMNS`, with the strategy after the method for a job of several GPUs."""
-    cols = list(PLAN_ROW_COLUMNS)
+    cols = list(PLAN_ROW_COLUMNS) + (["offload", "host_gib"] if any(c.offloaded for c in result.candidates) else [])
     return cols[:1] + ["strategy"] + cols[1:] if result.request.gpus > 1 else cols
 
 
@@ -88,6 +99,8 @@ def plan_rows(result: Plan, evidence: list | None = None) -> list[dict]:
         row = {k: d[k] for k in PLAN_ROW_COLUMNS if k in d} | {"device_used_gib": round(gib(d["device_used_bytes"]), 3)}
         if "parallel" in d:
             row["strategy"] = d["parallel"].get("strategy")
+        if c.offloaded:
+            row |= {"offload": "optimizer", "host_gib": round(gib(d["host_bytes"]), 3)}
         rows.append(row)
     return rows
 
@@ -104,7 +117,7 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
-    return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
+    return [cfg.method + ("+offload" if c.offloaded else "") + (" (hf)" if c.entry else ""), str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
@@ -129,6 +142,9 @@ def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = Fal
     columns = render_job.JOB_COLUMNS + ("Δppl",) if job else CAND_COLUMNS
     rows = [(render_job.job_row(c) + [quality_cell(c, band, evidence)]) if job else _cand_row(c, band, evidence)
             for c in cands]
+    if not job and any(c.offloaded for c in cands):  # host RAM of offloaded rows (plan offers them when nothing fits)
+        columns += ("host",)
+        rows = [row + [f"{gib(c.estimate.host_bytes):.1f}" if c.offloaded else "–"] for row, c in zip(rows, cands)]
     drop = {"peak", "ckpt", "proj"} if job and console.width < NARROW else (
         {"peak"} if console.width < NARROW else set())
     keep = [i for i, col in enumerate(columns) if col not in drop]
@@ -153,7 +169,16 @@ def recommendation_line(result: Plan) -> str:
     quality = ("full rank" if not rec.config.spec.project else
                f"predicted {100 * rec.ppl_increase:+.2f}% perplexity vs full-rank AdamW (±"
                f"{100 * math.expm1(req.band):.2f}%)")
-    return f"[bold green]recommended:[/] {rec.describe()} — {fits}; {speed}; {quality}"
+    return f"[bold green]recommended:[/] {rec.describe()} — {fits}; {speed}; {quality}" + (
+        f"; {offload_text(rec)}" if rec.offloaded else "")
+
+
+def offload_text(c: Candidate) -> str:
+    """An offloaded candidate's cost: the host memory it needs and how much slower it runs than on the GPU alone."""
+    t = c.throughput
+    return (f"needs {gib(c.estimate.host_bytes):.1f} GiB of host RAM, ≈ {t.slowdown:.2f}× slower than on the GPU "
+            f"alone (PCIe copies {t.transfer_s:.1f} s over {t.link_gbs:.0f} GB/s, overlapped with {t.compute_s:.1f} s "
+            f"of compute; CPU step {t.optimizer_s:.1f} s per optimizer step)")
 
 
 def choice_lines(result: Plan) -> list[str]:
@@ -224,6 +249,10 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
         console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "
                       f"updates that step every micro-batch (accumulating would keep every gradient alive); they rank "
                       f"after every candidate that keeps the requested batch")
+    if any(c.offloaded for c in best):
+        alone = "; ".join(f"{k}: {v}" for k, v in result.gpu_alone.items())
+        console.print(f"[yellow]nothing fits on the GPU alone[/] ({alone}): +offload rows keep parameters, gradients and AdamW states in host "
+                      f"memory and step on the CPU (FSDP2 CPUOffloadPolicy) — slower; host: GiB of host RAM they need")
     if result.rejected:
         console.print("[bold]rejected[/]:")
         for line in result.rejected.values():
@@ -321,6 +350,7 @@ def plan_json(result: Plan, evidence: list | None = None) -> dict:
         "best_per_method": {k: v.to_dict() for k, v in result.best_per_method.items()},
         "candidates": [c.to_dict() for c in result.candidates[: max(req.top, 1) * 20]],
         "rejected": result.rejected,
+        "gpu_alone": result.gpu_alone,
         "suggestions": result.suggestions,
         "ranking": ("burst: validation-loss drop per hour of predicted target-GPU time" if evidence else
                     f"candidates keeping the requested optimizer batch first, then quality ({req.evidence.unit}) in "

@@ -9,7 +9,9 @@ The search space, stated in the output:
 - the optimizer batch: `--tokens-per-step`, else `--batch` sequences, else 512 sequences (GaLore/OSD), reached by
   gradient accumulation. Per-layer candidates are searched both ways: accumulating (their gradients then stay alive
   across micro-batches) and stepping every micro-batch, which changes the optimizer batch — such candidates say so
-  and rank after every candidate that keeps the requested batch.
+  and rank after every candidate that keeps the requested batch;
+- optimizer offload (`plan.offload`: FSDP2 CPUOffloadPolicy, full-rank AdamW, one GPU) only when no configuration
+  fits on the GPU alone, so the usual search is unchanged; such candidates carry their host memory and slowdown.
 
 Quality is the predicted validation-loss gap to full-rank AdamW (`subprof.plan.quality`: fitted to published tables
 and our long CPU runs; `--probe` puts the user's measured rank curve into the same model), scored at each
@@ -25,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from subprof.catalog import Budget, GpuSpec, ModelConfig, gpu_catalog
-from subprof.config import TrainConfig
+from subprof.config import TrainConfig, default_state_bits
 from subprof.errors import SubprofError
+from subprof.methods import get_method
 from subprof.methods.spec import MethodSpec
 from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.comm import LEANEST_FIRST, choose_layout
@@ -34,6 +37,8 @@ from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.evidence import default_quality
 from subprof.plan.quality import QualityModel
 from subprof.plan.memory import Estimate, estimate
+from subprof.plan.hf_trainer import HfOptimizer, hf_refusal
+from subprof.plan.offload import OffloadEstimate, offload_estimate, offload_throughput
 from subprof.plan.parallel import STRATEGY_CHOICES, Parallel, check_shardable, strategies_for
 from subprof.plan.published import Recipe, load_recipes
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
@@ -64,6 +69,7 @@ class PlanRequest:
     nodes: int = 1
     strategy: str = "auto"
     evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
+    hf: tuple[HfOptimizer, ...] = ()  # Trainer optimizers asked for (`--methods hf:NAME`, plan/hf_trainer.py)
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
     _layouts: tuple = field(default=(), repr=False)
 
@@ -159,6 +165,7 @@ class Candidate:
     projection_source: str = "scaled from H100 measurements"
     ranks: int = 1  # data-parallel ranks, each running the micro-batch
     quality_evidence: str = "independent"  # what the quality rests on (FittedQuality.evidence_kind)
+    entry: str = ""  # the `--methods` item it answers when not the method's own name (`hf:galore_adamw`)
 
     @property
     def sequences_per_step(self) -> int:
@@ -183,6 +190,11 @@ class Candidate:
         """The gap as a share of perplexity: exp(Δ) − 1."""
         return math.expm1(self.gap_nats)
 
+    @property
+    def offloaded(self) -> bool:
+        """Parameters, gradients and AdamW states in host memory, stepped on the CPU (`plan.offload`)."""
+        return isinstance(self.estimate, OffloadEstimate)
+
     def describe(self) -> str:
         """The candidate in words: configuration, micro-batch and optimizer batch."""
         cfg = self.config
@@ -191,7 +203,8 @@ class Candidate:
                 f"micro-batch {cfg.batch}, optimizer step every micro-batch ({self.sequences_per_step} sequences)")
         if not self.keeps_requested_batch:
             step += f" — not the requested {self.requested_sequences}"
-        return f"{cfg.label()}, {step}"
+        what = f"{self.entry} ({cfg.label()})" if self.entry else cfg.label()
+        return f"{what}{' + optimizer offload' if self.offloaded else ''}, {step}"
 
     def to_dict(self) -> dict:
         c = self.config
@@ -208,6 +221,9 @@ class Candidate:
             "projection_source": self.projection_source, "quality": round(self.quality, 6),
             "predicted_gap_nats": round(self.gap_nats, 6), "predicted_ppl_increase": round(self.ppl_increase, 6),
             "quality_evidence": self.quality_evidence, "fits": self.fits,
+            **(_offload_fields(self) if self.offloaded else {}),
+            **({"hf_optim": self.entry.removeprefix("hf:"), "method_options": dict(c.method_options)}
+               if self.entry else {}),
             **({"parallel": self.estimate.parallel.to_dict(), "job": self.throughput.to_dict()}
                if isinstance(self.estimate, RankEstimate) else {}),
         }
@@ -234,6 +250,7 @@ class Plan:
     rejected: dict[str, str]
     suggestions: list[str] = field(default_factory=list)
     recipes: list[RecipeCheck] = field(default_factory=list)
+    gpu_alone: dict[str, str] = field(default_factory=dict)  # offloaded methods: what they need without offload
 
     @property
     def indistinguishable(self) -> list[Candidate]:
@@ -332,14 +349,26 @@ def plan(req: PlanRequest) -> Plan:
                                                    layout=getattr(found.estimate, "parallel", None),
                                                    known=None if req._layouts else found.estimate)
                                         for gap in gaps[1:]]
+    hf_rejected = {}
+    for hf in req.hf:
+        found, reason = _hf_candidates(req, hf, gpu, smallest)
+        fitting += found
+        if reason:
+            hf_rejected[hf.key] = reason
+    if not fitting and req.gpus == 1:
+        fitting = _offload_candidates(req, gpu)
     if fitting:
         fitting = rank_candidates(fitting, req.band)
     best: dict[str, Candidate] = {}
     for cand in fitting:
-        best.setdefault(cand.config.method, cand)
-    rejected = {}
+        best.setdefault(cand.entry or cand.config.method, cand)
+    rejected, gpu_alone = {}, {}
     for spec, _ in req.methods:
-        if spec.name not in best and spec.name in smallest:
+        if spec.name in best and best[spec.name].offloaded and spec.name in smallest:
+            lean = smallest[spec.name]
+            gpu_alone[spec.name] = (f"needs {gib_text(lean.estimate.device_used_bytes)} (smallest: "
+                                    f"{lean.config.label()}, batch {lean.config.batch})")
+        elif spec.name not in best and spec.name in smallest:
             need = smallest[spec.name].estimate.device_used_bytes
             rejected[spec.name] = (f"{spec.name}: {need / 2**30:.1f} GiB > {req.usable_bytes / 2**30:.1f} GiB "
                                    f"(smallest configuration: {smallest[spec.name].config.label()}, "
@@ -347,11 +376,78 @@ def plan(req: PlanRequest) -> Plan:
         elif spec.name not in best:
             rejected[spec.name] = (f"{spec.name}: every configuration that fits needs as much memory as full-rank "
                                    f"AdamW at the same settings")
+    rejected.update({k: v for k, v in hf_rejected.items() if k not in best})
     result = Plan(request=req, candidates=fitting, best_per_method=best, rejected=rejected,
-                  recipes=recipe_checks(req, fitting))
+                  recipes=recipe_checks(req, fitting), gpu_alone=gpu_alone)
     if not fitting:
         result.suggestions = suggest(req, smallest)
     return result
+
+
+def gib_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _offload_candidates(req: PlanRequest, gpu: GpuSpec) -> list[Candidate]:
+    """When nothing fits on the GPU alone: each full-rank method asked for with its optimizer offloaded (16/32-bit
+    states, stepped globally: `offload.check_offload`), the largest micro-batch that fits, with and without
+    checkpointing."""
+    found = []
+    for spec, forced_bits in req.methods:
+        if spec.project:
+            continue
+        for bits in [b for b in _bits_for(req, forced_bits) if b != 8]:
+            for ckpt in (False, True):
+                for batches in _batches(req, False):
+                    cand = _largest_fitting_batch(req, spec, None, None, bits, False, ckpt, batches, gpu, {},
+                                                  offload=True)
+                    if cand is not None:
+                        found.append(cand)
+    return found
+
+
+def _hf_candidates(req: PlanRequest, hf: HfOptimizer, gpu: GpuSpec,
+                   smallest: dict[str, Candidate]) -> tuple[list[Candidate], str | None]:
+    """A Trainer optimizer as transformers runs it: its method, options, state bits and per-layer updates fixed by
+    the name; rank, update gap, micro-batch and checkpointing searched. Layer-wise names never accumulate
+    (transformers refuses it). Returns the candidates that fit and, when none does, the reason."""
+    refusal = hf_refusal(hf, gpus=req.gpus, strategy=req.strategy)
+    if refusal:
+        return [], refusal
+    spec = get_method(hf.method)
+    bits = hf.state_bits or default_state_bits(req.dtype)
+    batch_lists = [[b for b in lst if b[1] == 1] for lst in _batches(req, hf.layerwise)] if hf.layerwise else \
+        _batches(req, False)
+    gaps = spec.gaps()
+    mine: dict[str, Candidate] = {}
+    out = []
+    for rank in [spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model):
+        for ckpt in (False, True):
+            for batches in (lst for lst in batch_lists if lst):
+                found = _largest_fitting_batch(req, spec, rank, gaps[0], bits, hf.layerwise, ckpt, batches, gpu, mine,
+                                               options=hf.options, entry=hf.key)
+                if found is None:
+                    continue
+                b = (found.config.batch, found.config.accumulation)
+                out += [found] + [_candidate(req, spec, rank, gap, bits, hf.layerwise, ckpt, b, gpu,
+                                             layout=getattr(found.estimate, "parallel", None),
+                                             known=None if req._layouts else found.estimate, options=hf.options,
+                                             entry=hf.key) for gap in gaps[1:]]
+    if out:
+        return out, None
+    lean = mine.get(spec.name)
+    if lean is None:
+        return [], f"{hf.key}: no micro-batch of the requested optimizer batch runs it without accumulation"
+    smallest[hf.key] = lean
+    return [], (f"{hf.key}: {gib_text(lean.estimate.device_used_bytes)} > {gib_text(req.usable_bytes)} (smallest "
+                f"configuration: {lean.config.label()}, batch {lean.config.batch})")
+
+
+def _offload_fields(c: Candidate) -> dict:
+    """What an offloaded candidate adds to its JSON: host bytes and the speed terms."""
+    est = c.estimate
+    return {"offload": "optimizer", "host_bytes": est.host_bytes, "host": dict(est.host),
+            "offload_speed": c.throughput.to_dict()}
 
 
 def recipe_checks(req: PlanRequest, ranked: list[Candidate]) -> list[RecipeCheck]:
@@ -395,7 +491,8 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
                ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
-               layout: Parallel | None = None, known: Estimate | None = None) -> Candidate:
+               layout: Parallel | None = None, known: Estimate | None = None, offload: bool = False,
+               options: dict | None = None, entry: str = "") -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
     alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
@@ -403,9 +500,12 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     is the estimate of the same configuration at another update gap: memory does not depend on the gap."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
-                      accumulation=batch[1])
+                      accumulation=batch[1], method_options=dict(options or {}))
     measured = req.measured_refresh_s(spec.name, rank, gap)
-    if req._layouts and bisecting:
+    if offload:
+        est = offload_estimate(cfg, req.calibration)
+        tput = offload_throughput(cfg, est, gpu, utilization=req.utilization, calibration=req.calibration)
+    elif req._layouts and bisecting:
         est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
     elif req._layouts:
         est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
@@ -416,7 +516,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                                   calibration=req.calibration,
                                   states=est.components["optimizer_states"] + est.components["projection_matrices"])
     return Candidate(config=cfg, estimate=est, requested_sequences=req.sequences_per_step,
-                     calibration=req.calibration, ranks=req.gpus,
+                     calibration=req.calibration, ranks=req.gpus, entry=entry,
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=tput,
                      quality=req.evidence.quality(cfg, batch[0] * batch[1] * req.gpus * req.seq),
@@ -427,11 +527,13 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
 
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
                            layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
-                           smallest: dict[str, Candidate]) -> Candidate | None:
+                           smallest: dict[str, Candidate], offload: bool = False, options: dict | None = None,
+                           entry: str = "") -> Candidate | None:
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
 
     def evaluate(i: int) -> Candidate:
-        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts))
+        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts),
+                          offload=offload, options=options, entry=entry)
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
@@ -449,7 +551,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             lo = mid + 1
     if req._layouts:  # several GPUs: weigh the strategies once, at the micro-batch found
         best = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation),
-                          gpu)
+                          gpu, options=options, entry=entry)
     return best
 
 
