@@ -21,6 +21,7 @@ from subprof.catalog import ModelConfig, load_model
 from subprof.errors import SubprofError
 from subprof.methods import forced_state_bits, get_method
 from subprof.methods.spec import MethodSpec
+from subprof.modes import check_loss, checkpointed_layers, parse_checkpointing
 
 DTYPES = ("bf16", "mixed", "fp32")
 DTYPE_HELP = ("Training dtype: bf16 (pure bf16 weights, gradients and states, as the GaLore scripts), mixed (fp32 "
@@ -88,7 +89,8 @@ class TrainConfig:
     dtype: str = "bf16"
     batch: int = 8
     seq: int = 256
-    checkpointing: bool = False
+    checkpointing: str = "none"  # subprof.modes: none, full, selective, every:K (a bool reads as none/full)
+    loss: str = "full"  # subprof.modes: full, chunked, fused
     accumulation: int = 1
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +101,8 @@ class TrainConfig:
             raise SubprofError(f"--method {self.method} implies --state-bits {forced}")
         self.method = spec.name
         check_dtype(self.dtype)
+        self.checkpointing = parse_checkpointing(self.checkpointing)
+        check_loss(self.loss)
         for name in ("batch", "seq", "accumulation"):
             if getattr(self, name) <= 0:
                 raise SubprofError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -135,6 +139,16 @@ class TrainConfig:
         return get_method(self.method)
 
     @property
+    def recomputes(self) -> bool:
+        """Whether any activation is recomputed in backward (any checkpointing mode but `none`)."""
+        return self.checkpointing != "none"
+
+    @property
+    def recomputed_layers(self) -> int:
+        """Decoder layers checkpointed whole (`full`: all; `every:K`: ⌊L/K⌋; `selective`, `none`: 0)."""
+        return checkpointed_layers(self.checkpointing, self.model.layers)
+
+    @property
     def param_bytes(self) -> int:
         return param_bytes(self.dtype)
 
@@ -153,20 +167,22 @@ class TrainConfig:
             parts.append("8bit")
         if self.layerwise:
             parts.append("layerwise")
-        if self.checkpointing:
-            parts.append("ckpt")
+        if self.recomputes:
+            parts.append({"full": "ckpt", "selective": "sac"}.get(self.checkpointing, f"ckpt/{self.checkpointing[6:]}"))
+        if self.loss != "full":
+            parts.append(f"{self.loss}-ce")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for JSON rows and subprocesses): the model by name, or by path for a user's config.json."""
         return {"model": self.model.ref, "method": self.method, "rank": self.rank, "update_gap": self.update_gap,
                 "state_bits": self.state_bits, "layerwise": self.layerwise, "dtype": self.dtype, "batch": self.batch,
-                "seq": self.seq, "checkpointing": self.checkpointing, "accumulation": self.accumulation,
+                "seq": self.seq, "checkpointing": self.checkpointing, "loss": self.loss, "accumulation": self.accumulation,
                 "method_options": dict(self.method_options)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {k: data[k] for k in ("method", "rank", "update_gap", "state_bits", "layerwise", "dtype", "batch",
-                                      "seq", "checkpointing", "accumulation", "method_options")
+                                      "seq", "checkpointing", "loss", "accumulation", "method_options")
                  if data.get(k) is not None}
         return cls(model=load_model(str(data["model"])), **known)

@@ -99,7 +99,18 @@ class ResultLog:
 
 
 def case_key(row: dict, fields: Iterable[str]) -> tuple:
-    return tuple(_freeze(row.get(f)) for f in fields)
+    return tuple(_freeze(_canonical(f, row.get(f))) for f in fields)
+
+
+def _canonical(name: str, value: Any) -> Any:
+    """Rows written before the checkpointing modes and loss kinds: a bool reads as none/full, no loss as full."""
+    if name == "checkpointing":
+        from subprof.modes import parse_checkpointing
+
+        return parse_checkpointing(value)
+    if name == "loss":
+        return value or "full"
+    return value
 
 
 def _freeze(value: Any) -> Any:

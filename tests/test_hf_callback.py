@@ -90,7 +90,7 @@ CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in Trai
 
 @pytest.mark.parametrize("args, read", [
     ({"gradient_accumulation_steps": 2}, {"accumulation": 2}),
-    ({CHECKPOINTING: True}, {"checkpointing": True}),
+    ({CHECKPOINTING: True}, {"checkpointing": "full"}),
     ({"bf16": True}, {"dtype": "mixed"}),  # fp32 weights under bf16 autocast
 ], ids=["accumulation", "checkpointing", "bf16-autocast"])
 def test_accumulation_checkpointing_and_autocast_come_from_the_training_arguments(tmp_path, args, read):

@@ -33,7 +33,7 @@ def test_estimate_within_3_percent_of_traced_peak(row):
     est = estimate(TrainConfig(model=load_model(row["model"]), method=method, rank=row.get("rank"),
                                update_gap=row.get("update_gap"), state_bits=row.get("state_bits"),
                                layerwise=row.get("layerwise", False), checkpointing=row.get("checkpointing", False),
-                               dtype=row.get("dtype", "bf16"), batch=row["batch"], seq=row["seq"]))
+                               loss=row.get("loss", "full"), dtype=row.get("dtype", "bf16"), batch=row["batch"], seq=row["seq"]))
     # a trace sees tensors only: compare without the GPU-side runtime allocations calibrated on real H100 rows
     model_side = est.peak_allocated_bytes - DEFAULT.cuda_runtime_allocated_bytes
     assert abs(model_side / row["peak_allocated_bytes"] - 1) <= 0.03

@@ -5,7 +5,9 @@
 # (one per core), each appending to its own file as each case finishes (--resume skips finished cases); the quality
 # model reads both files as one table. As run on 2026-12-06 (~15–20 min a case beside other work on 2 cores):
 # GaLore and SUMO at rank 8 × T = 10, 50, 250 (seed 0) and T = 50, 250 (seed 1), AdamW, OSD at rank 8.
-# Rank 32 was started and stopped for time: no row.
+# Rank 32 was started and stopped for time: no row. Second session (started 2026-12-06, same grid date so the
+# runs are one table): GaLore rank 32 × T = 10, 50, 250 (stream c); SUMO rank 32 (stream d) was stopped for time
+# before its first case finished: no row. `bash profiles/measured/gap_grid.sh [DATE] [r32]` reruns the rank-32 part.
 #   bash profiles/measured/gap_grid.sh [DATE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,3 +21,8 @@ COMMON=(--model tiny --steps 1000 --batch 8 --seq 256 --threads 1 --eval-every 2
  subprof burst --methods sumo --ranks 8 --update-gaps 50,250 --seed 1 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_b_$DATE.jsonl"
  subprof burst --methods osd --ranks 8 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_b_$DATE.jsonl") &
 wait
+if [ "${2:-}" = r32 ]; then
+  (subprof burst --methods galore --ranks 32 --update-gaps 10,50,250 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_c_$DATE.jsonl") &
+  (subprof burst --methods sumo --ranks 32 --update-gaps 10,50,250 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_d_$DATE.jsonl") &
+  wait
+fi

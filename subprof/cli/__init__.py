@@ -27,7 +27,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = bare_checkpointing(list(sys.argv[1:] if args is None else args))
         try:
             code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                                 **extra)
@@ -42,6 +42,16 @@ class OneLineErrors(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def bare_checkpointing(argv: list[str]) -> list[str]:
+    """`--checkpointing` without a mode (the flag it was before the modes) reads as `--checkpointing full`."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--checkpointing" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("full")
+    return out
 
 
 def usage_message(exc: Any, argv: list[str]) -> str:

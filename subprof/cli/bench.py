@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
+from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, LossOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
                                  ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import (console, count_rows, guarded, interrupted, output_format, parse_int_list, parse_str_list,
                             print_json, print_rows, progress_bar, refuse_unless)
@@ -83,7 +83,8 @@ def bench(
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
     layerwise: LayerwiseOpt = False,
-    checkpointing: CkptOpt = False,
+    checkpointing: CkptOpt = "none",
+    loss: LossOpt = "full",
     update_gap: GapOpt = None,
     steps: Annotated[int, typer.Option("--steps", help="Training steps per case.", min=1)] = 3,
     backend: Annotated[str, typer.Option("--backend", help="auto (cuda if a GPU is visible, else trace), cuda, "
@@ -128,8 +129,12 @@ def bench(
     rule = BudgetRule(budget_bytes=budget.bytes, margin=margin, calibration=calib) if budget else None
     check_writable(out)
     chosen = resolve_backend(backend.strip().lower())
+    if loss == "fused" and chosen != "cuda":
+        from subprof.modes import FUSED_NOT_TRACED
+
+        raise SubprofError(FUSED_NOT_TRACED)
     base = dict(batch=batch, seq=seq, dtype=dtype, state_bits=state_bits, layerwise=layerwise,
-                checkpointing=checkpointing, update_gap=update_gap)
+                checkpointing=checkpointing, loss=loss, update_gap=update_gap)
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
                         backend=chosen, threads=threads, world_size=world_size, nodes=nodes,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from subprof.cli import render
 from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
-                                 LayerwiseOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
+                                 LayerwiseOpt, LossOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
                                  VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
@@ -100,7 +100,8 @@ def estimate(
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
     layerwise: LayerwiseOpt = False,
-    checkpointing: CkptOpt = False,
+    checkpointing: CkptOpt = "none",
+    loss: LossOpt = "full",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose calibration record applies "
                                                              "(default: the H100 reference rows); use the card "
                                                              "`plan` predicted tokens/s on to reproduce its rows.")]
@@ -152,7 +153,7 @@ def estimate(
         raise SubprofError(reason)
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
-                      checkpointing=checkpointing, accumulation=accumulation or 1, method_options=options)
+                      checkpointing=checkpointing, loss=loss, accumulation=accumulation or 1, method_options=options)
     par = (Parallel(gpus=gpus, nodes=nodes, strategy=(strategy or "fsdp").strip().lower())
            if gpus > 1 or nodes > 1 else None)
     if par is not None:
@@ -235,6 +236,9 @@ def plan(
                                                                "(resumable).")] = "reports/plan_burst.jsonl",
     threads: ThreadsOpt = None,
     calibration: CalibrationOpt = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Search only this loss kind: full, chunked or fused "
+                                                               "(default: the full logits, the chunked loss where "
+                                                               "they do not fit).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Also print the settings, the evidence behind the "
                                                             "quality column and how candidates are ranked.")] = False,
     json_out: JsonOpt = False,
@@ -279,7 +283,8 @@ def plan(
                       gpu=card, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,
                       gpus=gpus, nodes=nodes, strategy=strategy.strip().lower(),
-                      evidence=probe_quality(probe) if probe else None)
+                      evidence=probe_quality(probe) if probe else None,
+                      **({"losses": (loss.strip().lower(),)} if loss else {}))
     result = run_plan(req)
     evidence = None
     if burst and result.recommendation is not None:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from subprof.config import DTYPE_HELP, default_threads
+from subprof.modes import CHECKPOINTING_HELP, LOSS_HELP
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
@@ -38,7 +39,9 @@ GapOpt = Annotated[Optional[int], typer.Option("--update-gap", "-T", help="Steps
 BitsOpt = Annotated[Optional[int], typer.Option("--state-bits", help="Optimizer state precision: 32, 16 or 8 "
                                                                       "(default: 16 for bf16, 32 otherwise).")]
 LayerwiseOpt = Annotated[bool, typer.Option("--layerwise", help="Per-layer updates in backward hooks.")]
-CkptOpt = Annotated[bool, typer.Option("--checkpointing", help="Activation (gradient) checkpointing.")]
+CkptOpt = Annotated[str, typer.Option("--checkpointing", help=CHECKPOINTING_HELP + " A bare --checkpointing is "
+                                                                                  "full.")]
+LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip cases already finished in --out.")]
 DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="Text files/folders, or nanoGPT-style .bin token "

@@ -8,6 +8,7 @@ from rich import box
 from rich.table import Table
 
 from subprof.cli import render_job
+from subprof.cli.render_job import ckpt_cell
 from subprof.cli.ui import console
 from subprof.plan.memory import PHASE_MEANING, PHASES, Estimate
 from subprof.plan.planner import COMPRESSION, Candidate, Plan, ranks_for
@@ -119,7 +120,7 @@ def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
     return [cfg.method + ("+offload" if c.offloaded else "") + (" (hf)" if c.entry else ""), str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
-            seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
+            seqs, ckpt_cell(cfg), f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
             f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band, evidence)]
 

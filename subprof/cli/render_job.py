@@ -12,13 +12,20 @@ JOB_COLUMNS = ("method", "strategy", "rank", "T", "bits", "layer", "micro", "seq
                "job tok/s", "comm", "proj")  # micro, peak and device per rank (the table's title says so)
 
 
+def ckpt_cell(cfg) -> str:
+    """The ckpt column: the checkpointing mode (no, sel, full, 1/K for every:K) and, when not the full logits, the
+    loss kind (+ch chunked, +fu fused)."""
+    mode = {"none": "no", "selective": "sel", "full": "full"}.get(cfg.checkpointing, f"1/{cfg.checkpointing[6:]}")
+    return mode + {"full": "", "chunked": "+ch", "fused": "+fu"}[cfg.loss]
+
+
 def job_row(c: Candidate) -> list[str]:
     cfg = c.config
     t = c.throughput
     return [cfg.method, c.estimate.parallel.strategy, str(cfg.rank or "full"), str(cfg.update_gap or "–"),
             str(cfg.state_bits), "yes" if cfg.layerwise else "no",
             f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
-            f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *"), "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.2f}",
+            f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *"), ckpt_cell(cfg), f"{gib(c.estimate.peak_allocated_bytes):.2f}",
             f"{gib(c.estimate.device_used_bytes):.2f}", f"{t.tokens_per_s:,.0f}", f"{100 * t.comm_share:.1f}%",
             f"{100 * t.projection_share:.1f}%"]
 

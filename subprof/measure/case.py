@@ -22,7 +22,7 @@ PACKAGES = {"galore-torch": "galore_torch"}  # implementation → the module it 
 REFERENCE_NAMES = {"galore-ref": ("galore", "galore-torch")}  # what a user types → (method, implementation)
 # what identifies a finished row for `--resume`
 KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch", "seq", "dtype", "state_bits",
-              "layerwise", "checkpointing", "backend", "steps", "world_size", "nodes", "strategy")
+              "layerwise", "checkpointing", "loss", "backend", "steps", "world_size", "nodes", "strategy")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -101,7 +101,8 @@ class Case:
     def label(self) -> str:
         c = self.config
         r = f" r{c.rank}" if c.rank else ""
-        extra = "".join(s for s, on in ((" per-layer", c.layerwise), (" ckpt", c.checkpointing)) if on)
+        extra = "".join(s for s, on in ((" per-layer", c.layerwise), (f" ckpt:{c.checkpointing}", c.recomputes),
+                                         (f" {c.loss}-ce", c.loss != "full")) if on)
         par = f" {self.parallel.label()}" if self.parallel else ""
         return (f"{c.model.name} {self.method_label}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq}{par} "
                 f"[{self.backend}]")

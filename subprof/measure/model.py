@@ -25,6 +25,7 @@ import torch
 
 from subprof.catalog import ModelConfig
 from subprof.config import default_threads, param_bytes
+from subprof.modes import is_checkpointed_layer, parse_checkpointing
 
 
 def param_dtype(dtype: str) -> torch.dtype:
@@ -55,21 +56,68 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(cfg: ModelConfig, *, dtype: str = "bf16", device: str | torch.device = "cpu",
-                checkpointing: bool = False, seed: int = 0) -> torch.nn.Module:
+                checkpointing: str | bool = "none", seed: int = 0) -> torch.nn.Module:
     """The family's causal LM (`LlamaForCausalLM` for the catalogue) built on `device` in the training dtype, in
-    train mode, random init with `seed`.
-
-    With `checkpointing`, transformers' gradient checkpointing (non-reentrant `torch.utils.checkpoint` around each
-    decoder layer) keeps only each layer's input during forward and recomputes the rest in backward."""
+    train mode, random init with `seed`, with the activation checkpointing mode `checkpointing`
+    (`subprof.modes`; `apply_checkpointing`)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     with default_dtype(param_dtype(dtype)), torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config(cfg))
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_checkpointing(model, parse_checkpointing(checkpointing))
     model.train()
     return model
+
+
+# torchtitan's op-level save list (parallelisms/parallelize_llama.py `_save_list`, commit 9dec370) + the CPU flash
+# kernel, which stands in for CUDA's flash kernel in traces (`subprof.measure.trace`)
+_SAVE_OPS = frozenset(op for op in (
+    torch.ops.aten.mm.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    getattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", None) and
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.aten.abs.default,
+    torch.ops.aten.max.default,
+) if op)
+
+
+def selective_context():
+    """torchtitan's op-level selective checkpointing policy for one layer call: save the outputs of the ops in
+    `_SAVE_OPS` except every second matmul (counted separately in forward and in recompute), recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    count = {False: 0, True: 0}
+
+    def policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+        if func == torch.ops.aten.mm.default:
+            count[ctx.is_recompute] += 1
+            if count[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE if func in _SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def apply_checkpointing(model: torch.nn.Module, mode: str) -> None:
+    """transformers' gradient checkpointing (non-reentrant `torch.utils.checkpoint` around each decoder layer, as
+    torchtitan wraps each transformer block): `full` on every layer, `every:K` on every K-th (torchtitan's count),
+    `selective` on every layer with `selective_context` as the checkpoint's context (only what the policy does not
+    save is recomputed)."""
+    if mode == "none":
+        return
+    kwargs = {"use_reentrant": False}
+    if mode == "selective":
+        kwargs["context_fn"] = selective_context
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for i, layer in enumerate(model.model.layers):
+        if mode != "selective":
+            layer.gradient_checkpointing = is_checkpointed_layer(mode, i)
 
 
 def train_context(dtype: str, device_type: str) -> contextlib.AbstractContextManager:

@@ -38,7 +38,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
+from subprof.errors import SubprofError
 from subprof.measure.case import Case
+from subprof.measure.loss import FUSED_NOT_TRACED, forward_backward
 from subprof.measure.model import build_model, train_context
 from subprof.measure.reference import make_optimizer
 from subprof.quiet import known_noise_filtered
@@ -201,6 +203,8 @@ def trace_case(case: Case) -> TraceResult:
     `case.backend`, `budget_bytes` and `seed` play no part here (fake tensors hold no values)."""
     t0 = time.perf_counter()
     c = case.config
+    if c.loss == "fused":
+        raise SubprofError(FUSED_NOT_TRACED)
     with FakeTensorMode(allow_non_fake_inputs=True), cuda_rounding():
         model = build_model(c.model, dtype=c.dtype, device="cpu", checkpointing=c.checkpointing)
         opt = make_optimizer(model, case, lr=1e-3, trace=True)
@@ -216,9 +220,7 @@ def trace_case(case: Case) -> TraceResult:
                 ids = torch.randint(0, c.model.vocab, (c.batch, c.seq), device="cpu")
                 tracker.decomposed = False
                 with tracker.in_phase(f"fwbw{i}"):
-                    with train_context(c.dtype, "cpu"):
-                        loss = model(input_ids=ids, labels=ids).loss
-                    loss.backward()
+                    loss = forward_backward(model, ids, c.loss, train_context(c.dtype, "cpu"))
                 fwbw_refresh = tracker.decomposed  # per-layer methods refresh inside backward
                 tracker.decomposed = False
                 with tracker.in_phase(f"opt{i}"):

@@ -239,7 +239,7 @@ def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: 
 
 
 @lru_cache(maxsize=1024)
-def _flops_per_token(model: ModelConfig, seq: int, checkpointing: bool) -> float:
+def _flops_per_token(model: ModelConfig, seq: int, checkpointing: str) -> float:
     return train_flops_per_token(TrainConfig(model=model, seq=seq, checkpointing=checkpointing))
 
 

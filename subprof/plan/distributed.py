@@ -34,7 +34,7 @@ from subprof.methods.spec import Dtype, tensor_bytes, weight_sharding
 from subprof.plan import calibration as cal
 from subprof.plan.calibration import Calibration
 from subprof.plan.memory import (Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
-                                 logits_bytes)
+                                 layer_kept_bytes_per_token, logits_bytes, residual_bytes)
 from subprof.plan.parallel import Parallel
 
 # NCCL's own device buffers per communicator, outside PyTorch's allocator: NCCL_BUFFSIZE (4 MiB by default, NCCL
@@ -190,14 +190,18 @@ def _weight_terms(method: str, m: int, n: int, r: int, ranks: int, state_bits: i
 
 
 @lru_cache(maxsize=4096)
-def token_terms(model: ModelConfig, dtype: str, batch: int, seq: int, checkpointing: bool) -> tuple[int, ...]:
-    """(A, one layer's saved activations, what a checkpointed layer keeps, the recomputed layer, logits peak) for
-    one rank's micro-batch; FSDP2 mixed precision computes in bf16, so activations follow the bf16 reading."""
+def token_terms(model: ModelConfig, dtype: str, batch: int, seq: int, checkpointing: str,
+                loss: str = "full") -> tuple[int, ...]:
+    """(A, one layer's saved activations, what a layer keeps on average under the checkpointing mode, the
+    recomputed layer, logits peak) for one rank's micro-batch; FSDP2 mixed precision computes in bf16, so
+    activations follow the bf16 reading."""
     c = TrainConfig(model=model, dtype="bf16" if dtype == "mixed" else dtype, batch=batch, seq=seq,
-                    checkpointing=checkpointing)
+                    checkpointing=checkpointing, loss=loss)
     per_layer = activation_bytes_per_token_layer(c) * c.tokens
-    kept = (2 if dtype != "fp32" else 4) * model.hidden * c.tokens if checkpointing else per_layer
-    return activation_bytes(c), per_layer, kept, per_layer if checkpointing else 0, logits_bytes(c)
+    whole = c.recomputed_layers if c.checkpointing.startswith("every:") else 0
+    kept = ((model.layers - whole) * layer_kept_bytes_per_token(c) + whole * residual_bytes(c) * model.hidden) \
+        * c.tokens // model.layers
+    return activation_bytes(c), per_layer, kept, per_layer if c.recomputes else 0, logits_bytes(c)
 
 
 # ---------------------------------------------------------------------------------------------------- estimate
@@ -237,7 +241,7 @@ def _sharded(c: TrainConfig, par: Parallel, calib: Calibration) -> RankEstimate:
     m, L = c.model, c.model.layers
     t = shard_terms(m, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
                     tuple(sorted(c.method_options.items())), par.shard_ranks)
-    A, _, kept_layer, recompute, logit = token_terms(m, c.dtype, c.batch, c.seq, c.checkpointing)
+    A, _, kept_layer, recompute, logit = token_terms(m, c.dtype, c.batch, c.seq, c.checkpointing, c.loss)
     runtime = calib.cuda_runtime_allocated_bytes
     accumulating = c.accumulation > 1
     lw = c.layerwise

@@ -1,7 +1,7 @@
 """The analytic memory model: bytes per component and per phase of one LLaMA training step. Pure Python, no torch.
 
 What it predicts, for one configuration (model × method × rank × update gap × state bits × per-layer × dtype ×
-micro-batch × sequence × checkpointing):
+micro-batch × sequence × checkpointing mode × loss kind):
 - `peak_allocated_bytes`: what `torch.cuda.max_memory_allocated()` reports over a few training steps;
 - `device_used_bytes`: what nvidia-smi shows: the allocator's reserved memory plus the CUDA context.
 
@@ -23,6 +23,8 @@ from subprof.config import TrainConfig
 from subprof.methods.spec import FOREACH_NUMEL, Dtype, tensor_bytes
 from subprof.plan import calibration as cal
 from subprof.plan.calibration import Calibration
+from subprof.plan.checkpointing import selective_saved_bytes_per_token
+from subprof.plan.loss import loss_kind_bytes
 
 COMPONENTS = (
     "weights", "gradients", "optimizer_states", "projection_matrices", "projection_workspace", "activations",
@@ -55,7 +57,7 @@ class Estimate:
         return {
             "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
             "state_bits": c.state_bits, "layerwise": c.layerwise, "dtype": c.dtype, "batch": c.batch, "seq": c.seq,
-            "checkpointing": c.checkpointing, "accumulation": c.accumulation,
+            "checkpointing": c.checkpointing, "loss": c.loss, "accumulation": c.accumulation,
             "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
             "device_used_bytes": self.device_used_bytes, "peak_phase": self.peak_phase,
             "components": dict(self.components), "phases": {k: dict(v) for k, v in self.phases.items()},
@@ -164,16 +166,33 @@ def activation_bytes_per_token_layer(c: TrainConfig) -> int:
     return 16 * h + 10 * h + core
 
 
+def residual_bytes(c: TrainConfig) -> int:
+    """Bytes of one element of the residual stream (a checkpointed layer's saved input): bf16 in pure bf16, fp32
+    otherwise (mixed keeps an fp32 residual under autocast)."""
+    return 2 if c.dtype == "bf16" else 4
+
+
+def layer_kept_bytes_per_token(c: TrainConfig) -> int:
+    """What one decoder layer keeps for backward per token under the checkpointing mode (`subprof.modes`): every
+    activation (`activation_bytes_per_token_layer`) without checkpointing, its input with `full`, and with
+    `selective` its input + the saved op outputs (`selective_saved_bytes_per_token`)."""
+    if c.checkpointing == "selective":
+        return residual_bytes(c) * c.model.hidden + selective_saved_bytes_per_token(c)
+    if c.checkpointing == "full":
+        return residual_bytes(c) * c.model.hidden
+    return activation_bytes_per_token_layer(c)
+
+
 def activation_bytes(c: TrainConfig) -> int:
-    """activations saved when backward starts = T · (L · a_layer + 8h + 12) + 4·S·d (rotary cos/sin); with
-    checkpointing each layer keeps only its input: T · (L · b_act · h + 8h + 12) + 4·S·d."""
+    """activations saved when backward starts = T · (Σ over layers of what each keeps + 8h + 12) + 4·S·d (rotary
+    cos/sin): `layer_kept_bytes_per_token` per layer; with `every:K` the ⌊L/K⌋ checkpointed layers keep their input
+    (b_res · h), the others everything."""
     m, T = c.model, c.tokens
     final = (8 if c.dtype == "bf16" else 12) * m.hidden + 12
     rotary = 4 * c.seq * m.head_dim
-    if c.checkpointing:
-        residual = 2 if c.dtype == "bf16" else 4
-        return T * (m.layers * residual * m.hidden + final) + rotary
-    return T * (m.layers * activation_bytes_per_token_layer(c) + final) + rotary
+    whole = c.recomputed_layers if c.checkpointing.startswith("every:") else 0
+    per_token = (m.layers - whole) * layer_kept_bytes_per_token(c) + whole * residual_bytes(c) * m.hidden
+    return T * (per_token + final) + rotary
 
 
 def backward_end_bytes(c: TrainConfig) -> int:
@@ -181,26 +200,31 @@ def backward_end_bytes(c: TrainConfig) -> int:
     the embedding's gradient buffer (V·h·b_param), or with checkpointing the first layer's recomputed
     activations (T · a_layer) if larger."""
     emb = c.model.vocab * c.model.hidden * c.param_bytes
-    if c.checkpointing:
+    if c.recomputes:
         return max(emb, c.tokens * activation_bytes_per_token_layer(c))
     return emb
 
 
 def logits_bytes(c: TrainConfig) -> int:
-    """logits_loss at its peak, in backward through cross-entropy: transformers upcasts the logits to fp32
-    (`logits.float()`), log_softmax saves its fp32 output (4V per token); backward holds that output, the incoming
-    fp32 gradient and the fp32 input gradient at once: 12·V bytes per token (the bf16 logits themselves are freed
-    once `loss = model(...).loss` drops the output). The forward peak (bf16 + fp32 logits + log_softmax output,
-    10·V) is lower."""
-    return cal.LOGITS_BYTES_PER_VOCAB_TOKEN * c.model.vocab * c.tokens
+    """logits_loss at its peak, in backward through cross-entropy, by loss kind (`subprof.modes`; `plan.loss`).
+    full: transformers upcasts the logits to fp32 (`logits.float()`), log_softmax saves its fp32 output (4V per
+    token); backward holds that output, the incoming fp32 gradient and the fp32 input gradient at once: 12·V bytes
+    per token (the bf16 logits themselves are freed once `loss = model(...).loss` drops the output). The forward
+    peak (bf16 + fp32 logits + log_softmax output, 10·V) is lower."""
+    if c.loss == "full":
+        return cal.LOGITS_BYTES_PER_VOCAB_TOKEN * c.model.vocab * c.tokens
+    return loss_kind_bytes(c)
 
 
 def autocast_cache_bytes(c: TrainConfig) -> int:
     """mixed precision only: bf16 copies of the matmul weights that autocast makes and backward keeps (2 B · the
-    weights of every linear layer, lm_head included)."""
+    weights of every linear layer, lm_head included). A checkpointed layer keeps none: its casts are redone in the
+    recompute (`full`, `every:K`: the checkpointed layers; `selective` saves no cast, so every layer)."""
     if c.dtype != "mixed":
         return 0
-    return 2 * (c.model.projected_params + c.model.vocab * c.model.hidden)
+    m = c.model
+    recast = m.layers if c.checkpointing == "selective" else c.recomputed_layers
+    return 2 * (m.projected_params * (m.layers - recast) // m.layers + m.vocab * m.hidden)
 
 
 # ------------------------------------------------------------------------------------------------- estimate

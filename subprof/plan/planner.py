@@ -1,4 +1,4 @@
-"""`plan`: search method × rank × update gap × state bits × per-layer × micro-batch × checkpointing for the
+"""`plan`: search method × rank × update gap × state bits × per-layer × micro-batch × checkpointing × loss kind for the
 configurations whose estimated device memory fits a budget, predict their throughput and rank them.
 
 The search space, stated in the output:
@@ -6,6 +6,9 @@ The search space, stated in the output:
   must compress (GaLore's 1b r512 and 7b r1024 sit at that bound); each weight uses min(rank, m, n);
 - a low-rank configuration that needs as much device memory as full-rank AdamW at the same settings (state bits,
   per-layer, checkpointing, micro-batch, accumulation) is not offered — it saves nothing;
+- checkpointing modes (`subprof.modes`) least recompute first — none, selective, full — each kept only where it fits
+  a larger micro-batch than the cheaper ones; at each micro-batch the full logits first, the chunked loss where
+  they do not fit (`--loss` fixes one kind; `fused` only so);
 - the optimizer batch: `--tokens-per-step`, else `--batch` sequences, else 512 sequences (GaLore/OSD), reached by
   gradient accumulation. Per-layer candidates are searched both ways: accumulating (their gradients then stay alive
   across micro-batches) and stepping every micro-batch, which changes the optimizer batch — such candidates say so
@@ -31,6 +34,7 @@ from subprof.config import TrainConfig, default_state_bits
 from subprof.errors import SubprofError
 from subprof.methods import get_method
 from subprof.methods.spec import MethodSpec
+from subprof.modes import check_loss
 from subprof.plan.calibration import Calibration, calibration_for
 from subprof.plan.comm import LEANEST_FIRST, choose_layout
 from subprof.plan.distributed import RankEstimate, estimate_rank
@@ -48,6 +52,9 @@ MIN_RANK = 16
 COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
 DEFAULT_GLOBAL_BATCH = 512  # sequences per optimizer step in the GaLore / OSD runs
 SPEED_TOLERANCE = 0.03  # predicted tokens/s within 3% of each other count as equally fast
+# checkpointing modes, least recompute first: a costlier one is kept only where it fits a larger micro-batch
+CHECKPOINTING_SEARCH = ("none", "selective", "full")
+PLAN_LOSSES = ("full", "chunked")  # fused needs Liger Kernel: searched when asked for (`--loss fused`)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -70,6 +77,7 @@ class PlanRequest:
     strategy: str = "auto"
     evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
     hf: tuple[HfOptimizer, ...] = ()  # Trainer optimizers asked for (`--methods hf:NAME`, plan/hf_trainer.py)
+    losses: tuple[str, ...] = PLAN_LOSSES  # loss kinds tried where the full logits do not fit (`--loss`: one)
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
     _layouts: tuple = field(default=(), repr=False)
 
@@ -87,6 +95,7 @@ class PlanRequest:
             if self.batch is not None and (self.tokens_per_step // self.seq) % self.batch:
                 raise SubprofError(f"--tokens-per-step {self.tokens_per_step} is {self.tokens_per_step // self.seq} "
                                    f"sequences, not a multiple of --batch {self.batch}")
+        self.losses = tuple(check_loss(k) for k in self.losses)
         if self.top <= 0:
             raise SubprofError(f"--top must be at least 1, got {self.top}")
         if self.gpus == 1 and self.nodes == 1 and self.strategy in STRATEGY_CHOICES and self.strategy != "auto":
@@ -213,7 +222,7 @@ class Candidate:
             "layerwise": c.layerwise, "batch": c.batch, "accumulation": c.accumulation,
             "sequences_per_step": self.sequences_per_step, "tokens_per_step": self.sequences_per_step * c.seq,
             "keeps_requested_batch": self.keeps_requested_batch,
-            "checkpointing": c.checkpointing, "seq": c.seq, "dtype": c.dtype,
+            "checkpointing": c.checkpointing, "loss": c.loss, "seq": c.seq, "dtype": c.dtype,
             "estimated_peak_allocated_bytes": self.estimate.peak_allocated_bytes,
             "device_used_bytes": self.estimate.device_used_bytes, "peak_phase": self.estimate.peak_phase,
             "tokens_per_s": round(self.throughput.tokens_per_s, 1),
@@ -337,15 +346,14 @@ def plan(req: PlanRequest) -> Plan:
         for rank in ([spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model)) if spec.project else [None]:
             for bits in _bits_for(req, forced_bits):
                 for layerwise in (False, True):
-                    for ckpt in (False, True):
-                        for batches in _batches(req, layerwise):
-                            found = _largest_fitting_batch(req, spec, rank, gaps[0], bits, layerwise, ckpt, batches,
-                                                           gpu, smallest)
-                            if found is None or not _saves_memory(found):
+                    for batches in _batches(req, layerwise):
+                        for found in _fitting_modes(req, spec, rank, gaps[0], bits, layerwise, batches, gpu, smallest):
+                            if not _saves_memory(found):
                                 continue
                             fitting.append(found)
                             b = (found.config.batch, found.config.accumulation)
-                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
+                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, found.config.checkpointing,
+                                                   b, gpu, loss=found.config.loss,
                                                    layout=getattr(found.estimate, "parallel", None),
                                                    known=None if req._layouts else found.estimate)
                                         for gap in gaps[1:]]
@@ -397,12 +405,8 @@ def _offload_candidates(req: PlanRequest, gpu: GpuSpec) -> list[Candidate]:
         if spec.project:
             continue
         for bits in [b for b in _bits_for(req, forced_bits) if b != 8]:
-            for ckpt in (False, True):
-                for batches in _batches(req, False):
-                    cand = _largest_fitting_batch(req, spec, None, None, bits, False, ckpt, batches, gpu, {},
-                                                  offload=True)
-                    if cand is not None:
-                        found.append(cand)
+            for batches in _batches(req, False):
+                found += _fitting_modes(req, spec, None, None, bits, False, batches, gpu, {}, offload=True)
     return found
 
 
@@ -422,14 +426,12 @@ def _hf_candidates(req: PlanRequest, hf: HfOptimizer, gpu: GpuSpec,
     mine: dict[str, Candidate] = {}
     out = []
     for rank in [spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model):
-        for ckpt in (False, True):
-            for batches in (lst for lst in batch_lists if lst):
-                found = _largest_fitting_batch(req, spec, rank, gaps[0], bits, hf.layerwise, ckpt, batches, gpu, mine,
-                                               options=hf.options, entry=hf.key)
-                if found is None:
-                    continue
+        for batches in (lst for lst in batch_lists if lst):
+            for found in _fitting_modes(req, spec, rank, gaps[0], bits, hf.layerwise, batches, gpu, mine,
+                                        options=hf.options, entry=hf.key):
                 b = (found.config.batch, found.config.accumulation)
-                out += [found] + [_candidate(req, spec, rank, gap, bits, hf.layerwise, ckpt, b, gpu,
+                out += [found] + [_candidate(req, spec, rank, gap, bits, hf.layerwise, found.config.checkpointing, b,
+                                             gpu, loss=found.config.loss,
                                              layout=getattr(found.estimate, "parallel", None),
                                              known=None if req._layouts else found.estimate, options=hf.options,
                                              entry=hf.key) for gap in gaps[1:]]
@@ -477,36 +479,42 @@ def _saves_memory(cand: Candidate) -> bool:
     if not c.spec.project:
         return True
     return used < _full_rank_device_used(c.model, c.state_bits, c.layerwise, c.dtype, c.batch, c.seq, c.checkpointing,
-                                         c.accumulation, cand.calibration, par)
+                                         c.accumulation, cand.calibration, par, c.loss)
 
 
 @lru_cache(maxsize=1024)
 def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype: str, batch: int, seq: int,
-                           ckpt: bool, accumulation: int, calibration: Calibration, par: Parallel | None) -> int:
+                           ckpt: str, accumulation: int, calibration: Calibration, par: Parallel | None,
+                           loss: str = "full") -> int:
     """Device memory of full-rank AdamW at these settings (cached: every low-rank candidate is held against it)."""
     return estimate_rank(TrainConfig(model=model, method="adamw", state_bits=bits, layerwise=layerwise, dtype=dtype,
-                                     batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation),
+                                     batch=batch, seq=seq, checkpointing=ckpt, accumulation=accumulation, loss=loss),
                          par, calibration).device_used_bytes
 
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
-               ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
-               layout: Parallel | None = None, known: Estimate | None = None, offload: bool = False,
-               options: dict | None = None, entry: str = "") -> Candidate:
+               ckpt: str, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
+               layout: Parallel | None = None, known: Estimate | None = None, loss: str = "full",
+               offload: bool = False, options: dict | None = None, entry: str = "") -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
-    several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
-    alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
+    several GPUs: the fastest strategy that fits (plan/comm.py). `bisecting`: memory alone — on several GPUs the
+    leanest strategy's — (only `fits` is read then; throughput None, quality 0); `layout` keeps the strategy already chosen for this
     configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
     is the estimate of the same configuration at another update gap: memory does not depend on the gap."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
-                      accumulation=batch[1], method_options=dict(options or {}))
-    measured = req.measured_refresh_s(spec.name, rank, gap)
+                      accumulation=batch[1], loss=loss, method_options=dict(options or {}))
     if offload:
         est = offload_estimate(cfg, req.calibration)
+    elif bisecting:  # only `fits` is read: memory alone (the leanest strategy's on several GPUs)
+        est = estimate_rank(cfg, req._layouts[0] if req._layouts else None, req.calibration)
+    if bisecting:
+        return Candidate(config=cfg, estimate=est, requested_sequences=req.sequences_per_step,
+                         calibration=req.calibration, ranks=req.gpus, fits=est.device_used_bytes <= req.usable_bytes,
+                         throughput=None, quality=0.0, entry=entry)
+    measured = req.measured_refresh_s(spec.name, rank, gap)
+    if offload:
         tput = offload_throughput(cfg, est, gpu, utilization=req.utilization, calibration=req.calibration)
-    elif req._layouts and bisecting:
-        est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
     elif req._layouts:
         est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
                                   utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
@@ -525,15 +533,39 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      "scaled from H100 measurements")
 
 
+def _fitting_modes(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
+                   layerwise: bool, batches: list[tuple[int, int]], gpu: GpuSpec, smallest: dict[str, Candidate],
+                   **kw) -> list[Candidate]:
+    """The largest fitting micro-batch under each checkpointing mode of `CHECKPOINTING_SEARCH`, cheapest first: a
+    costlier mode is kept only where it fits a larger micro-batch than the cheaper ones (recomputing must buy
+    something); once the largest micro-batch fits, costlier modes are not tried."""
+    out, reached = [], 0
+    for ckpt in CHECKPOINTING_SEARCH:
+        found = _largest_fitting_batch(req, spec, rank, gap, bits, layerwise, ckpt, batches, gpu, smallest, **kw)
+        if found is None or found.config.batch <= reached:
+            continue
+        reached = found.config.batch
+        out.append(found)
+        if reached == batches[0][0]:
+            break
+    return out
+
+
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
-                           layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
+                           layerwise: bool, ckpt: str, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate], offload: bool = False, options: dict | None = None,
                            entry: str = "") -> Candidate | None:
-    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
+    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits. At each
+    micro-batch the loss kinds of `req.losses` are tried in order (`full` first), the first that fits taken: a
+    loss kind is chosen only where it decides the fit."""
 
     def evaluate(i: int) -> Candidate:
-        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts),
-                          offload=offload, options=options, entry=entry)
+        for loss in req.losses:
+            cand = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=True,
+                              loss=loss, offload=offload, options=options, entry=entry)
+            if cand.fits:
+                break
+        return cand
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
@@ -549,10 +581,10 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             best, hi = cand, mid - 1
         else:
             lo = mid + 1
-    if req._layouts:  # several GPUs: weigh the strategies once, at the micro-batch found
-        best = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation),
-                          gpu, options=options, entry=entry)
-    return best
+    # throughput and quality once, at the micro-batch found (several GPUs: the strategies weighed there)
+    return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation), gpu,
+                      loss=best.config.loss, known=None if req._layouts or offload else best.estimate,
+                      offload=offload, options=options, entry=entry)
 
 
 def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
@@ -566,12 +598,12 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         cfg = TrainConfig(model=req.model, method=lean.config.method, rank=lean.config.rank,
                           update_gap=lean.config.update_gap, state_bits=lean.config.state_bits,
                           layerwise=lean.config.layerwise, dtype=req.dtype, batch=1, seq=seq,
-                          checkpointing=lean.config.checkpointing)
+                          checkpointing=lean.config.checkpointing, loss=lean.config.loss)
         if estimate(cfg, req.calibration).device_used_bytes <= req.usable_bytes:
             out.append(f"--seq {seq} fits with {cfg.label()} at batch 1")
             break
         seq //= 2
-    if not lean.config.checkpointing:
+    if not lean.config.recomputes:
         out.append("activation checkpointing was already searched; it does not suffice alone")
     need = lean.estimate.device_used_bytes / (1 - req.margin)
     bigger = sorted((g for g in gpu_catalog().values() if g.memory_bytes >= need), key=lambda g: g.memory_bytes)

@@ -19,6 +19,7 @@ from subprof.config import TrainConfig
 from subprof.methods import get_method
 from subprof.methods.spec import svd_flops, two_gemm_flops
 from subprof.plan.calibration import Calibration
+from subprof.plan.checkpointing import recompute_flops_per_token
 from subprof.plan.memory import state_bytes
 
 H100_BANDWIDTH_GBS = 3350.0
@@ -45,8 +46,10 @@ class Throughput:
 
 
 def train_flops_per_token(c: TrainConfig) -> float:
-    """3 × forward FLOPs (forward + backward), 4 × with activation checkpointing (one forward recomputed)."""
-    return (4 if c.checkpointing else 3) * c.model.forward_flops_per_token(c.seq)
+    """3 × forward FLOPs (forward + backward) + the forward FLOPs checkpointing repeats in backward
+    (`plan.checkpointing.recompute_flops_per_token`: `full` one whole forward of the decoder layers, `every:K` 1/K of
+    it, `selective` the matmuls whose output it did not save). The loss kinds cost the same FLOPs (`plan.loss`)."""
+    return 3 * c.model.forward_flops_per_token(c.seq) + recompute_flops_per_token(c)
 
 
 def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4, refresh_s: float | None = None,

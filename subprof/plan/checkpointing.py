@@ -1,0 +1,50 @@
+"""What activation checkpointing saves and recomputes per decoder layer (`subprof.modes`), for the memory model
+(`plan.memory.activation_bytes`) and the throughput model (`plan.throughput.train_flops_per_token`). Pure Python.
+
+Selective checkpointing follows torchtitan's op-level policy (`subprof.measure.model.selective_context`, the code the
+trace runs): in each layer's forward the matmuls are counted in order (q, k, v, o, gate, up, down for LLaMA: the
+order of `ModelConfig.linear_shapes`) and the outputs of the 1st, 3rd, 5th, … are saved (q, v, gate, down), the 2nd,
+4th, … recomputed (k, o, up); attention's outputs (the kernel output and its fp32 logsumexp) are saved; every other
+op (norms, rotary, SiLU, products, casts) is recomputed in backward.
+"""
+
+from __future__ import annotations
+
+from subprof.config import TrainConfig
+
+
+def _compute_bytes(c: TrainConfig) -> int:
+    """Bytes of one element a matmul or attention outputs: bf16 under pure bf16 and autocast, fp32 in fp32."""
+    return 4 if c.dtype == "fp32" else 2
+
+
+def layer_matmuls(c: TrainConfig) -> list[tuple[int, int]]:
+    """(output features, input features) of one decoder layer's matmuls in forward order."""
+    return [(s.m, s.n) for s in c.model.linear_shapes()]
+
+
+def saved_matmuls(c: TrainConfig) -> list[tuple[int, int]]:
+    """The matmuls whose output selective checkpointing saves: the 1st, 3rd, 5th, … of the layer."""
+    return layer_matmuls(c)[::2]
+
+
+def selective_saved_bytes_per_token(c: TrainConfig) -> int:
+    """Per token and layer, what the selective policy saves besides the layer's input: the saved matmul outputs
+    (b_c · Σ out) + attention's output (b_c · q) and logsumexp (4 · H), b_c the compute dtype's bytes."""
+    b = _compute_bytes(c)
+    return b * sum(out for out, _ in saved_matmuls(c)) + b * c.model.q_dim + 4 * c.model.heads
+
+
+def recompute_flops_per_token(c: TrainConfig) -> float:
+    """Forward FLOPs per token repeated in backward: `full` and `every:K` rerun the forward of each checkpointed
+    layer (its matmuls, 2 · Σ m·n, and attention scores, 4 · S · q, as `ModelConfig.forward_flops_per_token`); `selective` reruns only the matmuls whose
+    output it did not save (2 · Σ m·n over the 2nd, 4th, … matmul) — attention is saved; none without
+    checkpointing. lm_head is never recomputed."""
+    if not c.recomputes:
+        return 0.0
+    if c.checkpointing == "selective":
+        recomputed = layer_matmuls(c)[1::2]
+        return float(c.model.layers * 2 * sum(m * n for m, n in recomputed))
+    m = c.model
+    per_layer = (m.forward_flops_per_token(c.seq) - 2 * m.vocab * m.hidden) / m.layers  # windows included
+    return c.recomputed_layers * per_layer
