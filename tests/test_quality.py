@@ -18,7 +18,7 @@ from subprof.plan import quality
 from subprof.plan.evidence import probe_weight, rank_exponent, with_probe
 from subprof.plan.probe_curves import ProbeRun
 from subprof.plan.published import load_papers, load_recipes, load_tables
-from subprof.plan.quality import EVIDENCE_ONLY, FULL_RANK, fitted_quality, setting_of_row
+from subprof.plan.quality import EVIDENCE_ONLY, FULL_RANK, FULL_RANK_BASES, fitted_quality, setting_of_row
 from subprof.plan.quality_fit import COMMAND, fit_all, main
 
 TYPES = {"q": (128, 128), "k": (128, 128), "v": (128, 128), "o": (128, 128), "gate": (352, 128), "up": (352, 128),
@@ -61,6 +61,25 @@ def test_the_model_places_rows_of_every_method_it_plans_that_a_table_reports():
     assert {"adamw", "galore", "osd", "subtrack", "sumo", "fira", "apollo"} <= placed
     for name in placed:
         assert name in REGISTRY or name in EVIDENCE_ONLY or name in FULL_RANK
+
+
+def test_base_optimizer_rows_are_placed_with_their_own_terms():
+    """Issue 25: OSD's Table 6 (Lion, Adafactor on the moments and on P) enters the fit — each base an offset
+    against Adam, full-rank Lion/Adafactor their own; a row of an unknown optimizer stays out."""
+    rows = {(r.method, r.base, r.p_optimizer): r for t in load_tables() if t.id == "osd-t6" for r in t.rows}
+    full_lion = setting_of_row(rows[("lion", "", "")])
+    assert (full_lion.kind, full_lion.base, full_lion.parameters) == ("full", "lion", ("full:lion",))
+    galore_ada = setting_of_row(rows[("galore", "adafactor", "")])
+    assert galore_ada.base == "adafactor" and "base:adafactor" in galore_ada.parameters
+    osd_ll = setting_of_row(rows[("osd", "lion", "lion")])
+    assert {"base:lion", "popt:lion"} <= set(osd_ll.parameters)
+    assert setting_of_row(rows[("sgd", "", "")]) is None
+    v = {**{k: d for k, (_, d) in quality.SHAPE.items()}, "base:lion": 0.3, "popt:lion": -0.1, "full:lion": 0.7}
+    terms = quality.terms(osd_ll, v)
+    assert terms["base"] == pytest.approx(0.2)
+    assert quality.terms(full_lion, v) == {"base": 0.7}
+    plain = setting_of_row(rows[("galore", "adamw8bit", "")])
+    assert "base" not in quality.terms(plain, v)
 
 
 def test_a_copied_baseline_counts_as_its_own_papers_tuned_result():
@@ -246,7 +265,7 @@ def test_a_method_whose_rows_are_all_its_authors_is_marked_in_the_plan():
     authors tuned; `plan` says so in the row's marker, in JSON and, when it is the pick, in a sentence."""
     rows = [r for t in load_tables() for r in t.rows if setting_of_row(r) is not None]
     fit = fitted_quality()
-    for method in {r.method for r in rows} - set(FULL_RANK) - set(EVIDENCE_ONLY):
+    for method in {r.method for r in rows} - set(FULL_RANK) - set(FULL_RANK_BASES) - set(EVIDENCE_ONLY):
         independent = [r for r in rows if r.method == method and not r.own]
         expected = "independent" if independent else "own paper"
         assert fit.evidence_kind(method) == expected, method

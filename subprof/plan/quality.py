@@ -67,7 +67,13 @@ VARIANTS: dict[str, QualityTraits | None] = {
     "grassmannian+projection-aware": QualityTraits(moment_transfer=True),
     "grassmannian+recovery-scaling": QualityTraits(recovery=True),
 }
-BASES = ("", "adam", "adamw", "adamw8bit")  # the projected optimizer: Lion/Adafactor rows wait for their terms
+# The optimizer run on the (projected) moments, as tables print it → the base the model scores; Adam in any form is
+# the reference (no term). OSD's optimizer of P likewise (`P_OPTIMIZERS`; "sgd" has no row with a rank).
+BASES = {"": "adamw", "adam": "adamw", "adamw": "adamw", "adamw8bit": "adamw", "lion": "lion",
+         "adafactor": "adafactor"}
+P_OPTIMIZERS = {"": "adam", "adam": "adam", "adamw": "adam", "adamw8bit": "adam", "lion": "lion",
+                "adafactor": "adafactor", "sgd": "sgd"}
+FULL_RANK_BASES = {"lion": "lion", "adafactor": "adafactor"}  # full-rank rows printed under their optimizer's name
 
 
 # ------------------------------------------------------------------------------------------------ parameters
@@ -76,6 +82,9 @@ SHAPE = {
     "p": ("exp", 1.0), "recovery": ("sigmoid", 0.5), "scaled_rank": ("sigmoid", 0.2), "stale": ("exp", 0.1),
     "refresh": ("exp", 1.0), "q": ("exp", 0.5), "transfer": ("exp", 0.5), "own": ("exp", 0.02),
     "kind:tracked": ("id", 0.0), "kind:random": ("id", 0.0), "kind:scaled": ("id", 0.0),
+    # base optimizers: on the projected moments, in full rank (each against Adam), and OSD's optimizer of P
+    "base:lion": ("id", 0.0), "base:adafactor": ("id", 0.0), "full:lion": ("id", 0.0), "full:adafactor": ("id", 0.0),
+    "popt:lion": ("id", 0.0), "popt:adafactor": ("id", 0.0), "popt:sgd": ("id", 0.0),
 }
 METHOD_PREFIX = "method:"
 REFERENCE_METHOD = "galore"  # the method every other one is measured against: no offset of its own
@@ -127,12 +136,23 @@ class Setting:
     own: bool = False
     rank: int | None = None
     default_gap: int = REF_GAP  # the method's published gap: 1 for trackers that move every step (OSD, Ori)
+    base: str = "adamw"  # the optimizer of the (projected) moments (`BASES` values)
+    p_optimizer: str = "adam"  # OSD's optimizer of P (`P_OPTIMIZERS` values)
 
     @property
     def key(self) -> tuple:
         """Equal keys: the same configuration (the model predicts the same)."""
         return (self.method, self.kind, self.traits, self.rank, self.update_gap, self.tokens_per_step,
-                self.default_gap)
+                self.default_gap, self.base, self.p_optimizer)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The free offsets this setting reads (the fit frees only those some row reads)."""
+        if self.kind == "full":
+            return (f"full:{self.base}",) if self.base != "adamw" else ()
+        return (f"kind:{self.kind}", METHOD_PREFIX + self.method) + \
+            ((f"base:{self.base}",) if self.base != "adamw" else ()) + \
+            ((f"popt:{self.p_optimizer}",) if self.p_optimizer != "adam" else ())
 
 
 @lru_cache(maxsize=4096)
@@ -170,14 +190,16 @@ def default_gap(method: str) -> int:
 def setting_of_row(row: TableRow) -> Setting | None:
     """A published or measured row as a Setting; None when the model cannot place it (a method it does not know,
     a Lion/Adafactor base, an ablation variant, a projected row without its rank)."""
+    if row.method in FULL_RANK_BASES:
+        return Setting(method="adamw", kind="full", base=FULL_RANK_BASES[row.method])
     known = method_kind(row.method)
-    if known is None or row.variant not in VARIANTS or row.base not in BASES:
+    if known is None or row.variant not in VARIANTS or row.base not in BASES or row.p_optimizer not in P_OPTIMIZERS:
         return None
     kind, traits = known
     if VARIANTS[row.variant] is not None:
         traits = VARIANTS[row.variant]
     if kind == "full":
-        return Setting(method="adamw", kind="full")
+        return Setting(method="adamw", kind="full", base=BASES[row.base])
     if not row.rank:
         return None
     try:
@@ -187,26 +209,29 @@ def setting_of_row(row: TableRow) -> Setting | None:
     gap = row.update_gap or default_gap(row.method)
     return Setting(method=row.method, kind=kind, traits=traits, shares=rank_shares(model, int(row.rank)),
                    update_gap=int(gap), tokens_per_step=row.tokens_per_step, own=row.own, rank=int(row.rank),
-                   default_gap=default_gap(row.method))
+                   default_gap=default_gap(row.method), base=BASES[row.base], p_optimizer=P_OPTIMIZERS[row.p_optimizer])
 
 
 def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -> Setting:
     """A planned configuration as a Setting (`tokens_per_step`: the optimizer batch; default micro-batch ×
     accumulation × sequence)."""
     spec = config.spec
+    options = config.method_options
+    base = BASES.get(str(options.get("base") or ""), "adamw")
     if not spec.project:
-        return Setting(method="adamw", kind="full")
+        return Setting(method="adamw", kind="full", base=base)
     tokens = tokens_per_step or config.batch * config.accumulation * config.seq
-    return Setting(method=spec.name, kind=spec.subspace, traits=spec.quality_traits(config.method_options),
+    return Setting(method=spec.name, kind=spec.subspace, traits=spec.quality_traits(options),
                    shares=rank_shares(config.model, int(config.rank)), update_gap=int(config.update_gap),
-                   tokens_per_step=tokens, rank=int(config.rank), default_gap=spec.default_update_gap)
+                   tokens_per_step=tokens, rank=int(config.rank), default_gap=spec.default_update_gap, base=base,
+                   p_optimizer=P_OPTIMIZERS.get(str(options.get("projector_optimizer") or ""), "adam"))
 
 
 # ------------------------------------------------------------------------------------------------ the terms
 def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
     """Each term of g for a setting under parameter values `v` (transformed: the model's own units)."""
     if s.kind == "full":
-        return {}
+        return {"base": v.get(f"full:{s.base}", 0.0)} if s.base != "adamw" else {}
     rank = sum(w * (x ** -v["p"] - 1.0) for w, x in s.shares)
     if s.kind == "scaled":
         rank *= v["scaled_rank"]
@@ -219,6 +244,8 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
         out["refresh"] = v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
                                                                          else 1.0) - 1.0)
     out["method"] = v.get(f"kind:{s.kind}", 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
+    if s.base != "adamw" or s.p_optimizer != "adam":
+        out["base"] = v.get(f"base:{s.base}", 0.0) + v.get(f"popt:{s.p_optimizer}", 0.0)
     return out
 
 

@@ -170,8 +170,7 @@ def parameter_names(groups: list[list[Point]] | None = None) -> list[str]:
     names = list(SHAPE) + method_parameters()
     if groups is None:
         return names
-    used = {f"kind:{p.setting.kind}" for g in groups for p in g} | {f"method:{p.setting.method}" for g in groups
-                                                                     for p in g}
+    used = {n for g in groups for p in g for n in p.setting.parameters}
     return [n for n in names if kinds()[n] != "id" or n in used]
 
 
