@@ -348,7 +348,8 @@ def from_fit(data: dict) -> FittedQuality:
              f"({val.get('gap', {}).get('agree_share', float('nan')):.0%} of the update-gap pairs)",
              f"candidates within S(N)·σ_g = S(N)·{data['sigma_g']:.3g} of each other are ranked by speed "
              "(σ_g: the cross-validated error of g)",
-             "Lion/Adafactor bases, 8-bit and per-layer stepping are not scored (no table separates them)",
+             "8-bit states and per-layer stepping are not scored (no table separates them); Lion/Adafactor bases "
+             "rest on one table (OSD Table 6, LLaMA-60M)",
              "methods without a published table row (" + (", ".join(sorted(
                  n for n, s in REGISTRY.items() if s.project and n not in data.get("evidence_rows", {}))) or "none")
              + ") are scored by their kind's terms alone: marked ? in the tables"]
