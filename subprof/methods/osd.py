@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from subprof.methods.bases import BASES
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.rule import LOCAL, ProjectionRule, orthonormal_columns, right_side
@@ -322,6 +323,7 @@ SPEC = MethodSpec(
     rule=OSDRule,
     subspace="tracked",
     variants={"code": {"variant": "code"}, "random-start": {"init": "random"}, "sgd": {"projector_optimizer": "sgd"}},
+    bases=tuple(BASES),  # OSD Table 2: its W optimizer is Adam, Lion or Adafactor
     refresh_cost="gemm",
     default_update_gap=1,
     update_gaps=(1, 2, 5, 10),

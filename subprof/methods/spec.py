@@ -184,6 +184,8 @@ class MethodSpec:
       forms (name → options), e.g. OSD's autograd form.
     - `variants`: named alternatives to the defaults (name → options), each a documented deviation or the
       authors' other setting; tests run every one (declared bytes == `optimizer.state`).
+    - `bases`: the base optimizers (`subprof.methods.bases`) it runs, chosen by the option "base" that every
+      method has (default "adamw"); a layout's `base_moments` placeholder becomes the base's tensors.
     - `default_lr` and `lr_source`: the peak learning rate the method's authors publish for LLaMA pretraining at
       the small end (60m–350m), and where it comes from; used when no lr is given (burst) and as the centre of a
       burst's lr grid.
@@ -211,6 +213,8 @@ class MethodSpec:
     comms: "tuple[CommSpec, ...] | CommRule" = ()
     traits: Callable[[Mapping[str, Any]], QualityTraits] = traits_from_options
     fixed_rank: int | None = None  # a method that runs at one rank whatever is asked (APOLLO-Mini: 1)
+    # base optimizers its moments may run (`subprof.methods.bases`; option "base", the first is the default)
+    bases: tuple[str, ...] = ("adamw",)
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
@@ -229,8 +233,8 @@ class MethodSpec:
     # --- options ------------------------------------------------------------------------------------------------
     @property
     def option_defaults(self) -> dict[str, Any]:
-        """The rule's options with their defaults (`ProjectionRule.defaults`); none for full-rank baselines."""
-        return dict(getattr(self.rule, "defaults", {}) or {})
+        """The rule's options with their defaults (`ProjectionRule.defaults`), and "base" (every method's)."""
+        return {"base": self.bases[0], **(getattr(self.rule, "defaults", {}) or {})}
 
     def resolve_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`options` over the defaults; an unknown option is a ValueError naming the known ones."""
@@ -240,15 +244,27 @@ class MethodSpec:
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(known)) or 'none'}")
-        return {**known, **options}
+        resolved = {**known, **options}
+        if resolved["base"] not in self.bases:
+            raise ValueError(f"{self.name} runs base optimizer(s) {', '.join(self.bases)}; got {resolved['base']!r}")
+        return resolved
+
+    def rule_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The options its rule takes: `options` without "base" (the optimizer's, not the rule's)."""
+        return {k: v for k, v in (options or {}).items() if k != "base"}
+
+    def base_of(self, options: Mapping[str, Any] | None = None) -> str:
+        return (options or {}).get("base") or self.bases[0]
 
     def layout_for(self, options: Mapping[str, Any] | None = None) -> StateLayout:
-        """The declared tensors under these options."""
-        if isinstance(self.layout, StateLayout):
-            if options:
-                self.resolve_options(options)  # still reject unknown options
-            return self.layout
-        return self.layout(self.resolve_options(options))
+        """The declared tensors under these options, the base's moments in place of `base_moments`."""
+        from subprof.methods.bases import base_step_workspace, expand
+
+        resolved = self.resolve_options(options)
+        layout = self.layout if isinstance(self.layout, StateLayout) else self.layout(resolved)
+        base = resolved["base"]
+        return StateLayout(states=expand(layout.states, base), workspace=layout.workspace,
+                           step_workspace=layout.step_workspace + base_step_workspace(layout.states, base))
 
     @property
     def periodic(self) -> bool:
@@ -319,9 +335,11 @@ class MethodSpec:
 
     def comms_for(self, options: Mapping[str, Any] | None = None) -> "tuple[CommSpec, ...]":
         """The declared collectives under these options (`comms` may be a function of them, like `layout`)."""
-        if isinstance(self.comms, tuple):
-            return self.comms
-        return self.comms(self.resolve_options(options))
+        from subprof.methods.bases import get_base
+
+        resolved = self.resolve_options(options)
+        own = self.comms if isinstance(self.comms, tuple) else self.comms(resolved)
+        return own + (get_base(resolved["base"]).comms if self.project else ())
 
     def gathers_at_refresh(self, m: int, n: int, ranks: int, options: Mapping[str, Any] | None = None) -> bool:
         """Whether a refresh needs the whole gradient of the weight on one rank (ranks > 1 and a declared GATHER)."""
