@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
                                  ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import (console, count_rows, guarded, interrupted, output_format, parse_int_list, parse_str_list,
                             print_json, print_rows, progress_bar, refuse_unless)
@@ -82,6 +82,7 @@ def bench(
     seq: SeqOpt = 256,
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
+    base_optimizer: BaseOpt = "adamw",
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = False,
     update_gap: GapOpt = None,
@@ -129,7 +130,7 @@ def bench(
     check_writable(out)
     chosen = resolve_backend(backend.strip().lower())
     base = dict(batch=batch, seq=seq, dtype=dtype, state_bits=state_bits, layerwise=layerwise,
-                checkpointing=checkpointing, update_gap=update_gap)
+                checkpointing=checkpointing, update_gap=update_gap, method_options={"base": base_optimizer})
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
                         backend=chosen, threads=threads, world_size=world_size, nodes=nodes,

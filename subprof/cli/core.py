@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from subprof.cli import render
-from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
                                  LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
@@ -97,6 +97,7 @@ def estimate(
                                                            "to it ÷ (batch × seq × GPUs).")] = None,
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
+    base: BaseOpt = "adamw",
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = False,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Catalogue GPU whose calibration record applies "
@@ -135,7 +136,7 @@ def estimate(
         accumulation = accumulation_for(tokens_per_step, batch=batch, seq=seq, ranks=gpus)
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
-                      checkpointing=checkpointing, accumulation=accumulation or 1)
+                      checkpointing=checkpointing, accumulation=accumulation or 1, method_options={"base": base})
     par = (Parallel(gpus=gpus, nodes=nodes, strategy=(strategy or "fsdp").strip().lower())
            if gpus > 1 or nodes > 1 else None)
     if par is not None:

@@ -56,3 +56,5 @@ CalibrationOpt = Annotated[Optional[str], typer.Option("--calibration", help="A 
                                                        "else the H100 reference rows).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the third-party warnings subprof filters as "
                                                                 "known noise (subprof/quiet.py).")]
+BaseOpt = Annotated[str, typer.Option("--base", help="Base optimizer on the projected gradient and on the unprojected "
+                                                     "tensors: adamw, lion or adafactor (subprof.methods.bases).")]

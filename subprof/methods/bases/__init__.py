@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from subprof.errors import SubprofError
 from subprof.methods.spec import (AxesRule, CommSpec, Dtype, Role, ShapeRule, TensorSpec, full_axes, full_shape,
-                                  moment_axes, moment_shape)
+                                  moment_axes, moment_shape, replicated)
 
 BASE_MOMENTS = "base_moments"
 DEFAULT_BASE = "adamw"
@@ -80,7 +80,7 @@ def expand(states: tuple[TensorSpec, ...], base: str | None) -> tuple[TensorSpec
     out: list[TensorSpec] = []
     for t in states:
         if t.name == BASE_MOMENTS:
-            out += spec.moments(t.shape, t.axes or _AXES[t.shape])
+            out += spec.moments(t.shape, t.axes or _AXES.get(t.shape, replicated))
         else:
             out.append(t)
     return tuple(out)
@@ -90,7 +90,7 @@ def base_step_workspace(states: tuple[TensorSpec, ...], base: str | None) -> tup
     """The base's extra step workspace for each placeholder among `states`."""
     spec = get_base(base)
     return tuple(w for t in states if t.name == BASE_MOMENTS for w in spec.step_workspace(t.shape,
-                                                                                         t.axes or _AXES[t.shape]))
+                                                                                         t.axes or _AXES.get(t.shape, replicated)))
 
 
 def default_lr(method_lr: float, base: str | None) -> float:
