@@ -160,6 +160,9 @@ def plan(
                                                    "B, 24GiB, 24000MiB) or a catalogue GPU (4090, h100-sxm); default: "
                                                    "the --gpu card's memory.")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all.")] = "all",
+    bases: Annotated[Optional[str], typer.Option("--bases", help="Base optimizers to search, comma-separated "
+                                                 "(adamw, lion, adafactor; default: every one each method runs).")]
+    = None,
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
                                                  "largest that fits). Alone it is also the optimizer batch; with "
@@ -242,7 +245,10 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
-    req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(methods),
+    from subprof.methods.bases import get_base
+
+    searched = tuple(get_base(b).name for b in bases.split(",") if b.strip()) if bases else ()
+    req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(methods), bases=searched,
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=card, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,

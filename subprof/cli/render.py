@@ -64,7 +64,7 @@ def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
     return rows, columns
 
 
-PLAN_ROW_COLUMNS = ("method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
+PLAN_ROW_COLUMNS = ("method", "base", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
                     "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
                     "predicted_ppl_increase")
 
@@ -95,8 +95,9 @@ def plan_rows(result: Plan, evidence: list | None = None) -> list[dict]:
 def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
     if not c.config.spec.project:
-        return "ref"
-    seen = getattr(evidence, "has_evidence", lambda method: True)(c.config.method)
+        return "ref" if c.config.base == "adamw" else "?"  # full-rank Lion/Adafactor: no quality evidence yet
+    # the quality model has no base-optimizer term yet: a non-Adam base carries its method's value, marked "?"
+    seen = getattr(evidence, "has_evidence", lambda method: True)(c.config.method) and c.config.base == "adamw"
     pct = round(100 * c.ppl_increase, 1) + 0.0  # + 0.0: no "-0.0%" for a gap that rounds to nothing
     return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + ("" if seen else "?")
 
@@ -104,7 +105,8 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
-    return [cfg.method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
+    method = cfg.method if cfg.base == "adamw" else f"{cfg.method}+{cfg.base}"
+    return [method, str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, "yes" if cfg.checkpointing else "no", f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",

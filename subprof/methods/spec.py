@@ -141,6 +141,7 @@ class StateLayout:
 
 
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
+_LAYOUTS: dict[tuple, StateLayout] = {}  # MethodSpec.layout_for's cache
 CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
 # "scaled": the projection only estimates a scaling of the full-rank gradient (APOLLO, APOLLO-Mini)
@@ -257,14 +258,19 @@ class MethodSpec:
         return (options or {}).get("base") or self.bases[0]
 
     def layout_for(self, options: Mapping[str, Any] | None = None) -> StateLayout:
-        """The declared tensors under these options, the base's moments in place of `base_moments`."""
-        from subprof.methods.bases import base_step_workspace, expand
+        """The declared tensors under these options, the base's moments in place of `base_moments` (cached per
+        method and options: `plan` asks for them thousands of times)."""
+        key = (id(self), repr(sorted((options or {}).items())))
+        if key not in _LAYOUTS:
+            from subprof.methods.bases import base_step_workspace, expand
 
-        resolved = self.resolve_options(options)
-        layout = self.layout if isinstance(self.layout, StateLayout) else self.layout(resolved)
-        base = resolved["base"]
-        return StateLayout(states=expand(layout.states, base), workspace=layout.workspace,
-                           step_workspace=layout.step_workspace + base_step_workspace(layout.states, base))
+            resolved = self.resolve_options(options)
+            layout = self.layout if isinstance(self.layout, StateLayout) else self.layout(resolved)
+            base = resolved["base"]
+            _LAYOUTS[key] = StateLayout(states=expand(layout.states, base), workspace=layout.workspace,
+                                        step_workspace=layout.step_workspace + base_step_workspace(layout.states,
+                                                                                                   base))
+        return _LAYOUTS[key]
 
     @property
     def periodic(self) -> bool:

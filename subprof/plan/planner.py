@@ -64,6 +64,7 @@ class PlanRequest:
     nodes: int = 1
     strategy: str = "auto"
     evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
+    bases: tuple[str, ...] = ()  # base optimizers searched (`subprof.methods.bases`); empty: every one a method runs
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
     _layouts: tuple = field(default=(), repr=False)
 
@@ -195,7 +196,7 @@ class Candidate:
     def to_dict(self) -> dict:
         c = self.config
         return {
-            "method": c.method, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
+            "method": c.method, "base": c.base, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
             "layerwise": c.layerwise, "batch": c.batch, "accumulation": c.accumulation,
             "sequences_per_step": self.sequences_per_step, "tokens_per_step": self.sequences_per_step * c.seq,
             "keeps_requested_batch": self.keeps_requested_batch,
@@ -302,6 +303,15 @@ def _batches(req: PlanRequest, layerwise: bool) -> list[list[tuple[int, int]]]:
     return keep + ([[(b, 1) for b in micro if b != seqs]] if layerwise else [])
 
 
+def _bases_for(req: PlanRequest, spec: MethodSpec, bits: int) -> list[str]:
+    """The base optimizers searched for a method at a state precision: those it runs (`MethodSpec.bases`) that
+    have that precision (Adafactor has no 8-bit form), limited to `req.bases` when given."""
+    from subprof.methods.bases import get_base
+
+    return [b for b in spec.bases if (not req.bases or b in req.bases)
+            and bits in get_base(b).state_bits_supported]
+
+
 def _bits_for(req: PlanRequest, forced: int | None) -> list[int]:
     if forced is not None:
         return [forced]
@@ -317,19 +327,19 @@ def plan(req: PlanRequest) -> Plan:
     for spec, forced_bits in req.methods:
         gaps = spec.gaps() if spec.project else (None,)
         for rank in ([spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model)) if spec.project else [None]:
-            for bits in _bits_for(req, forced_bits):
+            for bits, base in ((b, o) for b in _bits_for(req, forced_bits) for o in _bases_for(req, spec, b)):
                 for layerwise in (False, True):
                     for ckpt in (False, True):
                         for batches in _batches(req, layerwise):
                             found = _largest_fitting_batch(req, spec, rank, gaps[0], bits, layerwise, ckpt, batches,
-                                                           gpu, smallest)
+                                                           gpu, smallest, base=base)
                             if found is None or not _saves_memory(found):
                                 continue
                             fitting.append(found)
                             b = (found.config.batch, found.config.accumulation)
                             fitting += [_candidate(req, spec, rank, gap, bits, layerwise, ckpt, b, gpu,
                                                    layout=getattr(found.estimate, "parallel", None),
-                                                   known=None if req._layouts else found.estimate)
+                                                   known=None if req._layouts else found.estimate, base=base)
                                         for gap in gaps[1:]]
     if fitting:
         fitting = rank_candidates(fitting, req.band)
@@ -361,9 +371,9 @@ def recipe_checks(req: PlanRequest, ranked: list[Candidate]) -> list[RecipeCheck
     for r in load_recipes():
         if r.model != req.model.name or r.method not in asked:
             continue
-        match = next((c for c in ranked if (c.config.method, c.config.rank, c.config.update_gap) ==
-                      (r.method, r.rank, r.update_gap) and (r.state_bits is None or c.config.state_bits ==
-                                                             r.state_bits)
+        match = next((c for c in ranked if (c.config.method, c.config.rank, c.config.update_gap, c.config.base) ==
+                      (r.method, r.rank, r.update_gap, "adamw") and (r.state_bits is None or c.config.state_bits ==
+                                                                     r.state_bits)
                       and (r.layerwise is None or c.config.layerwise == r.layerwise)), None)
         out.append(RecipeCheck(recipe=r, candidate=match))
     return out
@@ -394,15 +404,16 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
                ckpt: bool, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
-               layout: Parallel | None = None, known: Estimate | None = None) -> Candidate:
+               layout: Parallel | None = None, known: Estimate | None = None, base: str = "adamw") -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py), or — `bisecting` — the leanest strategy's memory
     alone (only `fits` is read then; throughput None); `layout` keeps the strategy already chosen for this
     configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
-    is the estimate of the same configuration at another update gap: memory does not depend on the gap."""
+    is the estimate of the same configuration at another update gap: memory does not depend on the gap. `base`:
+    the base optimizer (its quality is the method's own for now: the quality model has no base term)."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
-                      accumulation=batch[1])
+                      accumulation=batch[1], method_options={"base": base})
     measured = req.measured_refresh_s(spec.name, rank, gap)
     if req._layouts and bisecting:
         est, tput = estimate_rank(cfg, req._layouts[0], req.calibration), None
@@ -425,11 +436,12 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
 
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
                            layerwise: bool, ckpt: bool, batches: list[tuple[int, int]], gpu: GpuSpec,
-                           smallest: dict[str, Candidate]) -> Candidate | None:
+                           smallest: dict[str, Candidate], base: str = "adamw") -> Candidate | None:
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits."""
 
     def evaluate(i: int) -> Candidate:
-        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts))
+        return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=bool(req._layouts),
+                          base=base)
 
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
@@ -447,7 +459,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             lo = mid + 1
     if req._layouts:  # several GPUs: weigh the strategies once, at the micro-batch found
         best = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation),
-                          gpu)
+                          gpu, base=base)
     return best
 
 
@@ -462,7 +474,7 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         cfg = TrainConfig(model=req.model, method=lean.config.method, rank=lean.config.rank,
                           update_gap=lean.config.update_gap, state_bits=lean.config.state_bits,
                           layerwise=lean.config.layerwise, dtype=req.dtype, batch=1, seq=seq,
-                          checkpointing=lean.config.checkpointing)
+                          checkpointing=lean.config.checkpointing, method_options=dict(lean.config.method_options))
         if estimate(cfg, req.calibration).device_used_bytes <= req.usable_bytes:
             out.append(f"--seq {seq} fits with {cfg.label()} at batch 1")
             break
