@@ -141,6 +141,32 @@ class StateLayout:
 
 
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
+
+# --- base optimizers: where a layout's base moments go (the bases themselves: `subprof.methods.bases`) -------------
+BASE_MOMENTS = "base_moments"
+# name → `bases.BaseSpec`, filled by `subprof.methods.bases` (imported by the method files that list bases), so that
+# this module, which every declaration imports, imports none of them
+BASES: dict[str, Any] = {}
+
+
+def base_moments(shape: ShapeRule, axes: "AxesRule | None" = None) -> TensorSpec:
+    """The placeholder a method declares for its base's moments on a tensor of `shape` (`expand` fills it in)."""
+    return TensorSpec(name=BASE_MOMENTS, shape=shape, dtype=Dtype.STATE, role=Role.MOMENT, axes=axes)
+
+
+def expand(states: tuple[TensorSpec, ...], base: str) -> tuple[TensorSpec, ...]:
+    """`states` with every `base_moments` placeholder replaced by the base's tensors of that shape."""
+    out: list[TensorSpec] = []
+    for t in states:
+        out += BASES[base].moments(t.shape, t.axes or _SHAPE_AXES.get(t.shape, replicated)) \
+            if t.name == BASE_MOMENTS else [t]
+    return tuple(out)
+
+
+def base_step_workspace(states: tuple[TensorSpec, ...], base: str) -> tuple[TensorSpec, ...]:
+    """The base's extra step workspace for each placeholder among `states`."""
+    return tuple(w for t in states if t.name == BASE_MOMENTS
+                 for w in BASES[base].step_workspace(t.shape, t.axes or _SHAPE_AXES.get(t.shape, replicated)))
 _LAYOUTS: dict[tuple, StateLayout] = {}  # MethodSpec.layout_for's cache
 CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
@@ -262,8 +288,6 @@ class MethodSpec:
         method and options: `plan` asks for them thousands of times)."""
         key = (id(self), repr(sorted((options or {}).items())))
         if key not in _LAYOUTS:
-            from subprof.methods.bases import base_step_workspace, expand
-
             resolved = self.resolve_options(options)
             layout = self.layout if isinstance(self.layout, StateLayout) else self.layout(resolved)
             base = resolved["base"]
@@ -341,11 +365,9 @@ class MethodSpec:
 
     def comms_for(self, options: Mapping[str, Any] | None = None) -> "tuple[CommSpec, ...]":
         """The declared collectives under these options (`comms` may be a function of them, like `layout`)."""
-        from subprof.methods.bases import get_base
-
         resolved = self.resolve_options(options)
         own = self.comms if isinstance(self.comms, tuple) else self.comms(resolved)
-        return own + (get_base(resolved["base"]).comms if self.project else ())
+        return own + (BASES[resolved["base"]].comms if self.project else ())
 
     def gathers_at_refresh(self, m: int, n: int, ranks: int, options: Mapping[str, Any] | None = None) -> bool:
         """Whether a refresh needs the whole gradient of the weight on one rank (ranks > 1 and a declared GATHER)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from subprof.methods.bases import BaseSpec
+from subprof.methods.bases.declaration import BaseSpec
 from subprof.methods.lazy import torch
 from subprof.methods.spec import Collective, CommSpec, Dtype, Role, TensorSpec, When
 
@@ -78,7 +78,8 @@ class AdafactorUpdate:
             whole = tuple(ctx.global_shape) if ctx is not None and ctx.sharded else None
             lr = max(opts["eps"][1], self._rms(w, ctx, whole)) * rel
         beta2t = 1.0 - math.pow(t, opts["decay_rate"])
-        sq = (g**2) + opts["eps"][0]
+        sq = g**2
+        sq.add_(opts["eps"][0])  # in place: the same bits as (g**2) + ε₁, one fp32 tensor fewer
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row_mean, col_mean = self._mean(sq, -1, ctx, cut), self._mean(sq, -2, ctx, cut)

@@ -3,7 +3,7 @@ bitsandbytes' blockwise format). The update itself is the optimizer's built-in A
 `ProjectionRule.low_rank_update`): GaLoreAdamW's arithmetic, bit for bit; this file only declares its state.
 Its learning rate is each method's own published one (`MethodSpec.default_lr`)."""
 
-from subprof.methods.bases import BaseSpec
+from subprof.methods.bases.declaration import BaseSpec
 from subprof.methods.spec import Dtype, Role, TensorSpec
 
 

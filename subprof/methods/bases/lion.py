@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from subprof.methods.bases import BaseSpec
+from subprof.methods.bases.declaration import BaseSpec
 from subprof.methods.lazy import torch
 from subprof.methods.moments import init_state_moment, read_state_moment, uses_8bit, write_state_moment
 from subprof.methods.spec import Dtype, Role, TensorSpec
