@@ -367,7 +367,8 @@ class MethodSpec:
         """The declared collectives under these options (`comms` may be a function of them, like `layout`)."""
         resolved = self.resolve_options(options)
         own = self.comms if isinstance(self.comms, tuple) else self.comms(resolved)
-        return own + (BASES[resolved["base"]].comms if self.project else ())
+        base = BASES[resolved["base"]]
+        return own + (base.comms if self.project else base.plain_comms)
 
     def gathers_at_refresh(self, m: int, n: int, ranks: int, options: Mapping[str, Any] | None = None) -> bool:
         """Whether a refresh needs the whole gradient of the weight on one rank (ranks > 1 and a declared GATHER)."""

@@ -159,6 +159,10 @@ def plain_temporary_bytes(numel: int, state_bits: int, param_bytes: int) -> int:
 FACTOR_SUMS = CommSpec(name="adafactor_factor_sums", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (r + 3,),
                        dtype=Dtype.FP32, when=When.STEP, layout="aligned")
 
+# a full-rank m×n weight on Shard(0): the column factor's partial sums (n values) and the same scalars
+PLAIN_FACTOR_SUMS = CommSpec(name="adafactor_factor_sums", op=Collective.ALL_REDUCE, shape=lambda m, n, r: (n + 3,),
+                             dtype=Dtype.FP32, when=When.STEP)
+
 SPEC = BaseSpec(
     name="adafactor",
     title="Adafactor",
@@ -171,5 +175,6 @@ SPEC = BaseSpec(
     step_workspace=step_workspace,
     plain_temporary_bytes=plain_temporary_bytes,
     comms=(FACTOR_SUMS,),
+    plain_comms=(PLAIN_FACTOR_SUMS,),
     update=AdafactorUpdate,
 )

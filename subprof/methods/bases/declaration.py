@@ -17,7 +17,8 @@ class BaseSpec:
     - `step_workspace(shape, axes)`: what a projected step allocates beyond the method's declared step workspace
       (which counts Adam's R-sized direction and the m×n back-projection);
     - `plain_temporary_bytes(numel, state_bits, param_bytes)`: the temporaries of one unprojected tensor's step;
-    - `comms`: the collectives a projected step needs per sharded weight beyond the method's own;
+    - `comms`: the collectives a projected step needs per sharded weight beyond the method's own; `plain_comms`
+      those of a full-rank weight (FSDP2's Shard(0));
     - `state_bits_supported`, the 8-bit form where one exists; `default_lr` with its source;
     - `update`: the torch class (`subprof.methods.bases.*`), None for AdamW (the optimizer's built-in Adam)."""
 
@@ -31,4 +32,5 @@ class BaseSpec:
     step_workspace: Callable[[ShapeRule, AxesRule], tuple[TensorSpec, ...]] = field(default=lambda s, a: ())
     plain_temporary_bytes: Callable[[int, int, int], int] | None = None
     comms: tuple[CommSpec, ...] = ()
+    plain_comms: tuple[CommSpec, ...] = ()  # the same for a full-rank weight on Shard(0)
     update: type | None = None
