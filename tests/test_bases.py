@@ -131,3 +131,30 @@ def test_estimate_prints_the_breakdown_with_a_base():
 def test_estimate_refuses_a_bad_base_in_one_line(args):
     out = cli.invoke(app, ["estimate", "--model", "60m", "--method", "galore", *args])
     assert out.exit_code == 2 and "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape", [(512, 128), (128, 512)], ids=["tall", "wide"])
+@pytest.mark.parametrize("base,bits,dtype", [("lion", 32, torch.float32), ("lion", 16, torch.bfloat16),
+                                             ("adafactor", 32, torch.float32), ("adafactor", 16, torch.bfloat16)])
+def test_a_projected_step_allocates_within_its_declared_step_workspace(base, bits, dtype, shape):
+    """An ordinary GaLore step with each base, traced at the dispatch level: no more than the method's step
+    workspace plus the base's (`BaseSpec.step_workspace`), and — so the declaration is not loose — at least the
+    m×n back-projection."""
+    from tests.test_optim_core import TransientPeak
+
+    m, n = shape
+    model = torch.nn.Module()
+    model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
+    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits, base=base)
+    for step in range(2):
+        model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
+        if step == 0:
+            opt.step()
+            continue
+        weight = model.attn.weight
+        existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
+        with TransientPeak(existing) as trace:
+            opt.step()
+    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
+                                                       options={"base": base})
+    assert m * n * dtype.itemsize <= trace.peak <= declared
