@@ -18,7 +18,8 @@ OK_ROWS = [r for r in ROWS if r.get("status") == "ok"]
 
 def _id(r: dict) -> str:
     base = (r.get("method_options") or {}).get("base")
-    flags = ([base] if base else []) + [f"b{r['batch']}", f"bits{r.get('state_bits')}"] + (["lw"] if r.get("layerwise") else []) + \
+    flags = ([base] if base else []) + [f"b{r['batch']}", f"bits{r.get('state_bits')}"]
+    flags += (["lw"] if r.get("layerwise") else []) + \
         (["ckpt"] if r.get("checkpointing") else [])
     return "-".join([r["model"], r["method"], str(r.get("rank") or "full"), *flags])
 

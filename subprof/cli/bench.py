@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
-                                 ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
+                                 LayerwiseOpt, ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import (console, count_rows, guarded, interrupted, output_format, parse_int_list, parse_str_list,
                             print_json, print_rows, progress_bar, refuse_unless)
 from subprof.errors import SubprofError

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from subprof.cli import render
-from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
-                                 LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt,
+                                 JsonOpt, LayerwiseOpt, ModelOpt, RankOpt, SeqOpt, ThreadsOpt, VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
 

@@ -99,8 +99,8 @@ class SubspaceAdamW(torch.optim.Optimizer):
             except ValueError as exc:
                 raise SubprofError(str(exc)) from exc
         if group["method"] is not None and base.name not in get_method(group["method"]).bases:
-            raise SubprofError(f"{group['method']} runs base optimizer(s) {', '.join(get_method(group['method']).bases)}"
-                               f", not {base.name}")
+            runs = ", ".join(get_method(group["method"]).bases)
+            raise SubprofError(f"{group['method']} runs base optimizer(s) {runs}, not {base.name}")
         if group["method"] is not None:
             for p in group["params"]:
                 if p.dim() != 2:

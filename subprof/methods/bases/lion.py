@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 from subprof.methods.bases.declaration import BaseSpec
-from subprof.methods.lazy import torch
 from subprof.methods.moments import init_state_moment, read_state_moment, uses_8bit, write_state_moment
 from subprof.methods.spec import Dtype, Role, TensorSpec
 
