@@ -138,3 +138,40 @@ def test_lion_at_8_bits_keeps_one_blockwise_moment_close_to_fp32():
     assert state["exp_avg"].dtype == torch.uint8 and state["exp_avg_absmax"].numel() == 320 * 16 // 256
     same = (runs[8][0] == runs[32][0]).float().mean().item()
     assert same > 0.95
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "adafactor"])
+def test_osds_p_optimizer_is_the_base_reference_on_the_online_pca_gradient(optimizer):
+    """OSD with P stepped by Lion or Adafactor (the paper's Table 2 P optimizers): P_{t+1} = the reference's step
+    (lion-pytorch `update_fn`; transformers' `Adafactor`, relative step and parameter scale off, as OSD's code
+    builds it) on ∇L at P_t on G_t with lr η_P = α·η_W, applied before step t+1 projects."""
+    from transformers.optimization import Adafactor
+
+    from subprof.methods.osd import OSDRule, oriented
+
+    torch.manual_seed(0)
+    lr_w, alpha = 1e-3, 5.0
+    rule = OSDRule(rank=6, update_gap=1, projector_optimizer=optimizer)
+    state: dict = {}
+    ref_p = moment = ref_opt = None
+    for t in range(6):
+        g = torch.randn(48, 24)
+        rule.update_projection(state, g, t, lr=lr_w)
+        if t == 0:
+            ref_p = torch.nn.Parameter(state["projector"].clone())
+            moment = torch.zeros_like(ref_p)
+            ref_opt = Adafactor([ref_p], lr=alpha * lr_w, relative_step=False, scale_parameter=False,
+                                warmup_init=False)
+            continue
+        if optimizer == "lion":
+            assert torch.equal(state["projector"], ref_p)
+        else:
+            torch.testing.assert_close(state["projector"], ref_p.detach(), rtol=1e-6, atol=1e-8)
+        grad_p = rule.loss_grad(ref_p.detach().float(), oriented(g))
+        with torch.no_grad():
+            if optimizer == "lion":
+                lion_pytorch_step(ref_p, grad_p, moment, lr=alpha * lr_w, wd=0.0)
+            else:
+                ref_p.grad = grad_p
+                ref_opt.step()
+    assert "projector_pending" in state
