@@ -243,9 +243,18 @@ def _token_independent(model: ModelConfig, method: str, rank: int | None, state_
     """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
     c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype,
                     method_options=dict(options))
-    states = state_bytes(c)
+    states, workspace = _kept(model, method, rank, state_bits, dtype, options)
     return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
-            refresh_workspace_bytes(c), step_temporary_bytes(c))
+            workspace, step_temporary_bytes(c))
+
+
+@lru_cache(maxsize=4096)
+def _kept(model: ModelConfig, method: str, rank: int | None, state_bits: int, dtype: str,
+          options: tuple) -> tuple[dict[str, int], int]:
+    """States and refresh workspace, which per-layer updates do not change (cached once for both)."""
+    c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, dtype=dtype,
+                    method_options=dict(options))
+    return state_bytes(c), refresh_workspace_bytes(c)
 
 
 def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate:
