@@ -137,8 +137,9 @@ def test_hsdp_all_reduces_shards_across_nodes():
 
 
 def test_eight_gpus_fit_full_rank_adamw_where_one_does_not():
-    one = plan(_request(budget=parse_budget("24GB"), methods="adamw"))
-    eight = plan(_request(budget=parse_budget("24GB"), methods="adamw", gpus=8))
+    # AdamW itself: full rank with Adafactor (its factors instead of two moments) fits one 24 GB GPU per-layer
+    one = plan(_request(budget=parse_budget("24GB"), methods="adamw", bases=("adamw",)))
+    eight = plan(_request(budget=parse_budget("24GB"), methods="adamw", gpus=8, bases=("adamw",)))
     assert one.recommendation is None and eight.recommendation is not None
     rec = eight.recommendation
     assert rec.estimate.parallel.strategy in ("fsdp", "fsdp-no-reshard", "hsdp")
