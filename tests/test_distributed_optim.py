@@ -74,7 +74,9 @@ SLOW_RUNS = [w.Run(m, bits(m, b), lw, strategy, steps=20, gap=5) for m in METHOD
 SLOW_RUNS = list(dict.fromkeys(SLOW_RUNS)) + [w.Run(m, 16, strategy="fsdp-default", steps=20, gap=5)
                                               for m in ("galore", "ori", "grassjump", "sumo")]
 CKPT_RUNS = [w.Run("galore", 16, model="mini"), w.Run("galore", 8, model="mini"), w.Run("osd", 32, model="mini"),
-             w.Run("grassjump", 32, model="mini", layerwise=True)]
+             w.Run("grassjump", 32, model="mini", layerwise=True),
+             w.Run("galore", 32, model="mini", base="adafactor"), w.Run("adamw", 32, model="mini", base="adafactor"),
+             w.Run("galore", 16, model="mini", base="lion")]
 FOUR_RANK_RUNS = [w.Run(m, b, model=model, steps=20, gap=5) for m in ("galore", "ori") for b in (32, 16)
                   for model in ("tiny", "mini")]
 
@@ -231,7 +233,8 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks, run):
     the method's arithmetic is exact and its states are not re-quantised, else to the fp32 tolerance above."""
     uninterrupted = two_ranks["ranks"][0]["checkpoints"]["uninterrupted"][run.key]
     resumed = w.resume_one_process(run, str(two_ranks["folder"] / "ckpt"), world=2)
-    close(resumed, uninterrupted, two_ranks["refs"][("init", run.model)], bitwise=exact(run.method) and run.bits != 8,
+    close(resumed, uninterrupted, two_ranks["refs"][("init", run.model)],
+          bitwise=exact(run.method, run.base) and run.bits != 8,
           tolerance=0.1 if run.bits == 8 else 1e-2)
 
 
