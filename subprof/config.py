@@ -78,7 +78,9 @@ def accumulation_for(tokens_per_step: int, *, batch: int, seq: int, ranks: int =
 class TrainConfig:
     """One training configuration. `method` may be an alias (`adamw8bit` sets state_bits 8); `rank` and
     `update_gap` default to `DEFAULT_RANK` and the method's gap, and are None
-    for full-rank methods; `method_options` go to the method's rule (validated against its declared options)."""
+    for full-rank methods; `method_options` go to the method's rule (validated against its declared options). The
+    base optimizer is the option "base" (`subprof.methods.bases`; read it as `.base`), kept only when not the
+    default "adamw", so a configuration without one is what it always was."""
 
     model: ModelConfig
     method: str = "adamw"
@@ -110,8 +112,10 @@ class TrainConfig:
         if self.state_bits not in spec.state_bits_supported:
             raise SubprofError(f"--state-bits {self.state_bits} unsupported: use one of "
                                f"{', '.join(map(str, spec.state_bits_supported))}")
+        self.method_options = dict(self.method_options)
+        self._check_base(spec)
         if not spec.project:
-            if self.method_options:
+            if set(self.method_options) - {"base"}:
                 raise SubprofError(f"{spec.name} projects nothing: options {sorted(self.method_options)} do not apply")
             self.rank = self.update_gap = None
             return
@@ -133,6 +137,27 @@ class TrainConfig:
             self.update_gap = spec.default_update_gap
         if self.update_gap <= 0:
             raise SubprofError(f"update gap must be positive, got {self.update_gap}")
+
+    def _check_base(self, spec: MethodSpec) -> None:
+        """The base optimizer: known, run by the method, at this state precision; dropped from the options when it
+        is the default."""
+        from subprof.methods.bases import DEFAULT_BASE, get_base
+
+        base = get_base(self.method_options.get("base")).name
+        if base not in spec.bases:
+            raise SubprofError(f"--base {base}: {spec.name} runs {', '.join(spec.bases)}")
+        bits = get_base(base).state_bits_supported
+        if self.state_bits not in bits:
+            raise SubprofError(f"--base {base} has no {self.state_bits}-bit state: use --state-bits "
+                               f"{' or '.join(map(str, bits))}")
+        self.method_options.pop("base", None)
+        if base != DEFAULT_BASE:
+            self.method_options["base"] = base
+
+    @property
+    def base(self) -> str:
+        """The base optimizer on R and on the unprojected tensors (`subprof.methods.bases`)."""
+        return self.method_options.get("base", "adamw")
 
     @property
     def spec(self) -> MethodSpec:
@@ -158,7 +183,7 @@ class TrainConfig:
         return self.batch * self.seq
 
     def label(self) -> str:
-        parts = [self.method]
+        parts = [self.method if self.base == "adamw" else f"{self.method}+{self.base}"]
         if self.rank:
             parts.append(f"r{self.rank}")
         if self.update_gap and self.update_gap > 1:

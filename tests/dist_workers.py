@@ -33,17 +33,19 @@ class Run:
     steps: int = 3
     gap: int = 2
     clip: float | None = None  # global-norm clipping: clip_grad_norm_ (global step) or lagged (per-layer)
+    base: str = "adamw"  # the base optimizer (`subprof.methods.bases`)
 
     @property
     def key(self) -> str:
         return (f"{self.method}-{self.bits}{'-lw' if self.layerwise else ''}-{self.strategy}-{self.model}"
-                + (f"-clip{self.clip}" if self.clip else ""))
+                + (f"-clip{self.clip}" if self.clip else "") + (f"-{self.base}" if self.base != "adamw" else ""))
 
     @property
     def reference_key(self) -> tuple:
         """Runs with equal keys compute the same thing in one process (per-layer = global step, bit for bit, unless
         clipping: per-layer clipping lags one step)."""
-        return self.method, self.bits, self.model, self.steps, self.gap, self.clip, bool(self.clip and self.layerwise)
+        return (self.method, self.bits, self.model, self.steps, self.gap, self.clip,
+                bool(self.clip and self.layerwise), self.base)
 
 
 # ------------------------------------------------------------------------------------------------ models and data
@@ -135,7 +137,7 @@ def optimizer(model: torch.nn.Module, run: Run, accumulation_steps: int = 1) -> 
                  **method_options(run.method)) if spec.project else {}
     if run.layerwise:
         extra.update(accumulation_steps=accumulation_steps, max_grad_norm=run.clip)
-    return build_optimizer(model, run.method, state_bits=run.bits, layerwise=run.layerwise, **extra)
+    return build_optimizer(model, run.method, state_bits=run.bits, layerwise=run.layerwise, base=run.base, **extra)
 
 
 def wrap(model: torch.nn.Module, run: Run) -> torch.nn.Module:

@@ -317,3 +317,53 @@ def sumo_paper_refresh_moment(m: torch.Tensor, q_old: torch.Tensor, q_new: torch
     right") we take M (m x r) <- M R^T. Columns convention here (q d x r), not the GaLore storage."""
     rot = q_new.T @ q_old
     return rot @ m if side == "left" else m @ rot.T
+
+
+# --- base optimizers (issue 25): Lion as lion-pytorch and OSD's GaLoreLion run it --------------------------------
+# kyleliang919/Online-Subspace-Descent e694775980036a62d2019957f075ff2c5c1c68ad: `galore_torch/lion.py` (lion-pytorch's
+# `update_fn`, verbatim there) and `galore_torch/galore_lion.py` (GaLoreLion). lion-pytorch itself is not installed;
+# these restate those two files.
+
+
+def lion_pytorch_step(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, *, lr: float, wd: float,
+                      beta1: float = 0.9, beta2: float = 0.99) -> None:
+    """lion-pytorch `update_fn`: decay first, W ← W − lr·sign(β₁m + (1−β₁)g), then m ← β₂m + (1−β₂)g."""
+    p.mul_(1 - lr * wd)
+    update = exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sign_()
+    p.add_(update, alpha=-lr)
+    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+class GaLoreLionReference(torch.optim.Optimizer):
+    """OSD's `GaLoreLion.step` (galore_lion.py lines 53–100) with galore-torch 1.0's `GaLoreProjector` ("std", the
+    same SVD projector OSD's file builds for proj_type "std"): the sign is taken after the back-projection (which
+    multiplies by `scale`), the decay W·(1 − lr·λ) after the update. Groups with "rank" are projected."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        from galore_torch.galore_projector import GaLoreProjector
+
+        for group in self.param_groups:
+            for p in (q for q in group["params"] if q.grad is not None):
+                grad, lr, wd, (beta1, beta2), state = p.grad, group["lr"], group["weight_decay"], group["betas"], \
+                    self.state[p]
+                state.setdefault("step", 0)
+                if "rank" in group:
+                    if "projector" not in state:
+                        state["projector"] = GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"],
+                                                             scale=group["scale"], proj_type="std")
+                    grad = state["projector"].project(grad, state["step"])
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(grad)
+                exp_avg = state["exp_avg"]
+                update = exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1)
+                if "rank" in group:
+                    update = state["projector"].project_back(update)
+                update = update.sign_()
+                p.add_(update, alpha=-lr)
+                state["step"] += 1
+                exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+                p.data.mul_(1 - lr * wd)

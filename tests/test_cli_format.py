@@ -86,12 +86,12 @@ def test_plan_rows_put_the_recommendation_first_with_the_json_candidates_values(
     args = FAST["plan"][0]
     rec = json.loads(invoke(args + ["--json"]).stdout)["recommendation"]
     header, *rows = parsed(invoke(args + ["--format", "csv"]).stdout, "csv")
-    assert header == ["method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
+    assert header == ["method", "base", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
                       "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
                       "predicted_ppl_increase", "quality_evidence"]
     first = dict(zip(header, rows[0]))
-    assert (first["method"], first["rank"], first["update_gap"]) == (rec["method"], str(rec["rank"]),
-                                                                      str(rec["update_gap"]))
+    assert (first["method"], first["base"], first["rank"], first["update_gap"]) == (
+        rec["method"], rec["base"], str(rec["rank"]), str(rec["update_gap"]))
     assert float(first["device_used_gib"]) == pytest.approx(rec["device_used_bytes"] / 2**30, abs=1e-3)
     assert first["layerwise"] in ("true", "false") and len(rows) == 3
 

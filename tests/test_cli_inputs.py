@@ -118,7 +118,7 @@ def plan_rows(*args: str) -> list[dict]:
 def estimate_of(row: dict, model: str, *extra: str) -> dict:
     args = ["estimate", "--model", model, "--method", row["method"], "--state-bits", str(row["state_bits"]),
             "--batch", str(row["batch"]), "--accumulation", str(row["accumulation"]), "--seq", str(row["seq"]),
-            "--dtype", row["dtype"], *extra, "--json"]
+            "--dtype", row["dtype"], "--base", row["base"], *extra, "--json"]
     if row["rank"] is not None:
         args += ["--rank", str(row["rank"]), "--update-gap", str(row["update_gap"])]
     args += ["--layerwise"] * row["layerwise"] + ["--checkpointing", row["checkpointing"], "--loss", row["loss"]]
@@ -140,7 +140,8 @@ def test_plans_1b_adamw_8bit_16x32_row_is_17_66_gib_in_estimate_too():
     """The issue's row: estimate said 15.17 GiB without accumulation; the 32 micro-batches keep the earlier ones'
     gradients (2.49 GiB) alive through forward/backward."""
     (row,) = [r for r in plan_rows("--model", "1b", "--gpu", "4090", "--methods", "adamw8bit", "--top", "50")
-              if (r["batch"], r["accumulation"], r["checkpointing"], r["layerwise"]) == (16, 32, "none", False)]
+              if (r["batch"], r["accumulation"], r["checkpointing"], r["layerwise"], r["base"]) ==
+              (16, 32, "none", False, "adamw")]
     est = estimate_of(row, "1b", "--gpu", "4090")
     assert f"{est['peak_allocated_bytes'] / 2**30:.2f}" == "17.66" == f"{row['estimated_peak_allocated_bytes'] / 2**30:.2f}"
 

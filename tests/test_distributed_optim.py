@@ -31,17 +31,18 @@ from subprof.config import TrainConfig
 from subprof.train.burst import BurstCase, BurstSettings
 from subprof.train.corpus import load_corpus
 from subprof.methods import REGISTRY, get_method
-from subprof.methods.spec import NONFINITE_AGREEMENT, Collective, Dtype, When, tensor_bytes
+from subprof.methods.bases import base_moments, expand
+from subprof.methods.spec import NONFINITE_AGREEMENT, Collective, WeightShard, When, full_axes, full_shape
 from subprof.train.launch import run_ranks
 
 METHODS = list(REGISTRY)
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-def exact(method: str) -> bool:
+def exact(method: str, base: str = "adamw") -> bool:
     """Whether FSDP2 adds nothing in another order for `method`: its aligned collectives only move data."""
     spec = get_method(method)
-    options = w.method_options(method) if spec.project else {}
+    options = {**(w.method_options(method) if spec.project else {}), "base": base}
     sums = (Collective.ALL_REDUCE, Collective.ALL_GATHER)
     return not any(c.op in sums and c.layout != "crossed" for c in spec.comms_for(options))
 
@@ -61,13 +62,21 @@ CI_RUNS = ([w.Run(m, bits(m, 16)) for m in METHODS]
            + [w.Run("grasswalk", 8, strategy="ddp")]
            + [w.Run(m, 32, strategy="ddp") for m in ("apollo", "apollo-mini", "fira")]
            + [w.Run(m, 32, strategy="fsdp-default") for m in ("apollo", "apollo-mini")]
-           + [w.Run("galore", 32, clip=0.5), w.Run("ori", 32, layerwise=True, clip=0.5)])
+           + [w.Run("galore", 32, clip=0.5), w.Run("ori", 32, layerwise=True, clip=0.5)]
+           # base optimizers (issue 25): GaLore and full rank with Lion and Adafactor on FSDP2 and DDP, Lion's
+           # 8-bit state, Adafactor's factors on crossed weights (FSDP2's Shard(0)) and per-layer
+           + [w.Run(m, 32, strategy=s, base=b) for b in ("lion", "adafactor") for m in ("galore", "adamw")
+              for s in ("fsdp", "ddp")]
+           + [w.Run("galore", 8, base="lion"), w.Run("galore", 32, strategy="fsdp-default", base="adafactor"),
+              w.Run("osd", 32, layerwise=True, base="adafactor")])
 SLOW_RUNS = [w.Run(m, bits(m, b), lw, strategy, steps=20, gap=5) for m in METHODS for b in (32, 16, 8)
              for lw in (False, True) for strategy in ("fsdp", "ddp")]
 SLOW_RUNS = list(dict.fromkeys(SLOW_RUNS)) + [w.Run(m, 16, strategy="fsdp-default", steps=20, gap=5)
                                               for m in ("galore", "ori", "grassjump", "sumo")]
 CKPT_RUNS = [w.Run("galore", 16, model="mini"), w.Run("galore", 8, model="mini"), w.Run("osd", 32, model="mini"),
-             w.Run("grassjump", 32, model="mini", layerwise=True)]
+             w.Run("grassjump", 32, model="mini", layerwise=True),
+             w.Run("galore", 32, model="mini", base="adafactor"), w.Run("adamw", 32, model="mini", base="adafactor"),
+             w.Run("galore", 16, model="mini", base="lion")]
 FOUR_RANK_RUNS = [w.Run(m, b, model=model, steps=20, gap=5) for m in ("galore", "ori") for b in (32, 16)
                   for model in ("tiny", "mini")]
 
@@ -124,7 +133,7 @@ def check(got: dict, ref: dict, run: w.Run, *, low_precision_loss: float) -> Non
     share = abs(got["loss"] - after) / abs(before - after)
     print(f"MEASURED {run.key}: bitwise {got['digest'] == w.digest(ref['weights'])}, max|W-W_ref|/change "
           f"{max(got['deviations'].values()):.2e}, loss share of its change {share:.2e}")  # shown by `pytest -rA`
-    if run.strategy == "ddp" or (exact(run.method) and not run.clip and run.strategy == "fsdp"):
+    if run.strategy == "ddp" or (exact(run.method, run.base) and not run.clip and run.strategy == "fsdp"):
         assert got["digest"] == w.digest(ref["weights"])  # bit for bit
     elif run.bits == 32:
         assert max(got["deviations"].values()) <= 1e-2
@@ -144,16 +153,20 @@ def test_every_rank_holds_the_same_weights(two_ranks, run):
     assert two_ranks["ranks"][0]["runs"][run.key]["digest"] == two_ranks["ranks"][1]["runs"][run.key]["digest"]
 
 
-def declared_state_bytes(method: str, state_bits: int, name: str, shape: tuple[int, ...], ranks: int) -> int:
+def declared_state_bytes(method: str, state_bits: int, name: str, shape: tuple[int, ...], ranks: int,
+                         base: str = "adamw") -> int:
     spec = get_method(method)
     if spec.project and len(shape) == 2 and ("attn" in name or "mlp" in name):
         m, n = shape
-        options = w.method_options(method)
+        options = {**w.method_options(method), "base": base}
         return sum(spec.rank_state_bytes(m, n, min(w.RANK, m, n), ranks=ranks, state_bits=state_bits,
                                          param_bytes=4, options=options).values())
-    rows = -(-shape[0] // ranks)
-    local = rows * (shape[1] if len(shape) == 2 else 1)
-    return 2 * tensor_bytes(local, Dtype.STATE, state_bits=state_bits, param_bytes=4)
+    # a plain tensor on Shard(0): the base's moments of its local rows (a 1-D tensor as m × 1)
+    rule = full_shape if len(shape) == 2 else (lambda a, b, r: (a,))
+    m, n = shape if len(shape) == 2 else (shape[0], 1)
+    return sum(t.rank_nbytes(m, n, 0, WeightShard(dim=0, ranks=ranks), state_bits=state_bits, param_bytes=4)
+               for t in expand((base_moments(rule, axes=full_axes if len(shape) == 2 else lambda a, b, r: ("m",)),),
+                               base))
 
 
 @pytest.mark.parametrize("run", [r for r in CI_RUNS if r.strategy == "fsdp"], ids=lambda r: r.key)
@@ -163,7 +176,7 @@ def test_each_rank_holds_the_declared_state_bytes(two_ranks, run):
     shapes = {n: tuple(p.shape) for n, p in two_ranks["refs"][("init", "tiny")].items()}
     for rank in two_ranks["ranks"]:
         held = rank["runs"][run.key]["state_bytes"]
-        want = {n: declared_state_bytes(run.method, run.bits, n, shapes[n], 2) for n in held}
+        want = {n: declared_state_bytes(run.method, run.bits, n, shapes[n], 2, run.base) for n in held}
         assert held == want
 
 
@@ -220,7 +233,8 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks, run):
     the method's arithmetic is exact and its states are not re-quantised, else to the fp32 tolerance above."""
     uninterrupted = two_ranks["ranks"][0]["checkpoints"]["uninterrupted"][run.key]
     resumed = w.resume_one_process(run, str(two_ranks["folder"] / "ckpt"), world=2)
-    close(resumed, uninterrupted, two_ranks["refs"][("init", run.model)], bitwise=exact(run.method) and run.bits != 8,
+    close(resumed, uninterrupted, two_ranks["refs"][("init", run.model)],
+          bitwise=exact(run.method, run.base) and run.bits != 8,
           tolerance=0.1 if run.bits == 8 else 1e-2)
 
 

@@ -22,8 +22,9 @@ EXPECTED = {
     "galore_adamw_8bit_layerwise": ("galore", 8, True, {}),
     "apollo_adamw": ("apollo", None, False, {"projector": "stored"}),
     "apollo_adamw_layerwise": ("apollo", None, True, {"projector": "stored"}),
+    "galore_adafactor": ("galore", None, False, {"base": "adafactor"}),  # galore-torch GaLoreAdafactor
+    "galore_adafactor_layerwise": ("galore", None, True, {"base": "adafactor"}),
 }
-REFUSED = ("galore_adafactor", "galore_adafactor_layerwise")  # no base-optimizer option yet
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -37,14 +38,18 @@ def test_the_table_covers_every_low_rank_trainer_name():
     transformers = pytest.importorskip("transformers")
     names = {o.value for o in transformers.training_args.OptimizerNames
              if o.value.startswith(("galore", "apollo"))}
-    assert names == set(HF_OPTIMIZERS) == set(EXPECTED) | set(REFUSED)
+    assert names == set(HF_OPTIMIZERS) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("name", REFUSED)
-def test_adafactor_base_is_refused_in_one_line_naming_the_missing_option(name):
-    with pytest.raises(SubprofError, match="no base-optimizer option") as exc:
-        resolve_hf(f"hf:{name}")
-    assert "\n" not in str(exc.value)
+def test_galore_adafactor_plans_galore_on_the_adafactor_base():
+    """hf:galore_adafactor is galore-torch's GaLoreAdafactor: subprof's GaLore on its Adafactor base (golden-tested
+    against GaLoreAdafactor in tests/test_golden_bases.py)."""
+    from subprof.cli import app
+
+    res = CliRunner().invoke(app, ["estimate", "--model", "1b", "--method", "hf:galore_adafactor", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert (data["method"], data["base"]) == ("galore", "adafactor")
 
 
 def test_an_unknown_name_suggests_the_close_ones():
@@ -134,7 +139,6 @@ def test_cli_plan_and_estimate_take_hf_names():
 @pytest.mark.parametrize("args, fragment", [
     (["--method", "hf:galore_adamw_layerwise", "--accumulation", "4"], "does not support gradient accumulation"),
     (["--method", "hf:galore_adamw_layerwise", "--gpus", "2"], "does not support DDP"),
-    (["--method", "hf:galore_adafactor"], "no base-optimizer option"),
     (["--method", "hf:galore_adamw_8bit", "--state-bits", "16"], "--state-bits is set by"),
     (["--method", "hf:nope"], "not a Trainer low-rank optimizer"),
 ])
@@ -148,5 +152,5 @@ def test_cli_estimate_hf_bad_input_is_one_line_exit_2(args, fragment):
 def test_cli_plan_hf_bad_name_is_one_line_exit_2():
     from subprof.cli import app
 
-    res = CliRunner().invoke(app, ["plan", "--model", "1b", "--gpu-mem", "24GB", "--methods", "hf:galore_adafactor"])
+    res = CliRunner().invoke(app, ["plan", "--model", "1b", "--gpu-mem", "24GB", "--methods", "hf:galore_adamv"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1

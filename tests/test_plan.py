@@ -1,11 +1,14 @@
 """The planner: its choice fits the budget, the search space is the one promised, and nothing-fits says what would."""
 
+from dataclasses import replace
+
 import pytest
 
 from subprof.catalog import load_model, parse_budget
 from subprof.errors import SubprofError
 from subprof.plan.memory import estimate
 from subprof.methods import parse_methods
+from subprof.methods.bases import BASES
 from subprof.plan.planner import SPEED_TOLERANCE, PlanRequest, plan, ranks_for
 
 
@@ -32,10 +35,20 @@ def test_every_listed_candidate_fits():
 
 
 def test_adamw_7b_rejected_on_24gb_with_reason():
-    result = plan(request("7b", "24GB"))
+    result = plan(replace(request("7b", "24GB"), bases=("adamw",)))
     assert "adamw" not in result.best_per_method
     assert result.rejected["adamw"].startswith("adamw: ")
     assert "GiB >" in result.rejected["adamw"]
+
+
+def test_plan_searches_the_base_optimizer_and_full_rank_adafactor_fits_7b_on_24gb():
+    """Full rank with Adafactor keeps a row and a column factor per matrix instead of AdamW's two moments (26 GB at
+    bf16 for 7b): per-layer, it fits 24 GB where AdamW does not; `bases` limits the search, and full rank is AdamW
+    alone unless `bases` names others (`--methods adamw` asks for AdamW: offered offloaded here)."""
+    assert {c.config.base for c in plan(request("7b", "24GB", methods="galore")).candidates} == set(BASES)
+    full = plan(request("7b", "24GB", methods="adamw", bases=tuple(BASES))).candidates
+    assert full and {c.config.base for c in full} == {"adafactor"} and all(c.config.layerwise for c in full)
+    assert all(c.offloaded and c.config.base == "adamw" for c in plan(request("7b", "24GB", methods="adamw")).candidates)
 
 
 def test_7b_on_24gb_needs_a_low_rank_method():

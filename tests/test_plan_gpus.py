@@ -137,8 +137,9 @@ def test_hsdp_all_reduces_shards_across_nodes():
 
 
 def test_eight_gpus_fit_full_rank_adamw_where_one_does_not():
-    one = plan(_request(budget=parse_budget("24GB"), methods="adamw"))
-    eight = plan(_request(budget=parse_budget("24GB"), methods="adamw", gpus=8))
+    # AdamW itself (full rank with Adafactor's factors fits one 24 GB GPU per-layer: pinned to Adam)
+    one = plan(_request(budget=parse_budget("24GB"), methods="adamw", bases=("adamw",)))
+    eight = plan(_request(budget=parse_budget("24GB"), methods="adamw", gpus=8, bases=("adamw",)))
     # one GPU alone holds no AdamW configuration: plan offers it only with the optimizer offloaded to the host
     assert all(c.offloaded for c in one.candidates) and "adamw" in one.gpu_alone
     assert eight.recommendation is not None and not eight.recommendation.offloaded

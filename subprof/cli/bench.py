@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from subprof.cli.options import (BatchOpt, BitsOpt, CkptOpt, LossOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt, LayerwiseOpt,
-                                 ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
+                                 LayerwiseOpt, LossOpt, ModelOpt, ResumeOpt, SeqOpt, ThreadsOpt, CalibrationOpt)
 from subprof.cli.ui import (console, count_rows, guarded, interrupted, output_format, parse_int_list, parse_str_list,
                             print_json, print_rows, progress_bar, refuse_unless)
 from subprof.errors import SubprofError
@@ -82,6 +82,7 @@ def bench(
     seq: SeqOpt = 256,
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
+    base_optimizer: BaseOpt = "adamw",
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = "none",
     loss: LossOpt = "full",
@@ -134,7 +135,7 @@ def bench(
 
         raise SubprofError(FUSED_NOT_TRACED)
     base = dict(batch=batch, seq=seq, dtype=dtype, state_bits=state_bits, layerwise=layerwise,
-                checkpointing=checkpointing, loss=loss, update_gap=update_gap)
+                checkpointing=checkpointing, loss=loss, update_gap=update_gap, method_options={"base": base_optimizer})
     cases = build_cases(model=model, methods=parse_str_list(methods),
                         ranks=parse_int_list(ranks, "--ranks") if ranks else None, base=base, steps=steps,
                         backend=chosen, threads=threads, world_size=world_size, nodes=nodes,

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from subprof.cli import render
-from subprof.cli.options import (BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt, JsonOpt,
-                                 LayerwiseOpt, LossOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
+from subprof.cli.options import (BaseOpt, BatchOpt, BitsOpt, CalibrationOpt, CkptOpt, DtypeOpt, FormatOpt, GapOpt,
+                                 JsonOpt, LayerwiseOpt, LossOpt, ModelOpt, OffloadOpt, RankOpt, SeqOpt, ThreadsOpt,
                                  VerboseOpt)
 from subprof.cli.ui import console, guarded, output_format, print_json, print_rows, refuse_unless
 from subprof.errors import SubprofError
@@ -99,6 +99,7 @@ def estimate(
                                                            "to it ÷ (batch × seq × GPUs).")] = None,
     dtype: DtypeOpt = "bf16",
     state_bits: BitsOpt = None,
+    base: BaseOpt = "adamw",
     layerwise: LayerwiseOpt = False,
     checkpointing: CkptOpt = "none",
     loss: LossOpt = "full",
@@ -153,7 +154,8 @@ def estimate(
         raise SubprofError(reason)
     cfg = TrainConfig(model=load_model(model), method=method, rank=rank, update_gap=update_gap,
                       state_bits=state_bits, layerwise=layerwise, dtype=dtype, batch=batch, seq=seq,
-                      checkpointing=checkpointing, loss=loss, accumulation=accumulation or 1, method_options=options)
+                      checkpointing=checkpointing, loss=loss, accumulation=accumulation or 1,
+                      method_options={"base": base, **options})
     par = (Parallel(gpus=gpus, nodes=nodes, strategy=(strategy or "fsdp").strip().lower())
            if gpus > 1 or nodes > 1 else None)
     if par is not None:
@@ -190,6 +192,9 @@ def plan(
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all; hf:NAME plans a "
                                                            "Trainer optimizer as transformers runs it "
                                                            "(hf:galore_adamw_layerwise, hf:apollo_adamw, …).")] = "all",
+    bases: Annotated[Optional[str], typer.Option("--bases", help="Base optimizers to search, comma-separated "
+                                                 "(adamw, lion, adafactor; default: every one each method runs).")]
+    = None,
     seq: SeqOpt = 256,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Fix the micro-batch (default: the "
                                                  "largest that fits). Alone it is also the optimizer batch; with "
@@ -276,9 +281,12 @@ def plan(
         proj_rows = [r for r in read_result_files([proj], "--proj") if r.get("kind") == "proj"]
         if not proj_rows:
             raise SubprofError(f"--proj {proj!r} holds no `subprof proj` rows")
+    from subprof.methods.bases import get_base
+
+    searched = tuple(get_base(b).name for b in bases.split(",") if b.strip()) if bases else ()
     own, hf = split_methods(methods)
     req = PlanRequest(model=load_model(model), budget=budget, methods=parse_methods(own) if own or not hf else [],
-                      hf=tuple(hf),
+                      hf=tuple(hf), bases=searched,
                       seq=seq, batch=batch, tokens_per_step=tokens_per_step, dtype=dtype, margin=margin, top=top,
                       gpu=card, utilization=utilization, proj_rows=proj_rows,
                       calibration=load_calibration(calibration) if calibration else None,

@@ -62,3 +62,5 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the thir
 OffloadOpt = Annotated[str, typer.Option("--offload", help="none, or optimizer: parameters, gradients and AdamW "
                                                            "states in host memory, the step on the CPU (FSDP2 "
                                                            "CPUOffloadPolicy, one GPU); prints the GPU / host split.")]
+BaseOpt = Annotated[str, typer.Option("--base", help="Base optimizer on the projected gradient and on the unprojected "
+                                                     "tensors: adamw, lion or adafactor (subprof.methods.bases).")]

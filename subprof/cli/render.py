@@ -76,7 +76,7 @@ def estimate_rows(est: Estimate) -> tuple[list[dict], list[str]]:
     return rows, columns
 
 
-PLAN_ROW_COLUMNS = ("method", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
+PLAN_ROW_COLUMNS = ("method", "base", "rank", "update_gap", "state_bits", "layerwise", "batch", "accumulation",
                     "sequences_per_step", "checkpointing", "device_used_gib", "tokens_per_s", "predicted_gap_nats",
                     "predicted_ppl_increase", "quality_evidence")
 
@@ -108,9 +108,9 @@ def plan_rows(result: Plan, evidence: list | None = None) -> list[dict]:
 
 def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
-    if not c.config.spec.project:
+    if not c.config.spec.project and c.config.base == "adamw":
         return "ref"
-    kind = evidence.evidence_kind(c.config.method) if evidence is not None else "independent"
+    kind = c.quality_evidence
     pct = round(100 * c.ppl_increase, 1) + 0.0  # + 0.0: no "-0.0%" for a gap that rounds to nothing
     return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + EVIDENCE_MARK.get(kind, "")
 
@@ -118,7 +118,9 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
 def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
-    return [cfg.method + ("+offload" if c.offloaded else "") + (" (hf)" if c.entry else ""), str(cfg.rank or "full"), str(cfg.update_gap or "–"), str(cfg.state_bits),
+    method = cfg.method if cfg.base == "adamw" else f"{cfg.method}+{BASE_SHORT.get(cfg.base, cfg.base)}"
+    return [method + ("+offload" if c.offloaded else "") + (" (hf)" if c.entry else ""), str(cfg.rank or "full"),
+            str(cfg.update_gap or "–"), str(cfg.state_bits),
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, ckpt_cell(cfg), f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
@@ -133,8 +135,10 @@ CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); laye
                "micro-batch × accumulation; peak, device: GiB (peak allocated; device used incl. CUDA context); proj: "
                "share of step time in projection updates; Δppl: predicted validation perplexity against full-rank "
                "AdamW ± the band within which candidates cannot be told apart (?: no published table row of that "
-               "method; †: only its authors' own tables, no independent re-run)")
-EVIDENCE_MARK = {"none": "?", "own paper": "†"}  # what a method's quality cell rests on (FittedQuality.evidence_kind)
+               "method; †: only its authors' own tables, no independent re-run; ‡: a Lion/Adafactor base, scored "
+               "from one table; +adaf: Adafactor)")
+BASE_SHORT = {"adafactor": "adaf"}  # base optimizers as the 100-column tables name them (galore+adaf)
+EVIDENCE_MARK = {"none": "?", "own paper": "†", "one table": "‡"}  # what a method's quality cell rests on (FittedQuality.evidence_kind)
 
 
 def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False, evidence=None) -> Table:

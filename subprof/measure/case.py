@@ -15,6 +15,7 @@ from typing import Any
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.plan.parallel import Parallel, check_shardable
+from subprof.results import case_key
 
 BACKENDS = ("auto", "cuda", "trace", "cpu")
 IMPLEMENTATIONS = {"subprof": None, "galore-torch": "galore"}  # implementation → the one method it implements
@@ -22,7 +23,8 @@ PACKAGES = {"galore-torch": "galore_torch"}  # implementation → the module it 
 REFERENCE_NAMES = {"galore-ref": ("galore", "galore-torch")}  # what a user types → (method, implementation)
 # what identifies a finished row for `--resume`
 KEY_FIELDS = ("model", "method", "implementation", "rank", "update_gap", "batch", "seq", "dtype", "state_bits",
-              "layerwise", "checkpointing", "loss", "backend", "steps", "world_size", "nodes", "strategy")
+              "layerwise", "checkpointing", "loss", "backend", "steps", "world_size", "nodes", "strategy",
+              "method_options")  # the base optimizer and a method's variant options tell cases apart too
 
 
 @dataclass(kw_only=True, slots=True)
@@ -90,7 +92,7 @@ class Case:
         return self.config.method
 
     def key(self) -> tuple:
-        return tuple(self.row_fields()[f] for f in KEY_FIELDS)
+        return case_key(self.row_fields(), KEY_FIELDS)
 
     def row_fields(self) -> dict[str, Any]:
         """The identifying fields every result row of this case carries, whatever happened."""
@@ -104,7 +106,8 @@ class Case:
         extra = "".join(s for s, on in ((" per-layer", c.layerwise), (f" ckpt:{c.checkpointing}", c.recomputes),
                                          (f" {c.loss}-ce", c.loss != "full")) if on)
         par = f" {self.parallel.label()}" if self.parallel else ""
-        return (f"{c.model.name} {self.method_label}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq}{par} "
+        base = f"+{c.base}" if c.base != "adamw" else ""
+        return (f"{c.model.name} {self.method_label}{base}{r} {c.state_bits}-bit{extra} b{c.batch} s{c.seq}{par} "
                 f"[{self.backend}]")
 
     def to_json(self) -> str:

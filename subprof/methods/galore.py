@@ -26,13 +26,14 @@ from subprof.methods.spec import (Dtype, MethodSpec, Role, StateLayout, TensorSp
                                   moment_shape, svd_flops)
 from subprof.methods.rule import ProjectionRule
 from subprof.methods.spec import SVD_REFRESH_COMMS
+from subprof.methods.bases import BASES, base_moments
 
 SVD_SIGNS = ("lapack", "canonical")
 
-# Adam's two moments on R and the projector P: what GaLore-style methods keep per projected weight
+# the base optimizer's moments on R (Adam's two by default, `subprof.methods.bases`) and the projector P: what
+# GaLore-style methods keep per projected weight
 ADAM_STATES = (
-    TensorSpec(name="exp_avg", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
-    TensorSpec(name="exp_avg_sq", shape=moment_shape, dtype=Dtype.STATE, role=Role.MOMENT),
+    base_moments(moment_shape),
     TensorSpec(name="projector", shape=basis_shape, dtype=Dtype.PARAM, role=Role.PROJECTION),
 )
 SVD_WORKSPACE = (
@@ -88,6 +89,7 @@ SPEC = MethodSpec(
     ),
     rule=GaLoreRule,
     variants={"canonical-signs": {"svd_signs": "canonical"}},
+    bases=tuple(BASES),  # GaLoreAdamW, GaLoreAdafactor (galore-torch), GaLoreLion (OSD's repository)
     refresh_cost="svd",
     default_update_gap=200,
     update_gaps=(50, 100, 200, 500, 1000),

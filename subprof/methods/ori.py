@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from subprof.methods.bases import BASES
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.moving import choice
@@ -187,6 +188,7 @@ SPEC = MethodSpec(
     layout=layout,
     rule=OriRule,
     subspace="tracked",
+    bases=tuple(BASES),
     variants={"svd-start": {"init": "svd"}, "plain-oja": {"oja_pp": False}, "inv-sqrt": {"schedule": "inv_sqrt"}},
     refresh_cost="gemm",
     default_update_gap=1,

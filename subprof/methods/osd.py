@@ -11,7 +11,10 @@ Variants [`variant`]:
 - "paper" (default), Algorithm 1 as printed: P ← P + η_P(Δ_P − λ_P P) with Δ_P the Adam direction (0.9/0.999,
   eps 1e-8, bias-corrected) of ∇L, η_P = α·η_W, α = 5 [`alpha`], λ = 0.1 [`ortho_weight`], λ_P = 0
   [`projector_weight_decay`; GaLore-style runs use no decay]; SGD instead of Adam [`projector_optimizer="sgd"`,
-  no momentum; the paper's 7B run used SGD]. P_0 from the SVD of the first gradient, as the authors' code does
+  no momentum; the paper's 7B run used SGD]; Lion or Adafactor [`"lion"`, `"adafactor"`: the paper's Table 2
+  "{W optimizer} + {P optimizer}" rows, as the code builds them — lion-pytorch's Lion, transformers' Adafactor with
+  relative_step, scale_parameter, warmup_init off — run by `subprof.methods.bases`; the sign(c) or clipped
+  factored-RMS direction computed at the due step waits in `projector_pending` (d×r) for the deferred move]. P_0 from the SVD of the first gradient, as the authors' code does
   (the paper only asks for "proper initialization"), and like the code no P step at step 0 (∇L at the SVD basis of
   G_0 is zero up to round-off, which Adam would turn into a full-size step) [`init="random"`: a seeded random
   orthonormal P_0, no SVD, P stepped from step 0].
@@ -33,13 +36,15 @@ Choices and deviations:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
+from subprof.methods.bases import BASES
 from subprof.methods.galore import ADAM_STATES, SVD_WORKSPACE
 from subprof.methods.lazy import torch
 from subprof.methods.rule import LOCAL, ProjectionRule, orthonormal_columns, right_side
 from subprof.methods.spec import (STREAMING_COMMS, SVD_FIRST_COMMS, Dtype, MethodSpec, Role, StateLayout, TensorSpec,
-                                  basis_shape, full_shape, moment_shape, two_gemm_flops)
+                                  basis_shape, full_shape, moment_shape, replicated, two_gemm_flops)
 
 Tensor = Any
 
@@ -124,7 +129,7 @@ def online_pca_loss(p: Tensor, g: Tensor, *, ortho_weight: float) -> float:
 class OSDRule(ProjectionRule):
     """Online Subspace Descent's P update (see the module docstring for every choice).
 
-    Options: variant ("paper" | "code"), projector_optimizer ("adam" | "sgd"), alpha (5.0), ortho_weight (0.1),
+    Options: variant ("paper" | "code"), projector_optimizer ("adam" | "sgd" | "lion" | "adafactor"), alpha (5.0), ortho_weight (0.1),
     projector_weight_decay (0.0; "code": 0.01), form ("analytic" | "autograd"), init ("svd" | "random"),
     seed (0), lr (1e-3, used only when no learning rate was handed over), base_lr ("code": lr_0, default the first
     non-zero lr seen), code_gap (200), betas ((0.9, 0.999)), eps (1e-8)."""
@@ -141,8 +146,9 @@ class OSDRule(ProjectionRule):
             raise ValueError(f"variant must be 'paper' or 'code', got {self.variant!r}")
         code = self.variant == "code"
         self.optimizer = str(o["projector_optimizer"])
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"projector_optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in PROJECTOR_OPTIMIZERS:
+            raise ValueError(f"projector_optimizer must be one of {', '.join(map(repr, PROJECTOR_OPTIMIZERS))}, "
+                             f"got {self.optimizer!r}")
         self.form = str(o["form"])
         if self.form not in ("analytic", "autograd"):
             raise ValueError(f"form must be 'analytic' or 'autograd', got {self.form!r}")
@@ -250,6 +256,8 @@ class OSDRule(ProjectionRule):
         """Fold ∇L into P's optimizer state; the move itself is applied at the next call (`_apply_pending`)."""
         if self.optimizer == "sgd":
             self.write_moment(state, "projector_exp_avg", grad_p)
+        elif self.optimizer in ("lion", "adafactor"):
+            self.write_moment(state, "projector_pending", self._base_direction(state, grad_p))
         else:
             b1, b2 = self.betas
             if "projector_exp_avg" in state:
@@ -264,6 +272,20 @@ class OSDRule(ProjectionRule):
         state["projector_step"] = int(state.get("projector_step", 0)) + 1
         state["projector_pending_lr"] = float(lr_p)
 
+    def _base_direction(self, state: dict, grad_p: Tensor) -> Tensor:
+        """Lion's sign(β₁m + (1−β₁)∇L) (m ← β₂m + (1−β₂)∇L) or Adafactor's clipped direction (its factors
+        updated) of P's gradient, by the base's own update on P's states (names prefixed "projector_"); the step
+        size is η_P, applied with the move. P is whole on every rank: nothing to sum."""
+        from subprof.methods.bases import update_for
+
+        own = {k[len("projector_"):]: v for k, v in state.items()
+               if k.startswith("projector_exp_avg")}  # the base's names, sharing the stored tensors
+        group = {"lr": 1.0, "state_bits": self.state_bits, "base_options": {}}
+        direction = update_for(self.optimizer).direction(own, grad_p, group, int(state.get("projector_step", 0)))
+        for k, v in own.items():
+            state["projector_" + k] = v
+        return direction.sign_() if self.optimizer == "lion" else direction
+
     def _apply_pending(self, state: dict) -> None:
         """P ← P(1 − η_P λ_P) − η_P Δ_P with Δ_P the bias-corrected Adam direction (or the kept SGD gradient)."""
         lr = state.pop("projector_pending_lr", None)
@@ -274,6 +296,8 @@ class OSDRule(ProjectionRule):
             p.mul_(1.0 - lr * self.weight_decay)
         if self.optimizer == "sgd":
             p.add_(self.read_moment(state, "projector_exp_avg"), alpha=-lr)
+        elif self.optimizer in ("lion", "adafactor"):
+            p.add_(self.read_moment(state, "projector_pending"), alpha=-lr)
         else:
             b1, b2 = self.betas
             k = int(state["projector_step"])
@@ -297,6 +321,8 @@ STREAMING_WORKSPACE = (
 AUTOGRAD_WORKSPACE = tuple(TensorSpec(name=name, shape=full_shape, dtype=Dtype.FP32, role=Role.WORKSPACE)
                            for name in ("g_fp32", "g_normalised", "reconstruction", "residual", "residual_sq",
                                         "residual_grad")) + STREAMING_WORKSPACE
+PROJECTOR_OPTIMIZERS = ("adam", "sgd", "lion", "adafactor")
+PENDING = TensorSpec(name="projector_pending", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT)
 PROJECTOR_ADAM = (
     TensorSpec(name="projector_exp_avg", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
     TensorSpec(name="projector_exp_avg_sq", shape=basis_shape, dtype=Dtype.STATE, role=Role.MOMENT),
@@ -304,12 +330,16 @@ PROJECTOR_ADAM = (
 
 
 def layout(options: Mapping[str, Any]) -> StateLayout:
-    """W's Adam moments and P, plus P's optimizer state: Adam's two d×r moments, or with SGD the one d×r gradient
-    kept for the deferred move. Refresh: the autograd form's m×n tensors (they exceed an SVD's), else step 0's SVD
+    """W's base moments and P, plus P's optimizer state: Adam's two d×r moments, with SGD the one d×r gradient
+    kept for the deferred move, with Lion or Adafactor their states of P and the pending d×r direction. Refresh: the autograd form's m×n tensors (they exceed an SVD's), else step 0's SVD
     when P starts from it (it dominates an analytic step's d×r and r × max(m, n) tensors), else the analytic step's."""
     sgd = options["projector_optimizer"] == "sgd"
     workspace = (AUTOGRAD_WORKSPACE if options["form"] == "autograd" else
                  SVD_WORKSPACE if options["init"] == "svd" else STREAMING_WORKSPACE)
+    if options["projector_optimizer"] in ("lion", "adafactor"):  # the base's states of P, and the pending move
+        moments = tuple(replace(t, name="projector_" + t.name)
+                        for t in BASES[options["projector_optimizer"]].moments(basis_shape, replicated))
+        return StateLayout(states=ADAM_STATES + moments + (PENDING,), workspace=workspace)
     return StateLayout(states=ADAM_STATES + (PROJECTOR_ADAM[:1] if sgd else PROJECTOR_ADAM), workspace=workspace)
 
 
@@ -321,7 +351,9 @@ SPEC = MethodSpec(
     layout=layout,
     rule=OSDRule,
     subspace="tracked",
-    variants={"code": {"variant": "code"}, "random-start": {"init": "random"}, "sgd": {"projector_optimizer": "sgd"}},
+    variants={"code": {"variant": "code"}, "random-start": {"init": "random"}, "sgd": {"projector_optimizer": "sgd"},
+              "lion-p": {"projector_optimizer": "lion"}, "adafactor-p": {"projector_optimizer": "adafactor"}},
+    bases=tuple(BASES),  # OSD Table 2: its W optimizer is Adam, Lion or Adafactor
     refresh_cost="gemm",
     default_update_gap=1,
     update_gaps=(1, 2, 5, 10),

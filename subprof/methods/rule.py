@@ -43,6 +43,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
 
+from subprof.methods.bases import update_for
 from subprof.methods.lazy import torch
 from subprof.methods.spec import basis_shape
 from subprof.methods.moments import (adam_correction, adam_direction, init_state_moment, read_state_moment,
@@ -212,6 +213,9 @@ class ProjectionRule:
         """Multiplier of lr for this step's update (low-rank and recovery terms). Default: Adam's bias correction
         √(1−β₂ᵗ)/(1−β₁ᵗ) for the built-in Adam update at 32/16 bits (applied as GaLoreAdamW applies it, so the two
         agree bit for bit); 1 at 8 bits (the kernel corrects) and for rules that override `low_rank_update`."""
+        base = update_for(group.get("base"))
+        if base is not None:  # a base optimizer other than Adam (`subprof.methods.bases`) states its own factor
+            return base.step_factor(state, group, step)
         if type(self).low_rank_update is not ProjectionRule.low_rank_update:
             return 1.0
         if state["exp_avg"].dtype == torch.uint8:

@@ -141,6 +141,33 @@ class StateLayout:
 
 
 LayoutRule = Callable[[Mapping[str, Any]], StateLayout]
+
+# --- base optimizers: where a layout's base moments go (the bases themselves: `subprof.methods.bases`) -------------
+BASE_MOMENTS = "base_moments"
+# name → `bases.BaseSpec`, filled by `subprof.methods.bases` (imported by the method files that list bases), so that
+# this module, which every declaration imports, imports none of them
+BASES: dict[str, Any] = {}
+
+
+def base_moments(shape: ShapeRule, axes: "AxesRule | None" = None) -> TensorSpec:
+    """The placeholder a method declares for its base's moments on a tensor of `shape` (`expand` fills it in)."""
+    return TensorSpec(name=BASE_MOMENTS, shape=shape, dtype=Dtype.STATE, role=Role.MOMENT, axes=axes)
+
+
+def expand(states: tuple[TensorSpec, ...], base: str) -> tuple[TensorSpec, ...]:
+    """`states` with every `base_moments` placeholder replaced by the base's tensors of that shape."""
+    out: list[TensorSpec] = []
+    for t in states:
+        out += BASES[base].moments(t.shape, t.axes or _SHAPE_AXES.get(t.shape, replicated)) \
+            if t.name == BASE_MOMENTS else [t]
+    return tuple(out)
+
+
+def base_step_workspace(states: tuple[TensorSpec, ...], base: str) -> tuple[TensorSpec, ...]:
+    """The base's extra step workspace for each placeholder among `states`."""
+    return tuple(w for t in states if t.name == BASE_MOMENTS
+                 for w in BASES[base].step_workspace(t.shape, t.axes or _SHAPE_AXES.get(t.shape, replicated)))
+_LAYOUTS: dict[tuple, StateLayout] = {}  # MethodSpec.layout_for's cache
 CommRule = Callable[[Mapping[str, Any]], "tuple[CommSpec, ...]"]
 REFRESH_COSTS = ("svd", "gemm", "none")
 # "scaled": the projection only estimates a scaling of the full-rank gradient (APOLLO, APOLLO-Mini)
@@ -184,6 +211,8 @@ class MethodSpec:
       forms (name → options), e.g. OSD's autograd form.
     - `variants`: named alternatives to the defaults (name → options), each a documented deviation or the
       authors' other setting; tests run every one (declared bytes == `optimizer.state`).
+    - `bases`: the base optimizers (`subprof.methods.bases`) it runs, chosen by the option "base" that every
+      method has (default "adamw"); a layout's `base_moments` placeholder becomes the base's tensors.
     - `default_lr` and `lr_source`: the peak learning rate the method's authors publish for LLaMA pretraining at
       the small end (60m–350m), and where it comes from; used when no lr is given (burst) and as the centre of a
       burst's lr grid.
@@ -211,6 +240,8 @@ class MethodSpec:
     comms: "tuple[CommSpec, ...] | CommRule" = ()
     traits: Callable[[Mapping[str, Any]], QualityTraits] = traits_from_options
     fixed_rank: int | None = None  # a method that runs at one rank whatever is asked (APOLLO-Mini: 1)
+    # base optimizers its moments may run (`subprof.methods.bases`; option "base", the first is the default)
+    bases: tuple[str, ...] = ("adamw",)
 
     def __post_init__(self) -> None:
         if self.refresh_cost not in REFRESH_COSTS:
@@ -229,8 +260,8 @@ class MethodSpec:
     # --- options ------------------------------------------------------------------------------------------------
     @property
     def option_defaults(self) -> dict[str, Any]:
-        """The rule's options with their defaults (`ProjectionRule.defaults`); none for full-rank baselines."""
-        return dict(getattr(self.rule, "defaults", {}) or {})
+        """The rule's options with their defaults (`ProjectionRule.defaults`), and "base" (every method's)."""
+        return {"base": self.bases[0], **(getattr(self.rule, "defaults", {}) or {})}
 
     def resolve_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`options` over the defaults; an unknown option is a ValueError naming the known ones."""
@@ -240,15 +271,30 @@ class MethodSpec:
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(known)) or 'none'}")
-        return {**known, **options}
+        resolved = {**known, **options}
+        if resolved["base"] not in self.bases:
+            raise ValueError(f"{self.name} runs base optimizer(s) {', '.join(self.bases)}; got {resolved['base']!r}")
+        return resolved
+
+    def rule_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The options its rule takes: `options` without "base" (the optimizer's, not the rule's)."""
+        return {k: v for k, v in (options or {}).items() if k != "base"}
+
+    def base_of(self, options: Mapping[str, Any] | None = None) -> str:
+        return (options or {}).get("base") or self.bases[0]
 
     def layout_for(self, options: Mapping[str, Any] | None = None) -> StateLayout:
-        """The declared tensors under these options."""
-        if isinstance(self.layout, StateLayout):
-            if options:
-                self.resolve_options(options)  # still reject unknown options
-            return self.layout
-        return self.layout(self.resolve_options(options))
+        """The declared tensors under these options, the base's moments in place of `base_moments` (cached per
+        method and options: `plan` asks for them thousands of times)."""
+        key = (id(self), repr(sorted((options or {}).items())))
+        if key not in _LAYOUTS:
+            resolved = self.resolve_options(options)
+            layout = self.layout if isinstance(self.layout, StateLayout) else self.layout(resolved)
+            base = resolved["base"]
+            _LAYOUTS[key] = StateLayout(states=expand(layout.states, base), workspace=layout.workspace,
+                                        step_workspace=layout.step_workspace + base_step_workspace(layout.states,
+                                                                                                   base))
+        return _LAYOUTS[key]
 
     @property
     def periodic(self) -> bool:
@@ -319,9 +365,10 @@ class MethodSpec:
 
     def comms_for(self, options: Mapping[str, Any] | None = None) -> "tuple[CommSpec, ...]":
         """The declared collectives under these options (`comms` may be a function of them, like `layout`)."""
-        if isinstance(self.comms, tuple):
-            return self.comms
-        return self.comms(self.resolve_options(options))
+        resolved = self.resolve_options(options)
+        own = self.comms if isinstance(self.comms, tuple) else self.comms(resolved)
+        base = BASES[resolved["base"]]
+        return own + (base.comms if self.project else base.plain_comms)
 
     def gathers_at_refresh(self, m: int, n: int, ranks: int, options: Mapping[str, Any] | None = None) -> bool:
         """Whether a refresh needs the whole gradient of the weight on one rank (ranks > 1 and a declared GATHER)."""

@@ -15,6 +15,7 @@ import torch
 from subprof.config import DEFAULT_RANK
 from subprof.errors import SubprofError
 from subprof.methods import forced_state_bits, get_method
+from subprof.methods.bases import default_lr, get_base
 from subprof.optim.distributed import check_parameters, fsdp_units, local
 from subprof.optim.layerwise import LayerwiseOptimizer
 from subprof.optim.nonfinite import install_nonfinite_guard
@@ -55,6 +56,7 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
                     scale: float | None = None, lr: float | None = None, weight_decay: float = 0.0,
                     state_bits: int | None = None, layerwise: bool = False, nonfinite: str = "raise",
                     accumulation_steps: int = 1, max_grad_norm: float | None = None, foreach: bool | None = None,
+                    base: str | None = None, base_options: dict | None = None,
                     **method_options: Any) -> torch.optim.Optimizer:
     """The optimizer of `method` for `model`.
 
@@ -69,6 +71,9 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     (`max_grad_norm`; see there). `nonfinite`: "raise" or "skip" (`subprof.optim.nonfinite`). `foreach` goes to
     torch's AdamW (None: torch's default for the device — foreach on CUDA, the per-tensor loop on CPU; the trace
     passes True to reproduce CUDA).
+    `base` ("adamw", "lion", "adafactor"; also accepted as the method option "base") is the base optimizer on R and
+    on every unprojected tensor (`subprof.methods.bases`); a non-Adam base, full-rank too, runs in `SubspaceAdamW`,
+    its lr defaulting to the base's published one. `base_options`: the base's own (Adafactor's relative_step, …).
 
     Data-parallel models work unchanged: wrapped by FSDP2 (`fully_shard`; its parameters are DTensors — ideally
     placed as the method declares, `subprof.optim.sharding.shard_model`; every rank steps its shards,
@@ -78,8 +83,9 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     sharded and partly not, FSDP1's flat parameters, a DTensor placement other than FSDP2's or HSDP's, a Shard(1)
     that does not split evenly — is one `SubprofError` naming the parameter.
     """
-    if lr is None:  # the method's published learning rate (MethodSpec.default_lr, with its source)
-        lr = get_method(method.strip().lower()).default_lr
+    base = get_base(method_options.pop("base", None) or base).name
+    if lr is None:  # the method's published learning rate (MethodSpec.default_lr), or the base's
+        lr = default_lr(get_method(method.strip().lower()).default_lr, base)
     if lr < 0 or weight_decay < 0:
         raise SubprofError(f"lr and weight_decay must be non-negative, got lr={lr}, weight_decay={weight_decay}")
     if not layerwise and (accumulation_steps != 1 or max_grad_norm is not None):
@@ -92,6 +98,11 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
     sharded = check_parameters(everything)  # FSDP2 (DTensors) or not; a mixed or foreign layout is refused here
     dtype = next(iter(everything.values())).dtype
     name, bits = _resolve(method, state_bits, dtype)
+    if base not in get_method(name).bases:
+        raise SubprofError(f"{name} runs base optimizer(s) {', '.join(get_method(name).bases)}, not {base}")
+    if bits not in get_base(base).state_bits_supported:
+        raise SubprofError(f"base {base} has no {bits}-bit state; use state_bits "
+                           f"{' or '.join(map(str, get_base(base).state_bits_supported))}")
     if bits == 8:  # import it here, quietly: the 8-bit kernels (AdamW8bit, methods.quant8) find it loaded
         _bitsandbytes()
     names = {id(p): n for n, p in everything.items()}
@@ -110,7 +121,7 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
         return _make(name, spec, params, projected, lr=lr, weight_decay=weight_decay, bits=bits, rank=rank,
                      update_gap=update_gap, scale=spec.default_scale if scale is None else scale,
                      options=method_options, nonfinite=nonfinite, names=names, guard=not layerwise,
-                     foreach=foreach, sharded=sharded)
+                     foreach=foreach, sharded=sharded, base=base, base_options=dict(base_options or {}))
 
     params = list(everything.values())
     if layerwise:
@@ -124,7 +135,10 @@ def build_optimizer(model: torch.nn.Module, method: str, *, rank: int | None = N
 def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dict, *, lr: float,
           weight_decay: float, bits: int, rank: int | None, update_gap: int | None, scale: float, options: dict,
           nonfinite: str, names: dict[int, str], guard: bool, foreach: bool | None,
-          sharded: bool) -> torch.optim.Optimizer:
+          sharded: bool, base: str, base_options: dict) -> torch.optim.Optimizer:
+    if not spec.project and base != "adamw":  # full-rank Lion / Adafactor: the bases' plain path
+        return SubspaceAdamW([{"params": params}], lr=lr, weight_decay=weight_decay, state_bits=bits,
+                             nonfinite=nonfinite, param_names=names, base=base, base_options=base_options)
     if not spec.project and bits == 8 and sharded:
         # bitsandbytes' optimizers do not step DTensors (bitsandbytes #89): the same blockwise 8-bit Adam kernel on
         # each rank's shard, through SubspaceAdamW's plain-Adam path (bit for bit AdamW8bit's on whole tensors)
@@ -149,7 +163,7 @@ def _make(name: str, spec: Any, params: list[torch.nn.Parameter], projected: dic
               {"params": [p for p in params if id(p) not in ids]}]
     groups = [g for g in groups if g["params"]]
     return SubspaceAdamW(groups, lr=lr, weight_decay=weight_decay, scale=scale, state_bits=bits,
-                         nonfinite=nonfinite, param_names=names)
+                         nonfinite=nonfinite, param_names=names, base=base, base_options=base_options)
 
 
 def _bitsandbytes() -> Any:

@@ -114,13 +114,31 @@ def _sharded_dim(optimizer: torch.optim.Optimizer, p: Any, entry: str, shape: tu
         return inner_dim(p) if shape == tuple(p.shape) else None
     group = _group(inner, p)
     if group.get("method") is None:
-        return inner_dim(p) if entry in ("exp_avg", "exp_avg_sq") else None
+        if group.get("base", "adamw") == "adamw":
+            return inner_dim(p) if entry in ("exp_avg", "exp_avg_sq") else None
+        m, n = (tuple(p.shape) + (1,))[:2]
+        spec = next((t for t in _plain_states(group, len(p.shape)) if t.name == entry), None)
+        return None if spec is None else spec.shard_dim(m, n, 0, inner_dim(p))
     ctx = inner.context(p)
     m, n = ctx.global_shape
     r = min(group["rank"], m, n)
-    layout = get_method(group["method"]).layout_for(group.get("method_options"))
-    spec = next((t for t in layout.states if t.name == entry), None)
+    spec = next((t for t in _group_layout(group).states if t.name == entry), None)
     return None if spec is None else spec.shard_dim(m, n, r, ctx.dim)
+
+
+def _group_layout(group: dict) -> Any:
+    """A projected group's declared tensors, its base optimizer included (kept apart from the rule's options)."""
+    return get_method(group["method"]).layout_for({**(group.get("method_options") or {}),
+                                                   "base": group.get("base", "adamw")})
+
+
+def _plain_states(group: dict, ndim: int) -> tuple:
+    """The base's declared states of an unprojected tensor (a 1-D one as m × 1, cut along m)."""
+    from subprof.methods.spec import base_moments, expand, full_shape
+
+    if ndim >= 2:
+        return expand((base_moments(full_shape),), group.get("base", "adamw"))
+    return expand((base_moments(lambda m, n, r: (m,), axes=lambda m, n, r: ("m",)),), group.get("base", "adamw"))
 
 
 def inner_dim(p: Any) -> int:
@@ -134,9 +152,10 @@ def _is_moment(optimizer: torch.optim.Optimizer, p: Any, entry: str) -> bool:
         return False
     group = _group(inner, p)
     if group.get("method") is None:
-        return entry in ("exp_avg", "exp_avg_sq")
-    layout = get_method(group["method"]).layout_for(group.get("method_options"))
-    return any(t.name == entry and t.dtype is Dtype.STATE for t in layout.states)
+        if group.get("base", "adamw") == "adamw":
+            return entry in ("exp_avg", "exp_avg_sq")
+        return any(t.name == entry and t.dtype is Dtype.STATE for t in _plain_states(group, p.dim()))
+    return any(t.name == entry and t.dtype is Dtype.STATE for t in _group_layout(group).states)
 
 
 # ------------------------------------------------------------------------------------------------ save side
@@ -194,9 +213,12 @@ def _whole_shape(optimizer: torch.optim.Optimizer, p: Any, entry: str, local_sha
         group = _group(inner, p)
         m, n = tuple(p.shape)
         r = min(group["rank"], m, n)
-        layout = get_method(group["method"]).layout_for(group.get("method_options"))
-        spec = next((t for t in layout.states if t.name == entry), None)
+        spec = next((t for t in _group_layout(group).states if t.name == entry), None)
         return tuple(spec.shape(m, n, r)) if spec is not None else local_shape
+    if isinstance(inner, SubspaceAdamW) and _group(inner, p).get("base", "adamw") != "adamw":
+        m, n = (tuple(p.shape) + (1,))[:2]  # a base's plain states (Adafactor's factors) from their declaration
+        spec = next((t for t in _plain_states(_group(inner, p), p.dim()) if t.name == entry), None)
+        return tuple(spec.shape(m, n, 0)) if spec is not None else local_shape
     return tuple(p.shape) if len(local_shape) == p.dim() else local_shape
 
 

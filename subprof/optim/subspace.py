@@ -19,6 +19,7 @@ import torch
 
 from subprof.errors import SubprofError
 from subprof.methods import get_method
+from subprof.methods.bases import get_base, update_for
 from subprof.methods.moments import adam_correction, adam_direction, adam_directions, init_state_moment
 from subprof.methods.rule import ProjectionRule
 from subprof.methods.spec import FOREACH_NUMEL
@@ -37,7 +38,9 @@ class SubspaceAdamW(torch.optim.Optimizer):
     hyper-parameters: lr, betas (0.9, 0.999), eps (None: 1e-6 as GaLoreAdamW at 32/16 bits, 1e-8 at 8 bits as
     GaLoreAdamW8bit and bitsandbytes' AdamW8bit), weight_decay (decoupled, applied after the update), scale α (0.25;
     multiplies the back-projected low-rank update only), state_bits (32 fp32, 16 bf16, 8 bitsandbytes blockwise;
-    see `subprof.methods.quant8`).
+    see `subprof.methods.quant8`), base ("adamw", "lion" or "adafactor": the update on R and on every unprojected
+    tensor, `subprof.methods.bases`; a method option "base" in the group's method_options sets it too) and
+    base_options (the base's own, e.g. Adafactor's relative_step).
 
     At 8 bits the plain-Adam tensors follow bitsandbytes' `AdamW8bit` exactly (the same kernels and order: decay
     p ← p(1 − lr·λ) inside the kernel, before the step; fp32 moments and its 32-bit kernel's arithmetic under
@@ -53,11 +56,12 @@ class SubspaceAdamW(torch.optim.Optimizer):
                  eps: float | None = None, weight_decay: float = 0.0, scale: float = 0.25, state_bits: int = 32,
                  method: str | None = None, rank: int | None = None, update_gap: int | None = None,
                  method_options: dict | None = None, nonfinite: str = "raise",
-                 param_names: dict[int, str] | None = None) -> None:
+                 param_names: dict[int, str] | None = None, base: str = "adamw",
+                 base_options: dict | None = None) -> None:
         check_policy(nonfinite)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, scale=scale,
                         state_bits=state_bits, method=method, rank=rank, update_gap=update_gap,
-                        method_options=dict(method_options or {}))
+                        method_options=dict(method_options or {}), base=base, base_options=dict(base_options or {}))
         self._rules: dict[tuple, ProjectionRule] = {}
         self._contexts: dict[int, Any] = {}  # id(param) → where it lives (`distributed.context_for`)
         self.nonfinite = nonfinite
@@ -81,6 +85,22 @@ class SubspaceAdamW(torch.optim.Optimizer):
             raise SubprofError(f"betas must lie in [0, 1), got {group['betas']}")
         if group["state_bits"] not in (32, 16, 8):
             raise SubprofError(f"state_bits must be 32, 16 or 8, got {group['state_bits']}")
+        options = dict(group.get("method_options") or {})
+        group["base"] = get_base(options.pop("base", None) or group["base"]).name
+        group["method_options"] = options
+        base = get_base(group["base"])
+        if group["state_bits"] not in base.state_bits_supported:
+            raise SubprofError(f"base {base.name} has no {group['state_bits']}-bit state; use state_bits "
+                               f"{' or '.join(map(str, base.state_bits_supported))}")
+        update = update_for(base.name)
+        if update is not None and hasattr(update, "options"):
+            try:
+                update.options(group)
+            except ValueError as exc:
+                raise SubprofError(str(exc)) from exc
+        if group["method"] is not None and base.name not in get_method(group["method"]).bases:
+            runs = ", ".join(get_method(group["method"]).bases)
+            raise SubprofError(f"{group['method']} runs base optimizer(s) {runs}, not {base.name}")
         if group["method"] is not None:
             for p in group["params"]:
                 if p.dim() != 2:
@@ -123,7 +143,7 @@ class SubspaceAdamW(torch.optim.Optimizer):
             return loss
         for group in self.param_groups:
             batch, alone = [], []  # small unprojected tensors in one foreach pass (same bits as one by one)
-            plain = self.rule(group) is None
+            plain = self.rule(group) is None and group["base"] == "adamw"
             for p in group["params"]:
                 if p.grad is not None:
                     small = plain and p.numel() <= FOREACH_NUMEL and self._foreach_ready(p, group)
@@ -141,27 +161,41 @@ class SubspaceAdamW(torch.optim.Optimizer):
         state, grad, w = self.state[p], local(p.grad), local(p)
         step = state.get("step", 0)
         lr, rule = group["lr"], self.rule(group)
+        base = update_for(group["base"])
         decayed = False
-        if rule is None and self._foreach_ready(p, group):
+        if rule is None and base is None and self._foreach_ready(p, group):
             self._plain_adam_foreach([p], group)
             return
-        if rule is None:
+        if rule is None and base is None:
             decayed = self._plain_adam(w, grad, state, group, step)
+        elif rule is None:
+            decayed = self._plain_base(base, p, w, grad, state, group, step)
         else:
             if step == 0:  # the weight's position: random rules seed its stream from it (`SeededRule`)
                 state.setdefault("stream", self._position(p))
             with rule.acting_on(self.context(p)):
                 r_grad = rule.refresh_and_project(state, grad, step)
-                update = rule.low_rank_update(state, r_grad, group, step)
+                if base is None:
+                    update = rule.low_rank_update(state, r_grad, group, step)
+                else:
+                    update = base.direction(state, r_grad, group, step, weight=w, ctx=rule.ctx,
+                                            cut=_projected_cut(rule.ctx, r_grad))
                 extra = rule.recovery_term(state, grad, r_grad, update, scale=group["scale"])
                 del r_grad
-                step_size = lr * rule.step_factor(state, group, step)
+                # a base whose direction carries its own step size (Adafactor's ρ) is applied at 1·f
+                step_size = (1.0 if base is not None and base.lr_inside else lr) * rule.step_factor(state, group, step)
                 if extra is not None:
                     w.add_(extra, alpha=-step_size)
                     del extra
                 full = rule.project_back(state, update.to(grad.dtype), tuple(p.shape))
             del update
-            w.add_(full.mul_(group["scale"]), alpha=-step_size)
+            if base is not None and base.decay_first and group["weight_decay"] > 0:
+                w.add_(w, alpha=-group["weight_decay"] * base.decay_lr())  # Adafactor: decay, then the update
+                decayed = True
+            if base is None:
+                w.add_(full.mul_(group["scale"]), alpha=-step_size)
+            else:
+                w.add_(base.finish(full, group["scale"]), alpha=-step_size)
             del full
         if group["weight_decay"] > 0 and not decayed:
             w.add_(w, alpha=-lr * group["weight_decay"])
@@ -205,6 +239,22 @@ class SubspaceAdamW(torch.optim.Optimizer):
                 torch._foreach_add_(ws, ws, alpha=-lr * wd)
             for state in states:
                 state["step"] = step + 1
+
+    def _plain_base(self, base: Any, p: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, state: dict,
+                    group: dict, step: int) -> bool:
+        """A non-Adam base (`subprof.methods.bases`) on an unprojected tensor, one tensor at a time: W ← W − lr·f·U
+        with U the base's direction finished as a whole-tensor update (Lion: its sign); returns whether the decay
+        was applied (Adafactor decays first, with its own ρ)."""
+        ctx = self.context(p) if self.sharded else None
+        cut = (ctx.dim, tuple(ctx.global_shape)) if ctx is not None and ctx.world > 1 else None
+        update = base.direction(state, grad, group, step, weight=w, ctx=ctx, cut=cut)
+        decayed = False
+        if base.decay_first and group["weight_decay"] > 0:
+            w.add_(w, alpha=-group["weight_decay"] * base.decay_lr())
+            decayed = True
+        size = 1.0 if base.lr_inside else group["lr"]
+        w.add_(base.finish(update, 1.0), alpha=-size * base.step_factor(state, group, step))
+        return decayed
 
     def _position(self, p: torch.Tensor) -> int:
         return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
@@ -252,3 +302,12 @@ class SubspaceAdamW(torch.optim.Optimizer):
                     device = "cpu" if key == "rng_state" else p.device
                     self.state[p][key] = value.detach().to(device=device, copy=True)
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+
+
+def _projected_cut(ctx: Any, r_grad: torch.Tensor) -> tuple[int, tuple[int, ...]] | None:
+    """(dim of R cut over the ranks, R's whole shape) for a weight sharded on its long side (R = G·P is cut along
+    m, PᵀG along n); None when R is whole here (one process, DDP, or a crossed weight whose R is all-reduced)."""
+    if not ctx.sharded or ctx.crossed:
+        return None
+    m, n = ctx.global_shape
+    return (0, (m, r_grad.shape[1])) if m >= n else (1, (r_grad.shape[0], n))

@@ -55,7 +55,7 @@ class Estimate:
     def to_dict(self) -> dict:
         c = self.config
         return {
-            "model": c.model.name, "method": c.method, "rank": c.rank, "update_gap": c.update_gap,
+            "model": c.model.name, "method": c.method, "base": c.base, "rank": c.rank, "update_gap": c.update_gap,
             "state_bits": c.state_bits, "layerwise": c.layerwise, "dtype": c.dtype, "batch": c.batch, "seq": c.seq,
             "checkpointing": c.checkpointing, "loss": c.loss, "accumulation": c.accumulation,
             "peak_allocated_bytes": self.peak_allocated_bytes, "reserved_bytes": self.reserved_bytes,
@@ -87,6 +87,26 @@ def _adamw_tensor_bytes(numel: int, c: TrainConfig) -> int:
     return 2 * tensor_bytes(numel, Dtype.STATE, state_bits=c.state_bits, param_bytes=c.param_bytes)
 
 
+def _plain_state_bytes(c: TrainConfig) -> int:
+    """The base optimizer's states on every unprojected tensor (`subprof.methods.bases`: AdamW's two moments,
+    Lion's one, Adafactor's row and column factors of the embedding and lm_head, a full second moment of 1-D ones)."""
+    m = c.model
+    if c.base == "adamw":
+        sizes = m.unprojected_tensors()
+        return sum(sizes.count(n) * _adamw_tensor_bytes(n, c) for n in set(sizes))
+    from subprof.methods.bases import expand, base_moments
+    from subprof.methods.spec import full_shape
+
+    matrix = expand((base_moments(full_shape),), c.base)
+    vector = expand((base_moments(lambda a, b, r: (a,)),), c.base)
+    mats = [m.embedding_params] + ([m.lm_head_params] if not m.tied else [])
+    vectors = m.unprojected_tensors()[1:len(m.unprojected_tensors()) - (0 if m.tied else 1)]
+    total = sum(t.nbytes(m.vocab, m.hidden, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
+                for _ in mats for t in matrix)
+    return total + sum(t.nbytes(n, 1, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
+                       for n in vectors for t in vector)
+
+
 def state_bytes(c: TrainConfig) -> dict[str, int]:
     """optimizer_states and projection_matrices: Σ over projected weights of the method's declared tensors
     (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW."""
@@ -94,15 +114,16 @@ def state_bytes(c: TrainConfig) -> dict[str, int]:
     out = {"optimizer_states": 0, "projection_matrices": 0}
     if not spec.project:
         for s in m.linear_shapes():
-            out["optimizer_states"] += s.count * _adamw_tensor_bytes(s.m * s.n, c)
+            out["optimizer_states"] += s.count * sum(spec.state_bytes(s.m, s.n, 0, state_bits=c.state_bits,
+                                                                      param_bytes=c.param_bytes,
+                                                                      options=c.method_options).values())
     else:
         for s in m.linear_shapes():
             r = min(c.rank, s.m, s.n)
             for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
                                                   options=c.method_options).items():
                 out[role] = out.get(role, 0) + s.count * n_bytes
-    sizes = m.unprojected_tensors()
-    out["optimizer_states"] += sum(sizes.count(n) * _adamw_tensor_bytes(n, c) for n in set(sizes))
+    out["optimizer_states"] += _plain_state_bytes(c)
     return out
 
 
@@ -128,6 +149,16 @@ def step_temporary_bytes(c: TrainConfig) -> int:
     each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
     spec, m = c.spec, c.model
     b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
+    if c.base != "adamw":  # a base other than Adam steps every unprojected tensor alone (`SubspaceAdamW._plain_base`)
+        from subprof.methods.bases import get_base
+
+        one = get_base(c.base).plain_temporary_bytes
+        plain = max(one(n, c.state_bits, c.param_bytes) for n in m.unprojected_tensors())
+        if not spec.project:
+            return max(plain, max(one(s.m * s.n, c.state_bits, c.param_bytes) for s in m.linear_shapes()))
+        return max(plain, max(spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+                                                        param_bytes=c.param_bytes, options=c.method_options)
+                              for s in m.linear_shapes()))
     if not spec.project:
         if c.layerwise:
             return max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors()) * b_state
@@ -236,9 +267,18 @@ def _token_independent(model: ModelConfig, method: str, rank: int | None, state_
     """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
     c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype,
                     method_options=dict(options))
-    states = state_bytes(c)
+    states, workspace = _kept(model, method, rank, state_bits, dtype, options)
     return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
-            refresh_workspace_bytes(c), step_temporary_bytes(c))
+            workspace, step_temporary_bytes(c))
+
+
+@lru_cache(maxsize=4096)
+def _kept(model: ModelConfig, method: str, rank: int | None, state_bits: int, dtype: str,
+          options: tuple) -> tuple[dict[str, int], int]:
+    """States and refresh workspace, which per-layer updates do not change (cached once for both)."""
+    c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, dtype=dtype,
+                    method_options=dict(options))
+    return state_bytes(c), refresh_workspace_bytes(c)
 
 
 def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate:

@@ -78,6 +78,7 @@ class PlanRequest:
     evidence: QualityModel | None = None  # what quality is read from (`plan.evidence`); None: published results
     hf: tuple[HfOptimizer, ...] = ()  # Trainer optimizers asked for (`--methods hf:NAME`, plan/hf_trainer.py)
     losses: tuple[str, ...] = PLAN_LOSSES  # loss kinds tried where the full logits do not fit (`--loss`: one)
+    bases: tuple[str, ...] = ()  # base optimizers searched (`subprof.methods.bases`); empty: every one a method runs
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
     _layouts: tuple = field(default=(), repr=False)
 
@@ -218,7 +219,7 @@ class Candidate:
     def to_dict(self) -> dict:
         c = self.config
         return {
-            "method": c.method, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
+            "method": c.method, "base": c.base, "rank": c.rank, "update_gap": c.update_gap, "state_bits": c.state_bits,
             "layerwise": c.layerwise, "batch": c.batch, "accumulation": c.accumulation,
             "sequences_per_step": self.sequences_per_step, "tokens_per_step": self.sequences_per_step * c.seq,
             "keeps_requested_batch": self.keeps_requested_batch,
@@ -329,6 +330,16 @@ def _batches(req: PlanRequest, layerwise: bool) -> list[list[tuple[int, int]]]:
     return keep + ([[(b, 1) for b in micro if b != seqs]] if layerwise else [])
 
 
+def _bases_for(req: PlanRequest, spec: MethodSpec, bits: int) -> list[str]:
+    """The base optimizers searched for a method at a state precision: those it runs (`MethodSpec.bases`) that
+    have that precision (Adafactor has no 8-bit form), limited to `req.bases` when given. Full rank is AdamW unless
+    `--bases` names others: `--methods adamw` asks for AdamW, and full-rank Lion or Adafactor is another optimizer."""
+    from subprof.methods.bases import get_base
+
+    asked = req.bases or (spec.bases if spec.project else spec.bases[:1])
+    return [b for b in spec.bases if b in asked and bits in get_base(b).state_bits_supported]
+
+
 def _bits_for(req: PlanRequest, forced: int | None) -> list[int]:
     if forced is not None:
         return [forced]
@@ -344,10 +355,11 @@ def plan(req: PlanRequest) -> Plan:
     for spec, forced_bits in req.methods:
         gaps = spec.gaps() if spec.project else (None,)
         for rank in ([spec.fixed_rank] if spec.fixed_rank else ranks_for(req.model)) if spec.project else [None]:
-            for bits in _bits_for(req, forced_bits):
+            for bits, base in ((b, o) for b in _bits_for(req, forced_bits) for o in _bases_for(req, spec, b)):
                 for layerwise in (False, True):
                     for batches in _batches(req, layerwise):
-                        for found in _fitting_modes(req, spec, rank, gaps[0], bits, layerwise, batches, gpu, smallest):
+                        for found in _fitting_modes(req, spec, rank, gaps[0], bits, layerwise, batches, gpu, smallest,
+                                                    base=base):
                             if not _saves_memory(found):
                                 continue
                             fitting.append(found)
@@ -355,7 +367,7 @@ def plan(req: PlanRequest) -> Plan:
                             fitting += [_candidate(req, spec, rank, gap, bits, layerwise, found.config.checkpointing,
                                                    b, gpu, loss=found.config.loss,
                                                    layout=getattr(found.estimate, "parallel", None),
-                                                   known=None if req._layouts else found.estimate)
+                                                   known=None if req._layouts else found.estimate, base=base)
                                         for gap in gaps[1:]]
     hf_rejected = {}
     for hf in req.hf:
@@ -460,9 +472,9 @@ def recipe_checks(req: PlanRequest, ranked: list[Candidate]) -> list[RecipeCheck
     for r in load_recipes():
         if r.model != req.model.name or r.method not in asked:
             continue
-        match = next((c for c in ranked if (c.config.method, c.config.rank, c.config.update_gap) ==
-                      (r.method, r.rank, r.update_gap) and (r.state_bits is None or c.config.state_bits ==
-                                                             r.state_bits)
+        match = next((c for c in ranked if (c.config.method, c.config.rank, c.config.update_gap, c.config.base) ==
+                      (r.method, r.rank, r.update_gap, "adamw") and (r.state_bits is None or c.config.state_bits ==
+                                                                     r.state_bits)
                       and (r.layerwise is None or c.config.layerwise == r.layerwise)), None)
         out.append(RecipeCheck(recipe=r, candidate=match))
     return out
@@ -495,15 +507,16 @@ def _full_rank_device_used(model: ModelConfig, bits: int, layerwise: bool, dtype
 def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int, layerwise: bool,
                ckpt: str, batch: tuple[int, int], gpu: GpuSpec, bisecting: bool = False,
                layout: Parallel | None = None, known: Estimate | None = None, loss: str = "full",
-               offload: bool = False, options: dict | None = None, entry: str = "") -> Candidate:
+               offload: bool = False, options: dict | None = None, entry: str = "", base: str = "adamw") -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py). `bisecting`: memory alone — on several GPUs the
     leanest strategy's — (only `fits` is read then; throughput None, quality 0); `layout` keeps the strategy already chosen for this
     configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
-    is the estimate of the same configuration at another update gap: memory does not depend on the gap."""
+    is the estimate of the same configuration at another update gap: memory does not depend on the gap. `base`:
+    the base optimizer (its quality is the method's own for now: the quality model has no base term)."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
-                      accumulation=batch[1], loss=loss, method_options=dict(options or {}))
+                      accumulation=batch[1], loss=loss, method_options={"base": base, **(options or {})})
     if offload:
         est = offload_estimate(cfg, req.calibration)
     elif bisecting:  # only `fits` is read: memory alone (the leanest strategy's on several GPUs)
@@ -528,7 +541,7 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                      fits=est.device_used_bytes <= req.usable_bytes,
                      throughput=tput,
                      quality=req.evidence.quality(cfg, batch[0] * batch[1] * req.gpus * req.seq),
-                     quality_evidence=req.evidence.evidence_kind(spec.name),
+                     quality_evidence=req.evidence.evidence_kind(spec.name, cfg.base),
                      projection_source="measured (--proj)" if measured is not None else
                      "scaled from H100 measurements")
 
@@ -554,7 +567,7 @@ def _fitting_modes(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: in
 def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | None, bits: int,
                            layerwise: bool, ckpt: str, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate], offload: bool = False, options: dict | None = None,
-                           entry: str = "") -> Candidate | None:
+                           entry: str = "", base: str = "adamw") -> Candidate | None:
     """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits. At each
     micro-batch the loss kinds of `req.losses` are tried in order (`full` first), the first that fits taken: a
     loss kind is chosen only where it decides the fit."""
@@ -562,7 +575,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     def evaluate(i: int) -> Candidate:
         for loss in req.losses:
             cand = _candidate(req, spec, rank, gap, bits, layerwise, ckpt, batches[i], gpu, bisecting=True,
-                              loss=loss, offload=offload, options=options, entry=entry)
+                              loss=loss, offload=offload, options=options, entry=entry, base=base)
             if cand.fits:
                 break
         return cand
@@ -584,7 +597,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     # throughput and quality once, at the micro-batch found (several GPUs: the strategies weighed there)
     return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation), gpu,
                       loss=best.config.loss, known=None if req._layouts or offload else best.estimate,
-                      offload=offload, options=options, entry=entry)
+                      offload=offload, options=options, entry=entry, base=base)
 
 
 def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
@@ -598,7 +611,8 @@ def suggest(req: PlanRequest, smallest: dict[str, Candidate]) -> list[str]:
         cfg = TrainConfig(model=req.model, method=lean.config.method, rank=lean.config.rank,
                           update_gap=lean.config.update_gap, state_bits=lean.config.state_bits,
                           layerwise=lean.config.layerwise, dtype=req.dtype, batch=1, seq=seq,
-                          checkpointing=lean.config.checkpointing, loss=lean.config.loss)
+                          checkpointing=lean.config.checkpointing, loss=lean.config.loss,
+                          method_options=dict(lean.config.method_options))
         if estimate(cfg, req.calibration).device_used_bytes <= req.usable_bytes:
             out.append(f"--seq {seq} fits with {cfg.label()} at batch 1")
             break

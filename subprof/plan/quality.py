@@ -270,7 +270,7 @@ class QualityModel:
     def band(self, model: ModelConfig) -> float:
         raise NotImplementedError
 
-    def evidence_kind(self, method: str) -> str:
+    def evidence_kind(self, method: str, base: str = "adamw") -> str:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -317,10 +317,12 @@ class FittedQuality(QualityModel):
         """Whether any table row of this method entered the fit (else only its kind's terms score it)."""
         return self.evidence_kind(method) != "none"
 
-    def evidence_kind(self, method: str) -> str:
-        """What the method's quality rests on: "reference" (full rank), "independent" (some row is another paper's
-        re-run or our own run), "own paper" (only its authors' tables: claims they tuned) or "none" (its kind's
-        terms alone)."""
+    def evidence_kind(self, method: str, base: str = "adamw") -> str:
+        """What the method's quality rests on: "reference" (full-rank Adam), "one table" (a Lion/Adafactor base:
+        OSD's Table 6 alone), "independent" (some row is another paper's re-run or our own run), "own paper" (only
+        its authors' tables: claims they tuned) or "none" (its kind's terms alone)."""
+        if BASES.get(base, base) != "adamw":
+            return "one table"
         if method in FULL_RANK or not REGISTRY[method].project:
             return "reference"
         rows = self.evidence_rows.get(method)

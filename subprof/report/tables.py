@@ -133,7 +133,8 @@ def quality_cost(p: Plan, cand: Candidate) -> float:
 
 
 def _fit_class(p: Plan) -> int:
-    if "adamw" in p.best_per_method:
+    """2: full-rank AdamW itself fits (full rank with Lion or Adafactor does not count), 1: something fits."""
+    if any(not c.config.spec.project and c.config.base == "adamw" for c in p.candidates):
         return 2
     return 1 if p.candidates else 0
 

@@ -66,7 +66,9 @@ class BurstCase:
                                                                            else []))
 
     def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else self.config.spec.default_lr
+        from subprof.methods.bases import default_lr
+
+        return self.lr if self.lr is not None else default_lr(self.config.spec.default_lr, self.config.base)
 
     @property
     def lr_source(self) -> str:
@@ -157,7 +159,9 @@ def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: 
                                      batch=batch, seq=seq)
                 if not lr_grid:
                     return [BurstCase(config=config, lr=lr)]
-                grid = tuple(grid_around(lr if lr is not None else spec.default_lr, lr_grid))
+                from subprof.methods.bases import default_lr
+
+                grid = tuple(grid_around(lr if lr is not None else default_lr(spec.default_lr, config.base), lr_grid))
                 return [BurstCase(config=config, lr=point, lr_grid=grid) for point in grid]
 
             if not spec.project:
