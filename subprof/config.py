@@ -15,6 +15,7 @@ Training dtypes, one vocabulary for every command (`--dtype`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from subprof.catalog import ModelConfig, load_model
@@ -74,6 +75,69 @@ def accumulation_for(tokens_per_step: int, *, batch: int, seq: int, ranks: int =
     return tokens_per_step // per_micro
 
 
+def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: int | None, state_bits: int | None,
+               dtype: str, checkpointing: str | bool, loss: str, options: tuple) -> tuple:
+    """A configuration's method-side fields validated and filled in: (method, rank, update gap, state bits,
+    checkpointing mode, options) — the method's name for an alias, its defaults, the base dropped when it is the
+    default; one line naming the problem otherwise."""
+    spec = get_method(method)
+    forced = forced_state_bits(method)
+    if forced is not None and state_bits not in (None, forced):
+        raise SubprofError(f"--method {method} implies --state-bits {forced}")
+    check_dtype(dtype)
+    checkpointing = parse_checkpointing(checkpointing)
+    check_loss(loss)
+    state_bits = forced or state_bits or default_state_bits(dtype)
+    if state_bits not in spec.state_bits_supported:
+        raise SubprofError(f"--state-bits {state_bits} unsupported: use one of "
+                           f"{', '.join(map(str, spec.state_bits_supported))}")
+    opts = _check_base(spec, dict(options), state_bits)
+    if not spec.project:
+        if set(opts) - {"base"}:
+            raise SubprofError(f"{spec.name} projects nothing: options {sorted(opts)} do not apply")
+        return spec.name, None, None, state_bits, checkpointing, tuple(opts.items())
+    try:
+        spec.resolve_options(opts)
+    except ValueError as exc:
+        raise SubprofError(str(exc)) from None
+    limit = model.rank_limit()
+    if spec.fixed_rank is not None:  # the method runs at its own rank whatever is asked (APOLLO-Mini)
+        rank = spec.fixed_rank
+    if rank is None:
+        rank = min(DEFAULT_RANK, limit)
+    if rank <= 0:
+        raise SubprofError(f"rank must be positive, got {rank}")
+    if rank > limit:
+        raise SubprofError(f"rank {rank} exceeds every weight's smaller side in {model.name} (the widest "
+                           f"is {limit}); use a rank ≤ {limit} (each weight uses min(rank, m, n))")
+    if update_gap is None:
+        update_gap = spec.default_update_gap
+    if update_gap <= 0:
+        raise SubprofError(f"update gap must be positive, got {update_gap}")
+    return spec.name, rank, update_gap, state_bits, checkpointing, tuple(opts.items())
+
+
+_normalized = lru_cache(maxsize=4096)(_normalize)
+
+
+def _check_base(spec: MethodSpec, options: dict, state_bits: int) -> dict:
+    """The base optimizer: known, run by the method, at this state precision; dropped from the options when it
+    is the default."""
+    from subprof.methods.bases import DEFAULT_BASE, get_base
+
+    base = get_base(options.get("base")).name
+    if base not in spec.bases:
+        raise SubprofError(f"--base {base}: {spec.name} runs {', '.join(spec.bases)}")
+    bits = get_base(base).state_bits_supported
+    if state_bits not in bits:
+        raise SubprofError(f"--base {base} has no {state_bits}-bit state: use --state-bits "
+                           f"{' or '.join(map(str, bits))}")
+    options.pop("base", None)
+    if base != DEFAULT_BASE:
+        options["base"] = base
+    return options
+
+
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     """One training configuration. `method` may be an alias (`adamw8bit` sets state_bits 8); `rank` and
@@ -97,62 +161,18 @@ class TrainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        spec = get_method(self.method)
-        forced = forced_state_bits(self.method)
-        if forced is not None and self.state_bits not in (None, forced):
-            raise SubprofError(f"--method {self.method} implies --state-bits {forced}")
-        self.method = spec.name
-        check_dtype(self.dtype)
-        self.checkpointing = parse_checkpointing(self.checkpointing)
-        check_loss(self.loss)
         for name in ("batch", "seq", "accumulation"):
             if getattr(self, name) <= 0:
                 raise SubprofError(f"{name} must be at least 1, got {getattr(self, name)}")
-        self.state_bits = forced or self.state_bits or default_state_bits(self.dtype)
-        if self.state_bits not in spec.state_bits_supported:
-            raise SubprofError(f"--state-bits {self.state_bits} unsupported: use one of "
-                               f"{', '.join(map(str, spec.state_bits_supported))}")
-        self.method_options = dict(self.method_options)
-        self._check_base(spec)
-        if not spec.project:
-            if set(self.method_options) - {"base"}:
-                raise SubprofError(f"{spec.name} projects nothing: options {sorted(self.method_options)} do not apply")
-            self.rank = self.update_gap = None
-            return
+        args = (self.model, self.method, self.rank, self.update_gap, self.state_bits, self.dtype, self.checkpointing,
+                self.loss)
         try:
-            spec.resolve_options(self.method_options)
-        except ValueError as exc:
-            raise SubprofError(str(exc)) from None
-        limit = self.model.rank_limit()
-        if spec.fixed_rank is not None:  # the method runs at its own rank whatever is asked (APOLLO-Mini)
-            self.rank = spec.fixed_rank
-        if self.rank is None:
-            self.rank = min(DEFAULT_RANK, limit)
-        if self.rank <= 0:
-            raise SubprofError(f"rank must be positive, got {self.rank}")
-        if self.rank > limit:
-            raise SubprofError(f"rank {self.rank} exceeds every weight's smaller side in {self.model.name} (the widest "
-                               f"is {limit}); use a rank ≤ {limit} (each weight uses min(rank, m, n))")
-        if self.update_gap is None:
-            self.update_gap = spec.default_update_gap
-        if self.update_gap <= 0:
-            raise SubprofError(f"update gap must be positive, got {self.update_gap}")
-
-    def _check_base(self, spec: MethodSpec) -> None:
-        """The base optimizer: known, run by the method, at this state precision; dropped from the options when it
-        is the default."""
-        from subprof.methods.bases import DEFAULT_BASE, get_base
-
-        base = get_base(self.method_options.get("base")).name
-        if base not in spec.bases:
-            raise SubprofError(f"--base {base}: {spec.name} runs {', '.join(spec.bases)}")
-        bits = get_base(base).state_bits_supported
-        if self.state_bits not in bits:
-            raise SubprofError(f"--base {base} has no {self.state_bits}-bit state: use --state-bits "
-                               f"{' or '.join(map(str, bits))}")
-        self.method_options.pop("base", None)
-        if base != DEFAULT_BASE:
-            self.method_options["base"] = base
+            options = tuple(sorted(self.method_options.items()))
+            norm = _normalized(*args, options)  # `plan` builds thousands of configurations of a few methods
+        except TypeError:  # an unhashable option value: validated uncached
+            norm = _normalize(*args, tuple(self.method_options.items()))
+        self.method, self.rank, self.update_gap, self.state_bits, self.checkpointing, options = norm
+        self.method_options = dict(options)
 
     @property
     def base(self) -> str:
