@@ -38,7 +38,7 @@ from subprof.plan.published import MEASURED_GLOB, Table, TableRow, load_tables, 
 from subprof.plan.quality import (COMMAND, SHAPE, Setting, fit_path, g_value, kinds, method_parameters,
                                   setting_of_row, transform, untransform)
 
-KINDS = ("all", "planned", "rank", "gap", "method", "mixed")
+KINDS = ("all", "planned", "rank", "gap", "method", "base", "mixed")
 SPREAD = 1  # scattered starts besides the defaults, in the full fit and in every leave-one-table-out fold
 ITERS = 2000  # Nelder–Mead iterations per start
 RIDGE = 1.0  # penalty weight on free offsets (units of g squared)
@@ -241,6 +241,8 @@ def fit_scale(groups: list[list[Point]], v: dict[str, float]) -> tuple[float, fl
 
 # ------------------------------------------------------------------------------------------------ validation
 def pair_kind(a: Setting, b: Setting) -> str:
+    if (a.base, a.p_optimizer) != (b.base, b.p_optimizer):
+        return "base"  # Lion/Adafactor against Adam (OSD Table 6): no other table has such a row
     same_method = (a.method, a.kind, a.traits) == (b.method, b.kind, b.traits)
     if same_method and a.update_gap == b.update_gap and a.rank != b.rank:
         return "rank"
