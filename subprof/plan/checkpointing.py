@@ -11,11 +11,7 @@ op (norms, rotary, SiLU, products, casts) is recomputed in backward.
 from __future__ import annotations
 
 from subprof.config import TrainConfig
-
-
-def _compute_bytes(c: TrainConfig) -> int:
-    """Bytes of one element a matmul or attention outputs: bf16 under pure bf16 and autocast, fp32 in fp32."""
-    return 4 if c.dtype == "fp32" else 2
+from subprof.plan.activations import compute_bytes
 
 
 def layer_matmuls(c: TrainConfig) -> list[tuple[int, int]]:
@@ -30,9 +26,11 @@ def saved_matmuls(c: TrainConfig) -> list[tuple[int, int]]:
 
 def selective_saved_bytes_per_token(c: TrainConfig) -> int:
     """Per token and layer, what the selective policy saves besides the layer's input: the saved matmul outputs
-    (b_c · Σ out) + attention's output (b_c · q) and logsumexp (4 · H), b_c the compute dtype's bytes."""
-    b = _compute_bytes(c)
-    return b * sum(out for out, _ in saved_matmuls(c)) + b * c.model.q_dim + 4 * c.model.heads
+    (b_c · Σ out) + the sdpa kernel's output (b_c · q) and logsumexp (4 · H), b_c the compute dtype's bytes. Eager
+    attention (Gemma 2) runs no sdpa op: the policy recomputes it."""
+    b = compute_bytes(c)
+    attention = b * c.model.q_dim + 4 * c.model.heads if c.model.attention == "sdpa" else 0
+    return b * sum(out for out, _ in saved_matmuls(c)) + attention
 
 
 def recompute_flops_per_token(c: TrainConfig) -> float:
