@@ -5,7 +5,7 @@ the attention implementation and its logit soft-capping). Pure Python, no torch.
 Every term is a tensor autograd keeps, found by walking the backward graph of the real transformers class (5.25,
 torch 2.14) and counting each saved storage once (tensors that share a storage — a view, a chunk of a fused
 projection — count once), for LLaMA, Qwen3, Gemma 1/2/3, Phi-3, OLMo 2/3 and Mistral, varying h, q, kv, I, H, KV
-and S; the committed traced steps (`profiles/measured/trace_families.sh`) hold the whole model to it.
+and S; the committed traced steps (`profiles/measured/families_trace.sh`) hold the whole model to it.
 
 Element sizes: b_c the compute dtype (what a matmul or attention outputs: 2 under bf16 and autocast, 4 in fp32),
 b_r the residual stream's (2 in pure bf16, 4 under mixed and fp32).

@@ -151,7 +151,7 @@ def activation_bytes_per_token_layer(c: TrainConfig) -> int:
     autocast linear its own bf16 cast (10h); fp32: every bf16 tensor in fp32. Every term was read off the backward
     graph of the real transformers classes and holds exactly for LLaMA, Qwen3, OLMo 2 and Phi-3 (Gemma: 0.3% below,
     its (1 + w) norm vectors, token-independent); traced steps of every family hold the whole model within 2%
-    (`profiles/measured/trace_families.jsonl`, `tests/test_families_memory.py`)."""
+    (`profiles/measured/families_trace.jsonl`, `tests/test_families_memory.py`)."""
     return largest_layer_saved_bytes_per_token(c)
 
 
