@@ -56,8 +56,10 @@ class ModelConfig:
     `layer_norms`: h-sized norm weights per layer (2; Gemma 2/3: 4); `q_norm`/`k_norm`: elements of the per-layer
     query/key norm weights (Qwen3, Gemma 3: d each; OLMo 2/3: H·d and KV·d; else 0); `fused_qkv`/`fused_gate_up`:
     Phi-3's single qkv_proj ((H+2KV)·d × h) and gate_up_proj (2I × h); `window_layers`: how many layers attend
-    within `sliding_window`; `final_logit_softcap`: Gemma 2's tanh soft-capping of the logits; `attention`: the
-    attention implementation transformers trains it with ("sdpa", or "eager" where the class has no sdpa path)."""
+    within `sliding_window`; `final_logit_softcap`/`attn_logit_softcap`: Gemma 2's tanh soft-capping of the logits
+    and of the attention scores; `norm_fp32_weight`: the RMSNorm multiplies its weight in fp32 and keeps the fp32
+    product (Gemma 1/2/3, OLMo 2/3); `attention`: the attention implementation transformers trains it with ("sdpa",
+    or "eager" where the class has no sdpa path). `plan.activations` reads these to count saved activations."""
 
     name: str
     hidden: int
@@ -79,6 +81,8 @@ class ModelConfig:
     sliding_window: int | None = None
     window_layers: int = 0
     final_logit_softcap: float | None = None
+    attn_logit_softcap: float | None = None
+    norm_fp32_weight: bool = False
     attention: str = "sdpa"
     family: str = "llama"
     max_positions: int = 2048
@@ -269,6 +273,7 @@ class Family:
     fused: bool = False
     windowed: Callable[[dict, int], int] = _no_window
     attention: str = "sdpa"
+    norm_fp32_weight: bool = False
 
 
 _GEMMA = {"head_dim": 256, "tie_word_embeddings": True, "num_key_value_heads": 16}
@@ -287,19 +292,21 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(architecture="Qwen3ForCausalLM", bias_keys=("attention_bias",), qk_norm="head",
                     windowed=_above_max_window_layers,
                     defaults={"head_dim": 128, "max_window_layers": 28, "num_key_value_heads": 32}),
-    "gemma": Family(architecture="GemmaForCausalLM", defaults=_GEMMA, bias_keys=("attention_bias",)),
+    "gemma": Family(architecture="GemmaForCausalLM", defaults=_GEMMA, bias_keys=("attention_bias",),
+                    norm_fp32_weight=True),
     "gemma2": Family(architecture="Gemma2ForCausalLM", bias_keys=("attention_bias",), layer_norms=4,
                      defaults={**_GEMMA, "sliding_window": 4096, "final_logit_softcapping": 30.0,
                                "attn_logit_softcapping": 50.0, "num_key_value_heads": 4},
-                     windowed=_all_but_every(2), attention="eager"),
+                     windowed=_all_but_every(2), attention="eager", norm_fp32_weight=True),
     "gemma3_text": Family(architecture="Gemma3ForCausalLM", bias_keys=("attention_bias",), layer_norms=4,
                           qk_norm="head", defaults={**_GEMMA, "sliding_window": 4096, "sliding_window_pattern": 6,
                                                     "num_key_value_heads": 4},
-                          windowed=_all_but_every("sliding_window_pattern")),
+                          windowed=_all_but_every("sliding_window_pattern"), norm_fp32_weight=True),
     "phi3": Family(architecture="Phi3ForCausalLM", fused=True, windowed=_every_layer),
-    "olmo2": Family(architecture="Olmo2ForCausalLM", bias_keys=("attention_bias",), qk_norm="proj"),
+    "olmo2": Family(architecture="Olmo2ForCausalLM", bias_keys=("attention_bias",), qk_norm="proj",
+                    norm_fp32_weight=True),
     "olmo3": Family(architecture="Olmo3ForCausalLM", bias_keys=("attention_bias",), qk_norm="proj",
-                    defaults={"sliding_window": 4096}, windowed=_all_but_every(4)),
+                    defaults={"sliding_window": 4096}, windowed=_all_but_every(4), norm_fp32_weight=True),
     "granite": Family(architecture="GraniteForCausalLM", bias_keys=("attention_bias", "mlp_bias")),
     "smollm3": Family(architecture="SmolLM3ForCausalLM", bias_keys=("attention_bias", "mlp_bias"),
                       defaults={"tie_word_embeddings": True, "num_key_value_heads": 4}, windowed=_without_rope),
@@ -370,6 +377,9 @@ def _from_hf(name: str, cfg: dict, source: str, preset: bool = False, hub_id: st
             window_layers=windowed,
             final_logit_softcap=float(read["final_logit_softcapping"]) if read.get("final_logit_softcapping")
             else None,
+            attn_logit_softcap=float(read["attn_logit_softcapping"]) if read.get("attn_logit_softcapping")
+            else None,
+            norm_fp32_weight=spec.norm_fp32_weight,
             attention=spec.attention,
             family=family,
             max_positions=int(read.get("max_position_embeddings") or 2048),

@@ -34,7 +34,7 @@ from subprof.methods.spec import Dtype, tensor_bytes, weight_sharding
 from subprof.plan import calibration as cal
 from subprof.plan.calibration import Calibration
 from subprof.plan.memory import (Estimate, activation_bytes, activation_bytes_per_token_layer, estimate,
-                                 layer_kept_bytes_per_token, logits_bytes, residual_bytes)
+                                 layers_kept_bytes_per_token, logits_bytes)
 from subprof.plan.parallel import Parallel
 
 # NCCL's own device buffers per communicator, outside PyTorch's allocator: NCCL_BUFFSIZE (4 MiB by default, NCCL
@@ -71,14 +71,9 @@ class _Param:
 
 
 def _layer_params(m: ModelConfig) -> list[_Param]:
-    """One decoder layer's parameters (as `catalog.ModelConfig.params` counts them)."""
-    out = [_Param(s.m, s.n, True) for s in m.linear_shapes()]
-    out += [_Param(m.hidden, 1), _Param(m.hidden, 1)]
-    if m.attention_bias:
-        out += [_Param(m.q_dim, 1), _Param(m.kv_dim, 1), _Param(m.kv_dim, 1), _Param(m.hidden, 1)]
-    if m.mlp_bias:
-        out += [_Param(m.intermediate, 1), _Param(m.intermediate, 1), _Param(m.hidden, 1)]
-    return out
+    """One decoder layer's parameters (as `catalog.ModelConfig.params` counts them): its projected weights and its
+    1-D tensors (`ModelConfig.layer_vectors`: the family's norms, q/k norms and biases)."""
+    return [_Param(s.m, s.n, True) for s in m.linear_shapes()] + [_Param(n, 1) for n in m.layer_vectors()]
 
 
 def _root_params(m: ModelConfig) -> list[_Param]:
@@ -198,9 +193,7 @@ def token_terms(model: ModelConfig, dtype: str, batch: int, seq: int, checkpoint
     c = TrainConfig(model=model, dtype="bf16" if dtype == "mixed" else dtype, batch=batch, seq=seq,
                     checkpointing=checkpointing, loss=loss)
     per_layer = activation_bytes_per_token_layer(c) * c.tokens
-    whole = c.recomputed_layers if c.checkpointing.startswith("every:") else 0
-    kept = ((model.layers - whole) * layer_kept_bytes_per_token(c) + whole * residual_bytes(c) * model.hidden) \
-        * c.tokens // model.layers
+    kept = layers_kept_bytes_per_token(c) * c.tokens // model.layers
     return activation_bytes(c), per_layer, kept, per_layer if c.recomputes else 0, logits_bytes(c)
 
 

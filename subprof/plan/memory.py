@@ -8,7 +8,7 @@ micro-batch × sequence × checkpointing mode × loss kind):
 The peak is the maximum over phases (built model, forward/backward, optimizer step, projection refresh), never the
 sum of every component. Per-weight optimizer states come from each method's own declaration
 (`subprof.methods.*.SPEC`, under the method options of the configuration), the same declaration the optimizer allocates from. Activation bytes follow the
-tensors transformers' `LlamaForCausalLM` (sdpa attention) saves for backward; the constants were checked against
+tensors the family's transformers class saves for backward (`plan.activations`); the constants were checked against
 traced steps (FakeTensorMode + MemTracker, `subprof bench --backend trace`) and the GPU-side terms calibrated on
 real H100 rows (see `calibration.py`).
 """
@@ -23,6 +23,9 @@ from subprof.config import TrainConfig
 from subprof.methods.spec import FOREACH_NUMEL, Dtype, tensor_bytes
 from subprof.plan import calibration as cal
 from subprof.plan.calibration import Calibration
+from subprof.plan.activations import (all_layers_saved_bytes_per_token, compute_bytes,
+                                      final_saved_bytes_per_token, largest_layer_saved_bytes_per_token,
+                                      residual_bytes)
 from subprof.plan.checkpointing import selective_saved_bytes_per_token
 from subprof.plan.loss import loss_kind_bytes
 
@@ -171,59 +174,37 @@ def step_temporary_bytes(c: TrainConfig) -> int:
 
 
 def activation_bytes_per_token_layer(c: TrainConfig) -> int:
-    """Bytes one decoder layer saves for backward per token (transformers LlamaDecoderLayer, sdpa).
+    """Bytes the decoder layer that saves the most keeps for backward per token (`plan.activations`, from the
+    family's declarations in `ModelConfig`). LLaMA (sdpa) in bf16: 16h + 4q + 4kv + 8I + 4H + 8, with q = H·d,
+    kv = KV·d: two RMSNorms keep their fp32 input, 1/rms and bf16 output (2 · (6h + 4)), q/k/v and gate/up read
+    one input each (2 · 2h), o_proj and down_proj theirs (2q, 2I), attention q, k, v and the fp32 logsumexp
+    (2q + 4kv + 4H), the SwiGLU MLP gate, up and silu(gate) (6I). mixed: the norms keep fp32 (16h + 8) and each
+    autocast linear its own bf16 cast (10h); fp32: every bf16 tensor in fp32. Every term was read off the backward
+    graph of the real transformers classes and holds exactly for LLaMA, Qwen3, OLMo 2 and Phi-3 (Gemma: 0.3% below,
+    its (1 + w) norm vectors, token-independent); traced steps of every family hold the whole model within 2%
+    (`profiles/measured/families_trace.jsonl`, `tests/test_families_memory.py`)."""
+    return largest_layer_saved_bytes_per_token(c)
 
-    bf16: 12h + 8·q + 4·kv + 8·I + 2·H + 16, with q = H·d, kv = KV·d. Reading: two RMSNorms save their fp32
-    input (4h) and bf16 output (2h); attention saves the rotated q and k, v, the kernel output, o_proj's contiguous
-    input and one more q-sized tensor (8q + 4kv), the softmax statistics (2H + 16); the SwiGLU MLP saves gate,
-    up, silu(gate) and their product (4 · 2I). The coefficients were fitted on traced steps (FakeTensorMode +
-    MemTracker, transformers 5.23, torch 2.15) varying h, I, H, V, L and tokens one at a time; the fit is exact
-    on those traces.
-    mixed (fp32 residual, bf16 autocast), not fitted: norms save fp32 input and output (16h); each autocast linear
-    saves its own bf16 cast of the input (q, k, v: 6h; gate, up: 4h); attention and MLP as above.
-    fp32: the bf16 reading with every tensor saved in bf16 there saved in fp32 instead — norms 16h, attention
-    16q + 8kv, MLP 16I, softmax statistics as in bf16: 16h + 16q + 8kv + 16I + 2H + 16. Checked against traced
-    steps (torch 2.14, transformers 5.24; h 512–1024, I 1376–2752, H 8–16, 4–8 layers, V 8k–16k, seq 256): the
-    model-side peak within 1.3% below the trace (GQA: 3–4% below — the CPU trace keeps k and v at the full head
-    count, which real CPU runs do not; `tests/test_memory.py`).
-    """
+
+def layers_kept_bytes_per_token(c: TrainConfig) -> int:
+    """What the decoder layers keep for backward per token, all together, under the checkpointing mode
+    (`subprof.modes`): every activation (`all_layers_saved_bytes_per_token`) without checkpointing; with `full`
+    each layer's input (b_r · h); with `selective` its input + the saved op outputs
+    (`selective_saved_bytes_per_token`); with `every:K` the ⌊L/K⌋ checkpointed layers their input, the others
+    everything (their share of the layers' total)."""
     m = c.model
-    h, i, q, kv, heads = m.hidden, m.intermediate, m.q_dim, m.kv_dim, m.heads
-    if c.dtype == "fp32":
-        return 16 * h + 16 * q + 8 * kv + 16 * i + 2 * heads + 16
-    core = 8 * q + 4 * kv + 8 * i + 2 * heads + 16
-    if c.dtype == "bf16":
-        return 12 * h + core
-    return 16 * h + 10 * h + core
-
-
-def residual_bytes(c: TrainConfig) -> int:
-    """Bytes of one element of the residual stream (a checkpointed layer's saved input): bf16 in pure bf16, fp32
-    otherwise (mixed keeps an fp32 residual under autocast)."""
-    return 2 if c.dtype == "bf16" else 4
-
-
-def layer_kept_bytes_per_token(c: TrainConfig) -> int:
-    """What one decoder layer keeps for backward per token under the checkpointing mode (`subprof.modes`): every
-    activation (`activation_bytes_per_token_layer`) without checkpointing, its input with `full`, and with
-    `selective` its input + the saved op outputs (`selective_saved_bytes_per_token`)."""
+    kept_input = residual_bytes(c) * m.hidden
     if c.checkpointing == "selective":
-        return residual_bytes(c) * c.model.hidden + selective_saved_bytes_per_token(c)
-    if c.checkpointing == "full":
-        return residual_bytes(c) * c.model.hidden
-    return activation_bytes_per_token_layer(c)
+        return m.layers * (kept_input + selective_saved_bytes_per_token(c))
+    whole = c.recomputed_layers
+    return whole * kept_input + all_layers_saved_bytes_per_token(c) * (m.layers - whole) // m.layers
 
 
 def activation_bytes(c: TrainConfig) -> int:
-    """activations saved when backward starts = T · (Σ over layers of what each keeps + 8h + 12) + 4·S·d (rotary
-    cos/sin): `layer_kept_bytes_per_token` per layer; with `every:K` the ⌊L/K⌋ checkpointed layers keep their input
-    (b_res · h), the others everything."""
-    m, T = c.model, c.tokens
-    final = (8 if c.dtype == "bf16" else 12) * m.hidden + 12
-    rotary = 4 * c.seq * m.head_dim
-    whole = c.recomputed_layers if c.checkpointing.startswith("every:") else 0
-    per_token = (m.layers - whole) * layer_kept_bytes_per_token(c) + whole * residual_bytes(c) * m.hidden
-    return T * (per_token + final) + rotary
+    """activations saved when backward starts = T · (`layers_kept_bytes_per_token` + what the model keeps outside
+    its layers, `final_saved_bytes_per_token`) + 4·S·d (rotary cos/sin)."""
+    m = c.model
+    return c.tokens * (layers_kept_bytes_per_token(c) + final_saved_bytes_per_token(c)) + 4 * c.seq * m.head_dim
 
 
 def backward_end_bytes(c: TrainConfig) -> int:
@@ -241,9 +222,11 @@ def logits_bytes(c: TrainConfig) -> int:
     full: transformers upcasts the logits to fp32 (`logits.float()`), log_softmax saves its fp32 output (4V per
     token); backward holds that output, the incoming fp32 gradient and the fp32 input gradient at once: 12·V bytes
     per token (the bf16 logits themselves are freed once `loss = model(...).loss` drops the output). The forward
-    peak (bf16 + fp32 logits + log_softmax output, 10·V) is lower."""
+    peak (bf16 + fp32 logits + log_softmax output, 10·V) is lower. Final-logit soft-capping (Gemma 2:
+    cap · tanh(logits / cap)) keeps the tanh's output in the compute dtype until its backward: b_c·V more."""
     if c.loss == "full":
-        return cal.LOGITS_BYTES_PER_VOCAB_TOKEN * c.model.vocab * c.tokens
+        softcap = compute_bytes(c) if c.model.final_logit_softcap else 0
+        return (cal.LOGITS_BYTES_PER_VOCAB_TOKEN + softcap) * c.model.vocab * c.tokens
     return loss_kind_bytes(c)
 
 

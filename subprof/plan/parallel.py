@@ -94,11 +94,17 @@ def strategies_for(gpus: int, nodes: int, strategy: str) -> tuple[str, ...]:
 
 def check_shardable(model: ModelConfig, par: Parallel) -> None:
     """FSDP2 splits every parameter's first dim over the shard group: with more ranks than the shortest one has rows
-    (a norm weight: hidden; k/v: kv_heads·head_dim) some ranks would hold nothing of it — one line, not a plan."""
+    some ranks would hold nothing of it — one line, not a plan. The rows are those of the family's own tensors: its
+    projected weights as it stores them (`ModelConfig.linear_shapes`: k/v KV·d rows, Phi-3's fused qkv_proj
+    (H + 2KV)·d and gate_up_proj 2I) and its per-layer vectors (`ModelConfig.layer_vectors`: norm weights h, Qwen3's
+    and Gemma 3's q/k norms d, biases)."""
     if not par.sharded:
         return
-    rows = {"hidden (norm weights, o_proj, down_proj)": model.hidden, "k_proj/v_proj rows": model.kv_dim,
-            "q_proj rows": model.q_dim}
+    rows = {f"{s.name.split('.')[-1]} rows": s.m for s in reversed(model.linear_shapes())}
+    rows["hidden (norm weights)"] = model.hidden
+    if model.q_norm:
+        rows["q_norm/k_norm weights"] = min(model.q_norm, model.k_norm)
+    rows["vector (bias or norm) elements"] = min(model.layer_vectors())
     name, least = min(rows.items(), key=lambda kv: kv[1])
     if par.shard_ranks > least:
         raise SubprofError(f"{par.strategy} over {par.shard_ranks} ranks: {model.name} has only {least} {name} to "
