@@ -198,7 +198,7 @@ def test_leave_one_table_out_orders_most_published_pairs_as_published(committed)
     assert val["gap"]["agree_share"] >= 0.75, val["gap"]
     assert val["rank"]["agree_share"] >= 0.9, val["rank"]
     others = (val["all"]["agree"] - val["base"]["agree"]) / (val["all"]["pairs"] - val["base"]["pairs"])
-    assert others >= 0.77, others  # 78.4% on 2026-12-07 (79.9% before the rank-32 CPU rows and OSD Table 6)
+    assert others >= 0.77, others  # 78.1% on 2026-12-07 (79.9% before the rank-32 CPU rows and OSD Table 6)
     assert val["all"]["agree_share"] >= 0.75, val["all"]  # 75.8% on 2026-12-07, base pairs included
 
 
