@@ -140,21 +140,8 @@ def test_a_projected_step_allocates_within_its_declared_step_workspace(base, bit
     """An ordinary GaLore step with each base, traced at the dispatch level: no more than the method's step
     workspace plus the base's (`BaseSpec.step_workspace`), and — so the declaration is not loose — at least the
     m×n back-projection."""
-    from tests.test_optim_core import TransientPeak
+    from tests.test_optim_core import galore_step_peak
 
     m, n = shape
-    model = torch.nn.Module()
-    model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
-    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits, base=base)
-    for step in range(2):
-        model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
-        if step == 0:
-            opt.step()
-            continue
-        weight = model.attn.weight
-        existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
-        with TransientPeak(existing) as trace:
-            opt.step()
-    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
-                                                       options={"base": base})
-    assert m * n * dtype.itemsize <= trace.peak <= declared
+    peak, declared = galore_step_peak(shape, bits, dtype, base=base)
+    assert m * n * dtype.itemsize <= peak <= declared

@@ -13,6 +13,7 @@ import torch
 
 from subprof.optim import build_optimizer, split_parameters
 from tests.reference_steps import GaLoreLionReference, lion_pytorch_step
+from tests.test_golden_apollo_fira import Model  # the same small model: projected tall/wide/square, a norm, a head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,17 +23,6 @@ ADAFACTOR_SETTINGS = {
     "transformers-defaults": ({"relative_step": True, "scale_parameter": True}, None, 0.0),
     "osd-external-lr": ({}, 3e-3, 0.1),
 }
-
-
-class Model(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.attn = torch.nn.Linear(24, 48, bias=False)
-        self.mlp = torch.nn.Linear(48, 24, bias=False)
-        self.attn_out = torch.nn.Linear(24, 24, bias=False)
-        self.norm = torch.nn.Parameter(torch.ones(24))
-        self.head = torch.nn.Linear(24, 3)
 
 
 def gradients(model: Model, step: int) -> list[torch.Tensor]:

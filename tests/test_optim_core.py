@@ -365,10 +365,17 @@ class TransientPeak(TorchDispatchMode):
 def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, dtype):
     """An ordinary (non-refresh) step: U (r×max) + the m×n back-projected update, nothing else alive at once.
     (At 8 bits the bitsandbytes kernel is one opaque op; on CUDA it is fused and allocates nothing.)"""
+    peak, declared = galore_step_peak(shape, bits, dtype)
+    assert peak == declared
+
+
+def galore_step_peak(shape: tuple[int, int], bits: int, dtype: torch.dtype, **options) -> tuple[int, int]:
+    """(traced transient peak, declared step workspace) of an ordinary GaLore rank-16 step on one m×n weight (the
+    second step: the first allocates the states); `options` go to the optimizer and the declaration (`base`)."""
     m, n = shape
     model = torch.nn.Module()
     model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
-    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits)
+    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits, **options)
     for step in range(2):
         model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
         if step == 0:
@@ -378,8 +385,9 @@ def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, 
         existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
         with TransientPeak(existing) as trace:
             opt.step()
-    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize)
-    assert trace.peak == declared
+    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
+                                                       options=options or None)
+    return trace.peak, declared
 
 
 @pytest.mark.parametrize("shape", [(320, 96), (96, 320)], ids=["tall", "wide"])

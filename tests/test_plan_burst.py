@@ -1,6 +1,7 @@
 """plan --burst: the top candidates are trained for real and the recommendation follows the measured evidence."""
 
 import json
+from dataclasses import replace
 import sysconfig
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 def tiny_plan():
     req = PlanRequest(model=load_model("tiny"), budget=parse_budget("2GB"),
-                      methods=parse_methods("adamw,galore,ori"), seq=32, batch=2)
+                      methods=parse_methods("adamw,galore,ori"), seq=32, batch=2, bases=("adamw",))
     return plan(req)
 
 
@@ -85,13 +86,18 @@ def test_bursts_move_each_methods_term_by_what_they_can_show(steps, proxy, weigh
     assert burst_weight(runs) == pytest.approx(weight)
     s = base.scale(runs[0].config.model)
     for r in runs[1:]:
-        m = r.config.method
+        m = "method:" + r.config.method
         measured = (r.val_loss - runs[0].val_loss) / s
         predicted = base.g(r.config, r.tokens_per_step) - base.g(runs[0].config, runs[0].tokens_per_step)
         assert raw[m] == pytest.approx(measured - predicted)
         moved_pred = moved.g(r.config, r.tokens_per_step) - moved.g(runs[0].config, runs[0].tokens_per_step)
         assert moved_pred == pytest.approx(predicted + weight * (measured - predicted))
-    assert "galore" not in raw  # the anchor: the first run's method (no full-rank run among them)
+    assert "method:galore" not in raw  # the anchor: the first run's method (no full-rank run among them)
+    # the same method on another base moves the base's offset; a run differing in method and base moves nothing
+    ada = replace(runs[0], config=replace(runs[0].config, method_options={"base": "adafactor"}), val_loss=3.45)
+    lion_osd = replace(runs[2], config=replace(runs[2].config, method_options={"base": "lion"}))
+    _, raw2 = with_bursts(base, [runs[0], ada, lion_osd])
+    assert set(raw2) == {"base:adafactor"}
     assert with_bursts(base, runs[:1]) == (base, {})  # one method: nothing to compare
 
 

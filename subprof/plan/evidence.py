@@ -105,32 +105,44 @@ def burst_weight(runs: list[BurstRun]) -> float:
 
 
 def with_bursts(base: FittedQuality, runs: list[BurstRun]) -> tuple[FittedQuality, dict[str, float]]:
-    """The fitted model with each burst method's offset moved by what the bursts measured on the user's model.
+    """The fitted model with the offsets the bursts can separate moved by what they measured on the user's model.
 
-    The bursts are one within-table group: loss_i = μ + S(N)·(g_i + δ_m(i)). With a full-rank run among them its
-    offset stays 0 (the reference); else the first run's method (the plan's pick) is the anchor. δ_m is the mean
-    of (loss_i / S − g_i) over the method's runs minus the anchor's, and the model moves by w·δ_m, w =
-    `burst_weight` — 100 steps of a proxy move a method term a fortieth of the way; the rank and gap terms stay
-    (a burst's few refreshes cannot fit them). Returns the model and the raw δ per method (g units)."""
+    The bursts are one within-table group: loss_i = μ + S(N)·(g_i + δ_k(i)), k = a run's (method, base). With a
+    full-rank Adam run among them it is the anchor (the reference, offset 0); else the first run (the plan's
+    pick). δ_k is the mean of (loss_i / S − g_i) over k's runs minus the anchor's; it moves the method's offset
+    when k differs from the anchor by its method alone, the base optimizer's when by its base alone (a run that
+    differs in both cannot say which, and moves nothing). The move is w·δ_k, w = `burst_weight` — 100 steps of a
+    proxy move an offset a fortieth of the way; the rank and gap terms stay (a burst's few refreshes cannot fit
+    them). Returns the model and the raw δ per parameter moved (g units)."""
     ok = [r for r in runs if math.isfinite(r.val_loss)]
-    if len({r.config.method for r in ok}) < 2:
-        return base, {}
-    resid: dict[str, list[float]] = {}
+    resid: dict[tuple[str, str], list[float]] = {}
     for r in ok:
         s = base.scale(r.config.model)
-        resid.setdefault(r.config.method, []).append(r.val_loss / s - base.g(r.config, r.tokens_per_step))
-    mean = {m: sum(x) / len(x) for m, x in resid.items()}
-    anchor = next((m for m in mean if not REGISTRY[m].project), ok[0].config.method)
-    raw = {m: mean[m] - mean[anchor] for m in mean if m != anchor and REGISTRY[m].project}
+        key = (r.config.method, r.config.base)
+        resid.setdefault(key, []).append(r.val_loss / s - base.g(r.config, r.tokens_per_step))
+    if len(resid) < 2:
+        return base, {}
+    mean = {k: sum(x) / len(x) for k, x in resid.items()}
+    anchor = next((k for k in mean if not REGISTRY[k[0]].project and k[1] == "adamw"),
+                  (ok[0].config.method, ok[0].config.base))
+    raw = {}
+    for (method, opt), m in mean.items():
+        if (method, opt) == anchor:
+            continue
+        if opt == anchor[1] and REGISTRY[method].project:
+            raw[METHOD_PREFIX + method] = m - mean[anchor]
+        elif method == anchor[0] and anchor[1] == "adamw":
+            raw[(f"base:{opt}" if REGISTRY[method].project else f"full:{opt}")] = m - mean[anchor]
     if not raw:
         return base, {}
     w = burst_weight(ok)
     values = dict(base.values)
-    for m, d in raw.items():
-        values[METHOD_PREFIX + m] = values.get(METHOD_PREFIX + m, 0.0) + w * d
-    moved = ", ".join(f"{m} {w * d:+.3g}" for m, d in sorted(raw.items()))
-    note = (f"bursts ({min(r.steps for r in ok)} steps" + (", a proxy model" if any(r.proxy for r in ok) else "")
-            + f") moved the method terms against {anchor} by weight {w:.3g} (steps / {FULL_WEIGHT_STEPS}"
-            + (", halved for a proxy" if any(r.proxy for r in ok) else "") + f"): {moved} (g units)")
+    for name, d in raw.items():
+        values[name] = values.get(name, 0.0) + w * d
+    moved = ", ".join(f"{name} {w * d:+.3g}" for name, d in sorted(raw.items()))
+    proxy = any(r.proxy for r in ok)
+    note = (f"bursts ({min(r.steps for r in ok)} steps" + (", a proxy model" if proxy else "")
+            + f") moved offsets against {'+'.join(anchor)} by weight {w:.3g} (steps / {FULL_WEIGHT_STEPS}"
+            + (", halved for a proxy" if proxy else "") + f"): {moved} (g units)")
     return replace(base, source=f"{base.source} with the method terms of this plan's bursts", notes=[note, *base.notes],
                    values=values, _memo={}), raw

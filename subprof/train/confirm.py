@@ -139,6 +139,7 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
     from subprof.catalog import load_model
     from subprof.config import TrainConfig
     from subprof.plan.evidence import BurstRun, burst_weight, with_bursts
+    from subprof.plan.quality import METHOD_PREFIX
     from subprof.plan.planner import rank_candidates
 
     req = result.request
@@ -159,8 +160,9 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
         return
     w = burst_weight(runs)
     for e in evidence:
-        m = e.candidate.config.method
-        e.row["method_term_move_g"], e.row["burst_weight"] = w * raw.get(m, 0.0), w
+        c = e.candidate.config
+        moved = raw.get(METHOD_PREFIX + c.method, 0.0) + raw.get(f"base:{c.base}", raw.get(f"full:{c.base}", 0.0))
+        e.row["method_term_move_g"], e.row["burst_weight"] = w * moved, w
     req.evidence = updated
     for c in result.candidates:  # in place: the bursts' and the recipes' references stay valid
         c.quality = updated.quality(c.config, c.tokens_per_step)
