@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from subprof.catalog import gpu_by_name, load_model
 from subprof.cli import app
 from subprof.errors import SubprofError
-from subprof.methods import parse_methods
+from subprof.methods import REGISTRY, parse_methods
 from subprof.report.build import build_report
 from subprof.report.decision import absent_sections, decision_lines
 from subprof.report.figures import fig_cost, log_axis
@@ -230,6 +230,11 @@ def test_page_holds_every_section_summary_and_assumptions(page, report):
     for line in report.summary:
         assert line.replace("&", "&amp;") in page or line in page.replace("&#x27;", "'")
     assert "GiB = 2^30 bytes" in page and "indicative" in page and "40%" in page and "late 2025" in page
+    # a recommended method seen only in its authors' tables is said to be so under the decision (issue 22)
+    evidence = report.cells[0].plan.request.evidence
+    picked = {str(c).split()[0].split("+")[0] for c in report.tables["decision"]["config"]}
+    own = [m for m in picked if m in REGISTRY and evidence.evidence_kind(m) == "own paper"]
+    assert ("own-paper" in page) == bool(own) and all(m in page for m in own)
 
 
 def test_page_holds_figure_data_and_tables(page, report):

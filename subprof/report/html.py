@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from subprof.errors import SubprofError
+from subprof.methods import REGISTRY
 from subprof.report.build import Report
 from subprof.report.decision import absent_sections
 from subprof.report.figures import (PLOT_CONFIG, fig_bench, fig_breakdown, fig_burst, fig_cost, fig_proj,
@@ -86,6 +87,12 @@ def decision_html(report: Report) -> str:
              f"{counts}, each with the configuration subprof recommends there. Predicted, not measured.")
     note = (f'<p class="note">Quality cost: predicted quality of full-rank AdamW minus the configuration\'s, on the '
             f"planner's scale — {_e(evidence.unit)}; evidence: {_e(evidence.source)}. 0 = full rank.</p>")
+    picked = {str(r["config"]).split()[0].split("+")[0] for r in d.to_dict(orient="records") if r.get("config")}
+    own = sorted(m for m in picked if m in REGISTRY and evidence.evidence_kind(m) == "own paper")
+    if own:
+        note += (f'<p class="note own-paper">{_e(", ".join(own))}: the predicted quality rests on the authors\' own '
+                 "tables only (no independent re-run) — a claim they tuned, not a confirmed result; confirm it with "
+                 "short real runs (<code>subprof plan --burst</code>) before buying on it.</p>")
     summary = "".join(f"<li>{_e(line)}</li>" for line in report.summary)
     absent = absent_sections(report.tables)
     missing = ('<p class="absent">Not in this report: ' + "; ".join(
