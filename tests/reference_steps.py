@@ -327,11 +327,11 @@ def sumo_paper_refresh_moment(m: torch.Tensor, q_old: torch.Tensor, q_new: torch
 
 def lion_pytorch_step(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, *, lr: float, wd: float,
                       beta1: float = 0.9, beta2: float = 0.99) -> None:
-    """lion-pytorch `update_fn`: decay first, W ← W − lr·sign(β₁m + (1−β₁)g), then m ← β₂m + (1−β₂)g."""
-    p.mul_(1 - lr * wd)
-    update = exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sign_()
-    p.add_(update, alpha=-lr)
-    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+    """lion-pytorch's own `update_fn` (the package, installed by the test extra): decay first, W ← W −
+    lr·sign(β₁m + (1−β₁)g), then m ← β₂m + (1−β₂)g."""
+    from lion_pytorch.lion_pytorch import update_fn
+
+    update_fn(p, grad, exp_avg, lr, wd, beta1, beta2)
 
 
 class GaLoreLionReference(torch.optim.Optimizer):
