@@ -284,3 +284,19 @@ def test_subtrack_moves_every_gap_steps_so_a_short_run_is_noted_too():
     cases, _ = expand_cases(["tiny"], ["subtrack", "osd"], [16], [200], batch=2, seq=32)
     notes = refresh_notes(cases, 200)
     assert len(notes) == 1 and notes[0].startswith("subtrack r16 T200")
+
+
+def test_base_applies_to_the_methods_that_run_it_and_the_others_say_so():
+    """`burst --base lion`: GaLore and full rank train on Lion (at Lion's lr), SUMO keeps Adam with a note; an
+    unknown base is one line and exit 2 before any corpus work."""
+    cases, notes = expand_cases(["tiny"], ["adamw", "galore", "sumo"], [8], [50], base="lion")
+    bases = {c.config.method: c.config.base for c in cases}
+    assert bases == {"adamw": "lion", "galore": "lion", "sumo": "adamw"}
+    assert any("sumo runs adamw" in n for n in notes)
+    lion_full = next(c for c in cases if c.config.method == "adamw")
+    assert lion_full.effective_lr() < expand_cases(["tiny"], ["adamw"], [8], [50])[0][0].effective_lr()
+
+    from subprof.cli import app
+
+    res = CliRunner().invoke(app, ["burst", "--base", "sgd", "--steps", "1"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "sgd" in res.output

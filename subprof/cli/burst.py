@@ -38,6 +38,8 @@ def burst(
                                                                  "end).", min=1)] = 50,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    base: Annotated[Optional[str], typer.Option("--base", help="Base optimizer of every method that runs one: "
+                                                "adamw, lion or adafactor (default: each method's own).")] = None,
     data: DataOpt = None,
     data_dtype: DataDtypeOpt = "uint16",
     vocab_size: VocabOpt = 8192,
@@ -64,9 +66,13 @@ def burst(
 
     fmt = output_format(fmt, json_out)
     show_known_noise(verbose)
+    if base is not None:
+        from subprof.methods.bases import get_base
+
+        base = get_base(base).name  # one line naming the known ones when unknown
     cases, notes = expand_cases(parse_str_list(model), parse_str_list(methods), parse_int_list(ranks, "--ranks"),
                                 parse_int_list(update_gaps, "--update-gaps"), batch=batch, seq=seq, dtype=dtype,
-                                lr=lr, lr_grid=lr_grid)
+                                lr=lr, lr_grid=lr_grid, base=base)
     if not cases:
         raise SubprofError("no cases to run: " + "; ".join(notes))
     refuse_unless(ctx, any(c.config.spec.project for c in cases), ("ranks", "update_gaps"),

@@ -144,19 +144,23 @@ def refresh_notes(cases: list["BurstCase"], steps: int) -> list[str]:
 
 def expand_cases(models: list[str], methods: list[str], ranks: list[int], gaps: list[int], *, batch: int = 8,
                  seq: int = 256, dtype: str = "fp32", lr: float | None = None,
-                 lr_grid: int | None = None) -> tuple[list[BurstCase], list[str]]:
+                 lr_grid: int | None = None, base: str | None = None) -> tuple[list[BurstCase], list[str]]:
     """The sweep's cases and notes on the combinations left out: full-rank methods ignore rank and gap; each method
     runs the requested gaps it searches (`method_gaps`); ranks beyond every weight's smaller side are skipped.
-    `lr_grid` = K: every configuration at K learning rates around `lr` or the method's default (`lrgrid`)."""
+    `lr_grid` = K: every configuration at K learning rates around `lr` or the method's default (`lrgrid`). `base`:
+    the base optimizer of every method that runs it (the others keep theirs, with a note)."""
     cases, notes = [], []
     for name in models:
         cfg = load_model(name)
         for method in methods:
             spec = get_method(method)
+            options = {"base": base} if base and base in spec.bases else {}
+            if base and not options and name == models[0]:
+                notes.append(f"{spec.name} runs {', '.join(spec.bases)}: --base {base} does not apply to it")
 
             def case(rank: int | None = None, gap: int | None = None) -> list[BurstCase]:
                 config = TrainConfig(model=cfg, method=method, rank=rank, update_gap=gap, dtype=dtype,  # alias: its bits
-                                     batch=batch, seq=seq)
+                                     batch=batch, seq=seq, method_options=options)
                 if not lr_grid:
                     return [BurstCase(config=config, lr=lr)]
                 from subprof.methods.bases import default_lr
