@@ -80,6 +80,7 @@ class PlanRequest:
     losses: tuple[str, ...] = PLAN_LOSSES  # loss kinds tried where the full logits do not fit (`--loss`: one)
     bases: tuple[str, ...] = ()  # base optimizers searched (`subprof.methods.bases`); empty: every one a method runs
     _timings: dict = field(default_factory=dict, repr=False)  # method → {(m, n, r): s}, read once from proj_rows
+    _floors: dict = field(default_factory=dict, repr=False)  # the search's memo: see `_largest_fitting_batch`
     _layouts: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -586,7 +587,14 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
         if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
             smallest[spec.name] = leanest
         return None
-    lo, hi, best = 0, len(batches) - 2, leanest  # find the smallest index (largest batch) that fits
+    # find the smallest index (largest batch) that fits; memory grows with the rank, so the same configuration at a
+    # lower rank (`plan` searches ranks in ascending order) bounds it: none of the larger batches that did not fit
+    # there fits here
+    key = (spec.name, gap, bits, layerwise, ckpt, base, offload, entry, tuple(batches),
+           tuple(sorted((options or {}).items())))
+    floor = req._floors.get(key)
+    lo = floor[1] if floor is not None and rank is not None and floor[0] is not None and rank >= floor[0] else 0
+    hi, best = len(batches) - 2, leanest
     while lo <= hi:
         mid = (lo + hi) // 2
         cand = evaluate(mid)
@@ -594,6 +602,7 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
             best, hi = cand, mid - 1
         else:
             lo = mid + 1
+    req._floors[key] = (rank, batches.index((best.config.batch, best.config.accumulation)))
     # throughput and quality once, at the micro-batch found (several GPUs: the strategies weighed there)
     return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation), gpu,
                       loss=best.config.loss, known=None if req._layouts or offload else best.estimate,
