@@ -98,6 +98,8 @@ def test_bursts_move_each_methods_term_by_what_they_can_show(steps, proxy, weigh
     lion_osd = replace(runs[2], config=replace(runs[2].config, method_options={"base": "lion"}))
     _, raw2 = with_bursts(base, [runs[0], ada, lion_osd])
     assert set(raw2) == {"base:adafactor"}
+    unmoved, raw3 = with_bursts(base, [runs[0], lion_osd])
+    assert raw3 == {} and unmoved.values == base.values and unmoved.notes[0].startswith("bursts: no offset moved")
     assert with_bursts(base, runs[:1]) == (base, {})  # one method: nothing to compare
 
 

@@ -133,8 +133,10 @@ def with_bursts(base: FittedQuality, runs: list[BurstRun]) -> tuple[FittedQualit
             raw[METHOD_PREFIX + method] = m - mean[anchor]
         elif method == anchor[0] and anchor[1] == "adamw":
             raw[(f"base:{opt}" if REGISTRY[method].project else f"full:{opt}")] = m - mean[anchor]
-    if not raw:
-        return base, {}
+    if not raw:  # every other run differs from the anchor in method and base at once
+        note = (f"bursts: no offset moved — each run differs from {'+'.join(anchor)} in both method and base "
+                "optimizer, so a difference cannot be told to either")
+        return replace(base, notes=[note, *base.notes], _memo={}), {}
     w = burst_weight(ok)
     values = dict(base.values)
     for name, d in raw.items():

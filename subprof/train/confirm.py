@@ -156,6 +156,7 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
     if not hasattr(req.evidence, "values"):
         return
     updated, raw = with_bursts(req.evidence, runs)
+    req.evidence = updated  # with its note even when no offset could move
     if not raw:
         return
     w = burst_weight(runs)
@@ -163,13 +164,12 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
         c = e.candidate.config
         moved = raw.get(METHOD_PREFIX + c.method, 0.0) + raw.get(f"base:{c.base}", raw.get(f"full:{c.base}", 0.0))
         e.row["method_term_move_g"], e.row["burst_weight"] = w * moved, w
-    req.evidence = updated
     for c in result.candidates:  # in place: the bursts' and the recipes' references stay valid
         c.quality = updated.quality(c.config, c.tokens_per_step)
     result.candidates = rank_candidates(result.candidates, req.band)
     best: dict = {}
     for c in result.candidates:
-        best.setdefault(c.config.method, c)
+        best.setdefault(c.entry or c.config.method, c)
     result.best_per_method = best
 
 
