@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from subprof.optim import build_optimizer, split_parameters
-from tests.reference_steps import GaLoreLionReference, lion_pytorch_step
-from tests.test_golden_apollo_fira import Model  # the same small model: projected tall/wide/square, a norm, a head
+from reference_steps import GaLoreLionReference, lion_pytorch_step
+from test_golden_apollo_fira import Model  # the same small model: projected tall/wide/square, a norm, a head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
