@@ -9,16 +9,17 @@ with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
     staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
                                                                tokens trained (131,072 = 512 × 256, GaLore's batch)
-    refresh    − c_r · ln(T / T₀) · (κ if moments are carried)  a refresh leaves Adam's moments in the old basis
+    refresh    c_r · ((T₀/T)^q · (κ if moments are carried) − 1)   a refresh leaves Adam's moments in the old basis
                                                                (GaLore keeps them) until they decay: paid per refresh,
-                                                               so rarer refreshes pay less; moment transfer pays κ
-               (both are 0 at the published setting — T₀ and GaLore's batch — so what that setting costs sits in
-               the method terms; p, c_s, c_r and κ are fitted only to the tables in which one method varies its
-               rank or gap. Per refresh the cost falls with T; per log-step of T it is constant — what the one
-               published grid and our CPU grid show — so against a staleness that grows with T the gap has an
-               optimum, T* = 1000·c_r·κ / (c_s · tokens per step / 131,072))
+                                                               so rarer refreshes pay less; moment transfer pays κ;
+                                                               trackers that move every step (T₀ = 1) pay none
+               (staleness is 0 at the published setting — T₀ and GaLore's batch — and so is the refresh term of a
+               method that keeps its moments, so what that setting costs sits in the method terms; against a
+               staleness that grows with T the gap has an optimum)
     method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
                                                                of refreshing; per-method terms the tables single out
+    base       δ_base + δ_P (full rank: δ_full,base)           Lion/Adafactor on the moments, OSD's optimizer of P,
+                                                               full-rank Lion/Adafactor, each against Adam
     bias       − β nats for a paper's own method (outside S)   authors tune what they propose; fitted, not believed
 
 T is the update gap in optimizer steps and T₀ the method's published gap. A tracker that moves every step (OSD, Ori:
@@ -26,7 +27,8 @@ T₀ = 1) pays no refresh term — its g steps between moves count as staleness 
 T₀ = 200 steps along a geodesic and pays the refresh term like an SVD method, less with its moment transfer.
 Full-rank AdamW (and 8-bit AdamW) is g = 0. The coefficients are fitted once to
 within-table differences of published tables and our own long CPU runs (`subprof.plan.quality_fit`, written to
-`profiles/evidence/quality_fit.json`); within one table every row shares S and the table's own baseline, so the
+`profiles/evidence/quality_fit.json`; all coefficients at once, each pulled towards its mechanism default, the free
+offsets towards 0); within one table every row shares S and the table's own baseline, so the
 ordering of configurations depends on g alone and leave-one-table-out measures exactly that. `plan` ranks by −Δ and
 treats candidates whose g differ by less than the cross-validated error σ_g as indistinguishable (the band,
 S(N)·σ_g nats). Pure Python, no torch.
@@ -188,8 +190,8 @@ def default_gap(method: str) -> int:
 
 
 def setting_of_row(row: TableRow) -> Setting | None:
-    """A published or measured row as a Setting; None when the model cannot place it (a method it does not know,
-    a Lion/Adafactor base, an ablation variant, a projected row without its rank)."""
+    """A published or measured row as a Setting; None when the model cannot place it (a method or optimizer it
+    has no term for, an ablation variant, a projected row without its rank)."""
     if row.method in FULL_RANK_BASES:
         return Setting(method="adamw", kind="full", base=FULL_RANK_BASES[row.method])
     known = method_kind(row.method)
