@@ -138,7 +138,8 @@ CAND_LEGEND = ("T: update gap (optimizer steps between subspace refreshes); laye
                "method; †: only its authors' own tables, no independent re-run; ‡: a Lion/Adafactor base, scored "
                "from one table; +adaf: Adafactor)")
 BASE_SHORT = {"adafactor": "adaf"}  # base optimizers as the 100-column tables name them (galore+adaf)
-EVIDENCE_MARK = {"none": "?", "own paper": "†", "one table": "‡"}  # what a method's quality cell rests on (FittedQuality.evidence_kind)
+# what a row's quality rests on (`FittedQuality.evidence_kind`) → its mark in the Δppl column
+EVIDENCE_MARK = {"none": "?", "own paper": "†", "one table": "‡"}
 
 
 def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False, evidence=None) -> Table:
@@ -256,8 +257,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
                       f"after every candidate that keeps the requested batch")
     if any(c.offloaded for c in best):
         alone = "; ".join(f"{k}: {v}" for k, v in result.gpu_alone.items())
-        console.print(f"[yellow]nothing fits on the GPU alone[/] ({alone}): +offload rows keep parameters, gradients and AdamW states in host "
-                      f"memory and step on the CPU (FSDP2 CPUOffloadPolicy) — slower; host: GiB of host RAM they need")
+        console.print(f"[yellow]nothing fits on the GPU alone[/] ({alone}): +offload rows keep parameters, gradients "
+                      f"and AdamW states in host memory and step on the CPU (FSDP2 CPUOffloadPolicy) — slower; host: GiB of host RAM they need")
     if result.rejected:
         console.print("[bold]rejected[/]:")
         for line in result.rejected.values():

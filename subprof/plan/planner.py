@@ -511,8 +511,8 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
                offload: bool = False, options: dict | None = None, entry: str = "", base: str = "adamw") -> Candidate:
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py). `bisecting`: memory alone — on several GPUs the
-    leanest strategy's — (only `fits` is read then; throughput None, quality 0); `layout` keeps the strategy already chosen for this
-    configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
+    leanest strategy's — (only `fits` is read then; throughput None, quality 0); `layout` keeps the strategy already
+    chosen for this configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
     is the estimate of the same configuration at another update gap: memory does not depend on the gap. `base`:
     the base optimizer (its quality is the method's own for now: the quality model has no base term)."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
