@@ -258,7 +258,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
     if any(c.offloaded for c in best):
         alone = "; ".join(f"{k}: {v}" for k, v in result.gpu_alone.items())
         console.print(f"[yellow]nothing fits on the GPU alone[/] ({alone}): +offload rows keep parameters, gradients "
-                      f"and AdamW states in host memory and step on the CPU (FSDP2 CPUOffloadPolicy) — slower; host: GiB of host RAM they need")
+                      f"and AdamW states in host memory and step on the CPU (FSDP2 CPUOffloadPolicy) — slower; "
+                      f"host: GiB of host RAM they need")
     if result.rejected:
         console.print("[bold]rejected[/]:")
         for line in result.rejected.values():
