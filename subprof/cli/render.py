@@ -106,7 +106,7 @@ def plan_rows(result: Plan, evidence: list | None = None) -> list[dict]:
     return rows
 
 
-def quality_cell(c: Candidate, band: float, evidence=None) -> str:
+def quality_cell(c: Candidate, band: float) -> str:
     """The predicted perplexity cost against full-rank AdamW, ± the evidence's band, in % of perplexity."""
     if not c.config.spec.project and c.config.base == "adamw":
         return "ref"
@@ -115,7 +115,7 @@ def quality_cell(c: Candidate, band: float, evidence=None) -> str:
     return f"{pct:+.1f}%±{100 * math.expm1(band):.1f}" + EVIDENCE_MARK.get(kind, "")
 
 
-def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
+def _cand_row(c: Candidate, band: float) -> list[str]:
     cfg = c.config
     seqs = f"{c.sequences_per_step}" + ("" if c.keeps_requested_batch else " *")
     method = cfg.method if cfg.base == "adamw" else f"{cfg.method}+{BASE_SHORT.get(cfg.base, cfg.base)}"
@@ -124,7 +124,7 @@ def _cand_row(c: Candidate, band: float, evidence=None) -> list[str]:
             "yes" if cfg.layerwise else "no", f"{cfg.batch}" + (f"×{cfg.accumulation}" if cfg.accumulation > 1 else ""),
             seqs, ckpt_cell(cfg), f"{gib(c.estimate.peak_allocated_bytes):.1f}",
             f"{gib(c.estimate.device_used_bytes):.1f}", f"{c.throughput.tokens_per_s:,.0f}",
-            f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band, evidence)]
+            f"{100 * c.throughput.projection_share:.0f}%", quality_cell(c, band)]
 
 
 CAND_COLUMNS = ("method", "rank", "T", "bits", "layer", "micro", "seq/step", "ckpt", "peak", "device", "tok/s",
@@ -142,12 +142,11 @@ BASE_SHORT = {"adafactor": "adaf"}  # base optimizers as the 100-column tables n
 EVIDENCE_MARK = {"none": "?", "own paper": "†", "one table": "‡"}
 
 
-def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False, evidence=None) -> Table:
+def _cand_table(title: str, cands: list[Candidate], band: float, job: bool = False) -> Table:
     """Candidates as rows; under `NARROW` columns the peak-allocated column is left out."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = render_job.JOB_COLUMNS + ("Δppl",) if job else CAND_COLUMNS
-    rows = [(render_job.job_row(c) + [quality_cell(c, band, evidence)]) if job else _cand_row(c, band, evidence)
-            for c in cands]
+    rows = [(render_job.job_row(c) + [quality_cell(c, band)]) if job else _cand_row(c, band) for c in cands]
     if not job and any(c.offloaded for c in cands):  # host RAM of offloaded rows (plan offers them when nothing fits)
         columns += ("host",)
         rows = [row + [f"{gib(c.estimate.host_bytes):.1f}" if c.offloaded else "–"] for row, c in zip(rows, cands)]
@@ -248,8 +247,8 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
     band = req.band
     best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
     per_rank = " (micro-batch, peak and device memory per rank; tokens/s of the whole job)" if job else ""
-    console.print(_cand_table(f"best configuration per method{per_rank}", best, band, job, req.evidence))
-    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job, req.evidence))
+    console.print(_cand_table(f"best configuration per method{per_rank}", best, band, job))
+    console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job))
     console.print(f"[dim]{CAND_LEGEND}[/]")
     if any(not c.keeps_requested_batch for c in best + result.candidates[:req.top]):
         console.print(f"* optimizer batch differs from the requested {req.sequences_per_step} sequences: per-layer "

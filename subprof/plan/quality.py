@@ -315,10 +315,6 @@ class FittedQuality(QualityModel):
     def band(self, model: ModelConfig) -> float:
         return self.scale(model) * self.sigma_g
 
-    def has_evidence(self, method: str) -> bool:
-        """Whether any table row of this method entered the fit (else only its kind's terms score it)."""
-        return self.evidence_kind(method) != "none"
-
     def evidence_kind(self, method: str, base: str = "adamw") -> str:
         """What the method's quality rests on: "reference" (full-rank Adam), "one table" (a Lion/Adafactor base:
         OSD's Table 6 alone), "independent" (some row is another paper's re-run or our own run), "own paper" (only
