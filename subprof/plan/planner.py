@@ -46,7 +46,7 @@ from subprof.plan.offload import OffloadEstimate, offload_estimate, offload_thro
 from subprof.plan.parallel import STRATEGY_CHOICES, Parallel, check_shardable, strategies_for
 from subprof.plan.published import Recipe, load_recipes
 from subprof.plan.throughput import Throughput, measured_timings, predict_throughput, projection_seconds_per_step
-from subprof.units import percent_hint
+from subprof.units import fmt_gib, percent_hint
 
 MIN_RANK = 16
 COMPRESSION = 4  # a searched rank is at most the widest weight's smaller side / 4
@@ -361,15 +361,8 @@ def plan(req: PlanRequest) -> Plan:
                     for batches in _batches(req, layerwise):
                         for found in _fitting_modes(req, spec, rank, gaps[0], bits, layerwise, batches, gpu, smallest,
                                                     base=base):
-                            if not _saves_memory(found):
-                                continue
-                            fitting.append(found)
-                            b = (found.config.batch, found.config.accumulation)
-                            fitting += [_candidate(req, spec, rank, gap, bits, layerwise, found.config.checkpointing,
-                                                   b, gpu, loss=found.config.loss,
-                                                   layout=getattr(found.estimate, "parallel", None),
-                                                   known=None if req._layouts else found.estimate, base=base)
-                                        for gap in gaps[1:]]
+                            if _saves_memory(found):
+                                fitting += _at_every_gap(req, spec, found, gaps, gpu, base=base)
     hf_rejected = {}
     for hf in req.hf:
         found, reason = _hf_candidates(req, hf, gpu, smallest)
@@ -380,18 +373,16 @@ def plan(req: PlanRequest) -> Plan:
         fitting = _offload_candidates(req, gpu)
     if fitting:
         fitting = rank_candidates(fitting, req.band)
-    best: dict[str, Candidate] = {}
-    for cand in fitting:
-        best.setdefault(cand.entry or cand.config.method, cand)
+    best = best_per_method(fitting)
     rejected, gpu_alone = {}, {}
     for spec, _ in req.methods:
         if spec.name in best and best[spec.name].offloaded and spec.name in smallest:
             lean = smallest[spec.name]
-            gpu_alone[spec.name] = (f"needs {gib_text(lean.estimate.device_used_bytes)} (smallest: "
+            gpu_alone[spec.name] = (f"needs {fmt_gib(lean.estimate.device_used_bytes, 1)} (smallest: "
                                     f"{lean.config.label()}, batch {lean.config.batch})")
         elif spec.name not in best and spec.name in smallest:
             need = smallest[spec.name].estimate.device_used_bytes
-            rejected[spec.name] = (f"{spec.name}: {need / 2**30:.1f} GiB > {req.usable_bytes / 2**30:.1f} GiB "
+            rejected[spec.name] = (f"{spec.name}: {fmt_gib(need, 1)} > {fmt_gib(req.usable_bytes, 1)} "
                                    f"(smallest configuration: {smallest[spec.name].config.label()}, "
                                    f"batch {smallest[spec.name].config.batch})")
         elif spec.name not in best:
@@ -405,8 +396,23 @@ def plan(req: PlanRequest) -> Plan:
     return result
 
 
-def gib_text(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def best_per_method(ranked: list[Candidate]) -> dict[str, Candidate]:
+    """The best-ranked candidate of each `--methods` entry (a Trainer name apart from its method)."""
+    best: dict[str, Candidate] = {}
+    for cand in ranked:
+        best.setdefault(cand.entry or cand.config.method, cand)
+    return best
+
+
+def _at_every_gap(req: PlanRequest, spec: MethodSpec, found: Candidate, gaps: tuple, gpu: GpuSpec,
+                  **kw) -> list[Candidate]:
+    """`found` (scored at `gaps[0]`) and the same configuration at each other update gap it searches: memory does not
+    depend on the gap (one GPU: `found`'s estimate kept; several: its strategy kept)."""
+    c = found.config
+    return [found] + [_candidate(req, spec, c.rank, gap, c.state_bits, c.layerwise, c.checkpointing,
+                                 (c.batch, c.accumulation), gpu, loss=c.loss,
+                                 layout=getattr(found.estimate, "parallel", None),
+                                 known=None if req._layouts else found.estimate, **kw) for gap in gaps[1:]]
 
 
 def _offload_candidates(req: PlanRequest, gpu: GpuSpec) -> list[Candidate]:
@@ -442,19 +448,14 @@ def _hf_candidates(req: PlanRequest, hf: HfOptimizer, gpu: GpuSpec,
         for batches in (lst for lst in batch_lists if lst):
             for found in _fitting_modes(req, spec, rank, gaps[0], bits, hf.layerwise, batches, gpu, mine,
                                         options=hf.options, entry=hf.key):
-                b = (found.config.batch, found.config.accumulation)
-                out += [found] + [_candidate(req, spec, rank, gap, bits, hf.layerwise, found.config.checkpointing, b,
-                                             gpu, loss=found.config.loss,
-                                             layout=getattr(found.estimate, "parallel", None),
-                                             known=None if req._layouts else found.estimate, options=hf.options,
-                                             entry=hf.key) for gap in gaps[1:]]
+                out += _at_every_gap(req, spec, found, gaps, gpu, options=hf.options, entry=hf.key)
     if out:
         return out, None
     lean = mine.get(spec.name)
     if lean is None:
         return [], f"{hf.key}: no micro-batch of the requested optimizer batch runs it without accumulation"
     smallest[hf.key] = lean
-    return [], (f"{hf.key}: {gib_text(lean.estimate.device_used_bytes)} > {gib_text(req.usable_bytes)} (smallest "
+    return [], (f"{hf.key}: {fmt_gib(lean.estimate.device_used_bytes, 1)} > {fmt_gib(req.usable_bytes, 1)} (smallest "
                 f"configuration: {lean.config.label()}, batch {lean.config.batch})")
 
 
@@ -512,9 +513,9 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     """One configuration at one (micro-batch, accumulation): its estimate, predicted throughput and quality. On
     several GPUs: the fastest strategy that fits (plan/comm.py). `bisecting`: memory alone — on several GPUs the
     leanest strategy's — (only `fits` is read then; throughput None, quality 0); `layout` keeps the strategy already
-    chosen for this configuration (another update gap changes neither its memory nor its collectives much). On one GPU, `known`
-    is the estimate of the same configuration at another update gap: memory does not depend on the gap. `base`:
-    the base optimizer (its quality is the method's own for now: the quality model has no base term)."""
+    chosen for this configuration (another update gap changes neither its memory nor its collectives much). On one
+    GPU, `known` is the estimate of the same configuration at another update gap: memory does not depend on the
+    gap. `base`: the base optimizer; `options`, `entry`: a Trainer name's method options and the name."""
     cfg = TrainConfig(model=req.model, method=spec.name, rank=rank, update_gap=gap, state_bits=bits,
                       layerwise=layerwise, dtype=req.dtype, batch=batch[0], seq=req.seq, checkpointing=ckpt,
                       accumulation=batch[1], loss=loss, method_options={"base": base, **(options or {})})

@@ -19,9 +19,10 @@ What a burst can show decides what it may change:
   bursts cannot separate them and the evidence-ranked pick stands (said in the output). Each row records the
   measured difference to the plan's pick next to the predicted one (`measured_delta_nats`,
   `predicted_delta_nats`), what the user's model says against the published evidence;
-- the quality model: the bursts move each burst method's offset towards what they measured, weighted by what they
-  can show (steps / 2000, halved for a proxy: `plan.evidence.with_bursts`), and the plan's candidates are re-ranked
-  by the moved model (each row records `method_term_move_g` and `burst_weight`).
+- the quality model: the bursts move the offsets they can separate (a method's, or a base optimizer's) towards what
+  they measured, weighted by what they can show (steps / 2000, halved for a proxy: `plan.evidence.with_bursts`),
+  and the plan's candidates are re-ranked by the moved model (each row records `method_term_move_g` and
+  `burst_weight`).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
     from subprof.config import TrainConfig
     from subprof.plan.evidence import BurstRun, burst_weight, with_bursts
     from subprof.plan.quality import METHOD_PREFIX
-    from subprof.plan.planner import rank_candidates
+    from subprof.plan.planner import best_per_method, rank_candidates
 
     req = result.request
     runs = []
@@ -167,10 +168,7 @@ def learn(evidence: list[BurstEvidence], result: Plan, steps: int) -> None:
     for c in result.candidates:  # in place: the bursts' and the recipes' references stay valid
         c.quality = updated.quality(c.config, c.tokens_per_step)
     result.candidates = rank_candidates(result.candidates, req.band)
-    best: dict = {}
-    for c in result.candidates:
-        best.setdefault(c.entry or c.config.method, c)
-    result.best_per_method = best
+    result.best_per_method = best_per_method(result.candidates)
 
 
 def gap_scale(groups: list[Candidate], steps: int) -> float:
