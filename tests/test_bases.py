@@ -140,8 +140,8 @@ def test_a_projected_step_allocates_within_its_declared_step_workspace(base, bit
     """An ordinary GaLore step with each base, traced at the dispatch level: no more than the method's step
     workspace plus the base's (`BaseSpec.step_workspace`), and — so the declaration is not loose — at least the
     m×n back-projection."""
-    from test_optim_core import galore_step_peak
+    from test_optim_core import ordinary_step_peak
 
     m, n = shape
-    peak, declared = galore_step_peak(shape, bits, dtype, base=base)
+    peak, declared = ordinary_step_peak("galore", shape, bits, dtype, base=base)
     assert m * n * dtype.itemsize <= peak <= declared

@@ -213,26 +213,12 @@ def test_an_ordinary_step_allocates_within_its_declared_step_workspace(method, o
     """Traced at the dispatch level (`test_optim_core.TransientPeak`). Fira exactly: N, then R, the residual and
     the fp32 norms along the rank axis alive at once. APOLLO within its bound (its phases — the draw and R, Adam's
     direction, then E = G ⊙ s — are declared together; E dominates)."""
-    from subprof.methods import REGISTRY
-    from test_optim_core import TransientPeak
+    from test_optim_core import ordinary_step_peak
 
     m, n = shape
-    model = torch.nn.Module()
-    model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
-    opt = build_optimizer(model, method, rank=16, update_gap=100, state_bits=bits, **options)
-    for step in range(3):
-        model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
-        if step < 2:  # the first step creates the moments; the second starts the limiter's history
-            opt.step()
-            opt.zero_grad()
-            continue
-        weight = model.attn.weight
-        existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
-        with TransientPeak(existing) as trace:
-            opt.step()
-    declared = REGISTRY[method].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
-                                                     options=options)
+    # the first step creates the moments; the second starts the limiter's history
+    peak, declared = ordinary_step_peak(method, shape, bits, dtype, warmup=2, **options)
     if method == "fira":
-        assert trace.peak == declared
+        assert peak == declared
     else:
-        assert m * n * dtype.itemsize < trace.peak <= declared
+        assert m * n * dtype.itemsize < peak <= declared

@@ -365,28 +365,30 @@ class TransientPeak(TorchDispatchMode):
 def test_galore_step_allocates_exactly_its_declared_step_workspace(shape, bits, dtype):
     """An ordinary (non-refresh) step: U (r×max) + the m×n back-projected update, nothing else alive at once.
     (At 8 bits the bitsandbytes kernel is one opaque op; on CUDA it is fused and allocates nothing.)"""
-    peak, declared = galore_step_peak(shape, bits, dtype)
+    peak, declared = ordinary_step_peak("galore", shape, bits, dtype)
     assert peak == declared
 
 
-def galore_step_peak(shape: tuple[int, int], bits: int, dtype: torch.dtype, **options) -> tuple[int, int]:
-    """(traced transient peak, declared step workspace) of an ordinary GaLore rank-16 step on one m×n weight (the
-    second step: the first allocates the states); `options` go to the optimizer and the declaration (`base`)."""
+def ordinary_step_peak(method: str, shape: tuple[int, int], bits: int, dtype: torch.dtype, warmup: int = 1,
+                       **options) -> tuple[int, int]:
+    """(traced transient peak, declared step workspace) of an ordinary rank-16 step of `method` on one m×n weight,
+    after `warmup` steps (the first allocates the states; a limiter needs a second for its history); `options` go to
+    the optimizer and the declaration (`base`, a variant's options)."""
     m, n = shape
     model = torch.nn.Module()
     model.attn = torch.nn.Linear(n, m, bias=False).to(dtype)
-    opt = build_optimizer(model, "galore", rank=16, update_gap=100, state_bits=bits, **options)
-    for step in range(2):
+    opt = build_optimizer(model, method, rank=16, update_gap=100, state_bits=bits, **options)
+    for _ in range(warmup):
         model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
-        if step == 0:
-            opt.step()
-            continue
-        weight = model.attn.weight
-        existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
-        with TransientPeak(existing) as trace:
-            opt.step()
-    declared = REGISTRY["galore"].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
-                                                       options=options or None)
+        opt.step()
+        opt.zero_grad()
+    model.attn(torch.randn(4, n, dtype=dtype)).sum().backward()
+    weight = model.attn.weight
+    existing = [weight, weight.grad] + [v for v in opt.state[weight].values() if torch.is_tensor(v)]
+    with TransientPeak(existing) as trace:
+        opt.step()
+    declared = REGISTRY[method].step_workspace_bytes(m, n, 16, state_bits=bits, param_bytes=dtype.itemsize,
+                                                     options=options or None)
     return trace.peak, declared
 
 
