@@ -42,8 +42,9 @@ KINDS = ("all", "planned", "rank", "gap", "method", "base", "mixed")
 SPREAD = 1  # scattered starts besides the defaults, in the full fit and in every leave-one-table-out fold
 ITERS = 2000  # Nelder–Mead iterations per start
 RIDGE = 1.0  # penalty weight on free offsets (units of g squared)
-LOG_PRIOR = 1.0  # pull of the coefficients towards their mechanism defaults, chosen by leave-one-table-out (0.3,
-# 1 and 3 gave 78.9%, 82.9% and 75.7% of pairs: a weaker pull lets each fold wander into its own basin)
+LOG_PRIOR = 1.0  # pull of the coefficients towards their mechanism defaults, chosen by leave-one-table-out on the
+# 2026-12-06 evidence (docs/quality.md lists each strength's figure): a weaker pull lets each fold wander into its own
+# basin, a stronger one overrides the tables
 MIN_SPREAD = 0.005  # nats: a group's loss spread floor (rows equal to the printed digits carry no shape)
 
 
