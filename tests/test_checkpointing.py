@@ -84,9 +84,9 @@ def test_committed_rows_cover_every_mode_and_traced_loss_on_60m_and_1b():
 @pytest.mark.parametrize("row", [r for r in ROWS if r["status"] == "ok"],
                          ids=lambda r: f"{r['model']}-{r['checkpointing']}-{r['loss']}")
 def test_estimate_within_2_percent_of_traced_peak_for_each_mode_and_loss(row):
-    c = TrainConfig(model=load_model(row["model"]), method=row["method"], dtype=row["dtype"], batch=row["batch"],
-                    seq=row["seq"], checkpointing=row["checkpointing"], loss=row["loss"])
-    est = estimate(c)
+    from test_trace_agreement import row_estimate
+
+    est = row_estimate(row)
     model_side = est.peak_allocated_bytes - DEFAULT.cuda_runtime_allocated_bytes
     assert abs(model_side / row["peak_allocated_bytes"] - 1) <= 0.02
     # where the optimizer step is the overall peak, the forward/backward phase still tells the modes apart

@@ -39,9 +39,9 @@ def test_committed_rows_cover_every_family_in_bf16_and_mixed():
 @pytest.mark.parametrize("row", [r for r in ROWS if r["status"] == "ok"],
                          ids=lambda r: f"{r['model']}-{r['dtype']}-{r['checkpointing']}")
 def test_estimate_within_2_percent_of_the_traced_family(row):
-    c = TrainConfig(model=_model(row["model"]), method=row["method"], dtype=row["dtype"], batch=row["batch"],
-                    seq=row["seq"], checkpointing=row["checkpointing"], loss=row["loss"])
-    est = estimate(c)
+    from test_trace_agreement import row_estimate
+
+    est = row_estimate(row, _model(row["model"]))
     bound = OUTSIDE_2_PERCENT.get((row["model"], row["dtype"], row["checkpointing"]), 0.02)
     fwbw = sum(est.phases["forward_backward"].values()) - DEFAULT.cuda_runtime_allocated_bytes
     assert abs(fwbw / row["phases"]["forward_backward"] - 1) <= bound

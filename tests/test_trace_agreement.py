@@ -8,7 +8,7 @@ import pytest
 from subprof.plan.calibration import DEFAULT
 from subprof.catalog import load_model
 from subprof.config import TrainConfig
-from subprof.plan.memory import estimate
+from subprof.plan.memory import Estimate, estimate
 
 MEASURED = Path(__file__).resolve().parent.parent / "profiles" / "measured"
 ROWS = [json.loads(line) for path in sorted(MEASURED.glob("trace_*.jsonl"))
@@ -29,15 +29,21 @@ def test_there_are_committed_traced_rows_from_60m_to_7b():
     assert {"60m", "350m", "1b", "7b"} <= models
 
 
-def _model_side_estimate(row: dict) -> int:
-    """The estimate of a traced row's configuration (its method options: the base optimizer, a variant), without
-    the GPU-side runtime allocations calibrated on real H100 rows — a trace sees tensors only."""
+def row_estimate(row: dict, model=None) -> Estimate:
+    """The estimate of a traced row's configuration (its method options: the base optimizer, a variant; `model`:
+    the row's model when not a catalogue name)."""
     method = "galore" if row["method"] == "galore-ref" else row["method"]
-    est = estimate(TrainConfig(model=load_model(row["model"]), method=method, rank=row.get("rank"),
-                               update_gap=row.get("update_gap"), state_bits=row.get("state_bits"),
-                               layerwise=row.get("layerwise", False), checkpointing=row.get("checkpointing", False),
-                               loss=row.get("loss", "full"), dtype=row.get("dtype", "bf16"), batch=row["batch"],
-                               seq=row["seq"], method_options=dict(row.get("method_options") or {})))
+    return estimate(TrainConfig(model=model or load_model(row["model"]), method=method, rank=row.get("rank"),
+                                update_gap=row.get("update_gap"), state_bits=row.get("state_bits"),
+                                layerwise=row.get("layerwise", False), checkpointing=row.get("checkpointing", False),
+                                loss=row.get("loss", "full"), dtype=row.get("dtype", "bf16"), batch=row["batch"],
+                                seq=row["seq"], method_options=dict(row.get("method_options") or {})))
+
+
+def _model_side_estimate(row: dict) -> int:
+    """`row_estimate` without the GPU-side runtime allocations calibrated on real H100 rows — a trace sees tensors
+    only."""
+    est = row_estimate(row)
     return est.peak_allocated_bytes - DEFAULT.cuda_runtime_allocated_bytes
 
 
