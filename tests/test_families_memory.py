@@ -13,7 +13,7 @@ from subprof.errors import SubprofError
 from subprof.plan.activations import layer_saved_bytes_per_token, masked_attention
 from subprof.plan.calibration import DEFAULT
 from subprof.plan.distributed import _layer_params, token_terms
-from subprof.plan.memory import activation_bytes, estimate
+from subprof.plan.memory import activation_bytes
 from subprof.plan.parallel import Parallel, check_shardable
 
 MEASURED = Path(__file__).resolve().parent.parent / "profiles" / "measured"
