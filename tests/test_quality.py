@@ -116,8 +116,8 @@ def test_galore_refreshing_rarer_trains_better_over_the_published_range():
 
 
 def test_moment_transfer_scales_the_refresh_term_and_trackers_pay_none():
-    """κ multiplies the refresh term of a method that carries its moments into the new basis; OSD and Ori move
-    every step (T₀ = 1) and pay only staleness."""
+    """κ multiplies the misaligned share M_β(T) of a method that carries its moments into the new basis; OSD and
+    Ori move every step (T₀ = 1) and pay only staleness."""
     from dataclasses import replace
 
     from subprof.methods.spec import QualityTraits
@@ -131,9 +131,31 @@ def test_moment_transfer_scales_the_refresh_term_and_trackers_pay_none():
     assert base == 0.0  # zero at the published gap
     a, b = terms(plain, q.values)["refresh"], terms(carried, q.values)["refresh"]
     v = q.values
-    assert a == pytest.approx(v["refresh"] * ((200 / 500) ** v["q"] - 1))
-    assert b == pytest.approx(v["refresh"] * ((200 / 500) ** v["q"] * v["transfer"] - 1))
+    m = lambda t: (1 - 0.999 ** t) / (t * 0.001)  # noqa: E731  Adam's β₂
+    assert a == pytest.approx(v["refresh"] * (m(500) - m(200)))
+    assert b == pytest.approx(v["refresh"] * (m(500) * v["transfer"] - m(200)))
     assert "refresh" not in terms(setting_of_config(cfg("osd", 256, 5)), v)
+
+
+def test_the_refresh_cost_follows_the_decay_of_the_moment_left_behind():
+    """M_β(T) = (1 − β^T)/(T(1 − β)): Adam's β₂ = 0.999 keeps a refreshed moment misaligned for ~1,000 steps, so
+    GaLore still gains from T = 500 to 1,000; SUMO's one momentum (μ = 0.95) realigns within ~20 steps, so its
+    refresh cost is nearly spent by T = 100; Lion's base moment (β₂ = 0.99) sits between."""
+    from subprof.plan.quality import misaligned, setting_of_config
+
+    assert misaligned(1, 0.999) == pytest.approx(1.0)
+    assert misaligned(1000, 0.999) == pytest.approx((1 - 0.999 ** 1000) / 1.0)
+    assert [misaligned(t, 0.999) for t in (10, 100, 1000)] == sorted([misaligned(t, 0.999) for t in (10, 100, 1000)],
+                                                                     reverse=True)
+    assert setting_of_config(cfg("galore", 256, 500)).moment_decay == 0.999
+    assert setting_of_config(cfg("sumo", 256, 500)).moment_decay == 0.95
+    lion = TrainConfig(model=load_model("1b"), method="galore", rank=256, update_gap=500, method_options={"base": "lion"})
+    assert setting_of_config(lion).moment_decay == 0.99
+    q = fitted_quality()
+    v = q.values
+    galore_gain = q.g(cfg("galore", 256, 500)) - q.g(cfg("galore", 256, 1000))
+    sumo_gain = (q.values["refresh"] * v["transfer"] * (misaligned(500, 0.95) - misaligned(1000, 0.95)))
+    assert galore_gain > 0 and 0 < sumo_gain < galore_gain
 
 
 def test_quality_counts_the_refresh_interval_in_tokens_trained():

@@ -179,11 +179,14 @@ class QualityTraits:
     """What the quality model (`subprof.plan.quality`) reads of a method besides its subspace kind: whether Adam's
     moments are carried into the new basis at a refresh (SubTrack++'s projection-aware Adam, SUMO's Q_newᵀQ_old m),
     whether the gradient outside the subspace is added back (Fira-style recovery, SUMO's residual) and whether the
-    update is orthogonalised (SUMO). Each changes what a refresh or a low rank costs."""
+    update is orthogonalised (SUMO). Each changes what a refresh or a low rank costs. `moment_decay`: the per-step
+    decay of the method's own slowest moment where it keeps one instead of its base's (SUMO's momentum μ); None:
+    the base's (`BaseSpec.moment_decay`, Adam's β₂ for AdamW)."""
 
     moment_transfer: bool = False
     recovery: bool = False
     orthogonalised: bool = False
+    moment_decay: float | None = None
 
 
 def traits_from_options(options: Mapping[str, Any]) -> QualityTraits:

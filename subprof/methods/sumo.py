@@ -254,6 +254,7 @@ SPEC = MethodSpec(
     lr_source="not published for pretraining (paper: GLUE 1e-5–3e-5 only); the GaLore recipe's 1e-2, which the "
               "Moonlight update scale makes comparable",
     comms=comms,
-    traits=lambda o: QualityTraits(moment_transfer=True, recovery=o["residual"] is not None, orthogonalised=True),
+    traits=lambda o: QualityTraits(moment_transfer=True, recovery=o["residual"] is not None, orthogonalised=True,
+                                   moment_decay=float(o["momentum"])),
     paper="arXiv 2505.24749",
 )

@@ -9,13 +9,18 @@ with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
     staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
                                                                tokens trained (131,072 = 512 × 256, GaLore's batch)
-    refresh    c_r · ((T₀/T)^q · (κ if moments are carried) − 1)   a refresh leaves Adam's moments in the old basis
-                                                               (GaLore keeps them) until they decay: paid per refresh,
-                                                               so rarer refreshes pay less; moment transfer pays κ;
+    refresh    c_r · (M_β(T) · (κ if moments are carried) − M_β(T₀))   a refresh leaves the moments in the old basis
+                                                               (GaLore keeps them) until they decay; M_β(T) =
+                                                               (1 − β^T) / (T·(1 − β)) is the share of an interval of T
+                                                               steps they stay misaligned, β the decay of the slowest
+                                                               moment (Adam's β₂ = 0.999: M = 0.95 at T = 100, 0.63 at
+                                                               1,000, so rarer refreshes pay less until T ≫ 1/(1 − β);
+                                                               SUMO's one momentum, μ = 0.95, is realigned within ~20
+                                                               steps and pays almost none); moment transfer pays κ;
                                                                trackers that move every step (T₀ = 1) pay none
                (staleness is 0 at the published setting — T₀ and GaLore's batch — and so is the refresh term of a
                method that keeps its moments, so what that setting costs sits in the method terms; against a
-               staleness that grows with T the gap has an optimum)
+               staleness that grows with T the gap has an optimum, earlier the faster the moments decay)
     method     δ_kind + δ_method                               trackers (OSD, Ori, SubTrack) rotate every step instead
                                                                of refreshing; per-method terms the tables single out
     base       δ_base + δ_P (full rank: δ_full,base)           Lion/Adafactor on the moments, OSD's optimizer of P,
@@ -52,6 +57,7 @@ from subprof.plan.published import TableRow, evidence_dir
 REF_TOKENS = 512 * 256  # tokens per optimizer step of the GaLore/OSD recipes: the unit of the staleness interval
 REF_GAP = 200  # GaLore's default update gap: where the refresh term is c_r
 REF_PARAMS = 1e8
+ADAM_BETA2 = 0.999  # the moment decay of a setting whose method and base say nothing else (`moment_decay`)
 FIT_FILE = "quality_fit.json"
 COMMAND = "python -m subprof.plan.quality_fit"
 UNIT = "−(predicted validation-loss gap to full-rank AdamW, nats)"
@@ -82,7 +88,7 @@ FULL_RANK_BASES = {"lion": "lion", "adafactor": "adafactor"}  # full-rank rows p
 # name → (transform, default): "exp" keeps a coefficient positive, "sigmoid" in (0, 1), "id" free (ridge to 0).
 SHAPE = {
     "p": ("exp", 1.0), "recovery": ("sigmoid", 0.5), "scaled_rank": ("sigmoid", 0.2), "stale": ("exp", 0.1),
-    "refresh": ("exp", 1.0), "q": ("exp", 0.5), "transfer": ("exp", 0.5), "own": ("exp", 0.02),
+    "refresh": ("exp", 1.0), "transfer": ("exp", 0.5), "own": ("exp", 0.02),
     "kind:tracked": ("id", 0.0), "kind:random": ("id", 0.0), "kind:scaled": ("id", 0.0),
     # base optimizers: on the projected moments, in full rank (each against Adam), and OSD's optimizer of P
     "base:lion": ("id", 0.0), "base:adafactor": ("id", 0.0), "full:lion": ("id", 0.0), "full:adafactor": ("id", 0.0),
@@ -140,12 +146,13 @@ class Setting:
     default_gap: int = REF_GAP  # the method's published gap: 1 for trackers that move every step (OSD, Ori)
     base: str = "adamw"  # the optimizer of the (projected) moments (`BASES` values)
     p_optimizer: str = "adam"  # OSD's optimizer of P (`P_OPTIMIZERS` values)
+    moment_decay: float = ADAM_BETA2  # the decay of the slowest moment a refresh leaves in the old basis
 
     @property
     def key(self) -> tuple:
         """Equal keys: the same configuration (the model predicts the same)."""
         return (self.method, self.kind, self.traits, self.rank, self.update_gap, self.tokens_per_step,
-                self.default_gap, self.base, self.p_optimizer)
+                self.default_gap, self.base, self.p_optimizer, self.moment_decay)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -189,6 +196,24 @@ def default_gap(method: str) -> int:
     return spec.default_update_gap if spec is not None and spec.project else REF_GAP
 
 
+def moment_decay(traits: QualityTraits, base: str) -> float:
+    """The decay of the slowest moment a refresh leaves in the old basis: the method's own (SUMO's momentum), else
+    its base optimizer's declared one (`BaseSpec.moment_decay`)."""
+    if traits.moment_decay is not None:
+        return traits.moment_decay
+    from subprof.methods.bases import BASES as BASE_SPECS
+
+    spec = BASE_SPECS.get(base)
+    return spec.moment_decay if spec is not None else ADAM_BETA2
+
+
+def misaligned(gap: int, beta: float) -> float:
+    """M_β(T): the mean weight, over the T steps between two refreshes, that a moment decaying by β per step still
+    gives its contents from before the last refresh, (1 − β^T) / (T·(1 − β)) — 1 when T ≪ 1/(1 − β), 1/(T(1 − β))
+    when T ≫ it."""
+    return (1.0 - beta ** gap) / (gap * (1.0 - beta)) if beta > 0 else 1.0 / gap
+
+
 def setting_of_row(row: TableRow) -> Setting | None:
     """A published or measured row as a Setting; None when the model cannot place it (a method or optimizer it
     has no term for, an ablation variant, a projected row without its rank)."""
@@ -209,9 +234,11 @@ def setting_of_row(row: TableRow) -> Setting | None:
     except SubprofError:
         return None
     gap = row.update_gap or default_gap(row.method)
+    base = BASES[row.base]
     return Setting(method=row.method, kind=kind, traits=traits, shares=rank_shares(model, int(row.rank)),
                    update_gap=int(gap), tokens_per_step=row.tokens_per_step, own=row.own, rank=int(row.rank),
-                   default_gap=default_gap(row.method), base=BASES[row.base], p_optimizer=P_OPTIMIZERS[row.p_optimizer])
+                   default_gap=default_gap(row.method), base=base, p_optimizer=P_OPTIMIZERS[row.p_optimizer],
+                   moment_decay=moment_decay(traits, base))
 
 
 def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -> Setting:
@@ -223,10 +250,12 @@ def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -
     if not spec.project:
         return Setting(method="adamw", kind="full", base=base)
     tokens = tokens_per_step or config.batch * config.accumulation * config.seq
-    return Setting(method=spec.name, kind=spec.subspace, traits=spec.quality_traits(options),
+    traits = spec.quality_traits(options)
+    return Setting(method=spec.name, kind=spec.subspace, traits=traits,
                    shares=rank_shares(config.model, int(config.rank)), update_gap=int(config.update_gap),
                    tokens_per_step=tokens, rank=int(config.rank), default_gap=spec.default_update_gap, base=base,
-                   p_optimizer=P_OPTIMIZERS.get(str(options.get("projector_optimizer") or ""), "adam"))
+                   p_optimizer=P_OPTIMIZERS.get(str(options.get("projector_optimizer") or ""), "adam"),
+                   moment_decay=moment_decay(traits, base))
 
 
 # ------------------------------------------------------------------------------------------------ the terms
@@ -243,8 +272,9 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
     out = {"rank": rank, "staleness": v["stale"] * (gap * (s.tokens_per_step or REF_TOKENS) / REF_TOKENS
                                                     - s.default_gap) / 1000.0}
     if s.default_gap > 1:
-        out["refresh"] = v["refresh"] * ((s.default_gap / gap) ** v["q"] * (v["transfer"] if s.traits.moment_transfer
-                                                                         else 1.0) - 1.0)
+        carried = v["transfer"] if s.traits.moment_transfer else 1.0
+        out["refresh"] = v["refresh"] * (misaligned(gap, s.moment_decay) * carried
+                                         - misaligned(s.default_gap, s.moment_decay))
     out["method"] = v.get(f"kind:{s.kind}", 0.0) + v.get(METHOD_PREFIX + s.method, 0.0)
     if s.base != "adamw" or s.p_optimizer != "adam":
         out["base"] = v.get(f"base:{s.base}", 0.0) + v.get(f"popt:{s.p_optimizer}", 0.0)

@@ -177,4 +177,7 @@ SPEC = BaseSpec(
     comms=(FACTOR_SUMS,),
     plain_comms=(PLAIN_FACTOR_SUMS,),
     update=AdafactorUpdate,
+    # its factored second moment decays by β₂(t) = 1 − t^decay_rate: 0.9994 at step 10,000, i.e. Adam's 0.999 over
+    # the bulk of a pretraining run
+    moment_decay=0.999,
 )

@@ -19,4 +19,5 @@ SPEC = BaseSpec(
     moments=moments,
     default_lr=1e-3,
     lr_source="each method's own published lr (MethodSpec.default_lr)",
+    moment_decay=0.999,  # β₂ of GaLoreAdamW and of our optimizer (subprof.optim.subspace)
 )

@@ -20,7 +20,9 @@ class BaseSpec:
     - `comms`: the collectives a projected step needs per sharded weight beyond the method's own; `plain_comms`
       those of a full-rank weight (FSDP2's Shard(0));
     - `state_bits_supported`, the 8-bit form where one exists; `default_lr` with its source;
-    - `update`: the torch class (`subprof.methods.bases.*`), None for AdamW (the optimizer's built-in Adam)."""
+    - `update`: the torch class (`subprof.methods.bases.*`), None for AdamW (the optimizer's built-in Adam);
+    - `moment_decay`: the per-step decay of its slowest moment — what a subspace refresh leaves in the old
+      coordinates until it decays (the quality model's refresh cost, `subprof.plan.quality`)."""
 
     name: str
     title: str
@@ -34,3 +36,4 @@ class BaseSpec:
     comms: tuple[CommSpec, ...] = ()
     plain_comms: tuple[CommSpec, ...] = ()  # the same for a full-rank weight on Shard(0)
     update: type | None = None
+    moment_decay: float = 0.999

@@ -81,4 +81,5 @@ SPEC = BaseSpec(
     state_bits_supported=(32, 16, 8),
     plain_temporary_bytes=plain_temporary_bytes,
     update=LionUpdate,
+    moment_decay=BETAS[1],  # its one moment m ← β₂m + (1−β₂)g
 )
