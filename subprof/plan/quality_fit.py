@@ -386,6 +386,34 @@ def measured_best_gaps(tables: list[Table], v: dict[str, float]) -> list[dict]:
     return out
 
 
+def recurring_pairs(tables: list[Table]) -> dict:
+    """How far the tables agree with each other: the validated pairs whose two configurations (same model, method,
+    rank, gap, base) recur as a pair in another table, and how many of those are ordered oppositely there. Any
+    model orders a recurring pair one way, so at least one side of each such conflict counts against it — a ceiling
+    on the agreement no refit can lift."""
+    seen: set = set()
+    groups = groups_of(tables)
+    by: dict[tuple, list[tuple[str, float]]] = {}
+
+    def key(p: Point) -> str:
+        s = p.setting
+        return repr((p.row.model, s.method, s.kind, s.traits, s.rank, s.update_gap, s.base, s.p_optimizer))
+
+    for t in tables:
+        for a, b, _ in table_pairs([g for k, g in groups.items() if k[0] == t.id], seen):
+            ka, kb, diff = key(a), key(b), a.row.loss - b.row.loss
+            if ka == kb:
+                continue
+            if ka > kb:
+                ka, kb, diff = kb, ka, -diff
+            by.setdefault((ka, kb), []).append((t.id, diff))
+    recurring = [v for v in by.values() if len({t for t, _ in v}) > 1]
+    opposed = [v for v in recurring if len({d > 0 for _, d in v}) > 1]
+    return {"pairs": sum(map(len, recurring)), "opposed": sum(map(len, opposed)),
+            "best_possible_share": 1 - sum(min(sum(d > 0 for _, d in v), sum(d < 0 for _, d in v)) for v in opposed)
+            / max(1, sum(map(len, recurring)))}
+
+
 def evidence_rows(groups: list[list[Point]]) -> dict[str, dict[str, int]]:
     """Per method: the rows and tables the fit saw of it (a method with none is scored by its kind alone), and how
     many of those rows are independent of its authors (another paper's re-run, our own runs): a method whose rows
@@ -410,7 +438,7 @@ def fit_all(loto: bool = True) -> dict:
     data = {"written_by": COMMAND, "values": v, "a": a, "b": b, "scale_sd": sd, "scale_groups": n_scale,
             "fitted_to": {"tables": len({k[0] for k in groups_of(tables)}), "groups": len(groups),
                           "rows": sum(len(g) for g in groups)},
-            "evidence_rows": evidence_rows(groups),
+            "evidence_rows": evidence_rows(groups), "recurring_pairs": recurring_pairs(tables),
             "in_sample": in_sample(tables, v, a, b), "measured_best_gaps": measured_best_gaps(tables, v)}
     if loto:
         results, sigma = leave_one_table_out(tables)
@@ -434,6 +462,9 @@ def report(data: dict) -> str:
                          f"({s['agree_share']:.1%})")
     ins = data["in_sample"]["all"]
     lines.append(f"in-sample all   : {ins['agree']:g} of {ins['pairs']} ({ins['agree_share']:.1%})")
+    rec = data["recurring_pairs"]
+    lines.append(f"tables disagree: {rec['opposed']} of the {rec['pairs']} pairs that recur in another table are ordered "
+                 f"oppositely there (any model: at most {rec['best_possible_share']:.0%} of those)")
     if "sigma_g" in data:
         lines.append(f"sigma_g (band)  : {data['sigma_g']:.4g} units of g")
     lines.append(f"scale S(N)      : exp({data['a']:.3f} {data['b']:+.3f}·ln(N/1e8)), residual sd of ln s "
@@ -453,7 +484,11 @@ def markdown(data: dict) -> str:
         s = val[kind]
         lines.append(f"| {kind} | {s['agree']:g} of {s['pairs']} | {s['agree_share']:.1%} |")
     ins = data["in_sample"]["all"]
+    rec = data["recurring_pairs"]
     lines += ["", f"In sample (fitted to every table): {ins['agree']:g} of {ins['pairs']} ({ins['agree_share']:.1%}). "
+              f"The tables disagree: of the {rec['pairs']} pairs whose two configurations recur in another table, "
+              f"{rec['opposed']} are ordered oppositely there, so no model orders more than "
+              f"{rec['best_possible_share']:.0%} of those as published. "
               f"σ_g = {data['sigma_g']:.3g}; S(N) = exp({data['a']:.3f} {data['b']:+.3f}·ln(N/10⁸)) (residual SD of "
               f"ln s {data['scale_sd']:.2f} over {data['scale_groups']} within-table groups).", "",
               "| CPU grid | seed | validation loss by update gap | measured best | model's best |", "|---|---|---|---|---|"]
