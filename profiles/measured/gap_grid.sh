@@ -7,7 +7,9 @@
 # GaLore and SUMO at rank 8 × T = 10, 50, 250 (seed 0) and T = 50, 250 (seed 1), AdamW, OSD at rank 8.
 # Rank 32 was started and stopped for time: no row. Second session (started 2026-12-06, same grid date so the
 # runs are one table): GaLore rank 32 × T = 10, 50, 250 (stream c); SUMO rank 32 (stream d) was stopped for time
-# before its first case finished: no row. `bash profiles/measured/gap_grid.sh [DATE] [r32]` reruns the rank-32 part.
+# before its first case finished: no row. Third session (2026-12-07, same grid date): SUMO rank 32 × T = 10, 50, 250
+# (stream d, alone on one core; `--resume` skips cases already in a file). `bash profiles/measured/gap_grid.sh [DATE]
+# [r32]` reruns the rank-32 part.
 #   bash profiles/measured/gap_grid.sh [DATE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
