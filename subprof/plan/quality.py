@@ -51,6 +51,7 @@ from subprof.catalog import ModelConfig, load_model
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
+from subprof.methods.bases import BASES as BASE_SPECS
 from subprof.methods.spec import QualityTraits
 from subprof.plan.published import TableRow, evidence_dir
 
@@ -201,8 +202,6 @@ def moment_decay(traits: QualityTraits, base: str) -> float:
     its base optimizer's declared one (`BaseSpec.moment_decay`)."""
     if traits.moment_decay is not None:
         return traits.moment_decay
-    from subprof.methods.bases import BASES as BASE_SPECS
-
     spec = BASE_SPECS.get(base)
     return spec.moment_decay if spec is not None else ADAM_BETA2
 
