@@ -582,19 +582,23 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                 break
         return cand
 
+    # memory grows with the rank, so the same configuration at a lower rank (`plan` searches ranks in ascending
+    # order) bounds the search: none of the larger micro-batches that did not fit there fits here, and where none
+    # fitted there (floor `len(batches)`) none fits here — nor is it smaller than the `smallest` already offered
+    key = (spec.name, gap, bits, layerwise, ckpt, base, offload, entry, tuple(batches),
+           tuple(sorted((options or {}).items())))
+    floor = req._floors.get(key)
+    lo = floor[1] if floor is not None and rank is not None and floor[0] is not None and rank >= floor[0] else 0
+    if lo == len(batches):
+        return None
     leanest = evaluate(len(batches) - 1)
     if not leanest.fits:
         prev = smallest.get(spec.name)
         if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
             smallest[spec.name] = leanest
+        req._floors[key] = (rank, len(batches))
         return None
-    # find the smallest index (largest batch) that fits; memory grows with the rank, so the same configuration at a
-    # lower rank (`plan` searches ranks in ascending order) bounds it: none of the larger batches that did not fit
-    # there fits here
-    key = (spec.name, gap, bits, layerwise, ckpt, base, offload, entry, tuple(batches),
-           tuple(sorted((options or {}).items())))
-    floor = req._floors.get(key)
-    lo = floor[1] if floor is not None and rank is not None and floor[0] is not None and rank >= floor[0] else 0
+    # bisect for the smallest index (largest micro-batch) that fits, from the lower rank's floor
     hi, best = len(batches) - 2, leanest
     while lo <= hi:
         mid = (lo + hi) // 2
