@@ -159,9 +159,9 @@ class ModelConfig:
 
     @property
     def params(self) -> int:
-        """Total parameters, as `sum(p.numel() for p in <Family>ForCausalLM(cfg).parameters())`."""
-        return (self.projected_params + self.bias_params + self.embedding_params + self.lm_head_params
-                + self.norm_params)
+        """Total parameters, as `sum(p.numel() for p in <Family>ForCausalLM(cfg).parameters())` (cached per config:
+        every memory estimate and throughput prediction reads it)."""
+        return _params(self)
 
     @property
     def unprojected_params(self) -> int:
@@ -218,6 +218,11 @@ def _rank_limit(m: ModelConfig) -> int:
 @cache
 def _projected_params(m: ModelConfig) -> int:
     return sum(s.m * s.n * s.count for s in _linear_shapes(m))
+
+
+@cache
+def _params(m: ModelConfig) -> int:
+    return m.projected_params + m.bias_params + m.embedding_params + m.lm_head_params + m.norm_params
 
 
 def model_names() -> list[str]:

@@ -203,8 +203,7 @@ def layers_kept_bytes_per_token(c: TrainConfig) -> int:
 def activation_bytes(c: TrainConfig) -> int:
     """activations saved when backward starts = T · (`layers_kept_bytes_per_token` + what the model keeps outside
     its layers, `final_saved_bytes_per_token`) + 4·S·d (rotary cos/sin)."""
-    m = c.model
-    return c.tokens * (layers_kept_bytes_per_token(c) + final_saved_bytes_per_token(c)) + 4 * c.seq * m.head_dim
+    return c.tokens * _saved_per_token(c.model, c.dtype, c.seq, c.checkpointing)[0] + 4 * c.seq * c.model.head_dim
 
 
 def backward_end_bytes(c: TrainConfig) -> int:
@@ -213,8 +212,17 @@ def backward_end_bytes(c: TrainConfig) -> int:
     activations (T · a_layer) if larger."""
     emb = c.model.vocab * c.model.hidden * c.param_bytes
     if c.recomputes:
-        return max(emb, c.tokens * activation_bytes_per_token_layer(c))
+        return max(emb, c.tokens * _saved_per_token(c.model, c.dtype, c.seq, c.checkpointing)[1])
     return emb
+
+
+@lru_cache(maxsize=1024)
+def _saved_per_token(model: ModelConfig, dtype: str, seq: int, checkpointing: str) -> tuple[int, int]:
+    """(`layers_kept_bytes_per_token` + `final_saved_bytes_per_token`, `activation_bytes_per_token_layer`). They
+    read the model, the dtype, the sequence (a windowed layer's mask) and the checkpointing mode alone, so they are
+    counted once per such setting (cached: `plan` estimates thousands of micro-batches and methods at each)."""
+    c = TrainConfig(model=model, dtype=dtype, seq=seq, checkpointing=checkpointing)
+    return layers_kept_bytes_per_token(c) + final_saved_bytes_per_token(c), activation_bytes_per_token_layer(c)
 
 
 def logits_bytes(c: TrainConfig) -> int:
