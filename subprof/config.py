@@ -76,18 +76,28 @@ def accumulation_for(tokens_per_step: int, *, batch: int, seq: int, ranks: int =
 
 
 def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: int | None, state_bits: int | None,
-               dtype: str, checkpointing: str | bool, loss: str, options: tuple) -> tuple:
+               dtype: str, checkpointing: str | bool, loss: str, options: tuple, cached: bool = True) -> tuple:
     """A configuration's method-side fields validated and filled in: (method, rank, update gap, state bits,
     checkpointing mode, options) — the method's name for an alias, its defaults, the base dropped when it is the
-    default; one line naming the problem otherwise."""
-    spec = get_method(method)
+    default; one line naming the problem otherwise. `cached`: the method's fields from `_method_fields` (options
+    must then be hashable)."""
     forced = forced_state_bits(method)
     if forced is not None and state_bits not in (None, forced):
         raise SubprofError(f"--method {method} implies --state-bits {forced}")
     check_dtype(dtype)
     checkpointing = parse_checkpointing(checkpointing)
     check_loss(loss)
-    state_bits = forced or state_bits or default_state_bits(dtype)
+    name, rank, update_gap, state_bits, opts = (_method_fields if cached else _normalize_method)(
+        model, method, rank, update_gap, forced or state_bits or default_state_bits(dtype), options)
+    return name, rank, update_gap, state_bits, checkpointing, opts
+
+
+def _normalize_method(model: ModelConfig, method: str, rank: int | None, update_gap: int | None, state_bits: int,
+                      options: tuple) -> tuple:
+    """The fields that depend on the method together, after the state bits are filled in: (method, rank, update
+    gap, state bits, options). Its own cache (`_method_fields`): `plan` varies the checkpointing mode and loss
+    kind of each method setting, which `_normalized` keys on too."""
+    spec = get_method(method)
     if state_bits not in spec.state_bits_supported:
         raise SubprofError(f"--state-bits {state_bits} unsupported: use one of "
                            f"{', '.join(map(str, spec.state_bits_supported))}")
@@ -95,7 +105,7 @@ def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: in
     if not spec.project:
         if set(opts) - {"base"}:
             raise SubprofError(f"{spec.name} projects nothing: options {sorted(opts)} do not apply")
-        return spec.name, None, None, state_bits, checkpointing, tuple(opts.items())
+        return spec.name, None, None, state_bits, tuple(opts.items())
     try:
         spec.resolve_options(opts)
     except ValueError as exc:
@@ -114,10 +124,11 @@ def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: in
         update_gap = spec.default_update_gap
     if update_gap <= 0:
         raise SubprofError(f"update gap must be positive, got {update_gap}")
-    return spec.name, rank, update_gap, state_bits, checkpointing, tuple(opts.items())
+    return spec.name, rank, update_gap, state_bits, tuple(opts.items())
 
 
 _normalized = lru_cache(maxsize=4096)(_normalize)
+_method_fields = lru_cache(maxsize=4096)(_normalize_method)
 
 
 def _check_base(spec: MethodSpec, options: dict, state_bits: int) -> dict:
@@ -170,7 +181,7 @@ class TrainConfig:
             options = tuple(sorted(self.method_options.items()))
             norm = _normalized(*args, options)  # `plan` builds thousands of configurations of a few methods
         except TypeError:  # an unhashable option value: validated uncached
-            norm = _normalize(*args, tuple(self.method_options.items()))
+            norm = _normalize(*args, tuple(self.method_options.items()), cached=False)
         self.method, self.rank, self.update_gap, self.state_bits, self.checkpointing, options = norm
         self.method_options = dict(options)
 
