@@ -125,6 +125,12 @@ class ModelConfig:
                 seen.append((s.m, s.n))
         return seen
 
+    def shape_counts(self) -> tuple[tuple[int, int, int], ...]:
+        """(m, n, how many projected weights have that shape) for each distinct shape, in order of first appearance.
+        Per-weight byte formulas read (m, n) alone, so a sum over the weights is Σ count · f(m, n) and a maximum takes
+        each shape once (7b: 3 shapes for its 7 weights a layer; cached per config)."""
+        return _shape_counts(self)
+
     def rank_limit(self) -> int:
         """The largest rank any projected weight can use: the widest weight's smaller side. Each weight uses
         min(rank, m, n), so with grouped-query attention k and v stop at their own width while q, o and the MLP go
@@ -208,6 +214,14 @@ def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
         LinearShape(name="mlp.up_proj", m=i, n=h, count=L))
     return (*attn, LinearShape(name="self_attn.o_proj", m=h, n=m.q_dim, count=L), *mlp,
             LinearShape(name="mlp.down_proj", m=h, n=i, count=L))
+
+
+@cache
+def _shape_counts(m: ModelConfig) -> tuple[tuple[int, int, int], ...]:
+    counts: dict[tuple[int, int], int] = {}
+    for s in _linear_shapes(m):
+        counts[(s.m, s.n)] = counts.get((s.m, s.n), 0) + s.count
+    return tuple((rows, cols, k) for (rows, cols), k in counts.items())
 
 
 @cache

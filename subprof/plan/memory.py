@@ -15,6 +15,7 @@ real H100 rows (see `calibration.py`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -92,7 +93,8 @@ def _adamw_tensor_bytes(numel: int, c: TrainConfig) -> int:
 
 def _plain_state_bytes(c: TrainConfig) -> int:
     """The base optimizer's states on every unprojected tensor (`subprof.methods.bases`: AdamW's two moments,
-    Lion's one, Adafactor's row and column factors of the embedding and lm_head, a full second moment of 1-D ones)."""
+    Lion's one, Adafactor's row and column factors of the embedding and lm_head, a full second moment of 1-D ones).
+    Tensors of one size hold the same states: each size is counted once, times how many there are."""
     m = c.model
     if c.base == "adamw":
         sizes = m.unprojected_tensors()
@@ -103,29 +105,30 @@ def _plain_state_bytes(c: TrainConfig) -> int:
     matrix = expand((base_moments(full_shape),), c.base)
     vector = expand((base_moments(lambda a, b, r: (a,)),), c.base)
     mats = [m.embedding_params] + ([m.lm_head_params] if not m.tied else [])
-    vectors = m.unprojected_tensors()[1:len(m.unprojected_tensors()) - (0 if m.tied else 1)]
+    vectors = Counter(m.unprojected_tensors()[1:len(m.unprojected_tensors()) - (0 if m.tied else 1)])
     total = sum(t.nbytes(m.vocab, m.hidden, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
                 for _ in mats for t in matrix)
-    return total + sum(t.nbytes(n, 1, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
-                       for n in vectors for t in vector)
+    return total + sum(k * t.nbytes(n, 1, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
+                       for n, k in vectors.items() for t in vector)
 
 
 def state_bytes(c: TrainConfig) -> dict[str, int]:
     """optimizer_states and projection_matrices: Σ over projected weights of the method's declared tensors
-    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW."""
+    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW. Weights of one shape hold
+    the same states (`ModelConfig.shape_counts`)."""
     spec, m = c.spec, c.model
     out = {"optimizer_states": 0, "projection_matrices": 0}
     if not spec.project:
-        for s in m.linear_shapes():
-            out["optimizer_states"] += s.count * sum(spec.state_bytes(s.m, s.n, 0, state_bits=c.state_bits,
-                                                                      param_bytes=c.param_bytes,
-                                                                      options=c.method_options).values())
+        for rows, cols, count in m.shape_counts():
+            out["optimizer_states"] += count * sum(spec.state_bytes(rows, cols, 0, state_bits=c.state_bits,
+                                                                    param_bytes=c.param_bytes,
+                                                                    options=c.method_options).values())
     else:
-        for s in m.linear_shapes():
-            r = min(c.rank, s.m, s.n)
-            for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
+        for rows, cols, count in m.shape_counts():
+            r = min(c.rank, rows, cols)
+            for role, n_bytes in spec.state_bytes(rows, cols, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
                                                   options=c.method_options).items():
-                out[role] = out.get(role, 0) + s.count * n_bytes
+                out[role] = out.get(role, 0) + count * n_bytes
     out["optimizer_states"] += _plain_state_bytes(c)
     return out
 
@@ -136,9 +139,9 @@ def refresh_workspace_bytes(c: TrainConfig) -> int:
     spec = c.spec
     if not spec.project:
         return 0
-    return max(spec.workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+    return max(spec.workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
                                     param_bytes=c.param_bytes, options=c.method_options)
-               for s in c.model.linear_shapes())
+               for rows, cols, _ in c.model.shape_counts())
 
 
 def step_temporary_bytes(c: TrainConfig) -> int:
@@ -149,26 +152,28 @@ def step_temporary_bytes(c: TrainConfig) -> int:
     Subspace methods (subprof.optim) step weight by weight: max over weights of the method's declared step
     workspace, and the plain-AdamW tensors (embeddings, norms, lm_head): those over `FOREACH_NUMEL` values one at
     a time with one temporary each, the smaller ones together (one foreach pass: a denominator and a direction
-    each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
+    each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl). Maxima take each
+    weight shape and tensor size once."""
     spec, m = c.spec, c.model
     b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
     if c.base != "adamw":  # a base other than Adam steps every unprojected tensor alone (`SubspaceAdamW._plain_base`)
         from subprof.methods.bases import get_base
 
         one = get_base(c.base).plain_temporary_bytes
-        plain = max(one(n, c.state_bits, c.param_bytes) for n in m.unprojected_tensors())
+        plain = max(one(n, c.state_bits, c.param_bytes) for n in set(m.unprojected_tensors()))
         if not spec.project:
-            return max(plain, max(one(s.m * s.n, c.state_bits, c.param_bytes) for s in m.linear_shapes()))
-        return max(plain, max(spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+            return max(plain, max(one(rows * cols, c.state_bits, c.param_bytes) for rows, cols, _ in m.shape_counts()))
+        return max(plain, max(spec.step_workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
                                                         param_bytes=c.param_bytes, options=c.method_options)
-                              for s in m.linear_shapes()))
+                              for rows, cols, _ in m.shape_counts()))
     if not spec.project:
         if c.layerwise:
             return max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors()) * b_state
         return m.params * b_state
     per_weight = max(
-        spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
-                                  param_bytes=c.param_bytes, options=c.method_options) for s in m.linear_shapes())
+        spec.step_workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
+                                  param_bytes=c.param_bytes, options=c.method_options)
+        for rows, cols, _ in m.shape_counts())
     small = sum(t for t in m.unprojected_tensors() if t <= FOREACH_NUMEL)
     return max(per_weight, max(m.unprojected_tensors()) * b_state, 2 * small * b_state)
 
