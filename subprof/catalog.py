@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -90,6 +90,7 @@ class ModelConfig:
     preset: bool = False
     hub_id: str = ""
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab", "head_dim"):
@@ -98,6 +99,21 @@ class ModelConfig:
         if self.heads % self.kv_heads:
             raise SubprofError(f"model {self.name}: num_attention_heads {self.heads} is not a multiple of "
                                f"num_key_value_heads {self.kv_heads}")
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _MODEL_IDENTITY)))
+
+    def __hash__(self) -> int:
+        """The dataclass hash (of every field `==` compares), computed once: the config is frozen, and `plan` looks
+        it up in its caches some 45,000 times, each of which hashed all 28 fields again."""
+        return self._hash
+
+    def __getstate__(self) -> tuple:
+        """Pickled without the stored hash: a string hashes differently in another process (a spawned rank)."""
+        return tuple(getattr(self, name) for name in _MODEL_STATE)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(_MODEL_STATE, state):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _MODEL_IDENTITY)))
 
     @property
     def ref(self) -> str:
@@ -200,6 +216,10 @@ class ModelConfig:
         windowed = self.window_layers if self.sliding_window else 0
         span = windowed * min(seq, self.sliding_window or seq) + (self.layers - windowed) * seq
         return 2 * weights + 2 * 2 * span * self.q_dim
+
+
+_MODEL_IDENTITY = tuple(f.name for f in fields(ModelConfig) if f.compare)  # what == compares and the hash covers
+_MODEL_STATE = tuple(f.name for f in fields(ModelConfig) if f.name != "_hash")
 
 
 @cache
