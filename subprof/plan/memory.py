@@ -259,13 +259,15 @@ def autocast_cache_bytes(c: TrainConfig) -> int:
 
 @lru_cache(maxsize=4096)
 def _token_independent(model: ModelConfig, method: str, rank: int | None, state_bits: int, layerwise: bool,
-                       dtype: str, options: tuple) -> tuple[int, int, int, int, int, int]:
-    """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
+                       dtype: str, options: tuple) -> tuple[int, int, int, int, int, int, bool]:
+    """The terms that do not depend on batch, sequence or checkpointing, and whether the method refreshes a
+    projection with a declared workspace (`estimate`'s note) (cached: `plan` asks for them often)."""
     c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype,
                     method_options=dict(options))
     states, workspace = _kept(model, method, rank, state_bits, dtype, options)
+    solver_note = c.spec.project and bool(c.spec.layout_for(c.method_options).workspace)
     return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
-            workspace, step_temporary_bytes(c))
+            workspace, step_temporary_bytes(c), solver_note)
 
 
 @lru_cache(maxsize=4096)
@@ -281,8 +283,8 @@ def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate
     """The breakdown by component and phase, and the predicted peaks. Every term is one formula above; the GPU-side
     terms come from `calibration` (default: the H100 reference fit, `calibration.DEFAULT`)."""
     calib = calibration or cal.DEFAULT
-    w, _, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
-                                             tuple(sorted(c.method_options.items())))
+    w, _, s, p, ws, tmp, solver_note = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise,
+                                                          c.dtype, tuple(sorted(c.method_options.items())))
     g = gradient_bytes(c)
     act = activation_bytes(c)
     logit = logits_bytes(c)
@@ -323,7 +325,7 @@ def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate
     reserved = calib.reserved_bytes(peak, logit)
     used = calib.device_used_bytes(peak, logit)
     notes = []
-    if c.spec.project and c.spec.layout_for(c.method_options).workspace:
+    if solver_note:
         notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
                      "that traces cannot see")
     return Estimate(config=c, components=components, phases=phases, peak_phase=peak_phase,
