@@ -588,25 +588,31 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     key = (spec.name, gap, bits, layerwise, ckpt, base, offload, entry, tuple(batches),
            tuple(sorted((options or {}).items())))
     floor = req._floors.get(key)
-    lo = floor[1] if floor is not None and rank is not None and floor[0] is not None and rank >= floor[0] else 0
+    bounded = floor is not None and rank is not None and floor[0] is not None and rank >= floor[0]
+    lo = floor[1] if bounded else 0
     if lo == len(batches):
         return None
-    leanest = evaluate(len(batches) - 1)
-    if not leanest.fits:
-        prev = smallest.get(spec.name)
-        if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
-            smallest[spec.name] = leanest
-        req._floors[key] = (rank, len(batches))
-        return None
-    # bisect for the smallest index (largest micro-batch) that fits, from the lower rank's floor
-    hi, best = len(batches) - 2, leanest
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        cand = evaluate(mid)
-        if cand.fits:
-            best, hi = cand, mid - 1
-        else:
-            lo = mid + 1
+    # the micro-batch that fitted at the lower rank is tried first: most often it still fits, and then it is the
+    # answer (every larger one is ruled out above; the smaller ones fit too)
+    best = evaluate(lo) if bounded else None
+    if best is None or not best.fits:
+        lo += best is not None
+        leanest = best if lo == len(batches) else evaluate(len(batches) - 1)
+        if not leanest.fits:
+            prev = smallest.get(spec.name)
+            if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
+                smallest[spec.name] = leanest
+            req._floors[key] = (rank, len(batches))
+            return None
+        # bisect for the smallest index (largest micro-batch) that fits, from the lower rank's floor
+        hi, best = len(batches) - 2, leanest
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = evaluate(mid)
+            if cand.fits:
+                best, hi = cand, mid - 1
+            else:
+                lo = mid + 1
     req._floors[key] = (rank, batches.index((best.config.batch, best.config.accumulation)))
     # throughput and quality once, at the micro-batch found (several GPUs: the strategies weighed there)
     return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation), gpu,
