@@ -2,7 +2,9 @@
 
 Errors a user can fix are `SubprofError`s: printed on one line on stderr, exit code 2. `SUBPROF_DEBUG=1` shows the
 traceback instead. Heavy modules (torch, transformers) are imported inside the commands that need them, so
-`plan` and `estimate` start fast.
+`plan` and `estimate` start fast. For the same reason the command modules keep their annotations as objects (no
+`from __future__ import annotations`): typer reads every command's signature at each start, and string annotations
+it compiled and evaluated twice each (~15 ms).
 """
 
 from __future__ import annotations
