@@ -36,7 +36,6 @@ from subprof.methods import get_method
 from subprof.methods.spec import MethodSpec
 from subprof.modes import check_loss
 from subprof.plan.calibration import Calibration, calibration_for
-from subprof.plan.comm import LEANEST_FIRST, choose_layout
 from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.evidence import default_quality
 from subprof.plan.quality import QualityModel
@@ -531,6 +530,8 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     if offload:
         tput = offload_throughput(cfg, est, gpu, utilization=req.utilization, calibration=req.calibration)
     elif req._layouts:
+        from subprof.plan.comm import choose_layout  # several GPUs only: one-GPU plans do without plan/comm.py
+
         est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
                                   utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
     else:
@@ -657,6 +658,8 @@ def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
     can."""
     if req.gpus == 1 and req.nodes == 1 and req.strategy == "auto":
         return ()
+    from subprof.plan.comm import LEANEST_FIRST
+
     names = strategies_for(req.gpus, req.nodes, req.strategy)
     if req.sequences_per_step < req.gpus:
         raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.sequences_per_step} sequences of an "
