@@ -15,17 +15,19 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from subprof.errors import SubprofError
 from subprof.units import parse_size
+
+if TYPE_CHECKING:
+    import logging
 
 
 def profiles_dir() -> Path:
@@ -520,21 +522,23 @@ def hub_config_path(repo_id: str) -> Path:
                            f"(`hf download {repo_id} config.json`), {alternative}") from None
 
 
-class _DropRetries(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not re.search(r"Retrying in|thrown while requesting", record.getMessage())
+def _not_a_retry(record: logging.LogRecord) -> bool:
+    return not re.search(r"Retrying in|thrown while requesting", record.getMessage())
 
 
 @contextlib.contextmanager
 def _retries_quiet() -> Iterator[None]:
     """huggingface_hub retries an unreachable Hub five times (about 20 s), logging each try; the error that follows
-    says it in one line, so the tries are not shown (scoped to this call, like `subprof.quiet`)."""
-    logger, drop = logging.getLogger("huggingface_hub.utils._http"), _DropRetries()
-    logger.addFilter(drop)
+    says it in one line, so the tries are not shown (scoped to this call, like `subprof.quiet`). `logging` is
+    imported here: only a Hub fetch needs it, and `plan` starts without it."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    logger.addFilter(_not_a_retry)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        logger.removeFilter(_not_a_retry)
 
 
 @cache
