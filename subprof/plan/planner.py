@@ -270,8 +270,8 @@ class Plan:
         if rec is None:
             return []
         pool = [c for c in self.candidates if c.keeps_requested_batch == rec.keeps_requested_batch]
-        best = max(c.quality for c in pool)
-        return [c for c in pool if best - c.quality < self.request.band]
+        best, band = max(c.quality for c in pool), self.request.band
+        return [c for c in pool if best - c.quality < band]
 
     @property
     def recommendation(self) -> Candidate | None:
