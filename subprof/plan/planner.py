@@ -303,16 +303,17 @@ def rank_candidates(cands: list[Candidate], band: float) -> list[Candidate]:
     if not cands:
         return []
     best = max(c.quality for c in cands)
-    qband = {id(c): math.floor((best - c.quality) / band + 1e-9) for c in cands}
+    group = {id(c): (c.keeps_requested_batch, math.floor((best - c.quality) / band + 1e-9)) for c in cands}
     fastest: dict[tuple, float] = {}
     for c in cands:
-        k = (c.keeps_requested_batch, qband[id(c)])
+        k = group[id(c)]
         fastest[k] = max(fastest.get(k, 0.0), c.throughput.tokens_per_s)
+    step = math.log1p(SPEED_TOLERANCE)
 
     def key(c: Candidate) -> tuple:
-        k = (c.keeps_requested_batch, qband[id(c)])
-        sband = math.floor(math.log(fastest[k] / c.throughput.tokens_per_s) / math.log1p(SPEED_TOLERANCE) + 1e-9)
-        return (not c.keeps_requested_batch, qband[id(c)], sband, -c.quality, -c.throughput.tokens_per_s)
+        keeps, qband = k = group[id(c)]
+        sband = math.floor(math.log(fastest[k] / c.throughput.tokens_per_s) / step + 1e-9)
+        return (not keeps, qband, sband, -c.quality, -c.throughput.tokens_per_s)
 
     return sorted(cands, key=key)
 
