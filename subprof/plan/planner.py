@@ -572,9 +572,10 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                            layerwise: bool, ckpt: str, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate], offload: bool = False, options: dict | None = None,
                            entry: str = "", base: str = "adamw") -> Candidate | None:
-    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits. At each
-    micro-batch the loss kinds of `req.losses` are tried in order (`full` first), the first that fits taken: a
-    loss kind is chosen only where it decides the fit."""
+    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits, from what
+    the same configuration found at the lower rank (`req._floors`). At each micro-batch the loss kinds of
+    `req.losses` are tried in order (`full` first), the first that fits taken: a loss kind is chosen only where it
+    decides the fit."""
 
     def evaluate(i: int) -> Candidate:
         for loss in req.losses:
@@ -598,7 +599,8 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
     # answer (every larger one is ruled out above; the smaller ones fit too)
     best = evaluate(lo) if bounded else None
     if best is None or not best.fits:
-        lo += best is not None
+        if best is not None:  # the lower rank's micro-batch no longer fits: the search starts below it
+            lo += 1
         leanest = best if lo == len(batches) else evaluate(len(batches) - 1)
         if not leanest.fits:
             prev = smallest.get(spec.name)
