@@ -15,17 +15,19 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from subprof.errors import SubprofError
 from subprof.units import parse_size
+
+if TYPE_CHECKING:
+    import logging
 
 
 def profiles_dir() -> Path:
@@ -90,6 +92,7 @@ class ModelConfig:
     preset: bool = False
     hub_id: str = ""
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab", "head_dim"):
@@ -98,6 +101,21 @@ class ModelConfig:
         if self.heads % self.kv_heads:
             raise SubprofError(f"model {self.name}: num_attention_heads {self.heads} is not a multiple of "
                                f"num_key_value_heads {self.kv_heads}")
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _MODEL_IDENTITY)))
+
+    def __hash__(self) -> int:
+        """The dataclass hash (of every field `==` compares), computed once: the config is frozen, and `plan` looks
+        it up in its caches some 45,000 times, each of which hashed all 28 fields again."""
+        return self._hash
+
+    def __getstate__(self) -> tuple:
+        """Pickled without the stored hash: a string hashes differently in another process (a spawned rank)."""
+        return tuple(getattr(self, name) for name in _MODEL_STATE)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(_MODEL_STATE, state):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _MODEL_IDENTITY)))
 
     @property
     def ref(self) -> str:
@@ -124,6 +142,12 @@ class ModelConfig:
             if (s.m, s.n) not in seen:
                 seen.append((s.m, s.n))
         return seen
+
+    def shape_counts(self) -> tuple[tuple[int, int, int], ...]:
+        """(m, n, how many projected weights have that shape) for each distinct shape, in order of first appearance.
+        Per-weight byte formulas read (m, n) alone, so a sum over the weights is Σ count · f(m, n) and a maximum takes
+        each shape once (7b: 3 shapes for its 7 weights a layer; cached per config)."""
+        return _shape_counts(self)
 
     def rank_limit(self) -> int:
         """The largest rank any projected weight can use: the widest weight's smaller side. Each weight uses
@@ -159,9 +183,9 @@ class ModelConfig:
 
     @property
     def params(self) -> int:
-        """Total parameters, as `sum(p.numel() for p in <Family>ForCausalLM(cfg).parameters())`."""
-        return (self.projected_params + self.bias_params + self.embedding_params + self.lm_head_params
-                + self.norm_params)
+        """Total parameters, as `sum(p.numel() for p in <Family>ForCausalLM(cfg).parameters())` (cached per config:
+        every memory estimate and throughput prediction reads it)."""
+        return _params(self)
 
     @property
     def unprojected_params(self) -> int:
@@ -196,6 +220,10 @@ class ModelConfig:
         return 2 * weights + 2 * 2 * span * self.q_dim
 
 
+_MODEL_IDENTITY = tuple(f.name for f in fields(ModelConfig) if f.compare)  # what == compares and the hash covers
+_MODEL_STATE = tuple(f.name for f in fields(ModelConfig) if f.name != "_hash")
+
+
 @cache
 def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
     h, i, L = m.hidden, m.intermediate, m.layers
@@ -211,6 +239,14 @@ def _linear_shapes(m: ModelConfig) -> tuple[LinearShape, ...]:
 
 
 @cache
+def _shape_counts(m: ModelConfig) -> tuple[tuple[int, int, int], ...]:
+    counts: dict[tuple[int, int], int] = {}
+    for s in _linear_shapes(m):
+        counts[(s.m, s.n)] = counts.get((s.m, s.n), 0) + s.count
+    return tuple((rows, cols, k) for (rows, cols), k in counts.items())
+
+
+@cache
 def _rank_limit(m: ModelConfig) -> int:
     return max(min(s.m, s.n) for s in _linear_shapes(m))
 
@@ -218,6 +254,11 @@ def _rank_limit(m: ModelConfig) -> int:
 @cache
 def _projected_params(m: ModelConfig) -> int:
     return sum(s.m * s.n * s.count for s in _linear_shapes(m))
+
+
+@cache
+def _params(m: ModelConfig) -> int:
+    return m.projected_params + m.bias_params + m.embedding_params + m.lm_head_params + m.norm_params
 
 
 def model_names() -> list[str]:
@@ -481,21 +522,23 @@ def hub_config_path(repo_id: str) -> Path:
                            f"(`hf download {repo_id} config.json`), {alternative}") from None
 
 
-class _DropRetries(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not re.search(r"Retrying in|thrown while requesting", record.getMessage())
+def _not_a_retry(record: logging.LogRecord) -> bool:
+    return not re.search(r"Retrying in|thrown while requesting", record.getMessage())
 
 
 @contextlib.contextmanager
 def _retries_quiet() -> Iterator[None]:
     """huggingface_hub retries an unreachable Hub five times (about 20 s), logging each try; the error that follows
-    says it in one line, so the tries are not shown (scoped to this call, like `subprof.quiet`)."""
-    logger, drop = logging.getLogger("huggingface_hub.utils._http"), _DropRetries()
-    logger.addFilter(drop)
+    says it in one line, so the tries are not shown (scoped to this call, like `subprof.quiet`). `logging` is
+    imported here: only a Hub fetch needs it, and `plan` starts without it."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    logger.addFilter(_not_a_retry)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        logger.removeFilter(_not_a_retry)
 
 
 @cache

@@ -76,18 +76,36 @@ def accumulation_for(tokens_per_step: int, *, batch: int, seq: int, ranks: int =
 
 
 def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: int | None, state_bits: int | None,
-               dtype: str, checkpointing: str | bool, loss: str, options: tuple) -> tuple:
+               dtype: str, checkpointing: str | bool, loss: str, options: tuple, cached: bool = True) -> tuple:
     """A configuration's method-side fields validated and filled in: (method, rank, update gap, state bits,
     checkpointing mode, options) — the method's name for an alias, its defaults, the base dropped when it is the
-    default; one line naming the problem otherwise."""
-    spec = get_method(method)
+    default; one line naming the problem otherwise. `cached`: the method's fields from `_method_fields` (options
+    must then be hashable)."""
+    get_method(method)  # an unknown method is the first thing said
     forced = forced_state_bits(method)
     if forced is not None and state_bits not in (None, forced):
         raise SubprofError(f"--method {method} implies --state-bits {forced}")
     check_dtype(dtype)
     checkpointing = parse_checkpointing(checkpointing)
     check_loss(loss)
-    state_bits = forced or state_bits or default_state_bits(dtype)
+    name, rank, state_bits, opts, default_gap = (_method_fields if cached else _normalize_method)(
+        model, method, rank, forced or state_bits or default_state_bits(dtype), options)
+    if default_gap is None:  # full rank: no rank, no update gap
+        return name, None, None, state_bits, checkpointing, opts
+    if update_gap is None:
+        update_gap = default_gap
+    if update_gap <= 0:
+        raise SubprofError(f"update gap must be positive, got {update_gap}")
+    return name, rank, update_gap, state_bits, checkpointing, opts
+
+
+def _normalize_method(model: ModelConfig, method: str, rank: int | None, state_bits: int,
+                      options: tuple) -> tuple:
+    """The fields that depend on the method together, after the state bits are filled in: (method, rank, state
+    bits, options, the method's default update gap — None for a full-rank method). Its own cache
+    (`_method_fields`): `plan` varies the update gap, checkpointing mode and loss kind of each method setting,
+    which `_normalized` keys on too."""
+    spec = get_method(method)
     if state_bits not in spec.state_bits_supported:
         raise SubprofError(f"--state-bits {state_bits} unsupported: use one of "
                            f"{', '.join(map(str, spec.state_bits_supported))}")
@@ -95,7 +113,7 @@ def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: in
     if not spec.project:
         if set(opts) - {"base"}:
             raise SubprofError(f"{spec.name} projects nothing: options {sorted(opts)} do not apply")
-        return spec.name, None, None, state_bits, checkpointing, tuple(opts.items())
+        return spec.name, None, state_bits, tuple(opts.items()), None
     try:
         spec.resolve_options(opts)
     except ValueError as exc:
@@ -110,14 +128,11 @@ def _normalize(model: ModelConfig, method: str, rank: int | None, update_gap: in
     if rank > limit:
         raise SubprofError(f"rank {rank} exceeds every weight's smaller side in {model.name} (the widest "
                            f"is {limit}); use a rank ≤ {limit} (each weight uses min(rank, m, n))")
-    if update_gap is None:
-        update_gap = spec.default_update_gap
-    if update_gap <= 0:
-        raise SubprofError(f"update gap must be positive, got {update_gap}")
-    return spec.name, rank, update_gap, state_bits, checkpointing, tuple(opts.items())
+    return spec.name, rank, state_bits, tuple(opts.items()), spec.default_update_gap
 
 
 _normalized = lru_cache(maxsize=4096)(_normalize)
+_method_fields = lru_cache(maxsize=4096)(_normalize_method)
 
 
 def _check_base(spec: MethodSpec, options: dict, state_bits: int) -> dict:
@@ -170,7 +185,7 @@ class TrainConfig:
             options = tuple(sorted(self.method_options.items()))
             norm = _normalized(*args, options)  # `plan` builds thousands of configurations of a few methods
         except TypeError:  # an unhashable option value: validated uncached
-            norm = _normalize(*args, tuple(self.method_options.items()))
+            norm = _normalize(*args, tuple(self.method_options.items()), cached=False)
         self.method, self.rank, self.update_gap, self.state_bits, self.checkpointing, options = norm
         self.method_options = dict(options)
 

@@ -1,8 +1,14 @@
 import json
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from subprof import catalog
 from subprof.catalog import load_model, model_names
 from subprof.errors import SubprofError
 
@@ -56,6 +62,32 @@ def test_model_names_lists_catalogue():
 
 def test_distinct_shapes_of_1b():
     assert load_model("1b").distinct_shapes() == [(2048, 2048), (5461, 2048), (2048, 5461)]
+
+
+def test_shape_counts_sum_the_weights_of_each_distinct_shape():
+    m = load_model("1b")
+    assert m.shape_counts() == ((2048, 2048, 4 * m.layers), (5461, 2048, 2 * m.layers), (2048, 5461, m.layers))
+    assert sum(a * b * k for a, b, k in m.shape_counts()) == m.projected_params
+
+
+def test_a_changed_model_is_never_answered_from_the_caches_of_the_first():
+    m = load_model("1b")
+    wider = replace(m, vocab=m.vocab + 1)
+    assert wider != m and hash(wider) != hash(m)
+    assert wider.params == m.params + 2 * m.hidden  # embedding and lm_head each one row more
+    assert replace(m, intermediate=5504).shape_counts()[1] == (5504, 2048, 2 * m.layers)
+
+
+def test_a_model_pickled_into_another_process_hashes_as_one_built_there():
+    """The hash is kept on the config; a spawned rank (another string-hash seed) must compute its own."""
+    code = ("import dataclasses, pickle, sys; from subprof.catalog import ModelConfig; "
+            "m = pickle.loads(sys.stdin.buffer.read()); "
+            "same = ModelConfig(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.init}); "
+            "print(m == same, hash(m) == hash(same))")
+    root = Path(catalog.__file__).resolve().parents[1]  # the child imports this checkout's subprof
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(load_model("7b")), capture_output=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=root, check=True)
+    assert out.stdout.split() == [b"True", b"True"]
 
 
 def test_unknown_model_suggests_nearest():

@@ -106,10 +106,24 @@ def test_low_rank_states_smaller_than_adamw_states():
     (dict(method="nosuch"), "unknown method"),
     (dict(dtype="fp8"), "dtype"),
     (dict(state_bits=4), "state-bits"),
+    (dict(method="nosuch", dtype="fp8", checkpointing="bogus"), "unknown method"),  # the first problem is said
+    (dict(method="galore", rank=0, update_gap=0), "rank must be positive"),
 ])
 def test_bad_configuration_is_a_subprof_error(kw, message):
     with pytest.raises(SubprofError, match=message):
         TrainConfig(model=load_model("60m"), **kw)
+
+
+def test_validation_cached_per_method_setting_answers_each_gap_mode_and_loss_for_itself():
+    m = load_model("60m")
+    assert TrainConfig(model=m, method="galore", rank=64, update_gap=50).update_gap == 50
+    assert TrainConfig(model=m, method="galore", rank=64).update_gap == 200  # GaLore's default
+    with pytest.raises(SubprofError, match="update gap must be positive"):
+        TrainConfig(model=m, method="galore", rank=64, update_gap=0)
+    assert TrainConfig(model=m, method="galore", rank=64, checkpointing=True).checkpointing == "full"
+    with pytest.raises(SubprofError, match="--loss"):
+        TrainConfig(model=m, method="galore", rank=64, loss="bad")
+    assert TrainConfig(model=m, method="adamw", update_gap=7).update_gap is None  # full rank: no gap
 
 
 def _reference_rows():

@@ -111,6 +111,26 @@ def test_nothing_fits_suggests_what_would():
     assert any("GPU" in s or "--seq" in s for s in result.suggestions)
 
 
+class _Forgetful(dict):
+    """A search memo that keeps nothing: every rank searched from scratch."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+@pytest.mark.parametrize("model, budget, kw", [("7b", "24GB", {}), ("1b", "8GB", {"dtype": "mixed"}),
+                                               ("1b", "2GB", {}), ("1b", "40GB", {"gpus": 4})])
+def test_the_lower_rank_bound_changes_no_candidate_and_no_rejection(model, budget, kw):
+    """The search starts each rank from the micro-batch the lower rank found, and skips configurations that fit at
+    no micro-batch there (memory grows with the rank): the same plan as searching every rank from scratch."""
+    bounded = plan(request(model, budget, **kw))
+    unbounded_req = request(model, budget, **kw)
+    unbounded_req._floors = _Forgetful()
+    unbounded = plan(unbounded_req)
+    assert [c.to_dict() for c in bounded.candidates] == [c.to_dict() for c in unbounded.candidates]
+    assert bounded.rejected == unbounded.rejected and bounded.suggestions == unbounded.suggestions
+
+
 def test_more_memory_never_lowers_quality_beyond_the_band():
     """A bigger budget keeps every candidate of the smaller one: its pick is predicted no worse beyond the band
     within which the evidence cannot order candidates (inside it, speed decides)."""

@@ -1,7 +1,7 @@
 """`subprof bench`: measure peak memory (and step time) per method × rank, one subprocess per case, next to the
 analytic estimate. The work is `subprof.measure.runner` (`build_cases`, `sweep`); this parses and renders."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from typing import Annotated, Optional
 

@@ -2,7 +2,7 @@
 ranked by validation loss with throughput and memory beside it, each method at its own learning rate (its published
 default, or the best of `--lr-grid K` around it). The work is `subprof.train.burst.run_bursts`."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from pathlib import Path
 from typing import Annotated, Optional

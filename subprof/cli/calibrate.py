@@ -1,7 +1,7 @@
 """`subprof calibrate`: measure this GPU once (or fit rows measured elsewhere) and write a calibration record that
 estimate, plan, bench and report use for this GPU. The work is `subprof.measure.calibrate`."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from pathlib import Path
 from typing import Annotated, Optional

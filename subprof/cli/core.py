@@ -1,6 +1,6 @@
 """Commands of the foundation: `models`, `gpus`, `estimate`, `plan`. Torch-free."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from typing import Annotated, Optional
 

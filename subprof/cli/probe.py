@@ -2,7 +2,7 @@
 training run — energy against rank, staleness and drift against gap — and summarise it per layer type. The work is
 `subprof.train.probe.run_probe`; the numbers read off the curves come from `subprof.plan.probe_curves`."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -1,7 +1,7 @@
 """`subprof proj`: time one projection update of each method on the model's real weight shapes, next to the two-GEMM
 floor G(GᵀP), with ratio columns and the projection time per optimizer step. The work is `subprof.timing.run_proj`."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -186,6 +186,12 @@ def offload_text(c: Candidate) -> str:
             f"of compute; CPU step {t.optimizer_s:.1f} s per optimizer step)")
 
 
+def ranked_position(result: Plan, cand: Candidate) -> int:
+    """Where a candidate of the plan sits in its ranking, found by identity: `list.index` compared whole candidates
+    (configuration, estimate, throughput) field by field on the way to it, up to thousands of them."""
+    return next(i for i, c in enumerate(result.candidates) if c is cand)
+
+
 def choice_lines(result: Plan) -> list[str]:
     """Why this one: how many candidates the evidence cannot tell apart from the best, and the authors' recipe."""
     req = result.request
@@ -207,7 +213,7 @@ def choice_lines(result: Plan) -> list[str]:
         if c is None:
             out.append(f"published recipe {r.label()} ({r.source}): does not fit this budget")
             continue
-        rank = result.candidates.index(c) + 1
+        rank = ranked_position(result, c) + 1
         diff = c.gap_nats - rec.gap_nats
         verdict = ("within the band of the pick" if abs(diff) < req.band else
                    ("predicted worse than the pick" if diff > 0 else "predicted better than the pick"))
@@ -245,7 +251,7 @@ def plan_tables(result: Plan, evidence: list | None = None, explain: bool = Fals
         console.print(f"  fastest that fits: {fast.describe()} — ≈ {fast.throughput.tokens_per_s:,.0f} tokens/s, "
                       f"predicted {100 * fast.ppl_increase:+.2f}% perplexity")
     band = req.band
-    best = sorted(result.best_per_method.values(), key=lambda c: result.candidates.index(c))
+    best = sorted(result.best_per_method.values(), key=lambda c: ranked_position(result, c))
     per_rank = " (micro-batch, peak and device memory per rank; tokens/s of the whole job)" if job else ""
     console.print(_cand_table(f"best configuration per method{per_rank}", best, band, job))
     console.print(_cand_table(f"top {req.top} overall", result.candidates[:req.top], band, job))

@@ -4,7 +4,6 @@ share of a step spent waiting on communication, and the assumptions behind them 
 from __future__ import annotations
 
 from subprof.catalog import GpuSpec
-from subprof.plan.comm import LINK_EFFICIENCY, OVERLAP
 from subprof.plan.planner import Candidate, PlanRequest
 from subprof.units import gib
 
@@ -44,6 +43,8 @@ def job_recommendation(c: Candidate) -> str:
 
 
 def job_assumptions(req: PlanRequest, gpu: GpuSpec) -> str:
+    from subprof.plan.comm import LINK_EFFICIENCY, OVERLAP  # imported by the job's functions: one GPU needs none
+
     between = (f"; between nodes {gpu.inter_node_gbs:,.1f} GB/s per GPU ({gpu.inter_node_link})"
                if req.nodes > 1 else "")
     return (f"Communication: {OVERLAP}. Links of {gpu.name}: within a node {gpu.intra_node_gbs:,.0f} GB/s per GPU "
@@ -54,6 +55,8 @@ def job_assumptions(req: PlanRequest, gpu: GpuSpec) -> str:
 
 
 def job_json(req: PlanRequest, gpu: GpuSpec) -> dict:
+    from subprof.plan.comm import LINK_EFFICIENCY, OVERLAP
+
     return {"gpus": req.gpus, "nodes": req.nodes, "strategy": req.strategy, "overlap": OVERLAP,
             "link_efficiency": LINK_EFFICIENCY,
             "links": {"intra_node_gbs": gpu.intra_node_gbs, "intra_node_link": gpu.intra_node_link,

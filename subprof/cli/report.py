@@ -5,7 +5,7 @@ bar) and writes the page with `report.html.write_html`; `--json` prints the same
 per table.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer reads the commands' signatures at every start (cli/__init__.py)
 
 from pathlib import Path
 from typing import Annotated, Optional

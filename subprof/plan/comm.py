@@ -224,9 +224,9 @@ def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: 
     `states` are rank 0's optimizer-state and projection bytes. Sharded strategies split the optimizer step and the
     projection work over the shard group (each rank updates its shards; SVDs are spread over owner ranks)."""
     tokens = c.tokens * c.accumulation
-    compute = _flops_per_token(c.model, c.seq, c.checkpointing) * tokens / (utilization * gpu.bf16_tflops * 1e12)
+    compute = train_flops_per_token(c) * tokens / (utilization * gpu.bf16_tflops * 1e12)
     split = par.shard_ranks if par.sharded else 1
-    moved = 3 * _params(c.model) * c.param_bytes / split + 2 * states
+    moved = 3 * c.model.params * c.param_bytes / split + 2 * states
     opt = moved / (gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
     proj = (projection_seconds(c, gpu, utilization, refresh_s, calibration) / split) if c.rank else 0.0
     comm = step_comm(c, par)
@@ -238,14 +238,6 @@ def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: 
                          gpus=par.gpus, gpu=gpu.name, comm=comm)
 
 
-@lru_cache(maxsize=1024)
-def _flops_per_token(model: ModelConfig, seq: int, checkpointing: str) -> float:
-    return train_flops_per_token(TrainConfig(model=model, seq=seq, checkpointing=checkpointing))
-
-
-@lru_cache(maxsize=256)
-def _params(model: ModelConfig) -> int:
-    return model.params
 
 
 def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *, usable_bytes: int,

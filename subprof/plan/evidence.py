@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from subprof.config import TrainConfig
 from subprof.errors import SubprofError
 from subprof.methods import REGISTRY
-from subprof.plan.probe_curves import ProbeRun
 from subprof.plan.quality import METHOD_PREFIX, FittedQuality, QualityModel, fitted_quality
-from subprof.results import read_result_files
+
+if TYPE_CHECKING:
+    from subprof.plan.probe_curves import ProbeRun
 
 FULL_WEIGHT_STEPS = 2000  # a probe this long (on the target model) sets the rank exponent alone
 PROXY_WEIGHT = 0.5
@@ -76,6 +78,9 @@ def with_probe(base: FittedQuality, run: ProbeRun, label: str) -> FittedQuality:
 
 def probe_quality(path: str) -> FittedQuality:
     """`plan --probe FILE`: the newest finished probe run in FILE in the fitted model."""
+    from subprof.plan.probe_curves import ProbeRun  # with --probe only: a plan without one does without
+    from subprof.results import read_result_files
+
     rows = read_result_files([path], "--probe")
     return with_probe(fitted_quality(), ProbeRun.from_rows(rows, f"--probe {str(path)!r}"), str(path))
 

@@ -15,6 +15,7 @@ real H100 rows (see `calibration.py`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -92,7 +93,8 @@ def _adamw_tensor_bytes(numel: int, c: TrainConfig) -> int:
 
 def _plain_state_bytes(c: TrainConfig) -> int:
     """The base optimizer's states on every unprojected tensor (`subprof.methods.bases`: AdamW's two moments,
-    Lion's one, Adafactor's row and column factors of the embedding and lm_head, a full second moment of 1-D ones)."""
+    Lion's one, Adafactor's row and column factors of the embedding and lm_head, a full second moment of 1-D ones).
+    Tensors of one size hold the same states: each size is counted once, times how many there are."""
     m = c.model
     if c.base == "adamw":
         sizes = m.unprojected_tensors()
@@ -103,29 +105,30 @@ def _plain_state_bytes(c: TrainConfig) -> int:
     matrix = expand((base_moments(full_shape),), c.base)
     vector = expand((base_moments(lambda a, b, r: (a,)),), c.base)
     mats = [m.embedding_params] + ([m.lm_head_params] if not m.tied else [])
-    vectors = m.unprojected_tensors()[1:len(m.unprojected_tensors()) - (0 if m.tied else 1)]
+    vectors = Counter(m.unprojected_tensors()[1:len(m.unprojected_tensors()) - (0 if m.tied else 1)])
     total = sum(t.nbytes(m.vocab, m.hidden, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
                 for _ in mats for t in matrix)
-    return total + sum(t.nbytes(n, 1, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
-                       for n in vectors for t in vector)
+    return total + sum(k * t.nbytes(n, 1, 0, state_bits=c.state_bits, param_bytes=c.param_bytes)
+                       for n, k in vectors.items() for t in vector)
 
 
 def state_bytes(c: TrainConfig) -> dict[str, int]:
     """optimizer_states and projection_matrices: Σ over projected weights of the method's declared tensors
-    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW."""
+    (MethodSpec.state_bytes) + two AdamW moments for every tensor kept in plain AdamW. Weights of one shape hold
+    the same states (`ModelConfig.shape_counts`)."""
     spec, m = c.spec, c.model
     out = {"optimizer_states": 0, "projection_matrices": 0}
     if not spec.project:
-        for s in m.linear_shapes():
-            out["optimizer_states"] += s.count * sum(spec.state_bytes(s.m, s.n, 0, state_bits=c.state_bits,
-                                                                      param_bytes=c.param_bytes,
-                                                                      options=c.method_options).values())
+        for rows, cols, count in m.shape_counts():
+            out["optimizer_states"] += count * sum(spec.state_bytes(rows, cols, 0, state_bits=c.state_bits,
+                                                                    param_bytes=c.param_bytes,
+                                                                    options=c.method_options).values())
     else:
-        for s in m.linear_shapes():
-            r = min(c.rank, s.m, s.n)
-            for role, n_bytes in spec.state_bytes(s.m, s.n, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
+        for rows, cols, count in m.shape_counts():
+            r = min(c.rank, rows, cols)
+            for role, n_bytes in spec.state_bytes(rows, cols, r, state_bits=c.state_bits, param_bytes=c.param_bytes,
                                                   options=c.method_options).items():
-                out[role] = out.get(role, 0) + s.count * n_bytes
+                out[role] = out.get(role, 0) + count * n_bytes
     out["optimizer_states"] += _plain_state_bytes(c)
     return out
 
@@ -136,9 +139,9 @@ def refresh_workspace_bytes(c: TrainConfig) -> int:
     spec = c.spec
     if not spec.project:
         return 0
-    return max(spec.workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+    return max(spec.workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
                                     param_bytes=c.param_bytes, options=c.method_options)
-               for s in c.model.linear_shapes())
+               for rows, cols, _ in c.model.shape_counts())
 
 
 def step_temporary_bytes(c: TrainConfig) -> int:
@@ -149,26 +152,28 @@ def step_temporary_bytes(c: TrainConfig) -> int:
     Subspace methods (subprof.optim) step weight by weight: max over weights of the method's declared step
     workspace, and the plain-AdamW tensors (embeddings, norms, lm_head): those over `FOREACH_NUMEL` values one at
     a time with one temporary each, the smaller ones together (one foreach pass: a denominator and a direction
-    each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl)."""
+    each), none at 8 bits. Checked against traced steps (profiles/measured/trace_*.jsonl). Maxima take each
+    weight shape and tensor size once."""
     spec, m = c.spec, c.model
     b_state = {32: 4, 16: 2, 8: 0}[c.state_bits]
     if c.base != "adamw":  # a base other than Adam steps every unprojected tensor alone (`SubspaceAdamW._plain_base`)
         from subprof.methods.bases import get_base
 
         one = get_base(c.base).plain_temporary_bytes
-        plain = max(one(n, c.state_bits, c.param_bytes) for n in m.unprojected_tensors())
+        plain = max(one(n, c.state_bits, c.param_bytes) for n in set(m.unprojected_tensors()))
         if not spec.project:
-            return max(plain, max(one(s.m * s.n, c.state_bits, c.param_bytes) for s in m.linear_shapes()))
-        return max(plain, max(spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
+            return max(plain, max(one(rows * cols, c.state_bits, c.param_bytes) for rows, cols, _ in m.shape_counts()))
+        return max(plain, max(spec.step_workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
                                                         param_bytes=c.param_bytes, options=c.method_options)
-                              for s in m.linear_shapes()))
+                              for rows, cols, _ in m.shape_counts()))
     if not spec.project:
         if c.layerwise:
             return max(max(s.m * s.n for s in m.linear_shapes()), *m.unprojected_tensors()) * b_state
         return m.params * b_state
     per_weight = max(
-        spec.step_workspace_bytes(s.m, s.n, min(c.rank, s.m, s.n), state_bits=c.state_bits,
-                                  param_bytes=c.param_bytes, options=c.method_options) for s in m.linear_shapes())
+        spec.step_workspace_bytes(rows, cols, min(c.rank, rows, cols), state_bits=c.state_bits,
+                                  param_bytes=c.param_bytes, options=c.method_options)
+        for rows, cols, _ in m.shape_counts())
     small = sum(t for t in m.unprojected_tensors() if t <= FOREACH_NUMEL)
     return max(per_weight, max(m.unprojected_tensors()) * b_state, 2 * small * b_state)
 
@@ -203,8 +208,7 @@ def layers_kept_bytes_per_token(c: TrainConfig) -> int:
 def activation_bytes(c: TrainConfig) -> int:
     """activations saved when backward starts = T · (`layers_kept_bytes_per_token` + what the model keeps outside
     its layers, `final_saved_bytes_per_token`) + 4·S·d (rotary cos/sin)."""
-    m = c.model
-    return c.tokens * (layers_kept_bytes_per_token(c) + final_saved_bytes_per_token(c)) + 4 * c.seq * m.head_dim
+    return c.tokens * _saved_per_token(c.model, c.dtype, c.seq, c.checkpointing)[0] + 4 * c.seq * c.model.head_dim
 
 
 def backward_end_bytes(c: TrainConfig) -> int:
@@ -213,8 +217,17 @@ def backward_end_bytes(c: TrainConfig) -> int:
     activations (T · a_layer) if larger."""
     emb = c.model.vocab * c.model.hidden * c.param_bytes
     if c.recomputes:
-        return max(emb, c.tokens * activation_bytes_per_token_layer(c))
+        return max(emb, c.tokens * _saved_per_token(c.model, c.dtype, c.seq, c.checkpointing)[1])
     return emb
+
+
+@lru_cache(maxsize=1024)
+def _saved_per_token(model: ModelConfig, dtype: str, seq: int, checkpointing: str) -> tuple[int, int]:
+    """(`layers_kept_bytes_per_token` + `final_saved_bytes_per_token`, `activation_bytes_per_token_layer`). They
+    read the model, the dtype, the sequence (a windowed layer's mask) and the checkpointing mode alone, so they are
+    counted once per such setting (cached: `plan` estimates thousands of micro-batches and methods at each)."""
+    c = TrainConfig(model=model, dtype=dtype, seq=seq, checkpointing=checkpointing)
+    return layers_kept_bytes_per_token(c) + final_saved_bytes_per_token(c), activation_bytes_per_token_layer(c)
 
 
 def logits_bytes(c: TrainConfig) -> int:
@@ -246,13 +259,15 @@ def autocast_cache_bytes(c: TrainConfig) -> int:
 
 @lru_cache(maxsize=4096)
 def _token_independent(model: ModelConfig, method: str, rank: int | None, state_bits: int, layerwise: bool,
-                       dtype: str, options: tuple) -> tuple[int, int, int, int, int, int]:
-    """The terms that do not depend on batch, sequence or checkpointing (cached: `plan` asks for them often)."""
+                       dtype: str, options: tuple) -> tuple[int, int, int, int, int, int, bool]:
+    """The terms that do not depend on batch, sequence or checkpointing, and whether the method refreshes a
+    projection with a declared workspace (`estimate`'s note) (cached: `plan` asks for them often)."""
     c = TrainConfig(model=model, method=method, rank=rank, state_bits=state_bits, layerwise=layerwise, dtype=dtype,
                     method_options=dict(options))
     states, workspace = _kept(model, method, rank, state_bits, dtype, options)
+    solver_note = c.spec.project and bool(c.spec.layout_for(c.method_options).workspace)
     return (weight_bytes(c), gradient_bytes(c), states["optimizer_states"], states["projection_matrices"],
-            workspace, step_temporary_bytes(c))
+            workspace, step_temporary_bytes(c), solver_note)
 
 
 @lru_cache(maxsize=4096)
@@ -268,8 +283,8 @@ def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate
     """The breakdown by component and phase, and the predicted peaks. Every term is one formula above; the GPU-side
     terms come from `calibration` (default: the H100 reference fit, `calibration.DEFAULT`)."""
     calib = calibration or cal.DEFAULT
-    w, _, s, p, ws, tmp = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise, c.dtype,
-                                             tuple(sorted(c.method_options.items())))
+    w, _, s, p, ws, tmp, solver_note = _token_independent(c.model, c.method, c.rank, c.state_bits, c.layerwise,
+                                                          c.dtype, tuple(sorted(c.method_options.items())))
     g = gradient_bytes(c)
     act = activation_bytes(c)
     logit = logits_bytes(c)
@@ -310,7 +325,7 @@ def estimate(c: TrainConfig, calibration: Calibration | None = None) -> Estimate
     reserved = calib.reserved_bytes(peak, logit)
     used = calib.device_used_bytes(peak, logit)
     notes = []
-    if c.spec.project and c.spec.layout_for(c.method_options).workspace:
+    if solver_note:
         notes.append("projection_workspace counts tensors torch allocates; a GPU SVD also takes solver workspace "
                      "that traces cannot see")
     return Estimate(config=c, components=components, phases=phases, peak_phase=peak_phase,

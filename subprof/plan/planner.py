@@ -36,7 +36,6 @@ from subprof.methods import get_method
 from subprof.methods.spec import MethodSpec
 from subprof.modes import check_loss
 from subprof.plan.calibration import Calibration, calibration_for
-from subprof.plan.comm import LEANEST_FIRST, choose_layout
 from subprof.plan.distributed import RankEstimate, estimate_rank
 from subprof.plan.evidence import default_quality
 from subprof.plan.quality import QualityModel
@@ -271,8 +270,8 @@ class Plan:
         if rec is None:
             return []
         pool = [c for c in self.candidates if c.keeps_requested_batch == rec.keeps_requested_batch]
-        best = max(c.quality for c in pool)
-        return [c for c in pool if best - c.quality < self.request.band]
+        best, band = max(c.quality for c in pool), self.request.band
+        return [c for c in pool if best - c.quality < band]
 
     @property
     def recommendation(self) -> Candidate | None:
@@ -304,16 +303,17 @@ def rank_candidates(cands: list[Candidate], band: float) -> list[Candidate]:
     if not cands:
         return []
     best = max(c.quality for c in cands)
-    qband = {id(c): math.floor((best - c.quality) / band + 1e-9) for c in cands}
+    group = {id(c): (c.keeps_requested_batch, math.floor((best - c.quality) / band + 1e-9)) for c in cands}
     fastest: dict[tuple, float] = {}
     for c in cands:
-        k = (c.keeps_requested_batch, qband[id(c)])
+        k = group[id(c)]
         fastest[k] = max(fastest.get(k, 0.0), c.throughput.tokens_per_s)
+    step = math.log1p(SPEED_TOLERANCE)
 
     def key(c: Candidate) -> tuple:
-        k = (c.keeps_requested_batch, qband[id(c)])
-        sband = math.floor(math.log(fastest[k] / c.throughput.tokens_per_s) / math.log1p(SPEED_TOLERANCE) + 1e-9)
-        return (not c.keeps_requested_batch, qband[id(c)], sband, -c.quality, -c.throughput.tokens_per_s)
+        keeps, qband = k = group[id(c)]
+        sband = math.floor(math.log(fastest[k] / c.throughput.tokens_per_s) / step + 1e-9)
+        return (not keeps, qband, sband, -c.quality, -c.throughput.tokens_per_s)
 
     return sorted(cands, key=key)
 
@@ -531,6 +531,8 @@ def _candidate(req: PlanRequest, spec: MethodSpec, rank: int | None, gap: int | 
     if offload:
         tput = offload_throughput(cfg, est, gpu, utilization=req.utilization, calibration=req.calibration)
     elif req._layouts:
+        from subprof.plan.comm import choose_layout  # several GPUs only: one-GPU plans do without plan/comm.py
+
         est, tput = choose_layout(cfg, (layout,) if layout else req._layouts, gpu, usable_bytes=req.usable_bytes,
                                   utilization=req.utilization, refresh_s=measured, calibration=req.calibration)
     else:
@@ -570,9 +572,10 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                            layerwise: bool, ckpt: str, batches: list[tuple[int, int]], gpu: GpuSpec,
                            smallest: dict[str, Candidate], offload: bool = False, options: dict | None = None,
                            entry: str = "", base: str = "adamw") -> Candidate | None:
-    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits. At each
-    micro-batch the loss kinds of `req.losses` are tried in order (`full` first), the first that fits taken: a
-    loss kind is chosen only where it decides the fit."""
+    """Memory grows with the micro-batch (`batches` is largest first): bisect for the largest that fits, from what
+    the same configuration found at the lower rank (`req._floors`). At each micro-batch the loss kinds of
+    `req.losses` are tried in order (`full` first), the first that fits taken: a loss kind is chosen only where it
+    decides the fit."""
 
     def evaluate(i: int) -> Candidate:
         for loss in req.losses:
@@ -582,27 +585,38 @@ def _largest_fitting_batch(req: PlanRequest, spec: MethodSpec, rank: int | None,
                 break
         return cand
 
-    leanest = evaluate(len(batches) - 1)
-    if not leanest.fits:
-        prev = smallest.get(spec.name)
-        if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
-            smallest[spec.name] = leanest
-        return None
-    # find the smallest index (largest batch) that fits; memory grows with the rank, so the same configuration at a
-    # lower rank (`plan` searches ranks in ascending order) bounds it: none of the larger batches that did not fit
-    # there fits here
+    # memory grows with the rank, so the same configuration at a lower rank (`plan` searches ranks in ascending
+    # order) bounds the search: none of the larger micro-batches that did not fit there fits here, and where none
+    # fitted there (floor `len(batches)`) none fits here — nor is it smaller than the `smallest` already offered
     key = (spec.name, gap, bits, layerwise, ckpt, base, offload, entry, tuple(batches),
            tuple(sorted((options or {}).items())))
     floor = req._floors.get(key)
-    lo = floor[1] if floor is not None and rank is not None and floor[0] is not None and rank >= floor[0] else 0
-    hi, best = len(batches) - 2, leanest
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        cand = evaluate(mid)
-        if cand.fits:
-            best, hi = cand, mid - 1
-        else:
-            lo = mid + 1
+    bounded = floor is not None and rank is not None and floor[0] is not None and rank >= floor[0]
+    lo = floor[1] if bounded else 0
+    if lo == len(batches):
+        return None
+    # the micro-batch that fitted at the lower rank is tried first: most often it still fits, and then it is the
+    # answer (every larger one is ruled out above; the smaller ones fit too)
+    best = evaluate(lo) if bounded else None
+    if best is None or not best.fits:
+        if best is not None:  # the lower rank's micro-batch no longer fits: the search starts below it
+            lo += 1
+        leanest = best if lo == len(batches) else evaluate(len(batches) - 1)
+        if not leanest.fits:
+            prev = smallest.get(spec.name)
+            if prev is None or leanest.estimate.device_used_bytes < prev.estimate.device_used_bytes:
+                smallest[spec.name] = leanest
+            req._floors[key] = (rank, len(batches))
+            return None
+        # bisect for the smallest index (largest micro-batch) that fits, from the lower rank's floor
+        hi, best = len(batches) - 2, leanest
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = evaluate(mid)
+            if cand.fits:
+                best, hi = cand, mid - 1
+            else:
+                lo = mid + 1
     req._floors[key] = (rank, batches.index((best.config.batch, best.config.accumulation)))
     # throughput and quality once, at the micro-batch found (several GPUs: the strategies weighed there)
     return _candidate(req, spec, rank, gap, bits, layerwise, ckpt, (best.config.batch, best.config.accumulation), gpu,
@@ -647,6 +661,8 @@ def job_layouts(req: PlanRequest) -> tuple[Parallel, ...]:
     can."""
     if req.gpus == 1 and req.nodes == 1 and req.strategy == "auto":
         return ()
+    from subprof.plan.comm import LEANEST_FIRST
+
     names = strategies_for(req.gpus, req.nodes, req.strategy)
     if req.sequences_per_step < req.gpus:
         raise SubprofError(f"--gpus {req.gpus} is more ranks than the {req.sequences_per_step} sequences of an "

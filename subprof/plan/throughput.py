@@ -49,7 +49,15 @@ def train_flops_per_token(c: TrainConfig) -> float:
     """3 × forward FLOPs (forward + backward) + the forward FLOPs checkpointing repeats in backward
     (`plan.checkpointing.recompute_flops_per_token`: `full` one whole forward of the decoder layers, `every:K` 1/K of
     it, `selective` the matmuls whose output it did not save). The loss kinds cost the same FLOPs (`plan.loss`)."""
-    return 3 * c.model.forward_flops_per_token(c.seq) + recompute_flops_per_token(c)
+    return _flops_per_token(c.model, c.seq, c.checkpointing)
+
+
+@lru_cache(maxsize=1024)
+def _flops_per_token(model: ModelConfig, seq: int, checkpointing: str) -> float:
+    """`train_flops_per_token`, which reads the model, the sequence and the checkpointing mode alone (cached: `plan`
+    predicts the speed of thousands of configurations at a few such settings)."""
+    c = TrainConfig(model=model, seq=seq, checkpointing=checkpointing)
+    return 3 * model.forward_flops_per_token(seq) + recompute_flops_per_token(c)
 
 
 def projection_seconds(c: TrainConfig, gpu: GpuSpec, utilization: float = 0.4, refresh_s: float | None = None,
