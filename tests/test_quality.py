@@ -220,10 +220,10 @@ def test_leave_one_table_out_orders_most_published_pairs_as_published(committed)
     assert val["gap"]["agree_share"] >= 0.75, val["gap"]
     assert val["rank"]["agree_share"] >= 0.9, val["rank"]
     others = (val["all"]["agree"] - val["base"]["agree"]) / (val["all"]["pairs"] - val["base"]["pairs"])
-    # 2026-12-07, M_β refresh term, with our SUMO rank-32 CPU rows: 77.1% without the base pairs, 75.0% with them
-    # (the power law gave 71.8% on the same 625 pairs; 82.2% and 79.5% on the 592 pairs before those rows)
+    # 2026-12-07, M_β refresh term, fits restarted to their minimum, with our SUMO rank-32 and Ori CPU rows: 77.3%
+    # without the base pairs, 75.2% with them (docs/quality.md has the history)
     assert others >= 0.77, others
-    assert val["all"]["agree_share"] >= 0.745, val["all"]
+    assert val["all"]["agree_share"] >= 0.75, val["all"]
 
 
 def test_the_fit_reports_how_far_the_tables_contradict_each_other():

@@ -8,8 +8,8 @@
 # Rank 32 was started and stopped for time: no row. Second session (started 2026-12-06, same grid date so the
 # runs are one table): GaLore rank 32 × T = 10, 50, 250 (stream c); SUMO rank 32 (stream d) was stopped for time
 # before its first case finished: no row. Third session (2026-12-07, same grid date): SUMO rank 32 × T = 10, 50, 250
-# (stream d, alone on one core; `--resume` skips cases already in a file). `bash profiles/measured/gap_grid.sh [DATE]
-# [r32]` reruns the rank-32 part.
+# (stream d, alone on one core; `--resume` skips cases already in a file), and Ori at rank 8, moving every step
+# (stream e). `bash profiles/measured/gap_grid.sh [DATE] [r32]` reruns the rank-32 part and Ori.
 #   bash profiles/measured/gap_grid.sh [DATE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +25,7 @@ COMMON=(--model tiny --steps 1000 --batch 8 --seq 256 --threads 1 --eval-every 2
 wait
 if [ "${2:-}" = r32 ]; then
   (subprof burst --methods galore --ranks 32 --update-gaps 10,50,250 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_c_$DATE.jsonl") &
-  (subprof burst --methods sumo --ranks 32 --update-gaps 10,50,250 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_d_$DATE.jsonl") &
+  (subprof burst --methods sumo --ranks 32 --update-gaps 10,50,250 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_d_$DATE.jsonl"
+   subprof burst --methods ori --ranks 8 "${COMMON[@]}" --out "$OUT/gap_grid_cpu_e_$DATE.jsonl") &
   wait
 fi
