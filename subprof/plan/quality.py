@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -243,17 +243,30 @@ def setting_of_row(row: TableRow) -> Setting | None:
 def setting_of_config(config: TrainConfig, tokens_per_step: int | None = None) -> Setting:
     """A planned configuration as a Setting (`tokens_per_step`: the optimizer batch; default micro-batch ×
     accumulation × sequence)."""
-    spec = config.spec
-    options = config.method_options
-    base = BASES.get(str(options.get("base") or ""), "adamw")
+    tokens = tokens_per_step or config.batch * config.accumulation * config.seq
+    try:
+        fixed = _fixed_setting(config.model, config.method, config.rank, tuple(sorted(config.method_options.items())))
+    except TypeError:  # an unhashable option value: built uncached
+        fixed = _fixed_setting.__wrapped__(config.model, config.method, config.rank,
+                                           tuple(config.method_options.items()))
+    if fixed.kind == "full":
+        return fixed
+    return replace(fixed, update_gap=int(config.update_gap), tokens_per_step=tokens)
+
+
+@lru_cache(maxsize=4096)
+def _fixed_setting(model: ModelConfig, method: str, rank: int | None, options: tuple) -> Setting:
+    """What a configuration's Setting reads besides its update gap and optimizer batch (cached: `plan` scores each
+    configuration at every gap and micro-batch)."""
+    spec = REGISTRY[method]
+    opts = dict(options)
+    base = BASES.get(str(opts.get("base") or ""), "adamw")
     if not spec.project:
         return Setting(method="adamw", kind="full", base=base)
-    tokens = tokens_per_step or config.batch * config.accumulation * config.seq
-    traits = spec.quality_traits(options)
-    return Setting(method=spec.name, kind=spec.subspace, traits=traits,
-                   shares=rank_shares(config.model, int(config.rank)), update_gap=int(config.update_gap),
-                   tokens_per_step=tokens, rank=int(config.rank), default_gap=spec.default_update_gap, base=base,
-                   p_optimizer=P_OPTIMIZERS.get(str(options.get("projector_optimizer") or ""), "adam"),
+    traits = spec.quality_traits(opts)
+    return Setting(method=spec.name, kind=spec.subspace, traits=traits, shares=rank_shares(model, int(rank)),
+                   rank=int(rank), default_gap=spec.default_update_gap, base=base,
+                   p_optimizer=P_OPTIMIZERS.get(str(opts.get("projector_optimizer") or ""), "adam"),
                    moment_decay=moment_decay(traits, base))
 
 
