@@ -158,6 +158,23 @@ def test_the_refresh_cost_follows_the_decay_of_the_moment_left_behind():
     assert galore_gain > 0 and 0 < sumo_gain < galore_gain
 
 
+def test_a_configurations_setting_is_built_from_every_field_it_reads():
+    """`setting_of_config` caches what does not depend on the gap and the optimizer batch: each configuration's
+    own rank, options and base still reach its setting, and the gap and tokens are its own."""
+    from subprof.plan.quality import setting_of_config
+
+    a = setting_of_config(cfg("galore", 256, 500), tokens_per_step=4096)
+    b = setting_of_config(cfg("galore", 512, 100), tokens_per_step=131072)
+    assert (a.rank, a.update_gap, a.tokens_per_step) == (256, 500, 4096)
+    assert (b.rank, b.update_gap, b.tokens_per_step) == (512, 100, 131072) and a.shares != b.shares
+    lion = TrainConfig(model=load_model("1b"), method="galore", rank=256, update_gap=500,
+                       method_options={"base": "lion"})
+    assert setting_of_config(lion).base == "lion" and setting_of_config(cfg("galore", 256, 500)).base == "adamw"
+    sumo = TrainConfig(model=load_model("1b"), method="sumo", rank=256, update_gap=500,
+                       method_options={"momentum": 0.9})
+    assert setting_of_config(sumo).moment_decay == 0.9 and setting_of_config(cfg("sumo", 256, 500)).moment_decay == 0.95
+
+
 def test_quality_counts_the_refresh_interval_in_tokens_trained():
     """A refresh every 200 steps of 8 sequences is not one every 200 steps of 512: staleness follows the tokens."""
     q = fitted_quality()
