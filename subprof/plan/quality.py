@@ -56,7 +56,7 @@ from subprof.methods.spec import QualityTraits
 from subprof.plan.published import TableRow, evidence_dir
 
 REF_TOKENS = 512 * 256  # tokens per optimizer step of the GaLore/OSD recipes: the unit of the staleness interval
-REF_GAP = 200  # GaLore's default update gap: where the refresh term is c_r
+REF_GAP = 200  # GaLore's default update gap: a row or configuration without its own gap is read at it
 REF_PARAMS = 1e8
 ADAM_BETA2 = 0.999  # the moment decay of a setting whose method and base say nothing else (`moment_decay`)
 FIT_FILE = "quality_fit.json"
