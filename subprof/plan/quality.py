@@ -58,7 +58,7 @@ from subprof.plan.published import TableRow, evidence_dir
 REF_TOKENS = 512 * 256  # tokens per optimizer step of the GaLore/OSD recipes: the unit of the staleness interval
 REF_GAP = 200  # GaLore's default update gap: a row or configuration without its own gap is read at it
 REF_PARAMS = 1e8
-ADAM_BETA2 = 0.999  # the moment decay of a setting whose method and base say nothing else (`moment_decay`)
+ADAM_BETA2 = 0.999  # a Setting's moment decay when none is given (full rank: no refresh term reads it)
 FIT_FILE = "quality_fit.json"
 COMMAND = "python -m subprof.plan.quality_fit"
 UNIT = "−(predicted validation-loss gap to full-rank AdamW, nats)"
@@ -200,10 +200,7 @@ def default_gap(method: str) -> int:
 def moment_decay(traits: QualityTraits, base: str) -> float:
     """The decay of the slowest moment a refresh leaves in the old basis: the method's own (SUMO's momentum), else
     its base optimizer's declared one (`BaseSpec.moment_decay`)."""
-    if traits.moment_decay is not None:
-        return traits.moment_decay
-    spec = BASE_SPECS.get(base)
-    return spec.moment_decay if spec is not None else ADAM_BETA2
+    return traits.moment_decay if traits.moment_decay is not None else BASE_SPECS[base].moment_decay
 
 
 def misaligned(gap: int, beta: float) -> float:

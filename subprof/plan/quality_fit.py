@@ -357,11 +357,15 @@ def leave_one_table_out(tables: list[Table], iters: int = ITERS,
     return results, sigma
 
 
-def in_sample(tables: list[Table], v: dict[str, float], a: float, b: float) -> dict:
+def all_pairs(tables: list[Table]) -> list[tuple[Point, Point, str]]:
+    """Every table's pairs, each counted once (`table_pairs`), in table order."""
     seen: set = set()
     groups = groups_of(tables)
-    pairs = [p for t in tables for p in table_pairs([g for k, g in groups.items() if k[0] == t.id], seen)]
-    return summarise(agreement(pairs, v, a, b))
+    return [p for t in tables for p in table_pairs([g for k, g in groups.items() if k[0] == t.id], seen)]
+
+
+def in_sample(tables: list[Table], v: dict[str, float], a: float, b: float) -> dict:
+    return summarise(agreement(all_pairs(tables), v, a, b))
 
 
 def measured_best_gaps(tables: list[Table], v: dict[str, float]) -> list[dict]:
@@ -394,22 +398,19 @@ def recurring_pairs(tables: list[Table]) -> dict:
     rank, gap, base) recur as a pair in another table, and how many of those are ordered oppositely there. Any
     model orders a recurring pair one way, so at least one side of each such conflict counts against it — a ceiling
     on the agreement no refit can lift."""
-    seen: set = set()
-    groups = groups_of(tables)
     by: dict[tuple, list[tuple[str, float]]] = {}
 
     def key(p: Point) -> str:
         s = p.setting
         return repr((p.row.model, s.method, s.kind, s.traits, s.rank, s.update_gap, s.base, s.p_optimizer))
 
-    for t in tables:
-        for a, b, _ in table_pairs([g for k, g in groups.items() if k[0] == t.id], seen):
-            ka, kb, diff = key(a), key(b), a.row.loss - b.row.loss
-            if ka == kb:
-                continue
-            if ka > kb:
-                ka, kb, diff = kb, ka, -diff
-            by.setdefault((ka, kb), []).append((t.id, diff))
+    for a, b, _ in all_pairs(tables):
+        ka, kb, diff = key(a), key(b), a.row.loss - b.row.loss
+        if ka == kb:
+            continue
+        if ka > kb:
+            ka, kb, diff = kb, ka, -diff
+        by.setdefault((ka, kb), []).append((a.row.table, diff))
     recurring = [v for v in by.values() if len({t for t, _ in v}) > 1]
     opposed = [v for v in recurring if len({d > 0 for _, d in v}) > 1]
     return {"pairs": sum(map(len, recurring)), "opposed": sum(map(len, opposed)),
