@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -104,6 +105,33 @@ def test_a_higher_rank_never_predicts_a_larger_gap(method):
     q = fitted_quality()
     gaps = [q.gap_nats(cfg(method, r)) for r in (16, 64, 256, 1024)]
     assert gaps == sorted(gaps, reverse=True)
+
+
+def test_the_rank_term_is_the_tail_of_one_spectrum_so_it_follows_the_rank_more_than_the_width():
+    """Rank term Σ share·((r/r₀)^−p − (d/r₀)^−p): the spectrum's tail from r to d — a wider matrix has a longer one,
+    but what a rank leaves out depends on the rank far more than on the width, so the same r/d leaves out much less
+    of a wider model (GaLore's 7B at r1024 against its 60M at r128, both d/4); full rank leaves nothing out."""
+    v = fitted_quality().values
+
+    def rank_term(model: str, rank: int) -> float:
+        return quality.terms(quality.setting_of_config(cfg("galore", rank, 200, model=model)), v)["rank"]
+
+    # 1.7× from d = 768 to 4096 at the fitted p; (r/d)^−p − 1, the form before, put it at 4.5×
+    assert rank_term("130m", 256) < rank_term("1b", 256) < rank_term("7b", 256) < 2 * rank_term("130m", 256)
+    assert rank_term("7b", 1024) < 0.5 * rank_term("60m", 128)
+    assert rank_term("60m", 512) == pytest.approx(0.0, abs=1e-12)  # 60M: every projected side is 512
+    shares = quality.rank_shares(load_model("1b"), 512)
+    assert sum(w for w, _, _ in shares) == pytest.approx(1.0) and {(r, d) for _, r, d in shares} == {(512, 2048)}
+
+
+def test_rows_the_model_cannot_place_stay_out():
+    """An ablation variant is out for full-rank Lion/Adafactor rows too (a 4-bit Lion is not Lion), and so is any
+    row on a model the catalog lacks (S(N) reads its size)."""
+    row = next(r for t in load_tables() if t.id == "sgg-ta2" for r in t.rows if r.method == "lion")
+    assert setting_of_row(row).base == "lion"
+    assert setting_of_row(replace(row, variant="int4")) is None
+    assert setting_of_row(replace(row, model="124m-x")) is None
+    assert setting_of_row(replace(row, method="adamw", model="124m-x")) is None
 
 
 def test_galore_refreshing_rarer_trains_better_over_the_published_range():
@@ -332,7 +360,7 @@ def test_a_method_whose_rows_are_all_its_authors_is_marked_in_the_plan():
     assert any(fit.evidence_kind(m) == "own paper" for m in REGISTRY if REGISTRY[m].project)
     data = plan_json("--model", "7b", "--gpu-mem", "24GB")
     for c in data["candidates"]:
-        assert c["quality_evidence"] == fit.evidence_kind(c["method"])
+        assert c["quality_evidence"] == fit.evidence_kind(c["method"], c["base"])
     res = CliRunner().invoke(app, ["plan", "--model", "7b", "--gpu-mem", "24GB"], env={"COLUMNS": "100"})
     for line in res.output.splitlines():
         cells = line.split()

@@ -2,8 +2,8 @@
 `--probe FILE` — the same model with the user's measured rank curve put in.
 
 A probe (`subprof probe`) measures E(r), the share of gradient energy a rank-r basis keeps, on the user's model
-and data. The model's rank term is (r/d)^(−p) − 1; the probe gives its own exponent p_probe, fitted to the lost
-energy 1 − E(r) ≈ k·((r/d)^(−p) − 1) over its measured ranks (least squares in log space). The plan uses
+and data. The model's rank term is (r/r₀)^(−p) − (d/r₀)^(−p); the probe gives its own exponent p_probe, fitted to
+the lost energy 1 − E(r) ≈ k·(r^(−p) − d^(−p)) over its measured ranks (least squares in log space). The plan uses
 
     p = exp((1 − w)·ln p_fit + w·ln p_probe),     w = min(1, steps / 2000) · (½ for a proxy model)
 
@@ -32,14 +32,14 @@ PROXY_WEIGHT = 0.5
 
 
 def rank_exponent(energy: dict[int, float], side: int) -> float | None:
-    """p with 1 − E(r) ≈ k·((r/d)^(−p) − 1) over the measured ranks below d (golden-section search on p, k by least
+    """p with 1 − E(r) ≈ k·(r^(−p) − d^(−p)) over the measured ranks below d (golden-section search on p, k by least
     squares in log space); None with fewer than two usable points."""
-    pts = [(r / side, 1.0 - e) for r, e in sorted(energy.items()) if r < side and 1.0 - e > 1e-6]
+    pts = [(r, 1.0 - e) for r, e in sorted(energy.items()) if r < side and 1.0 - e > 1e-6]
     if len(pts) < 2:
         return None
 
     def sse(p: float) -> float:
-        logs = [(math.log(lost), math.log(x ** -p - 1.0)) for x, lost in pts]
+        logs = [(math.log(lost), math.log(r ** -p - side ** -p)) for r, lost in pts]
         k = sum(a - b for a, b in logs) / len(logs)
         return sum((a - b - k) ** 2 for a, b in logs)
 

@@ -4,7 +4,12 @@
 
 with g a sum of terms that follow the mechanisms (docs/quality.md derives each):
 
-    rank       Σ_w share_w · ((r_w/d_w)^(−p) − 1)           the subspace leaves gradient out; 0 at full rank
+    rank       Σ_w share_w · ((r_w/r₀)^(−p) − (d_w/r₀)^(−p))   the subspace leaves gradient out: the tail, from rank r
+                                                               to the side d, of a gradient spectrum decaying like a
+                                                               power of the singular index (σᵢ² ∝ i^−(1+p)), the same
+                                                               at every width — what a rank leaves out follows the
+                                                               rank far more than the width, so the same r/d leaves
+                                                               out less of a wider matrix; 0 at full rank; r₀ = 16
                × (1 − ω)   with recovery (Fira, SUMO's residual, SubTrack++, GrassWalk/Jump add the rest back)
                × ε         for scaled full-rank updates (APOLLO: the projection only estimates a scaling)
     staleness  c_s · (T·tokens per step/131,072 − T₀) / 1000   the basis ages between refreshes; drift follows the
@@ -58,6 +63,8 @@ from subprof.plan.published import TableRow, evidence_dir
 REF_TOKENS = 512 * 256  # tokens per optimizer step of the GaLore/OSD recipes: the unit of the staleness interval
 REF_GAP = 200  # GaLore's default update gap: a row or configuration without its own gap is read at it
 REF_PARAMS = 1e8
+RANK_UNIT = 16  # r₀, the rank the rank term counts in: it sets that term's size against the others' priors (chosen by
+# leave-one-table-out among 8, 16, 32 and 128 on the 2026-12-07 evidence; docs/quality.md lists each figure)
 ADAM_BETA2 = 0.999  # a Setting's moment decay when none is given (full rank: no refresh term reads it)
 FIT_FILE = "quality_fit.json"
 COMMAND = "python -m subprof.plan.quality_fit"
@@ -132,14 +139,14 @@ def kinds() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Setting:
-    """What the model reads of one configuration: method, subspace kind, traits, the rank-to-side ratio of each
+    """What the model reads of one configuration: method, subspace kind, traits, the rank kept and the side of each
     projected weight with its share of the projected parameters, update gap, tokens per optimizer step, and
     whether the row is its paper's own method."""
 
     method: str
     kind: str  # "full" | "svd" | "tracked" | "random" | "scaled"
     traits: QualityTraits = QualityTraits()
-    shares: tuple[tuple[float, float], ...] = ()  # (share of projected parameters, r/d)
+    shares: tuple[tuple[float, int, int], ...] = ()  # (share of projected parameters, rank kept, side d)
     update_gap: int | None = None
     tokens_per_step: int | None = None
     own: bool = False
@@ -166,16 +173,17 @@ class Setting:
 
 
 @lru_cache(maxsize=4096)
-def rank_shares(model: ModelConfig, rank: int) -> tuple[tuple[float, float], ...]:
-    """(share of projected parameters, min(r, d)/d) over the model's projected weights, merged by ratio."""
-    total, by_ratio = 0.0, {}
+def rank_shares(model: ModelConfig, rank: int) -> tuple[tuple[float, int, int], ...]:
+    """(share of projected parameters, min(r, d), d) over the model's projected weights (d: the smaller side),
+    merged by (rank kept, side)."""
+    total, by_side = 0.0, {}
     for s in model.linear_shapes():
         d = min(s.m, s.n)
         w = float(s.count * s.m * s.n)
-        x = min(rank, d) / d
-        by_ratio[x] = by_ratio.get(x, 0.0) + w
+        key = (min(rank, d), d)
+        by_side[key] = by_side.get(key, 0.0) + w
         total += w
-    return tuple((w / total, x) for x, w in sorted(by_ratio.items()))
+    return tuple((w / total, r, d) for (r, d), w in sorted(by_side.items()))
 
 
 def method_kind(method: str) -> tuple[str, QualityTraits] | None:
@@ -213,10 +221,16 @@ def misaligned(gap: int, beta: float) -> float:
 def setting_of_row(row: TableRow) -> Setting | None:
     """A published or measured row as a Setting; None when the model cannot place it (a method or optimizer it
     has no term for, an ablation variant, a projected row without its rank)."""
+    if row.variant not in VARIANTS:
+        return None
+    try:  # the scale S(N) reads the model's size: a row on a model the catalog lacks is not placed
+        model = load_model(row.model)
+    except SubprofError:
+        return None
     if row.method in FULL_RANK_BASES:
         return Setting(method="adamw", kind="full", base=FULL_RANK_BASES[row.method])
     known = method_kind(row.method)
-    if known is None or row.variant not in VARIANTS or row.base not in BASES or row.p_optimizer not in P_OPTIMIZERS:
+    if known is None or row.base not in BASES or row.p_optimizer not in P_OPTIMIZERS:
         return None
     kind, traits = known
     if VARIANTS[row.variant] is not None:
@@ -224,10 +238,6 @@ def setting_of_row(row: TableRow) -> Setting | None:
     if kind == "full":
         return Setting(method="adamw", kind="full", base=BASES[row.base])
     if not row.rank:
-        return None
-    try:
-        model = load_model(row.model)
-    except SubprofError:
         return None
     gap = row.update_gap or default_gap(row.method)
     base = BASES[row.base]
@@ -272,7 +282,7 @@ def terms(s: Setting, v: dict[str, float]) -> dict[str, float]:
     """Each term of g for a setting under parameter values `v` (transformed: the model's own units)."""
     if s.kind == "full":
         return {"base": v.get(f"full:{s.base}", 0.0)} if s.base != "adamw" else {}
-    rank = sum(w * (x ** -v["p"] - 1.0) for w, x in s.shares)
+    rank = sum(w * ((r / RANK_UNIT) ** -v["p"] - (d / RANK_UNIT) ** -v["p"]) for w, r, d in s.shares)
     if s.kind == "scaled":
         rank *= v["scaled_rank"]
     elif s.traits.recovery:
