@@ -259,16 +259,17 @@ def test_leave_one_table_out_reproduces_the_committed_figures(committed):
 def test_leave_one_table_out_orders_most_published_pairs_as_published(committed):
     """The committed validation (rerun by the slow test above): issue 22 asks ≥ 85% of within-table pair orderings
     and ≥ 75% of the update-gap pairs; the gap bar is met, the overall one is not (docs/quality.md gives the
-    figures) — this holds what was reached so a change that loses it fails. The base-optimizer pairs (OSD Table 6,
-    the only table with Lion/Adafactor rows: held out, its base terms are unknown) are counted apart."""
+    figures) — this holds what was reached so a change that loses it fails. The base-optimizer pairs (mostly OSD
+    Table 6, the only table with Lion/Adafactor on the moments or on P: held out, those terms are unknown) are
+    counted apart."""
     val = committed["validation"]
     assert val["gap"]["agree_share"] >= 0.75, val["gap"]
     assert val["rank"]["agree_share"] >= 0.9, val["rank"]
     others = (val["all"]["agree"] - val["base"]["agree"]) / (val["all"]["pairs"] - val["base"]["pairs"])
-    # 2026-12-07, M_β refresh term, fits restarted to their minimum, with our SUMO rank-32 and Ori CPU rows: 77.3%
-    # without the base pairs, 75.2% with them (docs/quality.md has the history)
-    assert others >= 0.77, others
-    assert val["all"]["agree_share"] >= 0.75, val["all"]
+    # 2026-12-07 (third session), the rank term in absolute rank, with the third-party tables: 83.1% without the
+    # base pairs, 81.0% with them (docs/quality.md has the history)
+    assert others >= 0.83, others
+    assert val["all"]["agree_share"] >= 0.80, val["all"]
 
 
 def test_the_fit_reports_how_far_the_tables_contradict_each_other():
