@@ -220,7 +220,7 @@ def misaligned(gap: int, beta: float) -> float:
 
 def setting_of_row(row: TableRow) -> Setting | None:
     """A published or measured row as a Setting; None when the model cannot place it (a method or optimizer it
-    has no term for, an ablation variant, a projected row without its rank)."""
+    has no term for, an ablation variant, a model the catalog lacks, a projected row without its rank)."""
     if row.variant not in VARIANTS:
         return None
     try:  # the scale S(N) reads the model's size: a row on a model the catalog lacks is not placed
