@@ -238,8 +238,6 @@ def job_throughput(c: TrainConfig, par: Parallel, gpu: GpuSpec, *, utilization: 
                          gpus=par.gpus, gpu=gpu.name, comm=comm)
 
 
-
-
 def choose_layout(c: TrainConfig, layouts: tuple[Parallel, ...], gpu: GpuSpec, *, usable_bytes: int,
                   utilization: float, refresh_s: float | None = None,
                   calibration: Calibration | None = None) -> tuple[RankEstimate, JobThroughput]:
